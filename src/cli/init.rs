@@ -1,0 +1,14 @@
+//! `memwarden init`: create a data dir with a fresh keyring and an empty store.
+
+use std::process::ExitCode;
+
+use super::DataDirArg;
+use crate::config::DataDir;
+
+pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::new(args.resolve()?);
+    dir.init()?;
+    dir.check()?;
+    println!("initialised {}", dir.root().display());
+    Ok(ExitCode::SUCCESS)
+}

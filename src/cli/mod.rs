@@ -1,0 +1,58 @@
+//! The operator's command line: parsing, and one module per subcommand group. Never reachable
+//! from an agent; only the operator (or an MCP client's launch command) picks these flags.
+
+pub mod init;
+pub mod serve;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "memwarden", version, about = "A secure, sandboxed memory store for AI agents, over MCP (stdio).")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data dir: 0700 dir, 0600 keyring, memory.db.
+    Init(DataDirArg),
+    /// Serve one MCP session over stdin/stdout (initialises a missing data dir first).
+    Serve(serve::ServeArgs),
+    /// Check every stored row's seal; exits 1 listing the ids that fail.
+    Verify(DataDirArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataDirArg {
+    /// Data directory [default: $XDG_DATA_HOME/memwarden or ~/.local/share/memwarden]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .ok_or_else(|| anyhow::anyhow!("no --data-dir given and neither XDG_DATA_HOME nor HOME is set"))?;
+        Ok(base.join("memwarden"))
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init(args) => init::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Verify(args) => verify::run(&args),
+    }
+}

@@ -1,0 +1,83 @@
+//! `memwarden serve`: one MCP session over stdin/stdout.
+//!
+//! Everything that can fail is checked before the first byte of protocol: data dir, keyring,
+//! schemas, store. Then a single-threaded runtime serves the session until stdin closes or a
+//! SIGTERM/SIGINT arrives; the call in flight finishes and the store is closed before exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DataDir, Limits};
+use crate::principal::Principal;
+use crate::schema::Schemas;
+use crate::server::{self, Server};
+use crate::session::Session;
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data_dir: super::DataDirArg,
+    /// Who the agent on the other end is (used when stdin is not a unix socket).
+    #[arg(long, value_name = "NAME", default_value = Principal::DEFAULT)]
+    pub principal: String,
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let root: PathBuf = args.data_dir.resolve()?;
+    let dir = DataDir::new(root);
+    if dir.needs_init()? {
+        dir.init()?;
+        tracing::info!("initialised a new data dir");
+    }
+    let keyring = dir.open_keyring()?;
+    let principal = Principal::from_flag(&args.principal)?;
+    let schemas = Schemas::load()?;
+    let store = Store::open(&dir.memory_db(), keyring.entry, StoreOptions::default())?;
+    let session = Session::new(principal);
+    tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
+    let server = Server::new(schemas, store, session, Limits::default());
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let closer = server.clone();
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let _signals = watch_signals(shutdown.clone())?;
+        server::run(server, tokio::io::stdin(), tokio::io::stdout(), shutdown).await;
+        anyhow::Ok(())
+    })?;
+    closer.close_store();
+    // tokio's stdin reads on a blocking thread that may sit in read(2) forever after a SIGTERM:
+    // do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT. Dropping the guard stops watching.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<SignalGuard> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let task = tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down: finishing the call in flight");
+        shutdown.cancel();
+    });
+    Ok(SignalGuard(task))
+}
+
+struct SignalGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,18 @@
+//! The `memwarden` binary: parse arguments, log JSON to stderr, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = memwarden::cli::Cli::parse();
+    memwarden::logging::init();
+    match memwarden::cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "refusing to run");
+            eprintln!("memwarden: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

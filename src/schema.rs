@@ -1,0 +1,153 @@
+//! The tool schemas in `schema/`: embedded, advertised verbatim, compiled once, enforced first.
+//!
+//! rmcp does not validate tool arguments, so every call's raw arguments pass through
+//! [`Schemas::validate`] before serde sees them. Error messages are the validator's *masked*
+//! messages: they name the path and the keyword, never the offending value.
+
+use std::sync::Arc;
+
+use rmcp::model::JsonObject;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::tools::ToolName;
+
+/// Input and output schema text of each tool, in `ToolName::ALL` order.
+const SOURCES: [(&str, &str); 6] = [
+    (
+        include_str!("../schema/tools/memory_store.json"),
+        include_str!("../schema/output/memory_store.json"),
+    ),
+    (
+        include_str!("../schema/tools/memory_get.json"),
+        include_str!("../schema/output/memory_get.json"),
+    ),
+    (
+        include_str!("../schema/tools/memory_search.json"),
+        include_str!("../schema/output/memory_search.json"),
+    ),
+    (
+        include_str!("../schema/tools/memory_list.json"),
+        include_str!("../schema/output/memory_list.json"),
+    ),
+    (
+        include_str!("../schema/tools/memory_update.json"),
+        include_str!("../schema/output/memory_update.json"),
+    ),
+    (
+        include_str!("../schema/tools/memory_delete.json"),
+        include_str!("../schema/output/memory_delete.json"),
+    ),
+];
+
+/// One tool's schemas, parsed and compiled.
+pub struct ToolSchema {
+    pub input: Arc<JsonObject>,
+    pub output: Arc<JsonObject>,
+    validator: jsonschema::Validator,
+}
+
+/// All tool schemas, compiled once at start.
+pub struct Schemas {
+    tools: Vec<ToolSchema>,
+}
+
+/// A schema in the binary that does not parse or compile: a build defect, reported at start.
+#[derive(Debug, thiserror::Error)]
+#[error("built-in schema for {tool} is invalid: {reason}")]
+pub struct SchemaDefect {
+    tool: &'static str,
+    reason: String,
+}
+
+fn parse_object(tool: &'static str, text: &str) -> Result<JsonObject, SchemaDefect> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(SchemaDefect {
+            tool,
+            reason: "not a JSON object".into(),
+        }),
+        Err(e) => Err(SchemaDefect {
+            tool,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+impl Schemas {
+    /// Parses and compiles every embedded schema (draft 2020-12, formats checked).
+    pub fn load() -> Result<Self, SchemaDefect> {
+        let mut tools = Vec::with_capacity(SOURCES.len());
+        for (name, (input, output)) in ToolName::ALL.iter().zip(SOURCES) {
+            let tool = name.as_str();
+            let input = parse_object(tool, input)?;
+            let output = parse_object(tool, output)?;
+            let validator = jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+                .build(&Value::Object(input.clone()))
+                .map_err(|e| SchemaDefect {
+                    tool,
+                    reason: e.to_string(),
+                })?;
+            tools.push(ToolSchema {
+                input: Arc::new(input),
+                output: Arc::new(output),
+                validator,
+            });
+        }
+        Ok(Self { tools })
+    }
+
+    /// The schemas of one tool.
+    pub fn get(&self, tool: ToolName) -> &ToolSchema {
+        &self.tools[tool as usize]
+    }
+
+    /// Checks raw arguments against the tool's input schema; the first failure is reported with
+    /// its JSON pointer and keyword.
+    pub fn validate(&self, tool: ToolName, args: &Value) -> Result<(), Error> {
+        let schema = self.get(tool);
+        if schema.validator.is_valid(args) {
+            return Ok(());
+        }
+        let Some(err) = schema.validator.iter_errors(args).next() else {
+            return Ok(());
+        };
+        let path = err.instance_path().to_string();
+        Err(Error::Schema {
+            path: if path.is_empty() { "/".into() } else { path },
+            keyword: err.kind().keyword().to_string(),
+            message: err.masked().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn embedded_schemas_compile() {
+        let s = Schemas::load().unwrap();
+        for t in ToolName::ALL {
+            assert_eq!(s.get(t).input["title"], t.as_str());
+        }
+    }
+
+    #[test]
+    fn errors_name_path_and_keyword_without_the_value() {
+        let s = Schemas::load().unwrap();
+        let secret = "s3cr3t-".repeat(3000);
+        let err = s
+            .validate(ToolName::Store, &json!({"content": secret}))
+            .unwrap_err();
+        let Error::Schema { path, keyword, message } = err else {
+            panic!("not a schema error")
+        };
+        assert_eq!(path, "/content");
+        assert_eq!(keyword, "maxLength");
+        assert!(!message.contains("s3cr3t"), "{message}");
+    }
+}

@@ -1,0 +1,307 @@
+//! The keyring: named entry keys (one active) and the audit key, each at least 32 random bytes.
+//!
+//! Loading fails closed: a keyring that is not a regular file, that the group or others can read
+//! or write, that has a short key, or whose active key is missing is refused with a message that
+//! names the problem (never a key byte). Keys never go to argv, env, logs or the DBs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Key bytes. `Debug` never prints them.
+#[derive(Clone)]
+pub struct SecretKey(Vec<u8>);
+
+impl SecretKey {
+    /// Wraps existing key bytes (benchmarks, tests; production keys come from `load`).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// 32 fresh bytes from the OS's CSPRNG.
+    pub fn generate() -> Result<Self, KeyringError> {
+        let mut bytes = vec![0u8; MIN_KEY_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| KeyringError::Random(e.to_string()))?;
+        Ok(Self(bytes))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+/// Why a keyring was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    #[error("cannot read keyring {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path} is not a regular file")]
+    NotRegular { path: String },
+    #[error(
+        "keyring {path} has mode {mode:04o}: group and others must have no access (chmod 600)"
+    )]
+    Permissions { path: String, mode: u32 },
+    #[error("keyring {path} is owned by uid {owner}, not by this process's uid {uid}")]
+    Owner { path: String, owner: u32, uid: u32 },
+    #[error("keyring {path}: {reason}")]
+    Format { path: String, reason: String },
+    #[error("keyring {path}: key {key_id:?} is {len} bytes; at least {MIN_KEY_BYTES} are required")]
+    ShortKey {
+        path: String,
+        key_id: String,
+        len: usize,
+    },
+    #[error("keyring {path}: the active {section} key {key_id:?} is not in the keyring")]
+    MissingActive {
+        path: String,
+        section: &'static str,
+        key_id: String,
+    },
+    #[error("cannot get random bytes from the OS: {0}")]
+    Random(String),
+}
+
+/// The file format (TOML). Keys are hex.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyring {
+    entry: RawSection,
+    audit: RawSection,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSection {
+    active: String,
+    keys: BTreeMap<String, String>,
+}
+
+/// A named set of keys with one active for new seals.
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    active: String,
+    keys: BTreeMap<String, SecretKey>,
+}
+
+impl KeySet {
+    /// The id and key new seals use.
+    pub fn active(&self) -> (&str, &SecretKey) {
+        // `load` guarantees the active id is present.
+        (&self.active, &self.keys[&self.active])
+    }
+
+    /// The key with this id, if the keyring still has it.
+    pub fn get(&self, id: &str) -> Option<&SecretKey> {
+        self.keys.get(id)
+    }
+}
+
+/// Entry keys and audit keys.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    pub entry: KeySet,
+    pub audit: KeySet,
+}
+
+fn valid_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Keyring {
+    /// A fresh keyring: one entry key `e1`, one audit key `a1`.
+    pub fn generate() -> Result<Self, KeyringError> {
+        let set = |id: &str| -> Result<KeySet, KeyringError> {
+            Ok(KeySet {
+                active: id.to_string(),
+                keys: BTreeMap::from([(id.to_string(), SecretKey::generate()?)]),
+            })
+        };
+        Ok(Self {
+            entry: set("e1")?,
+            audit: set("a1")?,
+        })
+    }
+
+    /// Writes the keyring to a new file created 0600. Refuses to overwrite an existing file.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyringError> {
+        let io = |source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let section = |set: &KeySet| RawSection {
+            active: set.active.clone(),
+            keys: set
+                .keys
+                .iter()
+                .map(|(id, k)| (id.clone(), hex::encode(k.bytes())))
+                .collect(),
+        };
+        let raw = RawKeyring {
+            entry: section(&self.entry),
+            audit: section(&self.audit),
+        };
+        let text = toml::to_string(&raw).map_err(|e| KeyringError::Format {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(b"# memwarden keyring: secret. Keep mode 0600; never copy into logs.\n")
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(io)
+    }
+
+    /// Reads and checks a keyring file (see the module docs for what is refused).
+    pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyringError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let meta = fs::symlink_metadata(path).map_err(io)?;
+        if !meta.file_type().is_file() {
+            return Err(KeyringError::NotRegular { path: shown });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyringError::Permissions { path: shown, mode });
+        }
+        let uid = current_uid();
+        if meta.uid() != uid {
+            return Err(KeyringError::Owner {
+                path: shown,
+                owner: meta.uid(),
+                uid,
+            });
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        Self::parse(&text, &shown)
+    }
+
+    fn parse(text: &str, shown: &str) -> Result<Self, KeyringError> {
+        let format = |reason: String| KeyringError::Format {
+            path: shown.to_string(),
+            reason,
+        };
+        // toml's error text quotes the offending line, which may hold key bytes: keep only the
+        // line and column.
+        let raw: RawKeyring = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            format(format!("not a valid keyring{at}: {}", e.message()))
+        })?;
+        Ok(Self {
+            entry: Self::section(raw.entry, "entry", shown)?,
+            audit: Self::section(raw.audit, "audit", shown)?,
+        })
+    }
+
+    fn section(raw: RawSection, name: &'static str, shown: &str) -> Result<KeySet, KeyringError> {
+        let mut keys = BTreeMap::new();
+        for (id, hex_key) in raw.keys {
+            if !valid_key_id(&id) {
+                return Err(KeyringError::Format {
+                    path: shown.to_string(),
+                    reason: format!("{name}.keys: key id {id:?} must be 1-32 of [A-Za-z0-9_-]"),
+                });
+            }
+            let bytes = hex::decode(hex_key.trim()).map_err(|_| KeyringError::Format {
+                path: shown.to_string(),
+                reason: format!("{name}.keys.{id}: not hex"),
+            })?;
+            if bytes.len() < MIN_KEY_BYTES {
+                return Err(KeyringError::ShortKey {
+                    path: shown.to_string(),
+                    key_id: id,
+                    len: bytes.len(),
+                });
+            }
+            keys.insert(id, SecretKey(bytes));
+        }
+        if !keys.contains_key(&raw.active) {
+            return Err(KeyringError::MissingActive {
+                path: shown.to_string(),
+                section: name,
+                key_id: raw.active,
+            });
+        }
+        Ok(KeySet {
+            active: raw.active,
+            keys,
+        })
+    }
+}
+
+/// The effective uid of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keyring_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.toml");
+        let ring = Keyring::generate().unwrap();
+        ring.write_new(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let loaded = Keyring::load(&path).unwrap();
+        assert_eq!(loaded.entry.active().1.bytes(), ring.entry.active().1.bytes());
+        assert_eq!(loaded.audit.active().1.bytes(), ring.audit.active().1.bytes());
+        assert!(ring.write_new(&path).is_err(), "never overwrites");
+    }
+
+    #[test]
+    fn refuses_short_missing_and_malformed() {
+        let k32 = "ab".repeat(32);
+        let short = "ab".repeat(31);
+        let cases = [
+            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='{short}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "31 bytes"),
+            (format!("[entry]\nactive='e2'\n[entry.keys]\ne1='{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "not in the keyring"),
+            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='zz{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "not hex"),
+            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='{k32}'\n"), "not a valid keyring"),
+        ];
+        for (text, want) in cases {
+            let err = Keyring::parse(&text, "K").unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains(&k32[..16]), "no key bytes in {err}");
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! memory.db: sealed entry rows, their full-text index, and every read verified.
+//!
+//! The store owns SQL and sealing. Every row it hands out has passed its MAC check; a row that
+//! fails is never returned as data (get → [`Error::Integrity`], search and list count it as
+//! withheld). Writes run in `BEGIN IMMEDIATE` so concurrent server processes on one file
+//! serialise instead of failing half-way. Only parameterized statements touch input values.
+
+pub mod keyring;
+pub mod migrations;
+pub mod seal;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use keyring::KeySet;
+use seal::SealedFields;
+
+/// Lifecycle of an entry (DESIGN.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Quarantined,
+    Deleted,
+    Superseded,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Quarantined => "quarantined",
+            Self::Deleted => "deleted",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => Self::Active,
+            "quarantined" => Self::Quarantined,
+            "deleted" => Self::Deleted,
+            "superseded" => Self::Superseded,
+            _ => return None,
+        })
+    }
+}
+
+/// Who is writing: decided by the server, never by tool input.
+#[derive(Debug, Clone, Copy)]
+pub struct Author<'a> {
+    pub principal: &'a str,
+    pub session_id: &'a str,
+}
+
+/// A verified entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub namespace: String,
+    pub content: String,
+    pub tags: Vec<String>,
+    pub metadata: Option<String>,
+    pub status: Status,
+    pub supersedes: Option<String>,
+    pub principal: String,
+    pub session_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub content_sha256: [u8; 32],
+}
+
+/// What a new entry holds; tags are normalised (sorted, de-duplicated) by the store.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub namespace: String,
+    pub content: String,
+    pub tags: Vec<String>,
+    /// Metadata as JSON text.
+    pub metadata: Option<String>,
+}
+
+/// Fields an update replaces; `None` keeps the old value.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub content: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub metadata: Option<String>,
+}
+
+/// Filters shared by search and list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub namespace: String,
+    /// Entries must carry every one of these tags.
+    pub tags: Vec<String>,
+    /// Inclusive lower bound on created_at (unix ms).
+    pub since: Option<i64>,
+    /// Exclusive upper bound on created_at (unix ms).
+    pub until: Option<i64>,
+}
+
+/// A page of verified entries.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// Rows in range that failed verification and were not returned.
+    pub withheld: usize,
+    /// Present when more entries may follow: the id to continue below.
+    pub next_after: Option<String>,
+}
+
+/// One search result.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub entry: Entry,
+    pub snippet: String,
+    /// bm25 rank, lower is better (SQLite's convention).
+    pub rank: f64,
+}
+
+/// Search results.
+#[derive(Debug, Clone, Default)]
+pub struct Hits {
+    pub hits: Vec<Hit>,
+    pub withheld: usize,
+}
+
+/// `memwarden verify`'s findings.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub failed: Vec<String>,
+}
+
+/// SQLite's `synchronous` setting: FULL survives power loss, NORMAL only process crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// How the store opens memory.db.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why memory.db could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot open memory.db: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Migration(#[from] migrations::MigrationError),
+}
+
+const COLUMNS: &str = "entries.id, entries.namespace, entries.content, entries.tags, \
+    entries.metadata, entries.status, entries.supersedes, entries.principal, entries.session_id, \
+    entries.created_at, entries.updated_at, entries.content_sha256, entries.key_id, entries.mac";
+const COLUMN_COUNT: usize = 14;
+
+/// A row as read, before verification.
+struct RawRow {
+    id: String,
+    namespace: String,
+    content: String,
+    tags: String,
+    metadata: Option<String>,
+    status: String,
+    supersedes: Option<String>,
+    principal: String,
+    session_id: String,
+    created_at: i64,
+    updated_at: i64,
+    content_sha256: Vec<u8>,
+    key_id: String,
+    mac: Vec<u8>,
+}
+
+impl RawRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            namespace: row.get(1)?,
+            content: row.get(2)?,
+            tags: row.get(3)?,
+            metadata: row.get(4)?,
+            status: row.get(5)?,
+            supersedes: row.get(6)?,
+            principal: row.get(7)?,
+            session_id: row.get(8)?,
+            created_at: row.get(9)?,
+            updated_at: row.get(10)?,
+            content_sha256: row.get(11)?,
+            key_id: row.get(12)?,
+            mac: row.get(13)?,
+        })
+    }
+
+    /// The verified entry, or `None` when anything about the row does not hold: unknown key,
+    /// malformed tags or status, wrong hash or MAC.
+    fn verify(self, keys: &KeySet) -> Option<Entry> {
+        let key = keys.get(&self.key_id)?;
+        let tags: Vec<String> = serde_json::from_str(&self.tags).ok()?;
+        let status = Status::parse(&self.status)?;
+        let fields = SealedFields {
+            key_id: &self.key_id,
+            id: &self.id,
+            namespace: &self.namespace,
+            content: &self.content,
+            tags: &tags,
+            metadata: self.metadata.as_deref(),
+            status: &self.status,
+            supersedes: self.supersedes.as_deref(),
+            principal: &self.principal,
+            session_id: &self.session_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            content_sha256: &self.content_sha256,
+        };
+        if !tags.windows(2).all(|w| w[0] < w[1]) || !seal::verify(key, &fields, &self.mac) {
+            return None;
+        }
+        Some(Entry {
+            id: self.id,
+            namespace: self.namespace,
+            content: self.content,
+            tags,
+            metadata: self.metadata,
+            status,
+            supersedes: self.supersedes,
+            principal: self.principal,
+            session_id: self.session_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            content_sha256: self.content_sha256.try_into().ok()?,
+        })
+    }
+}
+
+fn withheld_log(id: &str) {
+    tracing::warn!(target: "memwarden::security", event = "integrity_failure", id, "entry failed verification and was withheld");
+}
+
+/// Sorted, de-duplicated tags: the one order the seal and the index see.
+pub fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// An open memory.db with the entry keys.
+pub struct Store {
+    conn: Connection,
+    keys: KeySet,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) memory.db, applies the pragmas and migrations.
+    pub fn open(path: &Path, keys: KeySet, options: StoreOptions) -> Result<Self, OpenError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        Self::configure(&conn, options)?;
+        migrations::migrate(&mut conn)?;
+        Ok(Self { conn, keys })
+    }
+
+    /// Opens an existing memory.db read-only (for `verify`); no migrations run.
+    pub fn open_read_only(path: &Path, keys: KeySet) -> Result<Self, OpenError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(StoreOptions::default().busy_timeout)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != migrations::CURRENT_VERSION {
+            return Err(migrations::MigrationError::TooNew { found: version }.into());
+        }
+        Ok(Self { conn, keys })
+    }
+
+    fn configure(conn: &Connection, options: StoreOptions) -> rusqlite::Result<()> {
+        conn.busy_timeout(options.busy_timeout)?;
+        // journal_mode answers with a row; WAL lets readers run beside one writer.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        let sync = match options.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA trusted_schema = OFF;"
+        ))
+    }
+
+    fn seal_row(&self, entry: &Entry) -> (String, [u8; 32]) {
+        let (key_id, key) = self.keys.active();
+        let fields = SealedFields {
+            key_id,
+            id: &entry.id,
+            namespace: &entry.namespace,
+            content: &entry.content,
+            tags: &entry.tags,
+            metadata: entry.metadata.as_deref(),
+            status: entry.status.as_str(),
+            supersedes: entry.supersedes.as_deref(),
+            principal: &entry.principal,
+            session_id: &entry.session_id,
+            created_at: entry.created_at,
+            updated_at: entry.updated_at,
+            content_sha256: &entry.content_sha256,
+        };
+        (key_id.to_string(), seal::seal(key, &fields))
+    }
+
+    fn insert_row(&self, tx: &Connection, entry: &Entry) -> Result<()> {
+        let (key_id, mac) = self.seal_row(entry);
+        let tags = serde_json::to_string(&entry.tags).map_err(|e| Error::Internal(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO entries (id, namespace, content, tags, metadata, status, supersedes, \
+             principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            entry.id,
+            entry.namespace,
+            entry.content,
+            tags,
+            entry.metadata,
+            entry.status.as_str(),
+            entry.supersedes,
+            entry.principal,
+            entry.session_id,
+            entry.created_at,
+            entry.updated_at,
+            &entry.content_sha256[..],
+            key_id,
+            &mac[..],
+        ])?;
+        Ok(())
+    }
+
+    /// Re-seals an existing row after a status change.
+    fn reseal_status(&self, tx: &Connection, entry: &Entry) -> Result<()> {
+        let (key_id, mac) = self.seal_row(entry);
+        let changed = tx
+            .prepare_cached(
+                "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
+            )?
+            .execute(params![
+                entry.id,
+                entry.status.as_str(),
+                entry.updated_at,
+                key_id,
+                &mac[..]
+            ])?;
+        if changed != 1 {
+            return Err(Error::Internal(format!("reseal touched {changed} rows")));
+        }
+        Ok(())
+    }
+
+    /// Stores a new active entry and returns it as sealed.
+    pub fn insert(&mut self, author: Author<'_>, new: NewEntry, now_ms: i64) -> Result<Entry> {
+        let entry = Entry {
+            id: uuid::Uuid::now_v7().to_string(),
+            content_sha256: seal::content_sha256(&new.content),
+            namespace: new.namespace,
+            content: new.content,
+            tags: normalize_tags(new.tags),
+            metadata: new.metadata,
+            status: Status::Active,
+            supersedes: None,
+            principal: author.principal.to_string(),
+            session_id: author.session_id.to_string(),
+            created_at: now_ms,
+            updated_at: now_ms,
+        };
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        self.insert_row(&tx, &entry)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    fn load_raw(conn: &Connection, id: &str) -> Result<Option<RawRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM entries WHERE id = ?1");
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_row([id], RawRow::read)
+            .optional()?)
+    }
+
+    /// Loads and verifies one row, whatever its status. A row that fails verification is
+    /// [`Error::Integrity`]; a missing one [`Error::NotFound`].
+    fn load_verified(&self, conn: &Connection, id: &str) -> Result<Entry> {
+        let raw = Self::load_raw(conn, id)?.ok_or(Error::NotFound)?;
+        raw.verify(&self.keys).ok_or_else(|| {
+            withheld_log(id);
+            Error::Integrity
+        })
+    }
+
+    /// One entry by id. Active and superseded versions are readable (history); deleted and
+    /// quarantined ones are not found.
+    pub fn get(&self, id: &str) -> Result<Entry> {
+        let entry = self.load_verified(&self.conn, id)?;
+        match entry.status {
+            Status::Active | Status::Superseded => Ok(entry),
+            Status::Deleted | Status::Quarantined => Err(Error::NotFound),
+        }
+    }
+
+    /// Writes a new version of an active entry; the old one becomes superseded. Returns the new
+    /// version.
+    pub fn update(
+        &mut self,
+        author: Author<'_>,
+        id: &str,
+        changes: Changes,
+        now_ms: i64,
+    ) -> Result<Entry> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut old = self.load_verified(&tx, id)?;
+        match old.status {
+            Status::Active => {}
+            Status::Superseded => {
+                return Err(Error::InvalidArgument(
+                    "this version has been superseded; update the latest version".into(),
+                ));
+            }
+            Status::Deleted | Status::Quarantined => return Err(Error::NotFound),
+        }
+        let content = changes.content.unwrap_or_else(|| old.content.clone());
+        let new = Entry {
+            id: uuid::Uuid::now_v7().to_string(),
+            namespace: old.namespace.clone(),
+            content_sha256: seal::content_sha256(&content),
+            content,
+            tags: changes
+                .tags
+                .map(normalize_tags)
+                .unwrap_or_else(|| old.tags.clone()),
+            metadata: changes.metadata.or_else(|| old.metadata.clone()),
+            status: Status::Active,
+            supersedes: Some(old.id.clone()),
+            principal: author.principal.to_string(),
+            session_id: author.session_id.to_string(),
+            created_at: now_ms,
+            updated_at: now_ms,
+        };
+        old.status = Status::Superseded;
+        old.updated_at = now_ms;
+        self.reseal_status(&tx, &old)?;
+        self.insert_row(&tx, &new)?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Tombstones an active entry: it disappears from get, search and list, but its content stays
+    /// until purge so an operator can restore it.
+    pub fn delete(&mut self, id: &str, now_ms: i64) -> Result<Entry> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut entry = self.load_verified(&tx, id)?;
+        if entry.status != Status::Active {
+            return Err(Error::NotFound);
+        }
+        entry.status = Status::Deleted;
+        entry.updated_at = now_ms;
+        self.reseal_status(&tx, &entry)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Appends the filter's conditions to `sql` and its values to `args`.
+    fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        args.push(Value::Text(filter.namespace.clone()));
+        sql.push_str(&format!(
+            " AND entries.namespace = ?{} AND entries.status = 'active'",
+            args.len()
+        ));
+        if let Some(since) = filter.since {
+            args.push(Value::Integer(since));
+            sql.push_str(&format!(" AND entries.created_at >= ?{}", args.len()));
+        }
+        if let Some(until) = filter.until {
+            args.push(Value::Integer(until));
+            sql.push_str(&format!(" AND entries.created_at < ?{}", args.len()));
+        }
+        for tag in &filter.tags {
+            args.push(Value::Text(tag.clone()));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(entries.tags) WHERE json_each.value = ?{})",
+                args.len()
+            ));
+        }
+    }
+
+    /// Newest first, `limit` at most, continuing below `after` (an entry id) when given.
+    pub fn list(&self, filter: &Filter, after: Option<&str>, limit: usize) -> Result<Page> {
+        use rusqlite::types::Value;
+        let mut sql = format!("SELECT {COLUMNS} FROM entries WHERE 1");
+        let mut args = Vec::new();
+        Self::push_filter(filter, &mut sql, &mut args);
+        if let Some(after) = after {
+            args.push(Value::Text(after.to_string()));
+            sql.push_str(&format!(" AND entries.id < ?{}", args.len()));
+        }
+        // One more than asked tells whether another page exists.
+        args.push(Value::Integer(limit as i64 + 1));
+        sql.push_str(&format!(" ORDER BY entries.id DESC LIMIT ?{}", args.len()));
+
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut page = Page::default();
+        let mut seen = 0usize;
+        let mut last_id = None;
+        while let Some(row) = rows.next()? {
+            seen += 1;
+            if seen > limit {
+                page.next_after = last_id;
+                break;
+            }
+            let raw = RawRow::read(row)?;
+            let id = raw.id.clone();
+            match raw.verify(&self.keys) {
+                Some(entry) => page.entries.push(entry),
+                None => {
+                    withheld_log(&id);
+                    page.withheld += 1;
+                }
+            }
+            last_id = Some(id);
+        }
+        Ok(page)
+    }
+
+    /// Full-text search, best bm25 rank first. `match_expr` must already be a safe FTS5
+    /// expression (see `tools::search::fts_query`).
+    pub fn search(&self, match_expr: &str, filter: &Filter, limit: usize) -> Result<Hits> {
+        use rusqlite::types::Value;
+        let mut sql = format!(
+            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), bm25(entries_fts) \
+             FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
+             WHERE entries_fts MATCH ?1"
+        );
+        let mut args = vec![Value::Text(match_expr.to_string())];
+        Self::push_filter(filter, &mut sql, &mut args);
+        args.push(Value::Integer(limit as i64));
+        sql.push_str(&format!(
+            " ORDER BY bm25(entries_fts) LIMIT ?{}",
+            args.len()
+        ));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut hits = Hits::default();
+        while let Some(row) = rows.next()? {
+            let raw = RawRow::read(row)?;
+            let snippet: String = row.get(COLUMN_COUNT)?;
+            let rank: f64 = row.get(COLUMN_COUNT + 1)?;
+            let id = raw.id.clone();
+            match raw.verify(&self.keys) {
+                // With an external-content index, snippet() reads the text from this very row of
+                // `entries`, so it is cut from the content that just verified.
+                Some(entry) => hits.hits.push(Hit {
+                    snippet,
+                    entry,
+                    rank,
+                }),
+                None => {
+                    withheld_log(&id);
+                    hits.withheld += 1;
+                }
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Checks every row's seal; returns the ids that fail.
+    pub fn verify_all(&self) -> Result<VerifyReport> {
+        let sql = format!("SELECT {COLUMNS} FROM entries ORDER BY rowid");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut report = VerifyReport::default();
+        while let Some(row) = rows.next()? {
+            report.checked += 1;
+            let raw = RawRow::read(row)?;
+            let id = raw.id.clone();
+            if raw.verify(&self.keys).is_none() {
+                report.failed.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Closes the connection, reporting what SQLite says about it.
+    pub fn close(self) -> rusqlite::Result<()> {
+        self.conn.close().map_err(|(_, e)| e)
+    }
+
+    /// Number of rows of any status (for tests and tools that report sizes).
+    pub fn count_rows(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+}

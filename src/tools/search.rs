@@ -1,0 +1,94 @@
+//! memory_search: full-text search where the query is only ever plain words.
+//!
+//! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside), and the
+//! literals are OR-ed, ranked by bm25. So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query
+//! are text to look for, never syntax, and the whole expression is bound as one SQL parameter.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
+use crate::error::Result;
+
+/// Results when the caller gives no limit.
+pub const DEFAULT_LIMIT: usize = 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub query: String,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    #[serde(default, deserialize_with = "deserialize_limit")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Hit<'a> {
+    memory: MemoryView<'a>,
+    snippet: &'a str,
+    rank: f64,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    results: Vec<Hit<'a>>,
+    withheld: usize,
+    /// True when the byte bound cut the results short.
+    truncated: bool,
+}
+
+/// The FTS5 expression for a plain-words query, or `None` when it has no words.
+pub fn fts_query(query: &str) -> Option<String> {
+    let terms: Vec<String> = query
+        .split_whitespace()
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" OR "))
+}
+
+pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    let filter = filter(ctx, p.namespace, p.tags, p.since.as_deref(), p.until.as_deref())?;
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    let hits = match fts_query(&p.query) {
+        Some(expr) => ctx.store.search(&expr, &filter, limit)?,
+        None => Default::default(),
+    };
+    let mut budget = ctx.limits.response_bytes;
+    let mut results = Vec::with_capacity(hits.hits.len());
+    let mut truncated = false;
+    for hit in &hits.hits {
+        let size = MemoryView::approx_bytes(&hit.entry) + hit.snippet.len();
+        if !results.is_empty() && size > budget {
+            truncated = true;
+            break;
+        }
+        budget = budget.saturating_sub(size);
+        results.push(Hit {
+            memory: MemoryView::new(&hit.entry)?,
+            snippet: &hit.snippet,
+            rank: hit.rank,
+        });
+    }
+    to_json(&Output {
+        results,
+        withheld: hits.withheld,
+        truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fts_query;
+
+    #[test]
+    fn every_word_is_one_quoted_literal() {
+        assert_eq!(fts_query("  "), None);
+        assert_eq!(fts_query("a b").unwrap(), r#""a" OR "b""#);
+        assert_eq!(fts_query(r#"say "hi" NEAR(x"#).unwrap(), r#""say" OR """hi""" OR "NEAR(x""#);
+        assert_eq!(fts_query("'; DROP TABLE entries; --").unwrap(), r#""';" OR "DROP" OR "TABLE" OR "entries;" OR "--""#);
+    }
+}

@@ -1,0 +1,51 @@
+//! memory_store: seal and keep one new memory.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
+use crate::error::Result;
+use crate::store::NewEntry;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub content: String,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    id: &'a str,
+    namespace: &'a str,
+    status: &'static str,
+    created_at: String,
+    content_sha256: String,
+}
+
+pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
+    let metadata = metadata_text(p.metadata, ctx.limits)?;
+    let entry = ctx.store.insert(
+        ctx.author,
+        NewEntry {
+            namespace: p
+                .namespace
+                .unwrap_or_else(|| ctx.default_namespace.to_string()),
+            content: p.content,
+            tags: p.tags,
+            metadata,
+        },
+        ctx.now_ms,
+    )?;
+    to_json(&Output {
+        id: &entry.id,
+        namespace: &entry.namespace,
+        status: entry.status.as_str(),
+        created_at: format_ms(entry.created_at),
+        content_sha256: hex::encode(entry.content_sha256),
+    })
+}

@@ -1,0 +1,47 @@
+//! memory_update: a new version that supersedes the old one, which stays readable by id.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
+use crate::error::Result;
+use crate::store::Changes;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub id: String,
+    pub content: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    id: &'a str,
+    supersedes: &'a str,
+    namespace: &'a str,
+    status: &'static str,
+    created_at: String,
+    content_sha256: String,
+}
+
+pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    if let Some(content) = &p.content {
+        check_bytes("content", content.len(), ctx.limits.content_bytes)?;
+    }
+    let changes = Changes {
+        content: p.content,
+        tags: p.tags,
+        metadata: metadata_text(p.metadata, ctx.limits)?,
+    };
+    let entry = ctx.store.update(ctx.author, &p.id, changes, ctx.now_ms)?;
+    to_json(&Output {
+        id: &entry.id,
+        supersedes: entry.supersedes.as_deref().unwrap_or_default(),
+        namespace: &entry.namespace,
+        status: entry.status.as_str(),
+        created_at: format_ms(entry.created_at),
+        content_sha256: hex::encode(entry.content_sha256),
+    })
+}
