@@ -53,11 +53,15 @@ pub enum DataDirError {
     },
     #[error("data dir {path} is not a directory")]
     NotDir { path: String },
-    #[error("data dir {path} has mode {mode:04o}: group and others must not be able to write it (chmod 700)")]
+    #[error(
+        "data dir {path} has mode {mode:04o}: group and others must not be able to write it (chmod 700)"
+    )]
     Writable { path: String, mode: u32 },
     #[error("data dir {path} is owned by uid {owner}, not by this process's uid {uid}")]
     Owner { path: String, owner: u32, uid: u32 },
-    #[error("data dir {path} is not initialised (no keyring.toml); run `memwarden init --data-dir {path}`")]
+    #[error(
+        "data dir {path} is not initialised (no keyring.toml); run `memwarden init --data-dir {path}`"
+    )]
     NotInitialised { path: String },
     #[error("data dir {path} is already initialised")]
     AlreadyInitialised { path: String },
@@ -128,7 +132,10 @@ impl DataDir {
             .create(&staging)
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent)?;
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&parent)?;
                     fs::DirBuilder::new().mode(0o700).create(&staging)
                 } else {
                     Err(e)

@@ -27,5 +27,7 @@ pub fn init() {
         .with_ansi(false)
         .with_current_span(false)
         .with_span_list(false);
-    let _ = tracing_subscriber::registry().with(layer.with_filter(filter)).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
 }

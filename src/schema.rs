@@ -143,7 +143,12 @@ mod tests {
         let err = s
             .validate(ToolName::Store, &json!({"content": secret}))
             .unwrap_err();
-        let Error::Schema { path, keyword, message } = err else {
+        let Error::Schema {
+            path,
+            keyword,
+            message,
+        } = err
+        else {
             panic!("not a schema error")
         };
         assert_eq!(path, "/content");

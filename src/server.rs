@@ -249,7 +249,10 @@ where
     let handle = server.clone();
     // rmcp cancels the token it is given when the transport closes; hand it a child so that
     // `shutdown` itself only ever reports our own signal.
-    let reason = match server.serve_with_ct(transport, shutdown.child_token()).await {
+    let reason = match server
+        .serve_with_ct(transport, shutdown.child_token())
+        .await
+    {
         Ok(running) => {
             let _ = running.waiting().await;
             if shutdown.is_cancelled() {

@@ -91,12 +91,18 @@ where
     /// line on the wire.
     fn reply_error(&self, id: Value, code: i64, message: String) {
         let write = self.write.clone();
-        let reply = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+        let reply =
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
         tokio::spawn(async move {
             let mut bytes = reply.to_string().into_bytes();
             bytes.push(b'\n');
             let mut w = write.lock().await;
-            if let Err(e) = async { w.write_all(&bytes).await?; w.flush().await }.await {
+            if let Err(e) = async {
+                w.write_all(&bytes).await?;
+                w.flush().await
+            }
+            .await
+            {
                 tracing::warn!(error = %e, "could not write an error reply");
             }
         });
@@ -114,7 +120,11 @@ where
             Ok(v) => v,
             Err(e) => {
                 tracing::info!(column = e.column(), "unparsable request line");
-                self.reply_error(Value::Null, PARSE_ERROR, "Parse error: not valid JSON".into());
+                self.reply_error(
+                    Value::Null,
+                    PARSE_ERROR,
+                    "Parse error: not valid JSON".into(),
+                );
                 return None;
             }
         };
@@ -124,7 +134,9 @@ where
             // A notification gets no reply, even a bad one (JSON-RPC 2.0 §4.1).
             Err(_) if id.is_none() => None,
             Err(_) => {
-                let id = id.filter(|v| v.is_string() || v.is_i64() || v.is_u64()).unwrap_or(Value::Null);
+                let id = id
+                    .filter(|v| v.is_string() || v.is_i64() || v.is_u64())
+                    .unwrap_or(Value::Null);
                 self.reply_error(
                     id,
                     INVALID_REQUEST,

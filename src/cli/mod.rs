@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "memwarden", version, about = "A secure, sandboxed memory store for AI agents, over MCP (stdio).")]
+#[command(
+    name = "memwarden",
+    version,
+    about = "A secure, sandboxed memory store for AI agents, over MCP (stdio)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -43,7 +47,9 @@ impl DataDirArg {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .ok_or_else(|| anyhow::anyhow!("no --data-dir given and neither XDG_DATA_HOME nor HOME is set"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("no --data-dir given and neither XDG_DATA_HOME nor HOME is set")
+            })?;
         Ok(base.join("memwarden"))
     }
 }

@@ -56,9 +56,7 @@ pub enum KeyringError {
     },
     #[error("keyring {path} is not a regular file")]
     NotRegular { path: String },
-    #[error(
-        "keyring {path} has mode {mode:04o}: group and others must have no access (chmod 600)"
-    )]
+    #[error("keyring {path} has mode {mode:04o}: group and others must have no access (chmod 600)")]
     Permissions { path: String, mode: u32 },
     #[error("keyring {path} is owned by uid {owner}, not by this process's uid {uid}")]
     Owner { path: String, owner: u32, uid: u32 },
@@ -283,8 +281,14 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let loaded = Keyring::load(&path).unwrap();
-        assert_eq!(loaded.entry.active().1.bytes(), ring.entry.active().1.bytes());
-        assert_eq!(loaded.audit.active().1.bytes(), ring.audit.active().1.bytes());
+        assert_eq!(
+            loaded.entry.active().1.bytes(),
+            ring.entry.active().1.bytes()
+        );
+        assert_eq!(
+            loaded.audit.active().1.bytes(),
+            ring.audit.active().1.bytes()
+        );
         assert!(ring.write_new(&path).is_err(), "never overwrites");
     }
 
@@ -293,10 +297,28 @@ mod tests {
         let k32 = "ab".repeat(32);
         let short = "ab".repeat(31);
         let cases = [
-            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='{short}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "31 bytes"),
-            (format!("[entry]\nactive='e2'\n[entry.keys]\ne1='{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "not in the keyring"),
-            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='zz{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"), "not hex"),
-            (format!("[entry]\nactive='e1'\n[entry.keys]\ne1='{k32}'\n"), "not a valid keyring"),
+            (
+                format!(
+                    "[entry]\nactive='e1'\n[entry.keys]\ne1='{short}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"
+                ),
+                "31 bytes",
+            ),
+            (
+                format!(
+                    "[entry]\nactive='e2'\n[entry.keys]\ne1='{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"
+                ),
+                "not in the keyring",
+            ),
+            (
+                format!(
+                    "[entry]\nactive='e1'\n[entry.keys]\ne1='zz{k32}'\n[audit]\nactive='a1'\n[audit.keys]\na1='{k32}'\n"
+                ),
+                "not hex",
+            ),
+            (
+                format!("[entry]\nactive='e1'\n[entry.keys]\ne1='{k32}'\n"),
+                "not a valid keyring",
+            ),
         ];
         for (text, want) in cases {
             let err = Keyring::parse(&text, "K").unwrap_err().to_string();

@@ -57,7 +57,9 @@ pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MigrationError {
-    #[error("memory.db has schema version {found}, newer than this memwarden ({CURRENT_VERSION}); upgrade memwarden")]
+    #[error(
+        "memory.db has schema version {found}, newer than this memwarden ({CURRENT_VERSION}); upgrade memwarden"
+    )]
     TooNew { found: i64 },
     #[error("memory.db: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -338,7 +338,8 @@ impl Store {
 
     fn insert_row(&self, tx: &Connection, entry: &Entry) -> Result<()> {
         let (key_id, mac) = self.seal_row(entry);
-        let tags = serde_json::to_string(&entry.tags).map_err(|e| Error::Internal(e.to_string()))?;
+        let tags =
+            serde_json::to_string(&entry.tags).map_err(|e| Error::Internal(e.to_string()))?;
         tx.prepare_cached(
             "INSERT INTO entries (id, namespace, content, tags, metadata, status, supersedes, \
              principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \

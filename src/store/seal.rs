@@ -146,11 +146,26 @@ mod tests {
         assert!(!verify(&key(8), &f, &tag), "other key");
         let variants: Vec<SealedFields<'_>> = vec![
             SealedFields { key_id: "k2", ..f },
-            SealedFields { namespace: "other", ..f },
-            SealedFields { status: "deleted", ..f },
-            SealedFields { metadata: None, ..f },
-            SealedFields { supersedes: Some(""), ..f },
-            SealedFields { principal: "mallory", ..f },
+            SealedFields {
+                namespace: "other",
+                ..f
+            },
+            SealedFields {
+                status: "deleted",
+                ..f
+            },
+            SealedFields {
+                metadata: None,
+                ..f
+            },
+            SealedFields {
+                supersedes: Some(""),
+                ..f
+            },
+            SealedFields {
+                principal: "mallory",
+                ..f
+            },
             SealedFields { created_at: 2, ..f },
             SealedFields { updated_at: 2, ..f },
             SealedFields { tags: &[], ..f },
@@ -171,9 +186,16 @@ mod tests {
         let f = sample(&tags, &sha);
         let tag = seal(&key(1), &f);
         let sha2 = content_sha256("hellp");
-        let forged = SealedFields { content: "hellp", content_sha256: &sha2, ..f };
+        let forged = SealedFields {
+            content: "hellp",
+            content_sha256: &sha2,
+            ..f
+        };
         assert!(!verify(&key(1), &forged, &tag));
-        let stale = SealedFields { content: "hellp", ..f };
+        let stale = SealedFields {
+            content: "hellp",
+            ..f
+        };
         assert!(!verify(&key(1), &stale, &tag));
     }
 
@@ -182,16 +204,38 @@ mod tests {
         // "ab" + "c" and "a" + "bc" must encode differently.
         let tags: Vec<String> = vec![];
         let sha = content_sha256("x");
-        let a = SealedFields { namespace: "ab", content: "c", ..sample(&tags, &sha) };
-        let b = SealedFields { namespace: "a", content: "bc", ..sample(&tags, &sha) };
+        let a = SealedFields {
+            namespace: "ab",
+            content: "c",
+            ..sample(&tags, &sha)
+        };
+        let b = SealedFields {
+            namespace: "a",
+            content: "bc",
+            ..sample(&tags, &sha)
+        };
         assert_ne!(canonical_bytes(&a), canonical_bytes(&b));
         let t1 = vec!["ab".to_string()];
         let t2 = vec!["a".to_string(), "b".to_string()];
-        let c = SealedFields { tags: &t1, ..sample(&tags, &sha) };
-        let d = SealedFields { tags: &t2, ..sample(&tags, &sha) };
+        let c = SealedFields {
+            tags: &t1,
+            ..sample(&tags, &sha)
+        };
+        let d = SealedFields {
+            tags: &t2,
+            ..sample(&tags, &sha)
+        };
         assert_ne!(canonical_bytes(&c), canonical_bytes(&d));
-        let e = SealedFields { metadata: None, supersedes: Some("x"), ..sample(&tags, &sha) };
-        let g = SealedFields { metadata: Some("x"), supersedes: None, ..sample(&tags, &sha) };
+        let e = SealedFields {
+            metadata: None,
+            supersedes: Some("x"),
+            ..sample(&tags, &sha)
+        };
+        let g = SealedFields {
+            metadata: Some("x"),
+            supersedes: None,
+            ..sample(&tags, &sha)
+        };
         assert_ne!(canonical_bytes(&e), canonical_bytes(&g));
     }
 }

@@ -43,7 +43,13 @@ fn encode_cursor(id: &str) -> Option<String> {
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let filter = filter(ctx, p.namespace, p.tags, p.since.as_deref(), p.until.as_deref())?;
+    let filter = filter(
+        ctx,
+        p.namespace,
+        p.tags,
+        p.since.as_deref(),
+        p.until.as_deref(),
+    )?;
     let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     let page = ctx.store.list(&filter, after.as_deref(), limit)?;

@@ -43,15 +43,24 @@ struct Output<'a> {
 
 /// The FTS5 expression for a plain-words query, or `None` when it has no words.
 pub fn fts_query(query: &str) -> Option<String> {
+    // FTS5 reads its expression as a C string, so a NUL would end it mid-literal: control
+    // characters separate words like whitespace does.
     let terms: Vec<String> = query
-        .split_whitespace()
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
         .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
         .collect();
     (!terms.is_empty()).then(|| terms.join(" OR "))
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let filter = filter(ctx, p.namespace, p.tags, p.since.as_deref(), p.until.as_deref())?;
+    let filter = filter(
+        ctx,
+        p.namespace,
+        p.tags,
+        p.since.as_deref(),
+        p.until.as_deref(),
+    )?;
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     let hits = match fts_query(&p.query) {
         Some(expr) => ctx.store.search(&expr, &filter, limit)?,
@@ -87,8 +96,16 @@ mod tests {
     #[test]
     fn every_word_is_one_quoted_literal() {
         assert_eq!(fts_query("  "), None);
+        assert_eq!(fts_query("\u{0}\t").unwrap_or_default(), "");
+        assert_eq!(fts_query("x\u{0}y").unwrap(), r#""x" OR "y""#);
         assert_eq!(fts_query("a b").unwrap(), r#""a" OR "b""#);
-        assert_eq!(fts_query(r#"say "hi" NEAR(x"#).unwrap(), r#""say" OR """hi""" OR "NEAR(x""#);
-        assert_eq!(fts_query("'; DROP TABLE entries; --").unwrap(), r#""';" OR "DROP" OR "TABLE" OR "entries;" OR "--""#);
+        assert_eq!(
+            fts_query(r#"say "hi" NEAR(x"#).unwrap(),
+            r#""say" OR """hi""" OR "NEAR(x""#
+        );
+        assert_eq!(
+            fts_query("'; DROP TABLE entries; --").unwrap(),
+            r#""';" OR "DROP" OR "TABLE" OR "entries;" OR "--""#
+        );
     }
 }

@@ -1,0 +1,259 @@
+//! Test helpers: a temp data dir per test, the real binary, a real MCP client over stdio, and a
+//! raw line-level session for transport tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorData, Tool};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use serde_json::{Value, json};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memwarden")
+}
+
+/// A temp dir holding a data dir path (not created until init or serve).
+pub struct TestDir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn stderr_log(&self) -> PathBuf {
+        self.tmp.path().join("stderr.log")
+    }
+
+    /// `memwarden init` on the data dir.
+    pub fn init(&self) {
+        let out = self.cli(&["init"]);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs a CLI subcommand with `--data-dir`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("--data-dir").arg(self.data());
+        cmd.output().expect("run memwarden")
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data().join("memory.db")).expect("open memory.db")
+    }
+
+    pub fn row_count(&self) -> i64 {
+        self.db()
+            .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// Starts `memwarden serve` with an MCP client attached; stderr goes to `stderr.log`.
+    pub async fn connect(&self) -> Client {
+        self.connect_with(&[]).await
+    }
+
+    pub async fn connect_with(&self, extra: &[&str]) -> Client {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_log())
+            .expect("stderr log");
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(extra);
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn memwarden serve");
+        let service = ().serve(transport).await.expect("MCP initialize");
+        Client { service }
+    }
+}
+
+/// What a tool call came back as.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A successful result's structuredContent.
+    Ok(Value),
+    /// A tool result with isError: true; its structuredContent.
+    ToolError(Value),
+    /// A JSON-RPC error.
+    Protocol(ErrorData),
+}
+
+impl Outcome {
+    pub fn ok(self) -> Value {
+        match self {
+            Outcome::Ok(v) => v,
+            other => panic!("expected success, got {other:?}"),
+        }
+    }
+
+    /// The `code` of a tool error.
+    pub fn tool_code(&self) -> String {
+        match self {
+            Outcome::ToolError(v) => v["code"].as_str().unwrap_or_default().to_string(),
+            other => panic!("expected a tool error, got {other:?}"),
+        }
+    }
+
+    /// The JSON-RPC error, which must be -32602.
+    pub fn invalid_params(self) -> ErrorData {
+        match self {
+            Outcome::Protocol(e) if e.code.0 == -32602 => e,
+            other => panic!("expected -32602, got {other:?}"),
+        }
+    }
+}
+
+pub struct Client {
+    pub service: RunningService<RoleClient, ()>,
+}
+
+impl Client {
+    pub async fn tools(&self) -> Vec<Tool> {
+        self.service.list_all_tools().await.expect("tools/list")
+    }
+
+    pub async fn call(&self, tool: &str, args: Value) -> Outcome {
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        if let Value::Object(map) = args {
+            params = params.with_arguments(map);
+        }
+        match self.service.call_tool(params).await {
+            Ok(result) => classify(result),
+            Err(ServiceError::McpError(e)) => Outcome::Protocol(e),
+            Err(e) => panic!("transport failure calling {tool}: {e}"),
+        }
+    }
+
+    pub async fn store(&self, content: &str) -> String {
+        let v = self
+            .call("memory_store", json!({"content": content}))
+            .await
+            .ok();
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn close(self) {
+        let _ = self.service.cancel().await;
+    }
+}
+
+fn classify(result: CallToolResult) -> Outcome {
+    let structured = result
+        .structured_content
+        .clone()
+        .expect("structuredContent");
+    // The text block must carry the same JSON.
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .expect("text content");
+    let parsed: Value = serde_json::from_str(&text).expect("text is JSON");
+    assert_eq!(parsed, structured, "text and structuredContent differ");
+    if result.is_error == Some(true) {
+        Outcome::ToolError(structured)
+    } else {
+        Outcome::Ok(structured)
+    }
+}
+
+/// A session spoken line by line, for what an SDK client will not send.
+pub struct RawSession {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl RawSession {
+    pub fn start(dir: &TestDir) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.stderr_log())
+            .expect("stderr log");
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.data())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut s = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        s.send(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}).to_string());
+        let init = s.recv();
+        assert_eq!(init["result"]["serverInfo"]["name"], "memwarden");
+        s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        s
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read");
+        assert!(n > 0, "server closed stdout");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+    }
+
+    pub fn call(&mut self, id: u64, tool: &str, args: Value) -> Value {
+        self.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}).to_string());
+        self.recv()
+    }
+
+    /// Closes stdin and waits for the process; returns its exit status.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait")
+    }
+}
+
+/// Reads a whole file as bytes (for leak greps).
+pub fn read_all(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
