@@ -86,10 +86,10 @@ impl Server {
     /// Closes the store (checkpointing the WAL); later calls answer UNAVAILABLE.
     pub fn close_store(&self) {
         let mut guard = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = guard.take() {
-            if let Err(e) = store.close() {
-                tracing::warn!(error = %e, "closing memory.db failed");
-            }
+        if let Some(store) = guard.take()
+            && let Err(e) = store.close()
+        {
+            tracing::warn!(error = %e, "closing memory.db failed");
         }
     }
 
