@@ -49,12 +49,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let _signals = watch_signals(shutdown.clone())?;
-        server::run(server, tokio::io::stdin(), tokio::io::stdout(), shutdown).await;
+        // Pipes (how MCP clients launch us) go through the non-blocking pipe driver, on their
+        // own open file descriptions; anything else falls back to tokio's blocking stdio.
+        let (read, write) = rmcp::transport::io::stdio_pipes();
+        server::run(server, read, write, shutdown).await;
         anyhow::Ok(())
     })?;
     closer.close_store();
-    // tokio's stdin reads on a blocking thread that may sit in read(2) forever after a SIGTERM:
-    // do not wait for it.
+    // With the blocking fallback, stdin is read on a thread that may sit in read(2) forever after
+    // a SIGTERM: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
 }

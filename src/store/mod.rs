@@ -564,17 +564,17 @@ impl Store {
     pub fn search(&self, match_expr: &str, filter: &Filter, limit: usize) -> Result<Hits> {
         use rusqlite::types::Value;
         let mut sql = format!(
-            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), bm25(entries_fts) \
+            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank \
              FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
              WHERE entries_fts MATCH ?1"
         );
         let mut args = vec![Value::Text(match_expr.to_string())];
         Self::push_filter(filter, &mut sql, &mut args);
         args.push(Value::Integer(limit as i64));
-        sql.push_str(&format!(
-            " ORDER BY bm25(entries_fts) LIMIT ?{}",
-            args.len()
-        ));
+        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
+        // stops after `limit` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
+        // would build a snippet for every match before sorting.
+        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let mut hits = Hits::default();

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Interoperability smoke test with a client nobody on the team wrote: the MCP Inspector CLI.
+# Lists the tools, stores one memory, finds it again. Usage: .ci/interop.sh PATH/TO/memwarden
+set -euo pipefail
+bin=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cache=${MEMWARDEN_INSPECTOR_DIR:-$HOME/.cache/memwarden-ci/inspector}
+if [ ! -x "$cache/node_modules/.bin/mcp-inspector" ]; then
+  mkdir -p "$cache"
+  npm install --prefix "$cache" --no-audit --no-fund --loglevel=error @modelcontextprotocol/inspector@0.15 >/dev/null
+fi
+inspector="$cache/node_modules/.bin/mcp-inspector"
+data="$work/data"
+run() { timeout 120 "$inspector" --cli "$bin" serve --data-dir "$data" "$@" 2>>"$work/inspector.err"; }
+
+passed=0; failed=0
+check() { # name, python expression over the JSON in $out
+  if python3 -c "import json,sys; d=json.loads(sys.stdin.read()); sys.exit(0 if ($2) else 1)" <<<"$out"; then
+    passed=$((passed+1)); echo "ok: $1"
+  else
+    failed=$((failed+1)); echo "FAILED: $1"; echo "$out" | head -c 2000; echo
+  fi
+}
+
+out=$(run --method tools/list)
+check "tools/list shows the six tools" "sorted(t['name'] for t in d['tools']) == ['memory_delete','memory_get','memory_list','memory_search','memory_store','memory_update']"
+check "tools/list advertises bounded schemas" "all(t['inputSchema'].get('additionalProperties') is False for t in d['tools'])"
+
+out=$(run --method tools/call --tool-name memory_store --tool-arg 'content=the inspector was here')
+check "memory_store succeeds" "d['isError'] is False and d['structuredContent']['status'] == 'active'"
+id=$(python3 -c "import json,sys; print(json.loads(sys.stdin.read())['structuredContent']['id'])" <<<"$out")
+
+out=$(run --method tools/call --tool-name memory_search --tool-arg 'query=inspector')
+check "memory_search finds it" "d['structuredContent']['results'][0]['memory']['id'] == '$id'"
+
+out=$(run --method tools/call --tool-name memory_get --tool-arg "id=$id")
+check "memory_get returns it verified" "d['structuredContent']['memory']['verified'] is True"
+
+echo "interop: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,142 @@
+//! Criterion micro-benchmarks of the store: seal, verify, and store/get/search at 10k and 100k
+//! entries, in-process (no MCP). Run with `cargo bench --bench store`.
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use memwarden::store::keyring::{KeySet, Keyring, SecretKey};
+use memwarden::store::seal::{self, SealedFields};
+use memwarden::store::{Author, Filter, NewEntry, Store, StoreOptions, Synchronous};
+
+fn fields<'a>(content: &'a str, tags: &'a [String], sha: &'a [u8]) -> SealedFields<'a> {
+    SealedFields {
+        key_id: "e1",
+        id: "01a20d1b-a1e9-701b-8364-26b3d89b12c2",
+        namespace: "default",
+        content,
+        tags,
+        metadata: Some(r#"{"source":"bench"}"#),
+        status: "active",
+        supersedes: None,
+        principal: "local",
+        session_id: "65cc0a3e-bfa4-4faa-8bb3-f3d30425168d",
+        created_at: 1_764_000_000_000,
+        updated_at: 1_764_000_000_000,
+        content_sha256: sha,
+    }
+}
+
+fn bench_seal(c: &mut Criterion) {
+    let key = SecretKey::from_bytes(vec![42; 32]);
+    let content = "x".repeat(500);
+    let tags = vec!["a".to_string(), "b".to_string()];
+    let sha = seal::content_sha256(&content);
+    let f = fields(&content, &tags, &sha);
+    let mac = seal::seal(&key, &f);
+    c.bench_function("seal 500B", |b| b.iter(|| seal::seal(&key, black_box(&f))));
+    c.bench_function("verify 500B", |b| {
+        b.iter(|| seal::verify(&key, black_box(&f), &mac))
+    });
+}
+
+fn populated(n: usize) -> (tempfile::TempDir, Store, KeySet, Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keyring::generate().unwrap().entry;
+    let path = dir.path().join("memory.db");
+    let vocab = common::vocabulary(5000);
+    let mut rng = common::Rng::new(n as u64);
+    let mut ids = Vec::with_capacity(n);
+    {
+        // Populate without fsync per row; the measured store below uses the default (FULL).
+        let mut store = Store::open(
+            &path,
+            keys.clone(),
+            StoreOptions {
+                synchronous: Synchronous::Normal,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let author = Author {
+            principal: "local",
+            session_id: "bench",
+        };
+        for i in 0..n {
+            let e = store
+                .insert(
+                    author,
+                    NewEntry {
+                        namespace: "default".into(),
+                        content: common::sentence(&mut rng, &vocab, 60),
+                        tags: vec![format!("t{}", i % 16)],
+                        metadata: None,
+                    },
+                    1_764_000_000_000 + i as i64,
+                )
+                .unwrap();
+            ids.push(e.id);
+        }
+    }
+    let store = Store::open(&path, keys.clone(), StoreOptions::default()).unwrap();
+    (dir, store, keys, ids, vocab)
+}
+
+fn bench_store_ops(c: &mut Criterion) {
+    let sizes: Vec<usize> = std::env::var("MEMWARDEN_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    for n in sizes {
+        let (_dir, mut store, _keys, ids, vocab) = populated(n);
+        let mut group = c.benchmark_group(format!("store@{n}"));
+        group.sample_size(50);
+        let mut rng = common::Rng::new(99);
+        let author = Author {
+            principal: "local",
+            session_id: "bench",
+        };
+        group.bench_function("insert (FULL)", |b| {
+            b.iter_batched(
+                || NewEntry {
+                    namespace: "default".into(),
+                    content: common::sentence(&mut rng, &vocab, 60),
+                    tags: vec![],
+                    metadata: None,
+                },
+                |e| store.insert(author, e, 1_800_000_000_000).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        let mut i = 0usize;
+        group.bench_function("get", |b| {
+            b.iter(|| {
+                i = (i + 7919) % ids.len();
+                black_box(store.get(&ids[i]).unwrap())
+            })
+        });
+        let filter = Filter {
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        let mut rng = common::Rng::new(5);
+        group.bench_function("search 2 words, limit 20", |b| {
+            b.iter(|| {
+                let q = format!(
+                    "\"{}\" OR \"{}\"",
+                    vocab[rng.below(vocab.len())],
+                    vocab[rng.below(vocab.len())]
+                );
+                black_box(store.search(&q, &filter, 20).unwrap())
+            })
+        });
+        group.bench_function("list page 20", |b| {
+            b.iter(|| black_box(store.list(&filter, None, 20).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_seal, bench_store_ops);
+criterion_main!(benches);
