@@ -74,6 +74,7 @@ fn populated(n: usize) -> (tempfile::TempDir, Store, KeySet, Vec<String>, Vec<St
                         metadata: None,
                     },
                     1_764_000_000_000 + i as i64,
+                    |_| Ok(()),
                 )
                 .unwrap();
             ids.push(e.id);
@@ -105,7 +106,11 @@ fn bench_store_ops(c: &mut Criterion) {
                     tags: vec![],
                     metadata: None,
                 },
-                |e| store.insert(author, e, 1_800_000_000_000).unwrap(),
+                |e| {
+                    store
+                        .insert(author, e, 1_800_000_000_000, |_| Ok(()))
+                        .unwrap()
+                },
                 BatchSize::SmallInput,
             )
         });

@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::audit::{AuditError, AuditLog};
 use crate::store::keyring::{Keyring, KeyringError, current_uid};
 use crate::store::{OpenError, Store, StoreOptions};
 
@@ -69,6 +70,8 @@ pub enum DataDirError {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 impl DataDir {
@@ -82,6 +85,10 @@ impl DataDir {
 
     pub fn memory_db(&self) -> PathBuf {
         self.root.join("memory.db")
+    }
+
+    pub fn audit_db(&self) -> PathBuf {
+        self.root.join("audit.db")
     }
 
     pub fn keyring(&self) -> PathBuf {
@@ -163,7 +170,17 @@ impl DataDir {
         let db = staged.memory_db();
         let store = Store::open(&db, ring.entry.clone(), StoreOptions::default())?;
         drop(store);
-        fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).map_err(|e| self.io(e))?;
+        let audit = staged.audit_db();
+        let log = AuditLog::open(
+            &audit,
+            ring.audit.clone(),
+            StoreOptions::default().busy_timeout,
+        )?;
+        drop(log);
+        for file in [db, audit] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
+                .map_err(|e| self.io(e))?;
+        }
         Ok(())
     }
 

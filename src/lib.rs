@@ -26,6 +26,8 @@
 //! stderr — stdout carries protocol only, and no log line carries content, metadata values,
 //! queries or keys.
 
+pub mod audit;
+pub mod canon;
 pub mod cli;
 pub mod config;
 pub mod error;

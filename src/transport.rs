@@ -21,7 +21,7 @@ const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 
 /// A server transport over a reader and a writer.
-pub struct LineTransport<R, W> {
+pub struct LineTransport<R, W, F> {
     read: BufReader<R>,
     line: Vec<u8>,
     max_line: usize,
@@ -29,6 +29,8 @@ pub struct LineTransport<R, W> {
     /// inside a `select!` and may be dropped between reads.
     discarding: bool,
     write: Arc<Mutex<W>>,
+    /// Told about every refused over-long line (the server audits it).
+    on_oversize: F,
 }
 
 enum Read {
@@ -38,18 +40,20 @@ enum Read {
     Io(std::io::Error),
 }
 
-impl<R, W> LineTransport<R, W>
+impl<R, W, F> LineTransport<R, W, F>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
+    F: Fn() + Send,
 {
-    pub fn new(read: R, write: W, max_line: usize) -> Self {
+    pub fn new(read: R, write: W, max_line: usize, on_oversize: F) -> Self {
         Self {
             read: BufReader::with_capacity(64 * 1024, read),
             line: Vec::new(),
             max_line,
             discarding: false,
             write: Arc::new(Mutex::new(write)),
+            on_oversize,
         }
     }
 
@@ -148,10 +152,11 @@ where
     }
 }
 
-impl<R, W> Transport<RoleServer> for LineTransport<R, W>
+impl<R, W, F> Transport<RoleServer> for LineTransport<R, W, F>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
+    F: Fn() + Send,
 {
     type Error = std::io::Error;
 
@@ -188,6 +193,7 @@ where
                         limit = self.max_line,
                         "request line over the limit refused before parsing"
                     );
+                    (self.on_oversize)();
                     self.reply_error(
                         Value::Null,
                         INVALID_REQUEST,

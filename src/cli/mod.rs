@@ -1,6 +1,7 @@
 //! The operator's command line: parsing, and one module per subcommand group. Never reachable
 //! from an agent; only the operator (or an MCP client's launch command) picks these flags.
 
+pub mod audit;
 pub mod init;
 pub mod serve;
 pub mod verify;
@@ -27,8 +28,11 @@ pub enum Command {
     Init(DataDirArg),
     /// Serve one MCP session over stdin/stdout (initialises a missing data dir first).
     Serve(serve::ServeArgs),
-    /// Check every stored row's seal; exits 1 listing the ids that fail.
+    /// Check every stored row's seal and reconcile entries with the audit log; exits 1 listing
+    /// what fails.
     Verify(DataDirArg),
+    /// The auditor's tools: verify, head, query, export (read-only, offline).
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,5 +64,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Audit(args) => audit::run(&args),
     }
 }

@@ -11,10 +11,11 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::config::{DataDir, Limits};
 use crate::principal::Principal;
 use crate::schema::Schemas;
-use crate::server::{self, Server};
+use crate::server::{self, Server, StartFacts};
 use crate::session::Session;
 use crate::store::{Store, StoreOptions};
 
@@ -37,10 +38,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let keyring = dir.open_keyring()?;
     let principal = Principal::from_flag(&args.principal)?;
     let schemas = Schemas::load()?;
-    let store = Store::open(&dir.memory_db(), keyring.entry, StoreOptions::default())?;
+    let options = StoreOptions::default();
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
-    let server = Server::new(schemas, store, session, Limits::default());
+    let server = Server::new(schemas, store, audit, session, Limits::default());
+    let facts = StartFacts {
+        policy_sha256: None,
+        sandbox: "none".into(),
+        relaxing_flags: Vec::new(),
+    };
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -52,10 +60,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // Pipes (how MCP clients launch us) go through the non-blocking pipe driver, on their
         // own open file descriptions; anything else falls back to tokio's blocking stdio.
         let (read, write) = rmcp::transport::io::stdio_pipes();
-        server::run(server, read, write, shutdown).await;
+        server::run(server, facts, read, write, shutdown).await;
         anyhow::Ok(())
     })?;
-    closer.close_store();
+    closer.close();
     // With the blocking fallback, stdin is read on a thread that may sit in read(2) forever after
     // a SIGTERM: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -1,5 +1,10 @@
-//! `memwarden verify`: check every row's seal, offline, and name the rows that fail.
+//! `memwarden verify`: check every row's seal, offline, and reconcile entries with the audit log.
+//!
+//! Reconciliation holds the audit-before-commit promise to account: every entry must have the
+//! audited call that created it. An audited write whose entry is absent ("audited, not applied")
+//! is what a crash between the two commits leaves; it is reported but is not a failure.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 
 use super::DataDirArg;
@@ -11,17 +16,59 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let keyring = dir.open_keyring()?;
     let store = Store::open_read_only(&dir.memory_db(), keyring.entry)?;
     let report = store.verify_all()?;
+    let mut failed = false;
     if report.failed.is_empty() {
         println!("ok: {} entries verified", report.checked);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        failed = true;
+        println!(
+            "FAILED: {} of {} entries do not verify:",
+            report.failed.len(),
+            report.checked
+        );
+        for id in &report.failed {
+            println!("{id}");
+        }
     }
-    println!(
-        "FAILED: {} of {} entries do not verify:",
-        report.failed.len(),
-        report.checked
-    );
-    for id in &report.failed {
-        println!("{id}");
+
+    let audit = crate::audit::open_ro(&dir.audit_db())?;
+    let mut stmt = audit.prepare(
+        "SELECT json_extract(detail, '$.created') FROM events WHERE kind = 'call' \
+         AND outcome = 'ok' AND tool IN ('memory_store', 'memory_update') \
+         AND json_extract(detail, '$.created') IS NOT NULL",
+    )?;
+    let audited: HashSet<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let entries: HashSet<String> = store.all_ids()?.into_iter().collect();
+    let mut unaudited: Vec<&String> = entries.difference(&audited).collect();
+    let mut not_applied: Vec<&String> = audited.difference(&entries).collect();
+    unaudited.sort();
+    not_applied.sort();
+    if unaudited.is_empty() {
+        println!("ok: every entry has the audited call that created it");
+    } else {
+        failed = true;
+        println!(
+            "FAILED: {} entries have no audited call that created them:",
+            unaudited.len()
+        );
+        for id in unaudited {
+            println!("{id}");
+        }
     }
-    Ok(ExitCode::from(1))
+    if !not_applied.is_empty() {
+        println!(
+            "note: {} audited writes were not applied (a crash between the audit and store commits):",
+            not_applied.len()
+        );
+        for id in not_applied {
+            println!("{id}");
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

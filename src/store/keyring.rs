@@ -82,7 +82,9 @@ pub enum KeyringError {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKeyring {
-    entry: RawSection,
+    /// Optional only in an auditor's keyring, which needs the audit key alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entry: Option<RawSection>,
     audit: RawSection,
 }
 
@@ -157,7 +159,7 @@ impl Keyring {
                 .collect(),
         };
         let raw = RawKeyring {
-            entry: section(&self.entry),
+            entry: Some(section(&self.entry)),
             audit: section(&self.audit),
         };
         let text = toml::to_string(&raw).map_err(|e| KeyringError::Format {
@@ -176,8 +178,22 @@ impl Keyring {
             .map_err(io)
     }
 
+    /// Reads the audit keys only, for an auditor: same file checks, and the entry section may
+    /// be absent (an auditor should not hold entry keys).
+    pub fn load_audit(path: &Path) -> Result<KeySet, KeyringError> {
+        let shown = path.display().to_string();
+        let text = Self::read_checked(path)?;
+        let raw = Self::parse_raw(&text, &shown)?;
+        Self::section(raw.audit, "audit", &shown)
+    }
+
     /// Reads and checks a keyring file (see the module docs for what is refused).
     pub fn load(path: &Path) -> Result<Self, KeyringError> {
+        let text = Self::read_checked(path)?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn read_checked(path: &Path) -> Result<String, KeyringError> {
         let shown = path.display().to_string();
         let io = |source| KeyringError::Io {
             path: shown.clone(),
@@ -199,11 +215,22 @@ impl Keyring {
                 uid,
             });
         }
-        let text = fs::read_to_string(path).map_err(io)?;
-        Self::parse(&text, &shown)
+        fs::read_to_string(path).map_err(io)
     }
 
     fn parse(text: &str, shown: &str) -> Result<Self, KeyringError> {
+        let raw = Self::parse_raw(text, shown)?;
+        let entry = raw.entry.ok_or_else(|| KeyringError::Format {
+            path: shown.to_string(),
+            reason: "missing the [entry] section".into(),
+        })?;
+        Ok(Self {
+            entry: Self::section(entry, "entry", shown)?,
+            audit: Self::section(raw.audit, "audit", shown)?,
+        })
+    }
+
+    fn parse_raw(text: &str, shown: &str) -> Result<RawKeyring, KeyringError> {
         let format = |reason: String| KeyringError::Format {
             path: shown.to_string(),
             reason,
@@ -220,10 +247,7 @@ impl Keyring {
                 .unwrap_or_default();
             format(format!("not a valid keyring{at}: {}", e.message()))
         })?;
-        Ok(Self {
-            entry: Self::section(raw.entry, "entry", shown)?,
-            audit: Self::section(raw.audit, "audit", shown)?,
-        })
+        Ok(raw)
     }
 
     fn section(raw: RawSection, name: &'static str, shown: &str) -> Result<KeySet, KeyringError> {

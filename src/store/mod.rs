@@ -112,6 +112,8 @@ pub struct Page {
     pub entries: Vec<Entry>,
     /// Rows in range that failed verification and were not returned.
     pub withheld: usize,
+    /// Their ids, for the security record (never for the agent).
+    pub withheld_ids: Vec<String>,
     /// Present when more entries may follow: the id to continue below.
     pub next_after: Option<String>,
 }
@@ -130,6 +132,8 @@ pub struct Hit {
 pub struct Hits {
     pub hits: Vec<Hit>,
     pub withheld: usize,
+    /// Their ids, for the security record (never for the agent).
+    pub withheld_ids: Vec<String>,
 }
 
 /// `memwarden verify`'s findings.
@@ -385,7 +389,17 @@ impl Store {
     }
 
     /// Stores a new active entry and returns it as sealed.
-    pub fn insert(&mut self, author: Author<'_>, new: NewEntry, now_ms: i64) -> Result<Entry> {
+    ///
+    /// `before_commit` runs inside the write transaction, after the row is in place and before
+    /// it commits: the audit append goes there (DESIGN.md §3, audit before commit). If it fails,
+    /// the transaction rolls back and nothing is stored.
+    pub fn insert(
+        &mut self,
+        author: Author<'_>,
+        new: NewEntry,
+        now_ms: i64,
+        before_commit: impl FnOnce(&Entry) -> Result<()>,
+    ) -> Result<Entry> {
         let entry = Entry {
             id: uuid::Uuid::now_v7().to_string(),
             content_sha256: seal::content_sha256(&new.content),
@@ -402,6 +416,7 @@ impl Store {
         };
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         self.insert_row(&tx, &entry)?;
+        before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
     }
@@ -435,13 +450,14 @@ impl Store {
     }
 
     /// Writes a new version of an active entry; the old one becomes superseded. Returns the new
-    /// version.
+    /// version. `before_commit` as for [`Store::insert`].
     pub fn update(
         &mut self,
         author: Author<'_>,
         id: &str,
         changes: Changes,
         now_ms: i64,
+        before_commit: impl FnOnce(&Entry) -> Result<()>,
     ) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut old = self.load_verified(&tx, id)?;
@@ -476,13 +492,20 @@ impl Store {
         old.updated_at = now_ms;
         self.reseal_status(&tx, &old)?;
         self.insert_row(&tx, &new)?;
+        before_commit(&new)?;
         tx.commit()?;
         Ok(new)
     }
 
     /// Tombstones an active entry: it disappears from get, search and list, but its content stays
     /// until purge so an operator can restore it.
-    pub fn delete(&mut self, id: &str, now_ms: i64) -> Result<Entry> {
+    /// `before_commit` as for [`Store::insert`].
+    pub fn delete(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        before_commit: impl FnOnce(&Entry) -> Result<()>,
+    ) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut entry = self.load_verified(&tx, id)?;
         if entry.status != Status::Active {
@@ -491,6 +514,7 @@ impl Store {
         entry.status = Status::Deleted;
         entry.updated_at = now_ms;
         self.reseal_status(&tx, &entry)?;
+        before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
     }
@@ -552,6 +576,7 @@ impl Store {
                 None => {
                     withheld_log(&id);
                     page.withheld += 1;
+                    page.withheld_ids.push(id.clone());
                 }
             }
             last_id = Some(id);
@@ -594,6 +619,7 @@ impl Store {
                 None => {
                     withheld_log(&id);
                     hits.withheld += 1;
+                    hits.withheld_ids.push(id);
                 }
             }
         }
@@ -615,6 +641,15 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Every entry id, whatever its status (for reconciliation with the audit log).
+    pub fn all_ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM entries")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
     }
 
     /// Closes the connection, reporting what SQLite says about it.

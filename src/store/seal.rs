@@ -9,6 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 use super::keyring::SecretKey;
+use crate::canon::Canon;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -42,38 +43,25 @@ pub fn content_sha256(content: &str) -> [u8; 32] {
 
 /// Feeds the canonical encoding into any byte sink (the MAC, or a Vec in tests).
 fn encode(fields: &SealedFields<'_>, sink: &mut impl FnMut(&[u8])) {
-    let mut field = |bytes: &[u8]| {
-        sink(&(bytes.len() as u64).to_be_bytes());
-        sink(bytes);
-    };
     debug_assert!(fields.tags.windows(2).all(|w| w[0] < w[1]));
-    field(ENTRY_TAG_V1);
-    field(fields.key_id.as_bytes());
-    field(fields.id.as_bytes());
-    field(fields.namespace.as_bytes());
-    field(fields.content.as_bytes());
-    field(&(fields.tags.len() as u64).to_be_bytes());
+    let mut c = Canon::new(sink);
+    c.bytes(ENTRY_TAG_V1)
+        .str(fields.key_id)
+        .str(fields.id)
+        .str(fields.namespace)
+        .str(fields.content)
+        .int(fields.tags.len() as i64);
     for tag in fields.tags {
-        field(tag.as_bytes());
+        c.str(tag);
     }
-    optional(&mut field, fields.metadata);
-    field(fields.status.as_bytes());
-    optional(&mut field, fields.supersedes);
-    field(fields.principal.as_bytes());
-    field(fields.session_id.as_bytes());
-    field(&fields.created_at.to_be_bytes());
-    field(&fields.updated_at.to_be_bytes());
-    field(fields.content_sha256);
-}
-
-fn optional(field: &mut impl FnMut(&[u8]), value: Option<&str>) {
-    match value {
-        None => field(&[0]),
-        Some(v) => {
-            field(&[1]);
-            field(v.as_bytes());
-        }
-    }
+    c.opt(fields.metadata)
+        .str(fields.status)
+        .opt(fields.supersedes)
+        .str(fields.principal)
+        .str(fields.session_id)
+        .int(fields.created_at)
+        .int(fields.updated_at)
+        .bytes(fields.content_sha256);
 }
 
 /// The canonical encoding as bytes (for tests and fuzzing; sealing streams it instead).

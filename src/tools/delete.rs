@@ -20,7 +20,10 @@ struct Output<'a> {
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let entry = ctx.store.delete(&p.id, ctx.now_ms)?;
+    let (record, audit) = (&mut *ctx.record, ctx.audit);
+    let entry = ctx.store.delete(&p.id, ctx.now_ms, |entry| {
+        record.audit_write(audit, &[&entry.id])
+    })?;
     to_json(&Output {
         id: &entry.id,
         status: entry.status.as_str(),

@@ -18,6 +18,7 @@ struct Output<'a> {
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    ctx.record.ids.push(p.id.clone());
     let entry = ctx.store.get(&p.id)?;
     to_json(&Output {
         memory: MemoryView::new(&entry)?,

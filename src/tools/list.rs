@@ -67,6 +67,9 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         budget = budget.saturating_sub(size);
         memories.push(MemoryView::new(entry)?);
     }
+    ctx.record.results = Some(memories.len());
+    ctx.record.ids = memories.iter().map(|m| m.id().to_string()).collect();
+    ctx.record.withheld = page.withheld_ids.clone();
     to_json(&Output {
         memories,
         next_cursor: next_after.as_deref().and_then(encode_cursor),

@@ -95,6 +95,51 @@ pub struct CallContext<'a> {
     /// Where a call without `namespace` goes.
     pub default_namespace: &'a str,
     pub now_ms: i64,
+    /// What the call touched, for its audit event.
+    pub record: &'a mut CallRecord,
+    /// Appends this call's "ok" audit event. Write tools call it inside their store transaction,
+    /// before commit (DESIGN.md §3); the server calls it for reads.
+    pub audit: &'a dyn Fn(&CallRecord) -> Result<()>,
+}
+
+/// What a call touched: ids and sizes, never content, metadata values or queries.
+#[derive(Debug, Default, Serialize)]
+pub struct CallRecord {
+    /// Ids read, written or returned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// The id a store or update created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Bytes of content written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_bytes: Option<usize>,
+    /// Bytes of metadata written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_bytes: Option<usize>,
+    /// Results returned by search or list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<usize>,
+    /// Rows withheld because they failed verification (a security event records them).
+    #[serde(skip)]
+    pub withheld: Vec<String>,
+    /// Set once the call's event is in the log, so it is never recorded twice.
+    #[serde(skip)]
+    pub audited: bool,
+}
+
+impl CallRecord {
+    /// Runs the audit hook from inside a write transaction.
+    pub(crate) fn audit_write(
+        &mut self,
+        audit: &dyn Fn(&CallRecord) -> Result<()>,
+        touched: &[&str],
+    ) -> Result<()> {
+        self.ids.extend(touched.iter().map(|s| s.to_string()));
+        audit(self)?;
+        self.audited = true;
+        Ok(())
+    }
 }
 
 /// Parses validated arguments into a tool's parameter type and runs it.
@@ -217,6 +262,10 @@ impl<'a> MemoryView<'a> {
             verified: true,
             content_trust: "untrusted",
         })
+    }
+
+    pub fn id(&self) -> &str {
+        self.id
     }
 
     /// Rough serialized size, for response byte bounds.

@@ -82,6 +82,9 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
             rank: hit.rank,
         });
     }
+    ctx.record.results = Some(results.len());
+    ctx.record.ids = results.iter().map(|h| h.memory.id().to_string()).collect();
+    ctx.record.withheld = hits.withheld_ids.clone();
     to_json(&Output {
         results,
         withheld: hits.withheld,

@@ -29,6 +29,9 @@ struct Output<'a> {
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
     let metadata = metadata_text(p.metadata, ctx.limits)?;
+    ctx.record.content_bytes = Some(p.content.len());
+    ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
+    let (record, audit) = (&mut *ctx.record, ctx.audit);
     let entry = ctx.store.insert(
         ctx.author,
         NewEntry {
@@ -40,6 +43,10 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
             metadata,
         },
         ctx.now_ms,
+        |entry| {
+            record.created = Some(entry.id.clone());
+            record.audit_write(audit, &[&entry.id])
+        },
     )?;
     to_json(&Output {
         id: &entry.id,

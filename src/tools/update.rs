@@ -35,7 +35,15 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         tags: p.tags,
         metadata: metadata_text(p.metadata, ctx.limits)?,
     };
-    let entry = ctx.store.update(ctx.author, &p.id, changes, ctx.now_ms)?;
+    ctx.record.content_bytes = changes.content.as_ref().map(String::len);
+    ctx.record.metadata_bytes = changes.metadata.as_ref().map(String::len);
+    let (record, audit) = (&mut *ctx.record, ctx.audit);
+    let entry = ctx
+        .store
+        .update(ctx.author, &p.id, changes, ctx.now_ms, |entry| {
+            record.created = Some(entry.id.clone());
+            record.audit_write(audit, &[&p.id, &entry.id])
+        })?;
     to_json(&Output {
         id: &entry.id,
         supersedes: entry.supersedes.as_deref().unwrap_or_default(),

@@ -1,0 +1,214 @@
+//! Appending events: canonical encoding, the hash chain and its MAC.
+//!
+//! hash = SHA-256(version tag ‖ prev_hash ‖ canonical row); mac = HMAC-SHA256(audit key, hash).
+//! The canonical row is length-prefixed (see `canon`), so no two rows hash alike. The append runs
+//! in `BEGIN IMMEDIATE`: read the head, link to it, insert, commit — one writer at a time across
+//! every process on the file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{AuditError, Kind, Outcome};
+use crate::canon::Canon;
+use crate::store::keyring::{KeySet, SecretKey};
+
+/// Domain-separating version tag of the chain hash.
+pub const AUDIT_TAG_V1: &[u8] = b"memwarden/audit/v1";
+
+/// The hash the first event links to.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub kind: Kind,
+    pub session_id: Option<&'a str>,
+    pub principal: Option<&'a str>,
+    pub tool: Option<&'a str>,
+    pub outcome: Option<Outcome>,
+    pub code: Option<&'a str>,
+    /// Ids, sizes, hashes, durations. Never content, metadata values, queries or keys.
+    pub detail: Value,
+}
+
+impl<'a> NewEvent<'a> {
+    pub fn new(kind: Kind, detail: Value) -> Self {
+        Self {
+            kind,
+            session_id: None,
+            principal: None,
+            tool: None,
+            outcome: None,
+            code: None,
+            detail,
+        }
+    }
+}
+
+/// The row fields that the chain hash covers, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RowFields<'a> {
+    pub seq: i64,
+    pub ts: &'a str,
+    pub kind: &'a str,
+    pub session_id: Option<&'a str>,
+    pub principal: Option<&'a str>,
+    pub tool: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    pub code: Option<&'a str>,
+    pub detail: &'a str,
+    pub key_id: &'a str,
+}
+
+/// SHA-256(tag ‖ prev_hash ‖ canonical row).
+pub fn chain_hash(prev_hash: &[u8], row: &RowFields<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    Canon::new(|b: &[u8]| h.update(b))
+        .bytes(AUDIT_TAG_V1)
+        .bytes(prev_hash)
+        .int(row.seq)
+        .str(row.ts)
+        .str(row.kind)
+        .opt(row.session_id)
+        .opt(row.principal)
+        .opt(row.tool)
+        .opt(row.outcome)
+        .opt(row.code)
+        .str(row.detail)
+        .str(row.key_id);
+    h.finalize().into()
+}
+
+fn mac_of(key: &SecretKey, hash: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
+    mac.update(hash);
+    mac
+}
+
+/// HMAC-SHA256(audit key, hash).
+pub fn chain_mac(key: &SecretKey, hash: &[u8]) -> [u8; 32] {
+    mac_of(key, hash).finalize().into_bytes().into()
+}
+
+/// Constant-time MAC check.
+pub fn verify_mac(key: &SecretKey, hash: &[u8], mac: &[u8]) -> bool {
+    mac_of(key, hash).verify_slice(mac).is_ok()
+}
+
+/// The last event of the chain: what an operator keeps elsewhere to detect truncation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+/// Reads the head of the chain (seq 0 and the genesis hash for an empty log).
+pub fn head(conn: &Connection) -> Result<Head, AuditError> {
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((seq, hash)) => Head { seq, hash },
+        None => Head {
+            seq: 0,
+            hash: hex::encode(GENESIS),
+        },
+    })
+}
+
+/// An open audit.db with the audit key, ready to append.
+pub struct AuditLog {
+    conn: Connection,
+    keys: KeySet,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    pub fn open(path: &Path, keys: KeySet, busy_timeout: Duration) -> Result<Self, AuditError> {
+        Ok(Self {
+            conn: super::open_rw(path, busy_timeout)?,
+            keys,
+        })
+    }
+
+    /// Appends one event and returns the new head. Fails, changing nothing, when audit.db
+    /// cannot be written.
+    pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        let ts = crate::tools::format_ms(now_ms);
+        let detail = event.detail.to_string();
+        let (key_id, key) = self.keys.active();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let prev = head(&tx)?;
+        let prev_hash = hex::decode(&prev.hash)
+            .map_err(|_| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
+        let seq = prev.seq + 1;
+        let row = RowFields {
+            seq,
+            ts: &ts,
+            kind: event.kind.as_str(),
+            session_id: event.session_id,
+            principal: event.principal,
+            tool: event.tool,
+            outcome: event.outcome.map(Outcome::as_str),
+            code: event.code,
+            detail: &detail,
+            key_id,
+        };
+        let hash = chain_hash(&prev_hash, &row);
+        let mac = chain_mac(key, &hash);
+        let hash = hex::encode(hash);
+        tx.prepare_cached(
+            "INSERT INTO events (seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
+             prev_hash, hash, key_id, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            seq,
+            ts,
+            row.kind,
+            row.session_id,
+            row.principal,
+            row.tool,
+            row.outcome,
+            row.code,
+            detail,
+            prev.hash,
+            hash,
+            key_id,
+            hex::encode(mac),
+        ])?;
+        tx.commit()?;
+        Ok(Head { seq, hash })
+    }
+
+    /// The current head.
+    pub fn head(&self) -> Result<Head, AuditError> {
+        head(&self.conn)
+    }
+
+    /// Closes the connection (checkpointing the WAL when this is the last one).
+    pub fn close(self) -> Result<(), AuditError> {
+        self.conn.close().map_err(|(_, e)| AuditError::Sqlite(e))
+    }
+}

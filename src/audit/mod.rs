@@ -1,0 +1,193 @@
+//! audit.db: one hash-chained, MAC'd event per call, allowed or refused (DESIGN.md §7).
+//!
+//! The agent-facing path only ever *appends* here; it never reads events back. Events carry
+//! ids, sizes, hashes and codes — never memory content, metadata values, queries or keys.
+//! Appends from concurrent processes serialise on `BEGIN IMMEDIATE`, so the chain never forks.
+
+pub mod append;
+pub mod query;
+pub mod verify;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+pub use append::{AuditLog, Head, NewEvent};
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SessionStart,
+    Call,
+    SessionEnd,
+    Security,
+    Admin,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Self::SessionStart,
+        Self::Call,
+        Self::SessionEnd,
+        Self::Security,
+        Self::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionStart => "session_start",
+            Self::Call => "call",
+            Self::SessionEnd => "session_end",
+            Self::Security => "security",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done as asked.
+    Ok,
+    /// Refused because of the caller: schema, limits, not found, policy.
+    Denied,
+    /// Failed inside: storage, integrity, internal.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Denied => "denied",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Why audit.db could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("audit.db: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("audit.db has schema version {found}, newer than this memwarden ({CURRENT_VERSION})")]
+    TooNew { found: i64 },
+    #[error("audit.db: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Open(String),
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY,
+    ts         TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    session_id TEXT,
+    principal  TEXT,
+    tool       TEXT,
+    outcome    TEXT,
+    code       TEXT,
+    detail     TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    key_id     TEXT NOT NULL,
+    mac        TEXT NOT NULL
+);
+CREATE INDEX events_ts ON events (ts);
+CREATE INDEX events_session ON events (session_id);
+"#];
+
+/// The schema version this binary writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens (creating if needed) audit.db for appending: WAL, FULL sync, migrations.
+pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > CURRENT_VERSION {
+            return Err(AuditError::TooNew { found: version });
+        }
+        let Some(step) = MIGRATIONS.get(version as usize) else {
+            break;
+        };
+        tx.execute_batch(step)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+/// Opens audit.db for reading only, as an auditor would: a copy, possibly in a read-only
+/// directory, without memory.db. Never writes, never creates.
+pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+    if !path.is_file() {
+        return Err(AuditError::Open(format!(
+            "{}: no such audit database",
+            path.display()
+        )));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_pending = std::fs::metadata(&wal)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    let dir_writable = path
+        .parent()
+        .map(|d| {
+            let probe = d.join(format!(
+                ".memwarden-probe-{}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            let ok = std::fs::File::create(&probe).is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        })
+        .unwrap_or(false);
+    let uri = |extra: &str| {
+        let mut u = String::from("file:");
+        for b in path.to_string_lossy().bytes() {
+            match b {
+                b'?' | b'#' | b'%' => u.push_str(&format!("%{b:02X}")),
+                _ => u.push(b as char),
+            }
+        }
+        u.push_str("?mode=ro");
+        u.push_str(extra);
+        u
+    };
+    let conn = if dir_writable || !wal_pending {
+        // Without a pending WAL, the file alone is the whole database: read it as immutable so
+        // no -shm needs creating (a read-only directory allows none).
+        let extra = if dir_writable { "" } else { "&immutable=1" };
+        Connection::open_with_flags(uri(extra), flags)?
+    } else {
+        return Err(AuditError::Open(format!(
+            "{} has un-checkpointed changes in its -wal file and its directory is read-only; \
+             copy it to a writable directory (with the -wal file) first",
+            path.display()
+        )));
+    };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != CURRENT_VERSION {
+        return Err(AuditError::TooNew { found: version });
+    }
+    Ok(conn)
+}
