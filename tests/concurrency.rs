@@ -50,6 +50,35 @@ async fn eight_servers_storing_500_each_lose_nothing() {
             .contains(&format!("{} entries verified", SERVERS * EACH))
     );
 
+    // The audit chain took every call from every process, in one line with no fork.
+    let out = dir.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let head = String::from_utf8(dir.cli(&["audit", "head"]).stdout).unwrap();
+    let expected_events = SERVERS * (EACH + 2);
+    assert!(
+        head.starts_with(&format!("{expected_events}:")),
+        "head {head}"
+    );
+    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let mut stmt = audit
+        .prepare("SELECT json_extract(detail, '$.created') FROM events WHERE kind = 'call' AND tool = 'memory_store' AND outcome = 'ok'")
+        .unwrap();
+    let mut created: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    created.sort();
+    assert_eq!(created, unique, "one audited call per stored entry");
+    let forks: i64 = audit
+        .query_row("SELECT count(*) FROM events a JOIN events b ON a.prev_hash = b.prev_hash AND a.seq < b.seq", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(forks, 0, "no two events share a parent");
+
     // Every entry is readable and verified through the server, and the index agrees.
     let client = dir.connect().await;
     for id in all.iter().step_by(97) {

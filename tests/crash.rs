@@ -1,0 +1,123 @@
+//! kill -9 at random moments during a stream of stores: every acknowledged store survives with
+//! its audit event, both databases stay intact, and both verifiers pass.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TestDir;
+use serde_json::{Value, json};
+
+const KILLS: usize = 50;
+
+#[test]
+fn kill_9_during_stores_loses_nothing_acknowledged() {
+    let dir = TestDir::new();
+    dir.init();
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..KILLS {
+        let mut child = Command::new(common::bin())
+            .args(["serve", "--data-dir"])
+            .arg(dir.data())
+            .env("MEMWARDEN_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let acks = acks.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let v: Value = serde_json::from_str(&line).unwrap();
+                    if let Some(id) = v["result"]["structuredContent"]["id"].as_str()
+                        && v["result"]["isError"] == false
+                    {
+                        acks.lock().unwrap().push(id.to_string());
+                    }
+                }
+            })
+        };
+        // Handshake, then a stream of stores written without waiting for replies.
+        let mut lines = String::new();
+        lines.push_str(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"crash","version":"0"}}}).to_string());
+        lines.push('\n');
+        lines.push_str("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n");
+        for i in 0..120 {
+            lines.push_str(&json!({"jsonrpc":"2.0","id":i + 1,"method":"tools/call","params":{"name":"memory_store","arguments":{"content": format!("round {round} store {i}")}}}).to_string());
+            lines.push('\n');
+        }
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(lines.as_bytes());
+            let _ = stdin.flush();
+            stdin
+        });
+        // A random moment: from before the first store to well into the stream.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(2_000 + seed % 200_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let _ = writer.join();
+        reader.join().unwrap();
+        acknowledged.extend(acks.lock().unwrap().drain(..));
+    }
+    assert!(
+        acknowledged.len() > KILLS,
+        "the stream made progress ({} acks)",
+        acknowledged.len()
+    );
+
+    // Every acknowledged store is present...
+    let db = dir.db();
+    for id in &acknowledged {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM entries WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged store {id} lost");
+    }
+    // ...and has its audit event.
+    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    for id in &acknowledged {
+        let n: i64 = audit
+            .query_row("SELECT count(*) FROM events WHERE kind = 'call' AND json_extract(detail, '$.created') = ?1", [id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged store {id} has no audit event");
+    }
+    for conn in [&db, &audit] {
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    drop(db);
+    drop(audit);
+    let out = dir.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = dir.cli(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    println!(
+        "{} kills, {} acknowledged stores all present and audited",
+        KILLS,
+        acknowledged.len()
+    );
+}
