@@ -66,7 +66,7 @@ async fn call(client: &Client, tool: &str, args: Value) -> Value {
 ///
 /// With `same_schema`, the rows go into memwarden's own schema (indexes and FTS5 triggers
 /// included), which separates storage cost from protocol cost.
-fn floor(rows: usize, vocab: &[String], same_schema: bool) -> (f64, Vec<f64>) {
+fn floor(rows: usize, vocab: &[String], same_schema: bool, with_audit: bool) -> (f64, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("floor.db");
     if same_schema {
@@ -90,6 +90,19 @@ fn floor(rows: usize, vocab: &[String], same_schema: bool) -> (f64, Vec<f64>) {
         )
         .unwrap();
     }
+    let mut audit = with_audit.then(|| {
+        let a = rusqlite::Connection::open(dir.path().join("floor-audit.db")).unwrap();
+        let _: String = a
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        a.execute_batch(
+            "PRAGMA synchronous=FULL;
+             CREATE TABLE events (seq INTEGER PRIMARY KEY, ts TEXT, kind TEXT, detail TEXT,
+             prev_hash TEXT, hash TEXT, mac TEXT);",
+        )
+        .unwrap();
+        a
+    });
     let mut rng = common::Rng::new(1);
     let key = [7u8; 32];
     let mut lat = Vec::with_capacity(rows);
@@ -113,6 +126,32 @@ fn floor(rows: usize, vocab: &[String], same_schema: bool) -> (f64, Vec<f64>) {
         .unwrap()
         .execute(rusqlite::params![id, content, i as i64, &mac[..], &mac[..]])
         .unwrap();
+        if let Some(a) = audit.as_mut() {
+            // One audit-style append: its own transaction, chained hash, MAC.
+            let atx = a
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            let prev: String = atx
+                .query_row("SELECT coalesce(max(hash), '') FROM events", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            let hash = <Sha256 as sha2::Digest>::digest(format!("{prev}{id}"));
+            let mut amac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+            amac.update(&hash);
+            atx.prepare_cached(
+                "INSERT INTO events (ts, kind, detail, prev_hash, hash, mac) VALUES ('t', 'call', ?1, ?2, ?3, ?4)",
+            )
+            .unwrap()
+            .execute(rusqlite::params![
+                format!("{{\"created\":\"{id}\"}}"),
+                prev,
+                hex::encode(hash),
+                hex::encode(amac.finalize().into_bytes())
+            ])
+            .unwrap();
+            atx.commit().unwrap();
+        }
         tx.commit().unwrap();
         lat.push(ms(t.elapsed()));
     }
@@ -136,7 +175,7 @@ async fn main() {
     let mut report = serde_json::Map::new();
 
     // The floor, first, in the same run.
-    let (floor_rate, floor_lat) = floor(5_000, &vocab, false);
+    let (floor_rate, floor_lat) = floor(5_000, &vocab, false, false);
     let (fp50, _, fp99, _) = summary(floor_lat);
     println!(
         "floor (rusqlite insert + HMAC, WAL, FULL, 1 tx/row): {floor_rate:.0} rows/s, p50 {fp50:.3} ms, p99 {fp99:.3} ms"
@@ -145,7 +184,7 @@ async fn main() {
         "floor".into(),
         json!({"rows_per_s": floor_rate, "p50_ms": fp50, "p99_ms": fp99}),
     );
-    let (schema_rate, schema_lat) = floor(5_000, &vocab, true);
+    let (schema_rate, schema_lat) = floor(5_000, &vocab, true, false);
     let (xp50, _, xp99, _) = summary(schema_lat);
     println!(
         "floor, memwarden's schema (indexes + FTS5): {schema_rate:.0} rows/s, p50 {xp50:.3} ms, p99 {xp99:.3} ms"
@@ -154,6 +193,41 @@ async fn main() {
         "floor_same_schema".into(),
         json!({"rows_per_s": schema_rate, "p50_ms": xp50, "p99_ms": xp99}),
     );
+
+    let (audit_floor_rate, audit_floor_lat) = floor(5_000, &vocab, false, true);
+    let (ap50, _, ap99, _) = summary(audit_floor_lat);
+    println!(
+        "floor + one audit-style insert (2 DBs, FULL): {audit_floor_rate:.0} rows/s, p50 {ap50:.3} ms, p99 {ap99:.3} ms"
+    );
+    report.insert(
+        "floor_with_audit".into(),
+        json!({"rows_per_s": audit_floor_rate, "p50_ms": ap50, "p99_ms": ap99}),
+    );
+    // The audit append alone, as the server does it (same code, same pragmas).
+    let append_p50 = {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = memwarden::store::keyring::Keyring::generate()
+            .unwrap()
+            .audit;
+        let mut log = memwarden::audit::AuditLog::open(
+            &dir.path().join("audit.db"),
+            keys,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut lat = Vec::new();
+        for i in 0..3000 {
+            let event = memwarden::audit::NewEvent::new(
+                memwarden::audit::Kind::Call,
+                json!({"created": format!("{i:036}"), "args_sha256": "0".repeat(64), "duration_us": 100}),
+            );
+            let t = Instant::now();
+            log.append(&event, 1_764_000_000_000 + i).unwrap();
+            lat.push(ms(t.elapsed()));
+        }
+        summary(lat).0
+    };
+    println!("audit append alone (FULL): p50 {append_p50:.3} ms");
 
     // Cold start: spawn to initialize answered, on an initialised data dir.
     let dir = tempfile::tempdir().unwrap();
@@ -250,10 +324,22 @@ async fn main() {
         .map(|r| r["stores_per_s"].as_f64().unwrap())
         .fold(0.0, f64::max);
     println!(
-        "end-to-end stores/s vs floor: {:.0}%; vs floor with memwarden's schema: {:.0}%",
+        "end-to-end stores/s vs floor: {:.0}%; vs floor with memwarden's schema: {:.0}%; vs floor + audit insert: {:.0}%",
         100.0 * best / floor_rate,
-        100.0 * best / schema_rate
+        100.0 * best / schema_rate,
+        100.0 * best / audit_floor_rate
     );
+    let (store_p50, get_p50) = (
+        rows[0]["store_p50_ms"].as_f64().unwrap(),
+        rows[0]["get_p50_ms"].as_f64().unwrap(),
+    );
+    println!(
+        "audit append share at {} entries: {:.0}% of a store call, {:.0}% of a get call",
+        sizes[0],
+        100.0 * append_p50 / store_p50,
+        100.0 * append_p50 / get_p50
+    );
+    report.insert("audit_append_p50_ms".into(), json!(append_p50));
     report.insert("e2e".into(), Value::Array(rows));
     report.insert("flatness_last_over_first".into(), json!(last / first));
     report.insert(
