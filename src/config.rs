@@ -36,6 +36,9 @@ impl Default for Limits {
     }
 }
 
+/// Prefix of a keyring being written, before it is linked into place.
+const KEYRING_STAGING: &str = ".keyring.staging-";
+
 /// A data directory and the files in it.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -106,77 +109,90 @@ impl DataDir {
         }
     }
 
-    /// True when the directory is missing or empty: `serve` initialises it then.
+    /// True when the directory is missing or empty (ignoring another process's keyring still
+    /// being written): `serve` initialises it then.
     pub fn needs_init(&self) -> Result<bool, DataDirError> {
+        if self.keyring().exists() {
+            return Ok(false);
+        }
         match fs::read_dir(&self.root) {
-            Ok(mut entries) => Ok(entries.next().is_none()),
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name().to_string_lossy().starts_with(KEYRING_STAGING))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(self.io(e)),
         }
     }
 
-    /// Creates the directory (0700), a fresh keyring (0600) and memory.db with its schema.
-    ///
-    /// Everything is built in a sibling temp dir and renamed into place, so servers racing to
-    /// initialise the same path end with exactly one keyring: the losers find it taken and use it.
+    /// `memwarden init`: creates the directory (0700), a fresh keyring (0600) and both
+    /// databases. Refuses a directory that already has a keyring.
     pub fn init(&self) -> Result<(), DataDirError> {
-        if !self.needs_init()? {
+        if self.keyring().exists() {
             return Err(DataDirError::AlreadyInitialised { path: self.shown() });
         }
-        let parent = match self.root.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self
-            .root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "memwarden".into());
-        let staging = parent.join(format!(".{name}.init-{}", uuid::Uuid::new_v4().simple()));
-        fs::DirBuilder::new()
-            .recursive(false)
-            .mode(0o700)
-            .create(&staging)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&parent)?;
-                    fs::DirBuilder::new().mode(0o700).create(&staging)
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| self.io(e))?;
-        let result = self.populate(&staging).and_then(|()| {
-            match fs::rename(&staging, &self.root) {
-                Ok(()) => Ok(()),
-                // Someone else initialised it first (ENOTEMPTY / EEXIST): theirs stands.
-                Err(_) if !self.needs_init()? => Ok(()),
-                Err(e) => Err(self.io(e)),
-            }
-        });
-        if staging.exists() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        result
+        self.create()
     }
 
-    fn populate(&self, staging: &Path) -> Result<(), DataDirError> {
-        let staged = DataDir::new(staging);
-        let ring = Keyring::generate()?;
-        ring.write_new(&staged.keyring())?;
-        let db = staged.memory_db();
-        let store = Store::open(&db, ring.entry.clone(), StoreOptions::default())?;
-        drop(store);
-        let audit = staged.audit_db();
-        let log = AuditLog::open(
+    /// What `serve` does first: initialise a missing or empty directory, leave an initialised one
+    /// alone. Returns whether it initialised. Refuses a non-empty directory without a keyring
+    /// rather than move into someone else's files.
+    pub fn init_if_needed(&self) -> Result<bool, DataDirError> {
+        if self.keyring().exists() {
+            return Ok(false);
+        }
+        if !self.needs_init()? {
+            // Another process may have finished initialising in between.
+            if self.keyring().exists() {
+                return Ok(false);
+            }
+            return Err(DataDirError::NotInitialised { path: self.shown() });
+        }
+        self.create()?;
+        Ok(true)
+    }
+
+    /// Creates what is missing, in place (so it works in a directory systemd made, whose parent
+    /// we cannot write). Safe from several processes at once: the keyring is written to a
+    /// private temp name and hard-linked into place, which fails if one is already there, so
+    /// every process ends with the one keyring that won; migrations serialise on the DB locks.
+    fn create(&self) -> Result<(), DataDirError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| self.io(e))?;
+        if !self.keyring().exists() {
+            let staging = self.root.join(format!(
+                "{KEYRING_STAGING}{}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            Keyring::generate()?.write_new(&staging)?;
+            let linked = fs::hard_link(&staging, self.keyring());
+            let _ = fs::remove_file(&staging);
+            match linked {
+                Ok(()) => {
+                    // Make the new name durable before anything is sealed with its keys.
+                    fs::File::open(&self.root)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| self.io(e))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        let ring = Keyring::load(&self.keyring())?;
+        let db = self.memory_db();
+        drop(Store::open(
+            &db,
+            ring.entry.clone(),
+            StoreOptions::default(),
+        )?);
+        let audit = self.audit_db();
+        drop(AuditLog::open(
             &audit,
             ring.audit.clone(),
             StoreOptions::default().busy_timeout,
-        )?;
-        drop(log);
+        )?);
         for file in [db, audit] {
             fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
                 .map_err(|e| self.io(e))?;

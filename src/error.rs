@@ -84,6 +84,9 @@ pub enum Error {
     /// The source is logged, never shown.
     #[error("the store is unavailable; try again later")]
     Unavailable(String),
+    /// audit.db cannot be written, so nothing may be done (fail closed). Ends the session.
+    #[error("the audit log cannot be written; nothing was done")]
+    Audit(String),
     /// A bug or an unexpected state. The detail is logged, never shown.
     #[error("internal error")]
     Internal(String),
@@ -97,7 +100,7 @@ impl Error {
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::NotFound => ErrorCode::NotFound,
             Self::Integrity => ErrorCode::Integrity,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Audit(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -106,7 +109,7 @@ impl Error {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Self::Integrity | Self::Unavailable(_) | Self::Internal(_)
+            Self::Integrity | Self::Unavailable(_) | Self::Audit(_) | Self::Internal(_)
         )
     }
 }

@@ -111,8 +111,14 @@ impl Schemas {
         if schema.validator.is_valid(args) {
             return Ok(());
         }
-        let Some(err) = schema.validator.iter_errors(args).next() else {
-            return Ok(());
+        // `validate` stops at the first error, where `iter_errors` would build them all.
+        let Err(err) = schema.validator.validate(args) else {
+            // The two disagree: refuse rather than let unvalidated input through.
+            return Err(Error::Schema {
+                path: "/".into(),
+                keyword: "schema".into(),
+                message: "arguments do not validate".into(),
+            });
         };
         let path = err.instance_path().to_string();
         Err(Error::Schema {

@@ -125,10 +125,13 @@ async fn servers_racing_to_initialise_one_dir_share_one_keyring() {
         dir.cli(&["verify"]).status.success(),
         "all rows sealed with the one surviving key"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(dir.tmp.path())
+    let leftovers: Vec<_> = std::fs::read_dir(dir.data())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".init-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "staging dirs cleaned up");
+    assert!(
+        leftovers.is_empty(),
+        "staging files cleaned up: {leftovers:?}"
+    );
 }

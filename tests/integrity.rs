@@ -190,6 +190,61 @@ async fn hand_edited_rows_refuse_update_and_delete() {
         3,
         "nothing written on a row that does not verify"
     );
+    // Both refusals are security events naming the row.
+    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let n: i64 = audit
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'security' AND json_extract(detail, '$.event') = 'integrity_failure' AND detail LIKE '%' || ?1 || '%'",
+            [&ids[0]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_column_of_the_wrong_type_is_withheld_not_an_internal_error() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    // A blob where text belongs, and text where a blob belongs.
+    dir.db()
+        .execute(
+            "UPDATE entries SET content = X'FFFE00' WHERE id = ?1",
+            [&ids[0]],
+        )
+        .unwrap();
+    dir.db()
+        .execute(
+            "UPDATE entries SET content_sha256 = 'not a blob' WHERE id = ?1",
+            [&ids[1]],
+        )
+        .unwrap();
+    let client = dir.connect().await;
+    assert_eq!(
+        client
+            .call("memory_get", json!({"id": ids[0]}))
+            .await
+            .tool_code(),
+        "INTEGRITY"
+    );
+    assert_eq!(
+        client
+            .call("memory_get", json!({"id": ids[1]}))
+            .await
+            .tool_code(),
+        "INTEGRITY"
+    );
+    let listed = client.call("memory_list", json!({})).await.ok();
+    assert_eq!(listed["withheld"], 2, "{listed}");
+    assert_eq!(listed["memories"].as_array().unwrap().len(), 1);
+    client.close().await;
+    let out = dir.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&ids[0]) && stdout.contains(&ids[1]),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -26,15 +26,24 @@ fn a_2_mib_line_is_refused_and_the_session_goes_on() {
     let ok = s.call(8, "memory_store", json!({"content": "after the big one"}));
     assert_eq!(ok["id"], 8);
     assert_eq!(ok["result"]["isError"], false, "{ok}");
-    // Exactly at the cap is fine: a line of 1 MiB whose content is within limits is parsed.
-    let pad = 1024 * 1024 - 200;
-    let line = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"memory_list\",\"arguments\":{{}}}}}}{}",
-        " ".repeat(pad)
-    );
-    assert!(line.len() <= 1024 * 1024);
-    s.send(&line);
+    // Exactly at the cap (not counting the line ending) is parsed, with "\n" or "\r\n";
+    // one byte more is refused.
+    let at_cap = |id: u64, extra: usize| {
+        let head = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"memory_list\",\"arguments\":{{}}}}}}"
+        );
+        let line = format!("{head}{}", " ".repeat(1024 * 1024 - head.len() + extra));
+        assert_eq!(line.len(), 1024 * 1024 + extra);
+        line
+    };
+    s.send(&at_cap(9, 0));
     assert_eq!(s.recv()["id"], 9);
+    s.send_bytes(format!("{}\r\n", at_cap(10, 0)).as_bytes());
+    assert_eq!(s.recv()["id"], 10);
+    s.send(&at_cap(11, 1));
+    let refused = s.recv();
+    assert_eq!(refused["error"]["code"], -32600, "one byte over the cap");
+    assert!(refused["id"].is_null());
     assert!(s.finish().success());
     assert_eq!(dir.row_count(), 1);
 }
@@ -61,6 +70,34 @@ fn malformed_lines_get_json_rpc_errors_not_silence() {
     assert_eq!(ok["id"], 5);
     assert!(s.finish().success());
     assert_eq!(dir.row_count(), 0);
+}
+
+#[test]
+fn requests_before_initialize_are_answered_not_dropped() {
+    let dir = TestDir::new();
+    let mut s = RawSession::spawn(&dir);
+    let secret = "PREINIT-SECRET-CONTENT";
+    s.send(&json!({"jsonrpc":"2.0","id":"early","method":"tools/call","params":{"name":"memory_store","arguments":{"content": secret}}}).to_string());
+    let e = s.recv();
+    assert_eq!(e["id"], "early");
+    assert_eq!(e["error"]["code"], -32002);
+    // The session is still there and works once initialised.
+    s.handshake();
+    let ok = s.call(1, "memory_store", json!({"content": "after init"}));
+    assert_eq!(ok["result"]["isError"], false);
+    // A last line without its newline is still served before EOF.
+    s.send_bytes(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"memory_list","arguments":{}}}).to_string().as_bytes());
+    s.close_stdin();
+    assert_eq!(s.recv()["id"], 2);
+    assert!(s.finish().success());
+    assert_eq!(dir.row_count(), 1, "the early store was not applied");
+    let log = read_all(&dir.stderr_log());
+    assert!(
+        !contains(&log, secret.as_bytes()),
+        "the early message was not logged"
+    );
+    let audit = read_all(&dir.data().join("audit.db"));
+    assert!(!contains(&audit, secret.as_bytes()));
 }
 
 #[test]

@@ -76,7 +76,9 @@ impl Outcome {
 pub enum AuditError {
     #[error("audit.db: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("audit.db has schema version {found}, newer than this memwarden ({CURRENT_VERSION})")]
+    #[error(
+        "audit.db has schema version {found}, which this memwarden (version {CURRENT_VERSION}) does not know"
+    )]
     TooNew { found: i64 },
     #[error("audit.db: {0}")]
     Corrupt(String),
@@ -114,12 +116,12 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    crate::store::set_wal(&conn, busy_timeout)?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > CURRENT_VERSION {
+        if !(0..=CURRENT_VERSION).contains(&version) {
             return Err(AuditError::TooNew { found: version });
         }
         let Some(step) = MIGRATIONS.get(version as usize) else {

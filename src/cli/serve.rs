@@ -31,8 +31,7 @@ pub struct ServeArgs {
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let root: PathBuf = args.data_dir.resolve()?;
     let dir = DataDir::new(root);
-    if dir.needs_init()? {
-        dir.init()?;
+    if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }
     let keyring = dir.open_keyring()?;

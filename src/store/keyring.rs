@@ -193,13 +193,29 @@ impl Keyring {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// Opens without following a symlink and checks the opened file itself (fstat), so the
+    /// file checked is the file read.
     fn read_checked(path: &Path) -> Result<String, KeyringError> {
+        use std::io::Read;
         let shown = path.display().to_string();
         let io = |source| KeyringError::Io {
             path: shown.clone(),
             source,
         };
-        let meta = fs::symlink_metadata(path).map_err(io)?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    KeyringError::NotRegular {
+                        path: shown.clone(),
+                    }
+                } else {
+                    io(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(io)?;
         if !meta.file_type().is_file() {
             return Err(KeyringError::NotRegular { path: shown });
         }
@@ -215,7 +231,9 @@ impl Keyring {
                 uid,
             });
         }
-        fs::read_to_string(path).map_err(io)
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        Ok(text)
     }
 
     fn parse(text: &str, shown: &str) -> Result<Self, KeyringError> {

@@ -70,7 +70,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > CURRENT_VERSION {
+        if !(0..=CURRENT_VERSION).contains(&version) {
             return Err(MigrationError::TooNew { found: version });
         }
         let Some(step) = MIGRATIONS.get(version as usize) else {

@@ -178,8 +178,9 @@ pub enum OpenError {
 
 const COLUMNS: &str = "entries.id, entries.namespace, entries.content, entries.tags, \
     entries.metadata, entries.status, entries.supersedes, entries.principal, entries.session_id, \
-    entries.created_at, entries.updated_at, entries.content_sha256, entries.key_id, entries.mac";
-const COLUMN_COUNT: usize = 14;
+    entries.created_at, entries.updated_at, entries.content_sha256, entries.key_id, entries.mac, \
+    entries.rowid";
+const COLUMN_COUNT: usize = 15;
 
 /// A row as read, before verification.
 struct RawRow {
@@ -200,7 +201,21 @@ struct RawRow {
 }
 
 impl RawRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+    /// Reads a row. A column without its expected type or encoding (a hand edit can store a
+    /// blob where text belongs) makes the whole row fail verification, named by its id or, if
+    /// even that is unreadable, its rowid — it must never abort a whole page.
+    fn read(row: &Row<'_>) -> Result<Self, String> {
+        Self::read_typed(row).map_err(|_| {
+            row.get::<_, String>(0).unwrap_or_else(|_| {
+                format!(
+                    "rowid:{}",
+                    row.get::<_, i64>(COLUMN_COUNT - 1).unwrap_or(-1)
+                )
+            })
+        })
+    }
+
+    fn read_typed(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             id: row.get(0)?,
             namespace: row.get(1)?,
@@ -264,6 +279,27 @@ fn withheld_log(id: &str) {
     tracing::warn!(target: "memwarden::security", event = "integrity_failure", id, "entry failed verification and was withheld");
 }
 
+/// Switches a connection to WAL, which lets readers run beside one writer.
+///
+/// On a fresh file another process may hold the lock while it creates the schema, and SQLite
+/// answers a journal-mode change with SQLITE_BUSY without consulting the busy handler: retry
+/// until the busy timeout.
+pub fn set_wal(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Sorted, de-duplicated tags: the one order the seal and the index see.
 pub fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
     tags.sort();
@@ -309,8 +345,7 @@ impl Store {
 
     fn configure(conn: &Connection, options: StoreOptions) -> rusqlite::Result<()> {
         conn.busy_timeout(options.busy_timeout)?;
-        // journal_mode answers with a row; WAL lets readers run beside one writer.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        set_wal(conn, options.busy_timeout)?;
         let sync = match options.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -421,11 +456,11 @@ impl Store {
         Ok(entry)
     }
 
-    fn load_raw(conn: &Connection, id: &str) -> Result<Option<RawRow>> {
+    fn load_raw(conn: &Connection, id: &str) -> Result<Option<Result<RawRow, String>>> {
         let sql = format!("SELECT {COLUMNS} FROM entries WHERE id = ?1");
         Ok(conn
             .prepare_cached(&sql)?
-            .query_row([id], RawRow::read)
+            .query_row([id], |r| Ok(RawRow::read(r)))
             .optional()?)
     }
 
@@ -433,10 +468,12 @@ impl Store {
     /// [`Error::Integrity`]; a missing one [`Error::NotFound`].
     fn load_verified(&self, conn: &Connection, id: &str) -> Result<Entry> {
         let raw = Self::load_raw(conn, id)?.ok_or(Error::NotFound)?;
-        raw.verify(&self.keys).ok_or_else(|| {
-            withheld_log(id);
-            Error::Integrity
-        })
+        raw.ok()
+            .and_then(|raw| raw.verify(&self.keys))
+            .ok_or_else(|| {
+                withheld_log(id);
+                Error::Integrity
+            })
     }
 
     /// One entry by id. Active and superseded versions are readable (history); deleted and
@@ -569,9 +606,11 @@ impl Store {
                 page.next_after = last_id;
                 break;
             }
-            let raw = RawRow::read(row)?;
-            let id = raw.id.clone();
-            match raw.verify(&self.keys) {
+            let (id, verified) = match RawRow::read(row) {
+                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
+                Err(label) => (label, None),
+            };
+            match verified {
                 Some(entry) => page.entries.push(entry),
                 None => {
                     withheld_log(&id);
@@ -604,11 +643,13 @@ impl Store {
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
         let mut hits = Hits::default();
         while let Some(row) = rows.next()? {
-            let raw = RawRow::read(row)?;
-            let snippet: String = row.get(COLUMN_COUNT)?;
-            let rank: f64 = row.get(COLUMN_COUNT + 1)?;
-            let id = raw.id.clone();
-            match raw.verify(&self.keys) {
+            let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
+            let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
+            let (id, verified) = match RawRow::read(row) {
+                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
+                Err(label) => (label, None),
+            };
+            match verified {
                 // With an external-content index, snippet() reads the text from this very row of
                 // `entries`, so it is cut from the content that just verified.
                 Some(entry) => hits.hits.push(Hit {
@@ -634,10 +675,14 @@ impl Store {
         let mut report = VerifyReport::default();
         while let Some(row) = rows.next()? {
             report.checked += 1;
-            let raw = RawRow::read(row)?;
-            let id = raw.id.clone();
-            if raw.verify(&self.keys).is_none() {
-                report.failed.push(id);
+            match RawRow::read(row) {
+                Ok(raw) => {
+                    let id = raw.id.clone();
+                    if raw.verify(&self.keys).is_none() {
+                        report.failed.push(id);
+                    }
+                }
+                Err(label) => report.failed.push(label),
             }
         }
         Ok(report)

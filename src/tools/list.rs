@@ -59,13 +59,14 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     let mut memories = Vec::with_capacity(page.entries.len());
     let mut next_after = page.next_after.clone();
     for (i, entry) in page.entries.iter().enumerate() {
-        let size = MemoryView::approx_bytes(entry);
+        let view = MemoryView::new(entry)?;
+        let size = view.serialized_len()?;
         if i > 0 && size > budget {
             next_after = Some(page.entries[i - 1].id.clone());
             break;
         }
         budget = budget.saturating_sub(size);
-        memories.push(MemoryView::new(entry)?);
+        memories.push(view);
     }
     ctx.record.results = Some(memories.len());
     ctx.record.ids = memories.iter().map(|m| m.id().to_string()).collect();

@@ -268,11 +268,11 @@ impl<'a> MemoryView<'a> {
         self.id
     }
 
-    /// Rough serialized size, for response byte bounds.
-    fn approx_bytes(entry: &Entry) -> usize {
-        512 + entry.content.len()
-            + entry.metadata.as_ref().map_or(0, String::len)
-            + entry.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+    /// Its size as JSON (escapes included), for response byte bounds.
+    fn serialized_len(&self) -> Result<usize> {
+        serde_json::to_vec(self)
+            .map(|v| v.len())
+            .map_err(|e| Error::Internal(format!("render: {e}")))
     }
 }
 

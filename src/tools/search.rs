@@ -70,14 +70,15 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     let mut results = Vec::with_capacity(hits.hits.len());
     let mut truncated = false;
     for hit in &hits.hits {
-        let size = MemoryView::approx_bytes(&hit.entry) + hit.snippet.len();
+        let memory = MemoryView::new(&hit.entry)?;
+        let size = memory.serialized_len()? + hit.snippet.len() * 2;
         if !results.is_empty() && size > budget {
             truncated = true;
             break;
         }
         budget = budget.saturating_sub(size);
         results.push(Hit {
-            memory: MemoryView::new(&hit.entry)?,
+            memory,
             snippet: &hit.snippet,
             rank: hit.rank,
         });

@@ -27,6 +27,8 @@ struct Output<'a> {
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    // First, so an integrity failure on the old version is recorded against it.
+    ctx.record.ids.push(p.id.clone());
     if let Some(content) = &p.content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
     }
@@ -42,7 +44,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         .store
         .update(ctx.author, &p.id, changes, ctx.now_ms, |entry| {
             record.created = Some(entry.id.clone());
-            record.audit_write(audit, &[&p.id, &entry.id])
+            record.audit_write(audit, &[&entry.id])
         })?;
     to_json(&Output {
         id: &entry.id,

@@ -187,7 +187,22 @@ pub struct RawSession {
 }
 
 impl RawSession {
+    /// Spawns the server and completes the MCP handshake.
     pub fn start(dir: &TestDir) -> Self {
+        let mut s = Self::spawn(dir);
+        s.handshake();
+        s
+    }
+
+    pub fn handshake(&mut self) {
+        self.send(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}).to_string());
+        let init = self.recv();
+        assert_eq!(init["result"]["serverInfo"]["name"], "memwarden");
+        self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    }
+
+    /// Spawns the server without any handshake.
+    pub fn spawn(dir: &TestDir) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -204,16 +219,11 @@ impl RawSession {
             .expect("spawn");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut s = Self {
+        Self {
             child,
             stdin,
             stdout,
-        };
-        s.send(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}).to_string());
-        let init = s.recv();
-        assert_eq!(init["result"]["serverInfo"]["name"], "memwarden");
-        s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        s
+        }
     }
 
     pub fn send(&mut self, line: &str) {
@@ -240,6 +250,11 @@ impl RawSession {
     pub fn call(&mut self, id: u64, tool: &str, args: Value) -> Value {
         self.send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}}).to_string());
         self.recv()
+    }
+
+    /// Closes stdin without waiting.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
     }
 
     /// Closes stdin and waits for the process; returns its exit status.
