@@ -247,6 +247,42 @@ async fn a_column_of_the_wrong_type_is_withheld_not_an_internal_error() {
     );
 }
 
+#[tokio::test]
+async fn an_old_sealed_row_put_back_is_caught_by_reconciliation() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    // Keep the row as it was, sealed and genuine, then delete it through the server.
+    let saved: (String, i64, String, Vec<u8>) = dir
+        .db()
+        .query_row(
+            "SELECT status, updated_at, key_id, mac FROM entries WHERE id = ?1",
+            [&ids[0]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let client = dir.connect().await;
+    client
+        .call("memory_delete", json!({"id": ids[0]}))
+        .await
+        .ok();
+    client.close().await;
+    assert!(dir.cli(&["verify"]).status.success());
+    // Put the old sealed state back: it verifies on its own.
+    dir.db()
+        .execute(
+            "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
+            rusqlite::params![&ids[0], saved.0, saved.1, saved.2, saved.3],
+        )
+        .unwrap();
+    let out = dir.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("active again") && stdout.contains(&ids[0]),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn init_makes_private_files_and_verify_passes() {
     let dir = TestDir::new();

@@ -57,6 +57,35 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
             println!("{id}");
         }
     }
+    // A row put back to an earlier, genuinely sealed state (an undelete, an un-supersede)
+    // verifies on its own; the audit log knows better.
+    let mut stmt = audit.prepare(
+        "SELECT json_extract(detail, '$.ids[0]') FROM events WHERE kind = 'call' \
+         AND outcome = 'ok' AND tool IN ('memory_delete', 'memory_update')",
+    )?;
+    let retired: HashSet<String> = stmt
+        .query_map([], |r| r.get::<_, Option<String>>(0))?
+        .filter_map(|r| r.transpose())
+        .collect::<Result<_, _>>()?;
+    let mut revived: Vec<String> = store
+        .active_ids()?
+        .into_iter()
+        .filter(|id| retired.contains(id))
+        .collect();
+    revived.sort();
+    if revived.is_empty() {
+        println!("ok: no deleted or superseded entry is active again");
+    } else {
+        failed = true;
+        println!(
+            "FAILED: {} entries were deleted or superseded by an audited call but are active again \
+             (an older sealed row was put back):",
+            revived.len()
+        );
+        for id in revived {
+            println!("{id}");
+        }
+    }
     if !not_applied.is_empty() {
         println!(
             "note: {} audited writes were not applied (a crash between the audit and store commits):",

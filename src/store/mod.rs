@@ -697,6 +697,17 @@ impl Store {
         Ok(ids)
     }
 
+    /// Ids of rows whose status column says active (verified or not).
+    pub fn active_ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM entries WHERE status = 'active'")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
     /// Closes the connection, reporting what SQLite says about it.
     pub fn close(self) -> rusqlite::Result<()> {
         self.conn.close().map_err(|(_, e)| e)
