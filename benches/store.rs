@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use memwarden::store::keyring::{KeySet, Keyring, SecretKey};
 use memwarden::store::seal::{self, SealedFields};
-use memwarden::store::{Author, Filter, NewEntry, Store, StoreOptions, Synchronous};
+use memwarden::store::{Author, Filter, NewEntry, Status, Store, StoreOptions, Synchronous};
 
 fn fields<'a>(content: &'a str, tags: &'a [String], sha: &'a [u8]) -> SealedFields<'a> {
     SealedFields {
@@ -72,6 +72,7 @@ fn populated(n: usize) -> (tempfile::TempDir, Store, KeySet, Vec<String>, Vec<St
                         content: common::sentence(&mut rng, &vocab, 60),
                         tags: vec![format!("t{}", i % 16)],
                         metadata: None,
+                        status: Status::Active,
                     },
                     1_764_000_000_000 + i as i64,
                     |_| Ok(()),
@@ -105,6 +106,7 @@ fn bench_store_ops(c: &mut Criterion) {
                     content: common::sentence(&mut rng, &vocab, 60),
                     tags: vec![],
                     metadata: None,
+                    status: Status::Active,
                 },
                 |e| {
                     store
@@ -118,7 +120,7 @@ fn bench_store_ops(c: &mut Criterion) {
         group.bench_function("get", |b| {
             b.iter(|| {
                 i = (i + 7919) % ids.len();
-                black_box(store.get(&ids[i]).unwrap())
+                black_box(store.get(&ids[i], &|_| Ok(())).unwrap())
             })
         });
         let filter = Filter {

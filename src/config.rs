@@ -23,6 +23,16 @@ pub struct Limits {
     pub metadata_bytes: usize,
     /// Soft bound on the bytes of one search or list response.
     pub response_bytes: usize,
+    /// Tags on one memory.
+    pub tags_max: usize,
+    /// Characters of a search query.
+    pub query_chars: usize,
+    /// Largest `limit` of search and list.
+    pub page_size_max: usize,
+    /// Live (active or quarantined) entries per namespace, when set.
+    pub namespace_max_entries: Option<u64>,
+    /// Content bytes of live entries per namespace, when set.
+    pub namespace_max_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -32,6 +42,11 @@ impl Default for Limits {
             content_bytes: 16 * 1024,
             metadata_bytes: 4 * 1024,
             response_bytes: 512 * 1024,
+            tags_max: 16,
+            query_chars: 512,
+            page_size_max: 50,
+            namespace_max_entries: None,
+            namespace_max_bytes: None,
         }
     }
 }

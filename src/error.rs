@@ -74,6 +74,21 @@ pub enum Error {
         actual: usize,
         limit: usize,
     },
+    /// The policy does not allow this (a tool not granted, a namespace not writable).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit; retry after the given time.
+    #[error("rate limit reached; retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// The session is cooling down after repeated refusals; every call is refused until then.
+    #[error("too many refused calls: cooling down for {retry_after_ms} ms")]
+    Cooldown { retry_after_ms: u64 },
+    /// A content rule refused the write. Names the rule, never the matched text.
+    #[error("content rejected by rule {rule}")]
+    ContentRejected { rule: String },
+    /// The session is over (idle, too old, or ended by the rate gate).
+    #[error("the session has ended")]
+    SessionExpired,
     /// No such entry, or not one this caller may see. Deliberately says nothing more.
     #[error("no such memory")]
     NotFound,
@@ -99,9 +114,24 @@ impl Error {
             Self::Schema { .. } | Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::NotFound => ErrorCode::NotFound,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Cooldown { .. } => ErrorCode::Cooldown,
+            Self::ContentRejected { .. } => ErrorCode::ContentRejected,
+            Self::SessionExpired => ErrorCode::SessionExpired,
             Self::Integrity => ErrorCode::Integrity,
             Self::Unavailable(_) | Self::Audit(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// When the caller may try again, in milliseconds.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_ms } | Self::Cooldown { retry_after_ms } => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
         }
     }
 

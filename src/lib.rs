@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod policy;
 pub mod principal;
 pub mod schema;
 pub mod server;

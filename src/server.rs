@@ -25,9 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditLog, Kind, NewEvent, Outcome};
 use crate::config::Limits;
 use crate::error::{Error, ErrorCode};
+use crate::policy::limits::Decision;
+use crate::policy::{Grant, Policy, RateLimiter};
 use crate::schema::Schemas;
 use crate::session::Session;
-use crate::store::{Author, Store};
+use crate::store::{Author, Quota, Store};
 use crate::tools::{self, CallContext, CallRecord, ToolName};
 use crate::transport::{LineTransport, Refusal};
 
@@ -55,6 +57,14 @@ struct Inner {
     schema_refusals: AtomicU64,
     session: Session,
     limits: Limits,
+    policy: Arc<Policy>,
+    grant: Grant,
+    rate: Mutex<RateLimiter>,
+    /// Unix ms of the last call, for the idle timeout.
+    last_activity: AtomicU64,
+    /// Why the server itself ended the session, when it did.
+    end_reason: Mutex<Option<EndReason>>,
+    /// The tools this principal is granted, as listed.
     tools: Vec<Tool>,
 }
 
@@ -71,9 +81,10 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn tool_list(schemas: &Schemas) -> Vec<Tool> {
+fn tool_list(schemas: &Schemas, grant: &Grant) -> Vec<Tool> {
     ToolName::ALL
         .into_iter()
+        .filter(|t| grant.can_call(*t))
         .map(|name| {
             let schema = schemas.get(name);
             let annotations = ToolAnnotations::new()
@@ -104,12 +115,19 @@ pub struct StartFacts {
 impl Server {
     pub fn new(
         schemas: Schemas,
-        store: Store,
+        mut store: Store,
         audit: AuditLog,
         session: Session,
-        limits: Limits,
+        policy: Arc<Policy>,
     ) -> Self {
-        let tools = tool_list(&schemas);
+        let grant = policy.grant(session.principal.name());
+        let tools = tool_list(&schemas, &grant);
+        let limits = policy.limits.clone();
+        store.set_quota(Quota {
+            max_entries: limits.namespace_max_entries,
+            max_bytes: limits.namespace_max_bytes,
+        });
+        let now = now_ms() as u64;
         Self {
             inner: Arc::new(Inner {
                 schemas,
@@ -121,6 +139,11 @@ impl Server {
                 schema_refusals: AtomicU64::new(0),
                 session,
                 limits,
+                rate: Mutex::new(RateLimiter::new(&policy.rates, now)),
+                policy,
+                grant,
+                last_activity: AtomicU64::new(now),
+                end_reason: Mutex::new(None),
                 tools,
             }),
         }
@@ -172,6 +195,62 @@ impl Server {
             });
             Error::Audit(e.to_string())
         })
+    }
+
+    /// Ends the session from inside, shortly (so the current reply is written first).
+    fn end_session(&self, reason: EndReason) {
+        let mut r = self
+            .inner
+            .end_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.get_or_insert(reason);
+        let end = self.inner.end.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            end.cancel();
+        });
+    }
+
+    /// The rate gate: calls per minute, write bytes per minute, cooldown, end.
+    fn rate_gate(&self, tool: ToolName, args: &Value) -> Result<(), Error> {
+        let write_bytes = if tool.writes() {
+            let content = args
+                .get("content")
+                .and_then(Value::as_str)
+                .map_or(0, str::len);
+            let meta = args.get("metadata").map_or(0, |m| m.to_string().len());
+            (content + meta) as u64
+        } else {
+            0
+        };
+        let decision = self
+            .inner
+            .rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(now_ms() as u64, write_bytes);
+        match decision {
+            Decision::Allow => Ok(()),
+            Decision::Limited { retry_after_ms } => Err(Error::RateLimited { retry_after_ms }),
+            Decision::Cooldown { retry_after_ms } => {
+                if retry_after_ms == self.inner.policy.rates.cooldown_seconds.unwrap_or(0) * 1000 {
+                    self.append(NewEvent::new(
+                        Kind::Security,
+                        json!({"event": "cooldown", "ms": retry_after_ms}),
+                    ))?;
+                }
+                Err(Error::Cooldown { retry_after_ms })
+            }
+            Decision::End => {
+                self.append(NewEvent::new(
+                    Kind::Security,
+                    json!({"event": "session_ended_by_rate_gate"}),
+                ))?;
+                self.end_session(EndReason::RateLimited);
+                Err(Error::SessionExpired)
+            }
+        }
     }
 
     /// The call event for `tool`.
@@ -231,7 +310,12 @@ impl Server {
                 record,
             ))
         };
+        let window_start = inner
+            .policy
+            .read_window
+            .map(|w| now_ms() - w.as_millis() as i64);
         let result = inner.schemas.validate(tool, &args).and_then(|()| {
+            self.rate_gate(tool, &args)?;
             // A panic while holding the lock would poison it; the store's transactions roll
             // back on drop, so the store itself is still consistent and the lock can be taken.
             let mut guard = inner.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +329,9 @@ impl Server {
                     session_id: &inner.session.id,
                 },
                 limits: &inner.limits,
-                default_namespace: inner.session.principal.default_namespace(),
+                grant: &inner.grant,
+                rules: &inner.policy.rules,
+                window_start,
                 now_ms: now_ms(),
                 record: &mut record,
                 audit: &audit_ok,
@@ -286,6 +372,21 @@ impl Server {
                 Err(err)
             }
         }
+    }
+
+    /// A tool this principal is not granted: FORBIDDEN, audited.
+    fn refuse_ungranted(&self, tool: ToolName) -> Result<Value, Error> {
+        let err = Error::Forbidden(format!(
+            "{} is not granted to this principal",
+            tool.as_str()
+        ));
+        self.append(NewEvent {
+            tool: Some(tool.as_str()),
+            outcome: Some(Outcome::Denied),
+            code: Some(err.code().as_str()),
+            ..NewEvent::new(Kind::Call, json!({}))
+        })?;
+        Err(err)
     }
 
     fn note_schema_refusal(&self) -> Result<(), Error> {
@@ -332,7 +433,11 @@ impl Server {
 
 /// The agent-facing body of a refusal.
 fn error_body(err: &Error) -> Value {
-    json!({"code": err.code().as_str(), "message": err.to_string()})
+    let mut body = json!({"code": err.code().as_str(), "message": err.to_string()});
+    if let Some(ms) = err.retry_after_ms() {
+        body["retry_after_ms"] = json!(ms);
+    }
+    body
 }
 
 fn schema_error(tool: &str, err: &Error) -> ErrorData {
@@ -433,8 +538,18 @@ impl ServerHandler for Handler {
                 Some(json!({"code": "INVALID_ARGUMENT", "path": "/name", "keyword": "enum"})),
             ));
         };
+        server
+            .inner
+            .last_activity
+            .store(now_ms() as u64, Ordering::Relaxed);
         let args = Value::Object(request.arguments.unwrap_or_default());
-        let result = server.handle(tool, args);
+        let result = if server.inner.end.is_cancelled() {
+            Err(Error::SessionExpired)
+        } else if !server.inner.grant.can_call(tool) {
+            server.refuse_ungranted(tool)
+        } else {
+            server.handle(tool, args)
+        };
         let micros = started.elapsed().as_micros() as u64;
         let name = tool.as_str();
         match result {
@@ -485,6 +600,12 @@ pub enum EndReason {
     NoHandshake,
     /// audit.db could not be written: the session was ended (fail closed).
     AuditFailed,
+    /// The rate gate ended it (too many cooldowns, or too many new sessions).
+    RateLimited,
+    /// No call for the policy's idle timeout.
+    IdleTimeout,
+    /// Older than the policy's maximum session age.
+    MaxAge,
 }
 
 impl EndReason {
@@ -494,6 +615,42 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::NoHandshake => "no_handshake",
             Self::AuditFailed => "audit_failed",
+            Self::RateLimited => "rate_limited",
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxAge => "max_age",
+        }
+    }
+}
+
+/// Ends the session when it has been idle, or alive, for longer than the policy allows.
+async fn session_clock(server: Server) {
+    let limits = server.inner.policy.sessions;
+    if limits.idle_timeout.is_none() && limits.max_age.is_none() {
+        return;
+    }
+    let tick = [limits.idle_timeout, limits.max_age]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Duration::from_secs(1), |d| d / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let idle_ms =
+            (now_ms() as u64).saturating_sub(server.inner.last_activity.load(Ordering::Relaxed));
+        if let Some(idle) = limits.idle_timeout
+            && idle_ms >= idle.as_millis() as u64
+        {
+            tracing::info!(session = %server.session().id, "idle timeout: ending the session");
+            server.end_session(EndReason::IdleTimeout);
+            return;
+        }
+        if let Some(max) = limits.max_age
+            && server.session().started.elapsed() >= max
+        {
+            tracing::info!(session = %server.session().id, "maximum session age: ending the session");
+            server.end_session(EndReason::MaxAge);
+            return;
         }
     }
 }
@@ -530,6 +687,7 @@ where
         inner_end.cancelled().await;
         watcher_token.cancel();
     });
+    let clock = tokio::spawn(session_clock(server.clone()));
     let reason = match handler.serve_with_ct(transport, service_token).await {
         Ok(running) => {
             let _ = running.waiting().await;
@@ -554,6 +712,17 @@ where
         }
     };
     watcher.abort();
+    clock.abort();
+    let own_reason = *server
+        .inner
+        .end_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let reason = match (reason, own_reason) {
+        (EndReason::AuditFailed, _) => EndReason::AuditFailed,
+        (_, Some(own)) => own,
+        (reason, None) => reason,
+    };
     let session = server.session();
     let (calls, refused) = session.counts();
     if server.inner.started_logged.load(Ordering::SeqCst) {

@@ -12,7 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::config::{DataDir, Limits};
+use std::sync::Arc;
+
+use crate::config::DataDir;
+use crate::policy::Policy;
 use crate::principal::Principal;
 use crate::schema::Schemas;
 use crate::server::{self, Server, StartFacts};
@@ -26,6 +29,50 @@ pub struct ServeArgs {
     /// Who the agent on the other end is (used when stdin is not a unix socket).
     #[arg(long, value_name = "NAME", default_value = Principal::DEFAULT)]
     pub principal: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// How the operator names the policy.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy file [default: the built-in policy].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Development only: accept a policy file or directory this process could write.
+    #[arg(long)]
+    pub allow_owned_policy: bool,
+    /// Refuse any policy file whose SHA-256 is not this (hex).
+    #[arg(long, value_name = "HEX")]
+    pub policy_sha256: Option<String>,
+}
+
+impl PolicyArgs {
+    /// Loads the policy named, or the built-in one.
+    pub fn load(&self) -> anyhow::Result<Policy> {
+        match &self.policy {
+            Some(path) => Ok(crate::policy::load_file(
+                path,
+                self.allow_owned_policy,
+                self.policy_sha256.as_deref(),
+            )?),
+            None => {
+                if self.policy_sha256.is_some() {
+                    anyhow::bail!("--policy-sha256 needs --policy FILE");
+                }
+                Ok(crate::policy::load::builtin()?)
+            }
+        }
+    }
+
+    /// Flags that relax a safety check, for the audit log.
+    pub fn relaxing_flags(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.allow_owned_policy {
+            v.push("--allow-owned-policy".to_string());
+        }
+        v
+    }
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -36,17 +83,27 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let keyring = dir.open_keyring()?;
     let principal = Principal::from_flag(&args.principal)?;
+    let policy = Arc::new(args.policy.load()?);
+    let relaxing_flags = args.policy.relaxing_flags();
+    tracing::info!(target: "memwarden::security", event = "policy", source = %policy.source,
+        sha256 = %policy.sha256, relaxing_flags = ?relaxing_flags, "policy loaded");
+    if !policy.principals.contains_key(principal.name()) {
+        tracing::warn!(principal = %principal, "the principal is not in the policy: it gets no tools");
+    }
     let schemas = Schemas::load()?;
-    let options = StoreOptions::default();
+    let options = StoreOptions {
+        synchronous: policy.synchronous,
+        ..StoreOptions::default()
+    };
     let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
-    let server = Server::new(schemas, store, audit, session, Limits::default());
+    let server = Server::new(schemas, store, audit, session, policy.clone());
     let facts = StartFacts {
-        policy_sha256: None,
+        policy_sha256: Some(policy.sha256.clone()),
         sandbox: "none".into(),
-        relaxing_flags: Vec::new(),
+        relaxing_flags,
     };
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -7,7 +7,8 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migrations in order; index + 1 is the `user_version` after it runs.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE entries (
     rowid          INTEGER PRIMARY KEY,
     id             TEXT NOT NULL UNIQUE,
@@ -48,7 +49,16 @@ CREATE TRIGGER entries_fts_update AFTER UPDATE ON entries BEGIN
     INSERT INTO entries_fts (rowid, content, tags)
         SELECT new.rowid, new.content, new.tags WHERE new.status = 'active';
 END;
-"#];
+"#,
+    r#"
+-- Session starts per principal, so a rate on new sessions survives restarts and reconnects.
+CREATE TABLE session_starts (
+    principal  TEXT NOT NULL,
+    started_at INTEGER NOT NULL
+);
+CREATE INDEX session_starts_by_principal ON session_starts (principal, started_at);
+"#,
+];
 
 /// The schema version this binary writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

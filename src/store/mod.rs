@@ -84,6 +84,19 @@ pub struct NewEntry {
     pub tags: Vec<String>,
     /// Metadata as JSON text.
     pub metadata: Option<String>,
+    /// Active, or quarantined when a content rule says so.
+    pub status: Status,
+}
+
+/// Decides, from a row's namespace, whether the caller may touch it: `Ok` or the error to give
+/// (NOT_FOUND for a namespace it cannot see, so ids leak nothing; FORBIDDEN for read-only).
+pub type Access<'a> = &'a dyn Fn(&str) -> Result<()>;
+
+/// Per-namespace quotas on live (active or quarantined) entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quota {
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// Fields an update replaces; `None` keeps the old value.
@@ -92,6 +105,8 @@ pub struct Changes {
     pub content: Option<String>,
     pub tags: Option<Vec<String>>,
     pub metadata: Option<String>,
+    /// Status of the new version (active unless a content rule quarantines it).
+    pub status: Option<Status>,
 }
 
 /// Filters shared by search and list.
@@ -311,6 +326,7 @@ pub fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
 pub struct Store {
     conn: Connection,
     keys: KeySet,
+    quota: Quota,
 }
 
 impl std::fmt::Debug for Store {
@@ -328,7 +344,16 @@ impl Store {
         let mut conn = Connection::open_with_flags(path, flags)?;
         Self::configure(&conn, options)?;
         migrations::migrate(&mut conn)?;
-        Ok(Self { conn, keys })
+        Ok(Self {
+            conn,
+            keys,
+            quota: Quota::default(),
+        })
+    }
+
+    /// Sets the per-namespace quotas checked on every insert.
+    pub fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
     }
 
     /// Opens an existing memory.db read-only (for `verify`); no migrations run.
@@ -340,7 +365,11 @@ impl Store {
         if version != migrations::CURRENT_VERSION {
             return Err(migrations::MigrationError::TooNew { found: version }.into());
         }
-        Ok(Self { conn, keys })
+        Ok(Self {
+            conn,
+            keys,
+            quota: Quota::default(),
+        })
     }
 
     fn configure(conn: &Connection, options: StoreOptions) -> rusqlite::Result<()> {
@@ -442,7 +471,7 @@ impl Store {
             content: new.content,
             tags: normalize_tags(new.tags),
             metadata: new.metadata,
-            status: Status::Active,
+            status: new.status,
             supersedes: None,
             principal: author.principal.to_string(),
             session_id: author.session_id.to_string(),
@@ -450,10 +479,48 @@ impl Store {
             updated_at: now_ms,
         };
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        self.check_quota(&tx, &entry.namespace, entry.content.len())?;
         self.insert_row(&tx, &entry)?;
         before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
+    }
+
+    /// Refuses an insert that would take the namespace over its quota. Counted inside the
+    /// write transaction, so concurrent writers cannot both squeeze past the limit.
+    fn check_quota(&self, tx: &Connection, namespace: &str, bytes: usize) -> Result<()> {
+        let Quota {
+            max_entries,
+            max_bytes,
+        } = self.quota;
+        if max_entries.is_none() && max_bytes.is_none() {
+            return Ok(());
+        }
+        let (count, used): (i64, i64) = tx.query_row(
+            "SELECT count(*), coalesce(sum(length(CAST(content AS BLOB))), 0) FROM entries \
+             WHERE namespace = ?1 AND status IN ('active', 'quarantined')",
+            [namespace],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if let Some(max) = max_entries
+            && count as u64 >= max
+        {
+            return Err(Error::TooLarge {
+                what: "the namespace's entry quota",
+                actual: count as usize + 1,
+                limit: max as usize,
+            });
+        }
+        if let Some(max) = max_bytes
+            && used as u64 + bytes as u64 > max
+        {
+            return Err(Error::TooLarge {
+                what: "the namespace's content quota",
+                actual: used as usize + bytes,
+                limit: max as usize,
+            });
+        }
+        Ok(())
     }
 
     fn load_raw(conn: &Connection, id: &str) -> Result<Option<Result<RawRow, String>>> {
@@ -466,8 +533,13 @@ impl Store {
 
     /// Loads and verifies one row, whatever its status. A row that fails verification is
     /// [`Error::Integrity`]; a missing one [`Error::NotFound`].
-    fn load_verified(&self, conn: &Connection, id: &str) -> Result<Entry> {
+    fn load_verified(&self, conn: &Connection, id: &str, access: Access<'_>) -> Result<Entry> {
         let raw = Self::load_raw(conn, id)?.ok_or(Error::NotFound)?;
+        // The namespace is checked before the seal, so a foreign row — tampered or not — is
+        // just "not found".
+        if let Ok(raw) = &raw {
+            access(&raw.namespace)?;
+        }
         raw.ok()
             .and_then(|raw| raw.verify(&self.keys))
             .ok_or_else(|| {
@@ -478,8 +550,8 @@ impl Store {
 
     /// One entry by id. Active and superseded versions are readable (history); deleted and
     /// quarantined ones are not found.
-    pub fn get(&self, id: &str) -> Result<Entry> {
-        let entry = self.load_verified(&self.conn, id)?;
+    pub fn get(&self, id: &str, access: Access<'_>) -> Result<Entry> {
+        let entry = self.load_verified(&self.conn, id, access)?;
         match entry.status {
             Status::Active | Status::Superseded => Ok(entry),
             Status::Deleted | Status::Quarantined => Err(Error::NotFound),
@@ -494,10 +566,11 @@ impl Store {
         id: &str,
         changes: Changes,
         now_ms: i64,
+        access: Access<'_>,
         before_commit: impl FnOnce(&Entry) -> Result<()>,
     ) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let mut old = self.load_verified(&tx, id)?;
+        let mut old = self.load_verified(&tx, id, access)?;
         match old.status {
             Status::Active => {}
             Status::Superseded => {
@@ -518,7 +591,7 @@ impl Store {
                 .map(normalize_tags)
                 .unwrap_or_else(|| old.tags.clone()),
             metadata: changes.metadata.or_else(|| old.metadata.clone()),
-            status: Status::Active,
+            status: changes.status.unwrap_or(Status::Active),
             supersedes: Some(old.id.clone()),
             principal: author.principal.to_string(),
             session_id: author.session_id.to_string(),
@@ -541,10 +614,11 @@ impl Store {
         &mut self,
         id: &str,
         now_ms: i64,
+        access: Access<'_>,
         before_commit: impl FnOnce(&Entry) -> Result<()>,
     ) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let mut entry = self.load_verified(&tx, id)?;
+        let mut entry = self.load_verified(&tx, id, access)?;
         if entry.status != Status::Active {
             return Err(Error::NotFound);
         }
@@ -686,6 +760,103 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Admits a new session of `principal` if fewer than `per_hour` started in the last hour.
+    /// Kept in memory.db, so restarting the server or reconnecting resets nothing.
+    pub fn admit_session(&mut self, principal: &str, now_ms: i64, per_hour: u32) -> Result<bool> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let hour_ago = now_ms - 3_600_000;
+        tx.execute(
+            "DELETE FROM session_starts WHERE started_at < ?1",
+            [hour_ago],
+        )?;
+        let n: i64 = tx.query_row(
+            "SELECT count(*) FROM session_starts WHERE principal = ?1 AND started_at >= ?2",
+            params![principal, hour_ago],
+            |r| r.get(0),
+        )?;
+        if n >= i64::from(per_hour) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO session_starts (principal, started_at) VALUES (?1, ?2)",
+            params![principal, now_ms],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Quarantined entries, verified (rows that fail are left out and logged).
+    pub fn quarantined(&self) -> Result<Vec<Entry>> {
+        let sql = format!("SELECT {COLUMNS} FROM entries WHERE status = 'quarantined' ORDER BY id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            match RawRow::read(row)
+                .ok()
+                .and_then(|raw| raw.verify(&self.keys))
+            {
+                Some(e) => out.push(e),
+                None => withheld_log("quarantined row"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One entry of any status, verified (operator use: review).
+    pub fn get_any(&self, id: &str) -> Result<Entry> {
+        self.load_verified(&self.conn, id, &|_| Ok(()))
+    }
+
+    /// Releases a quarantined entry: it becomes active (re-sealed) and visible to agents.
+    pub fn approve(&mut self, id: &str, now_ms: i64) -> Result<Entry> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut entry = self.load_verified(&tx, id, &|_| Ok(()))?;
+        if entry.status != Status::Quarantined {
+            return Err(Error::InvalidArgument(format!("{id} is not quarantined")));
+        }
+        entry.status = Status::Active;
+        entry.updated_at = now_ms;
+        self.reseal_status(&tx, &entry)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Drops a quarantined entry for good.
+    pub fn reject_quarantined(&mut self, id: &str) -> Result<Entry> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let entry = self.load_verified(&tx, id, &|_| Ok(()))?;
+        if entry.status != Status::Quarantined {
+            return Err(Error::InvalidArgument(format!("{id} is not quarantined")));
+        }
+        tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// Retention: deletes entries created before `older_than` (any status) and tombstones
+    /// deleted before `tombstones_before`. Returns (entries removed, tombstones removed).
+    pub fn purge(
+        &mut self,
+        older_than: Option<i64>,
+        tombstones_before: Option<i64>,
+    ) -> Result<(u64, u64)> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let mut removed = 0;
+        let mut tombstones = 0;
+        if let Some(t) = tombstones_before {
+            tombstones = tx.execute(
+                "DELETE FROM entries WHERE status = 'deleted' AND updated_at < ?1",
+                [t],
+            )? as u64;
+        }
+        if let Some(t) = older_than {
+            removed = tx.execute("DELETE FROM entries WHERE created_at < ?1", [t])? as u64;
+        }
+        tx.commit()?;
+        Ok((removed, tombstones))
     }
 
     /// Every entry id, whatever its status (for reconciliation with the audit log).

@@ -22,10 +22,11 @@ struct Output<'a> {
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     // First, so an integrity failure is recorded against the id.
     ctx.record.ids.push(p.id.clone());
+    let access = ctx.write_access();
     let (record, audit) = (&mut *ctx.record, ctx.audit);
-    let entry = ctx
-        .store
-        .delete(&p.id, ctx.now_ms, |_| record.audit_write(audit, &[]))?;
+    let entry = ctx.store.delete(&p.id, ctx.now_ms, &access, |_| {
+        record.audit_write(audit, &[])
+    })?;
     to_json(&Output {
         id: &entry.id,
         status: entry.status.as_str(),

@@ -1,4 +1,4 @@
-//! memory_get: one verified memory by id.
+//! memory_get: one verified memory by id, if this principal may see it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,7 +19,8 @@ struct Output<'a> {
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     ctx.record.ids.push(p.id.clone());
-    let entry = ctx.store.get(&p.id)?;
+    let entry = ctx.store.get(&p.id, &ctx.read_access())?;
+    ctx.in_window(&entry)?;
     to_json(&Output {
         memory: MemoryView::new(&entry)?,
     })

@@ -51,7 +51,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         p.until.as_deref(),
     )?;
     let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = ctx.page_size(p.limit, DEFAULT_LIMIT)?;
     let page = ctx.store.list(&filter, after.as_deref(), limit)?;
 
     // Bound the response in bytes as well as entries: stop early and let the cursor continue.

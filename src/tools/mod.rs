@@ -20,6 +20,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
+use crate::policy::Grant;
+use crate::policy::rules::{Rules, Verdict};
 use crate::store::{Author, Entry, Status, Store};
 
 /// The tools an agent can call. The discriminant indexes the embedded schemas.
@@ -92,8 +94,12 @@ pub struct CallContext<'a> {
     pub store: &'a mut Store,
     pub author: Author<'a>,
     pub limits: &'a Limits,
-    /// Where a call without `namespace` goes.
-    pub default_namespace: &'a str,
+    /// What this principal may do.
+    pub grant: &'a Grant,
+    /// Content rules applied to every write.
+    pub rules: &'a Rules,
+    /// Entries created before this (unix ms) are invisible: the policy's read window.
+    pub window_start: Option<i64>,
     pub now_ms: i64,
     /// What the call touched, for its audit event.
     pub record: &'a mut CallRecord,
@@ -117,6 +123,9 @@ pub struct CallRecord {
     /// Bytes of metadata written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_bytes: Option<usize>,
+    /// Content rules that fired (quarantine, redact): names only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// Results returned by search or list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<usize>,
@@ -276,6 +285,92 @@ impl<'a> MemoryView<'a> {
     }
 }
 
+impl<'a> CallContext<'a> {
+    /// The namespace a call works in: the one it names, or the principal's default.
+    fn namespace(&self, named: Option<String>) -> String {
+        named.unwrap_or_else(|| self.grant.default_namespace.clone())
+    }
+
+    /// Refuses a write to a namespace this principal may not write.
+    fn check_write(&self, namespace: &str) -> Result<()> {
+        if self.grant.can_write(namespace) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "namespace {namespace:?} is not writable by this principal"
+            )))
+        }
+    }
+
+    /// Row-level access for reads: a namespace the principal cannot read is "not found".
+    fn read_access(&self) -> impl Fn(&str) -> Result<()> + use<'a> {
+        let grant = self.grant;
+        move |ns: &str| {
+            if grant.can_read(ns) {
+                Ok(())
+            } else {
+                Err(Error::NotFound)
+            }
+        }
+    }
+
+    /// Row-level access for writes: unreadable → not found; read-only → forbidden.
+    fn write_access(&self) -> impl Fn(&str) -> Result<()> + use<'a> {
+        let grant = self.grant;
+        move |ns: &str| {
+            if !grant.can_read(ns) {
+                Err(Error::NotFound)
+            } else if !grant.can_write(ns) {
+                Err(Error::Forbidden(format!(
+                    "namespace {ns:?} is not writable by this principal"
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// Hides entries older than the read window.
+    fn in_window(&self, entry: &Entry) -> Result<()> {
+        match self.window_start {
+            Some(start) if entry.created_at < start => Err(Error::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks tag count and applies the content rules to a write, in place.
+    fn police(
+        &self,
+        content: &mut String,
+        tags: &mut Vec<String>,
+        metadata: &mut Option<serde_json::Map<String, Value>>,
+    ) -> Result<Verdict> {
+        if tags.len() > self.limits.tags_max {
+            return Err(Error::InvalidArgument(format!(
+                "at most {} tags are allowed",
+                self.limits.tags_max
+            )));
+        }
+        let verdict = self.rules.apply(content, tags, metadata);
+        if let Some(rule) = verdict.rejected_by {
+            return Err(Error::ContentRejected { rule });
+        }
+        Ok(verdict)
+    }
+
+    /// The page size asked for, within the policy's maximum.
+    fn page_size(&self, asked: Option<usize>, default: usize) -> Result<usize> {
+        let n = asked.unwrap_or(default.min(self.limits.page_size_max));
+        if n > self.limits.page_size_max {
+            return Err(Error::InvalidArgument(format!(
+                "limit: at most {} for this principal",
+                self.limits.page_size_max
+            )));
+        }
+        Ok(n)
+    }
+}
+
 /// Filters shared by search and list, checked and resolved against the context.
 fn filter(
     ctx: &CallContext<'_>,
@@ -293,8 +388,19 @@ fn filter(
             "since must be earlier than until".into(),
         ));
     }
+    let namespace = ctx.namespace(namespace);
+    if !ctx.grant.can_read(&namespace) {
+        return Err(Error::Forbidden(format!(
+            "namespace {namespace:?} is not readable by this principal"
+        )));
+    }
+    // The read window narrows `since`; it never widens it.
+    let since = match (since, ctx.window_start) {
+        (Some(s), Some(w)) => Some(s.max(w)),
+        (s, w) => s.or(w),
+    };
     Ok(crate::store::Filter {
-        namespace: namespace.unwrap_or_else(|| ctx.default_namespace.to_string()),
+        namespace,
         tags,
         since,
         until,

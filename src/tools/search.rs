@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Results when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -61,7 +61,14 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         p.since.as_deref(),
         p.until.as_deref(),
     )?;
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    let limit = ctx.page_size(p.limit, DEFAULT_LIMIT)?;
+    let chars = p.query.chars().count();
+    if chars > ctx.limits.query_chars {
+        return Err(Error::InvalidArgument(format!(
+            "query: at most {} characters for this principal",
+            ctx.limits.query_chars
+        )));
+    }
     let hits = match fts_query(&p.query) {
         Some(expr) => ctx.store.search(&expr, &filter, limit)?,
         None => Default::default(),

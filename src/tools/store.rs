@@ -1,11 +1,11 @@
-//! memory_store: seal and keep one new memory.
+//! memory_store: police, seal and keep one new memory.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
 use crate::error::Result;
-use crate::store::NewEntry;
+use crate::store::{NewEntry, Status};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,23 +24,40 @@ struct Output<'a> {
     status: &'static str,
     created_at: String,
     content_sha256: String,
+    /// Rules that replaced parts of the content before it was sealed.
+    redacted_by: Vec<String>,
 }
 
-pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+    let namespace = ctx.namespace(p.namespace.take());
+    ctx.check_write(&namespace)?;
+    check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
+    let verdict = ctx.police(&mut p.content, &mut p.tags, &mut p.metadata)?;
+    // Redaction markers can be longer than what they replace.
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
     let metadata = metadata_text(p.metadata, ctx.limits)?;
     ctx.record.content_bytes = Some(p.content.len());
     ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
+    ctx.record.rules = verdict
+        .quarantined_by
+        .iter()
+        .chain(&verdict.redacted_by)
+        .cloned()
+        .collect();
+    let status = if verdict.quarantined_by.is_empty() {
+        Status::Active
+    } else {
+        Status::Quarantined
+    };
     let (record, audit) = (&mut *ctx.record, ctx.audit);
     let entry = ctx.store.insert(
         ctx.author,
         NewEntry {
-            namespace: p
-                .namespace
-                .unwrap_or_else(|| ctx.default_namespace.to_string()),
+            namespace,
             content: p.content,
             tags: p.tags,
             metadata,
+            status,
         },
         ctx.now_ms,
         |entry| {
@@ -54,5 +71,6 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         status: entry.status.as_str(),
         created_at: format_ms(entry.created_at),
         content_sha256: hex::encode(entry.content_sha256),
+        redacted_by: verdict.redacted_by,
     })
 }

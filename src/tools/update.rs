@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
 use crate::error::Result;
-use crate::store::Changes;
+use crate::store::{Changes, Status};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,25 +24,50 @@ struct Output<'a> {
     status: &'static str,
     created_at: String,
     content_sha256: String,
+    redacted_by: Vec<String>,
 }
 
-pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
+pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     // First, so an integrity failure on the old version is recorded against it.
     ctx.record.ids.push(p.id.clone());
     if let Some(content) = &p.content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
     }
+    // The rules see only what changes; unchanged fields were policed when they were written.
+    let mut content = p.content.take().unwrap_or_default();
+    let mut tags = p.tags.take();
+    let mut tag_list = tags.take().unwrap_or_default();
+    let verdict = ctx.police(&mut content, &mut tag_list, &mut p.metadata)?;
+    let had_tags = p.tags.is_some() || !tag_list.is_empty();
+    tags = had_tags.then_some(tag_list);
+    let content = (!content.is_empty()).then_some(content);
+    if let Some(content) = &content {
+        check_bytes("content", content.len(), ctx.limits.content_bytes)?;
+    }
+    let metadata = metadata_text(p.metadata, ctx.limits)?;
+    ctx.record.content_bytes = content.as_ref().map(String::len);
+    ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
+    ctx.record.rules = verdict
+        .quarantined_by
+        .iter()
+        .chain(&verdict.redacted_by)
+        .cloned()
+        .collect();
     let changes = Changes {
-        content: p.content,
-        tags: p.tags,
-        metadata: metadata_text(p.metadata, ctx.limits)?,
+        content,
+        tags,
+        metadata,
+        status: Some(if verdict.quarantined_by.is_empty() {
+            Status::Active
+        } else {
+            Status::Quarantined
+        }),
     };
-    ctx.record.content_bytes = changes.content.as_ref().map(String::len);
-    ctx.record.metadata_bytes = changes.metadata.as_ref().map(String::len);
+    let access = ctx.write_access();
     let (record, audit) = (&mut *ctx.record, ctx.audit);
     let entry = ctx
         .store
-        .update(ctx.author, &p.id, changes, ctx.now_ms, |entry| {
+        .update(ctx.author, &p.id, changes, ctx.now_ms, &access, |entry| {
             record.created = Some(entry.id.clone());
             record.audit_write(audit, &[&entry.id])
         })?;
@@ -53,5 +78,6 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         status: entry.status.as_str(),
         created_at: format_ms(entry.created_at),
         content_sha256: hex::encode(entry.content_sha256),
+        redacted_by: verdict.redacted_by,
     })
 }
