@@ -414,6 +414,24 @@ impl Server {
         request: &InitializeRequestParams,
         facts: &StartFacts,
     ) -> Result<(), Error> {
+        if let Some(per_hour) = self.inner.policy.rates.sessions_per_hour {
+            let admitted = {
+                let mut guard = self.inner.store.lock().unwrap_or_else(|p| p.into_inner());
+                let store = guard
+                    .as_mut()
+                    .ok_or_else(|| Error::Unavailable("store closed".into()))?;
+                store.admit_session(self.inner.session.principal.name(), now_ms(), per_hour)?
+            };
+            if !admitted {
+                self.append(NewEvent::new(
+                    Kind::Security,
+                    json!({"event": "sessions_per_hour_exceeded", "limit": per_hour}),
+                ))?;
+                return Err(Error::RateLimited {
+                    retry_after_ms: 60_000,
+                });
+            }
+        }
         let client = &request.client_info;
         let detail = json!({
             "pid": std::process::id(),
@@ -475,13 +493,21 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        if self.server.session_started(&request, &self.facts).is_err() {
-            return Err(ErrorData::internal_error(
+        match self.server.session_started(&request, &self.facts) {
+            Ok(()) => self.negotiate_initialize(&request),
+            Err(err @ Error::RateLimited { .. }) => {
+                self.server.end_session(EndReason::RateLimited);
+                Err(ErrorData::new(
+                    rmcp::model::ErrorCode(-32000),
+                    "RATE_LIMITED: too many new sessions for this principal; retry later",
+                    Some(error_body(&err)),
+                ))
+            }
+            Err(_) => Err(ErrorData::internal_error(
                 "UNAVAILABLE: the audit log cannot be written",
                 None,
-            ));
+            )),
         }
-        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(
@@ -673,7 +699,7 @@ where
         let server = server.clone();
         move |refusal| server.refused_line(refusal)
     };
-    let transport = LineTransport::new(read, write, max_line, on_refusal);
+    let (transport, writer) = LineTransport::new(read, write, max_line, on_refusal);
     let handler = Handler {
         server: server.clone(),
         facts: Arc::new(facts),
@@ -713,6 +739,8 @@ where
     };
     watcher.abort();
     clock.abort();
+    // Every reply queued so far reaches the client before the session is recorded as over.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     let own_reason = *server
         .inner
         .end_reason

@@ -66,7 +66,6 @@ pub struct LineTransport<R, F> {
     /// An error reply not yet queued; kept here so a cancelled `receive` does not lose it.
     pending: Option<Vec<u8>>,
     out: mpsc::Sender<Vec<u8>>,
-    writer: Option<JoinHandle<()>>,
     /// Told about every refusal (the server audits it).
     on_refusal: F,
 }
@@ -90,7 +89,11 @@ where
     F: Fn(Refusal) + Send,
 {
     /// `max_line` bounds a line's content, not counting its `\n` or `\r\n`.
-    pub fn new<W>(read: R, write: W, max_line: usize, on_refusal: F) -> Self
+    ///
+    /// Returns the writer task too: it ends once the transport and every in-flight send are
+    /// gone and it has written all they queued, so awaiting it flushes the last reply (rmcp
+    /// drops the transport without closing it when `initialize` fails).
+    pub fn new<W>(read: R, write: W, max_line: usize, on_refusal: F) -> (Self, JoinHandle<()>)
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -109,7 +112,7 @@ where
                 }
             }
         });
-        Self {
+        let transport = Self {
             read: BufReader::with_capacity(64 * 1024, read),
             line: Vec::new(),
             max_line,
@@ -118,9 +121,9 @@ where
             initialized: false,
             pending: None,
             out,
-            writer: Some(writer),
             on_refusal,
-        }
+        };
+        (transport, writer)
     }
 
     /// Reads one line into `self.line` without ever holding more than the cap of it.
@@ -306,13 +309,10 @@ where
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
-        // Let the writer drain what is queued: swap our sender for a closed one, so only the
-        // senders held by in-flight sends keep the channel open, then wait (bounded).
+        // Swap our sender for a closed one: once in-flight sends finish, the writer drains the
+        // queue and ends (the server awaits it).
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.out, closed));
-        if let Some(writer) = self.writer.take() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
-        }
         Ok(())
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod audit;
 pub mod init;
+pub mod policy;
+pub mod purge;
+pub mod review;
 pub mod serve;
 pub mod verify;
 
@@ -33,12 +36,18 @@ pub enum Command {
     Verify(DataDirArg),
     /// The auditor's tools: verify, head, query, export (read-only, offline).
     Audit(audit::AuditArgs),
+    /// Policy files: `policy check FILE`.
+    Policy(policy::PolicyCmd),
+    /// Quarantined memories: list, show, approve, reject.
+    Review(review::ReviewArgs),
+    /// Apply the policy's retention: delete old entries and old tombstones.
+    Purge(purge::PurgeArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DataDirArg {
     /// Data directory [default: $XDG_DATA_HOME/memwarden or ~/.local/share/memwarden]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -65,5 +74,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Audit(args) => audit::run(&args),
+        Command::Policy(args) => policy::run(&args),
+        Command::Review(args) => review::run(&args),
+        Command::Purge(args) => purge::run(&args),
     }
 }

@@ -53,6 +53,18 @@ impl TestDir {
         cmd.output().expect("run memwarden")
     }
 
+    /// Writes a policy file into the temp dir and returns the `serve` arguments that use it.
+    /// (Tests run as root, who can write any file: hence --allow-owned-policy.)
+    pub fn policy(&self, text: &str) -> Vec<String> {
+        let path = self.tmp.path().join("policy.toml");
+        std::fs::write(&path, text).expect("write policy");
+        vec![
+            "--policy".into(),
+            path.display().to_string(),
+            "--allow-owned-policy".into(),
+        ]
+    }
+
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.data().join("memory.db")).expect("open memory.db")
     }
@@ -65,10 +77,10 @@ impl TestDir {
 
     /// Starts `memwarden serve` with an MCP client attached; stderr goes to `stderr.log`.
     pub async fn connect(&self) -> Client {
-        self.connect_with(&[]).await
+        self.connect_with::<&str>(&[]).await
     }
 
-    pub async fn connect_with(&self, extra: &[&str]) -> Client {
+    pub async fn connect_with<S: AsRef<std::ffi::OsStr>>(&self, extra: &[S]) -> Client {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,6 +215,11 @@ impl RawSession {
 
     /// Spawns the server without any handshake.
     pub fn spawn(dir: &TestDir) -> Self {
+        Self::spawn_with(dir, &[])
+    }
+
+    /// Spawns the server with extra `serve` arguments, without any handshake.
+    pub fn spawn_with(dir: &TestDir, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -212,6 +229,7 @@ impl RawSession {
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.data())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -1,0 +1,92 @@
+//! `memwarden review list|show|approve|reject`: the operator releases or drops what a
+//! quarantine rule held back. Every decision is audited.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::DataDirArg;
+use crate::audit::{AuditLog, Kind, NewEvent};
+use crate::config::DataDir;
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct ReviewArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    #[command(subcommand)]
+    pub command: ReviewCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// List quarantined memories.
+    List,
+    /// Print one quarantined memory, content included.
+    Show { id: String },
+    /// Release it: it becomes active and visible to agents.
+    Approve { id: String },
+    /// Drop it for good.
+    Reject { id: String },
+}
+
+/// The operator's handles on a data dir: the store and the audit log.
+pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog)> {
+    let dir = DataDir::new(args.resolve()?);
+    let keyring = dir.open_keyring()?;
+    let options = StoreOptions::default();
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
+    Ok((store, audit))
+}
+
+/// Appends an operator's admin event.
+pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> anyhow::Result<()> {
+    let mut detail = detail;
+    detail["operator_uid"] = json!(crate::store::keyring::current_uid());
+    let event = NewEvent {
+        principal: Some("operator"),
+        ..NewEvent::new(Kind::Admin, detail)
+    };
+    audit.append(&event, crate::tools::now_ms())?;
+    Ok(())
+}
+
+pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
+    let (mut store, mut audit) = open(&args.data_dir)?;
+    let now = crate::tools::now_ms();
+    match &args.command {
+        ReviewCommand::List => {
+            let held = store.quarantined()?;
+            println!("{} quarantined", held.len());
+            for e in held {
+                println!(
+                    "{}  {}  ns={}  by={}  {} bytes",
+                    e.id,
+                    crate::tools::format_ms(e.created_at),
+                    e.namespace,
+                    e.principal,
+                    e.content.len()
+                );
+            }
+        }
+        ReviewCommand::Show { id } => {
+            let e = store.get_any(id)?;
+            let view = crate::tools::MemoryView::new(&e)?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        ReviewCommand::Approve { id } => {
+            // Audit first: if the log cannot be written, nothing changes.
+            admin_event(&mut audit, json!({"event": "review_approve", "id": id}))?;
+            store.approve(id, now)?;
+            println!("approved {id}");
+        }
+        ReviewCommand::Reject { id } => {
+            admin_event(&mut audit, json!({"event": "review_reject", "id": id}))?;
+            store.reject_quarantined(id)?;
+            println!("rejected and removed {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
