@@ -145,5 +145,50 @@ fn bench_store_ops(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_seal, bench_store_ops);
+/// The policy gate's content rules: every shipped pack over a 16 KiB memory.
+fn bench_rules(c: &mut Criterion) {
+    let policy = memwarden::policy::parse(
+        r#"version = 1
+[[rules.packs]]
+pack = "secrets"
+action = "redact"
+applies_to = ["content", "tags", "metadata"]
+[[rules.packs]]
+pack = "injection"
+action = "quarantine"
+[[rules.packs]]
+pack = "markup"
+action = "redact"
+[principals.local]
+tools = ["memory_store"]
+namespaces = { default = "rw" }
+default_namespace = "default"
+"#,
+        "bench",
+    )
+    .unwrap();
+    let vocab = common::vocabulary(5000);
+    let mut rng = common::Rng::new(3);
+    let mut clean = String::new();
+    while clean.len() < 16 * 1024 - 16 {
+        clean.push_str(&vocab[rng.below(vocab.len())]);
+        clean.push(' ');
+    }
+    clean.truncate(16 * 1024 - 16);
+    let mut dirty = clean.clone();
+    dirty.replace_range(..60, "password=hunter2hunter2 <script>x</script> AKIAIOSFODNN7EXAMPLE ");
+    for (name, text) in [("clean", clean), ("with 3 hits", dirty)] {
+        c.bench_function(&format!("policy rules, all packs, 16 KiB {name}"), |b| {
+            b.iter_batched(
+                || (text.clone(), vec!["tag".to_string()], None),
+                |(mut content, mut tags, mut meta)| {
+                    black_box(policy.rules.apply(&mut content, &mut tags, &mut meta))
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+criterion_group!(benches, bench_seal, bench_rules, bench_store_ops);
 criterion_main!(benches);
