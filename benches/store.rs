@@ -176,7 +176,10 @@ default_namespace = "default"
     }
     clean.truncate(16 * 1024 - 16);
     let mut dirty = clean.clone();
-    dirty.replace_range(..60, "password=hunter2hunter2 <script>x</script> AKIAIOSFODNN7EXAMPLE ");
+    dirty.replace_range(
+        ..60,
+        "password=hunter2hunter2 <script>x</script> AKIAIOSFODNN7EXAMPLE ",
+    );
     for (name, text) in [("clean", clean), ("with 3 hits", dirty)] {
         c.bench_function(&format!("policy rules, all packs, 16 KiB {name}"), |b| {
             b.iter_batched(

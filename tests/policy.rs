@@ -940,3 +940,35 @@ async fn the_read_window_hides_old_entries_and_purge_applies_retention() {
     let _ = old_tomb;
     assert!(dir.cli(&["audit", "verify"]).status.success());
 }
+
+#[test]
+fn max_age_ends_a_busy_session_too() {
+    let dir = TestDir::new();
+    let args: Vec<String> = dir.policy(&local_all("[sessions]\nmax_age_seconds = 1\n[storage]\nsynchronous = \"normal\"\n[limits]\nnamespace_max_bytes = 10"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = RawSession::spawn_with(&dir, &refs);
+    s.handshake();
+    assert_eq!(
+        s.call(1, "memory_store", json!({"content": "0123456789"}))["result"]["isError"],
+        false
+    );
+    let over = s.call(2, "memory_store", json!({"content": "x"}));
+    assert_eq!(
+        over["result"]["structuredContent"]["code"], "TOO_LARGE",
+        "byte quota: {over}"
+    );
+    let started = Instant::now();
+    let mut id = 3;
+    // Keep calling: activity does not extend a maximum age.
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "old session was not ended"
+        );
+        s.try_send(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"memory_list","arguments":{}}}).to_string());
+        id += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = String::from_utf8(read_all(&dir.stderr_log())).unwrap();
+    assert!(log.contains("\"reason\":\"max_age\""), "{log}");
+}

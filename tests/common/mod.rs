@@ -251,6 +251,14 @@ impl RawSession {
         stdin.flush().expect("flush");
     }
 
+    /// Sends a line if the server still reads; false once it has gone.
+    pub fn try_send(&mut self, line: &str) -> bool {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        stdin.write_all(format!("{line}\n").as_bytes()).is_ok() && stdin.flush().is_ok()
+    }
+
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(bytes).expect("write");
