@@ -342,6 +342,23 @@ impl Server {
             record.withheld.extend(record.ids.iter().cloned());
         }
         self.record_integrity(tool, &record.withheld)?;
+        // Content rules that fired are security events too (names only, never the text).
+        let (action, rules) = match &result {
+            Err(Error::ContentRejected { rule }) => ("reject", vec![rule.clone()]),
+            _ => ("quarantine_or_redact", record.rules.clone()),
+        };
+        if !rules.is_empty() {
+            if action == "reject" {
+                record.rules = rules.clone();
+            }
+            self.append(NewEvent {
+                tool: Some(tool.as_str()),
+                ..NewEvent::new(
+                    Kind::Security,
+                    json!({"event": "rule_hit", "action": action, "rules": rules}),
+                )
+            })?;
+        }
         match result {
             // Reads are audited before their result is sent.
             Ok(value) if !record.audited => audit_ok(&record).map(|()| value),

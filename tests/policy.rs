@@ -942,6 +942,40 @@ async fn the_read_window_hides_old_entries_and_purge_applies_retention() {
 }
 
 #[test]
+fn request_line_and_response_bounds_come_from_the_policy() {
+    let dir = TestDir::new();
+    let args: Vec<String> = dir.policy(&local_all(
+        "[limits]\nrequest_line_bytes = 2048\nresponse_bytes = 4096",
+    ));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = RawSession::spawn_with(&dir, &refs);
+    s.handshake();
+    let refused = s.call(1, "memory_store", json!({"content": "x".repeat(2100)}));
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2048")
+    );
+    for i in 0..4 {
+        let ok = s.call(
+            10 + i,
+            "memory_store",
+            json!({"content": format!("{i}").repeat(1500)}),
+        );
+        assert_eq!(ok["result"]["isError"], false);
+    }
+    // Four 1.5 KB memories do not fit a 4 KiB response: the page stops early with a cursor.
+    let page = s.call(20, "memory_list", json!({}));
+    let page = &page["result"]["structuredContent"];
+    let n = page["memories"].as_array().unwrap().len();
+    assert!((1..4).contains(&n), "{n} memories in a 4 KiB page");
+    assert!(page["next_cursor"].is_string());
+    assert!(s.finish().success());
+}
+
+#[test]
 fn max_age_ends_a_busy_session_too() {
     let dir = TestDir::new();
     let args: Vec<String> = dir.policy(&local_all("[sessions]\nmax_age_seconds = 1\n[storage]\nsynchronous = \"normal\"\n[limits]\nnamespace_max_bytes = 10"));
