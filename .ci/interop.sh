@@ -12,7 +12,8 @@ if [ ! -x "$cache/node_modules/.bin/mcp-inspector" ]; then
 fi
 inspector="$cache/node_modules/.bin/mcp-inspector"
 data="$work/data"
-run() { timeout 120 "$inspector" --cli "$bin" serve --data-dir "$data" "$@" 2>>"$work/inspector.err"; }
+# A failing call must show up as a FAILED check with its output, not end the script silently.
+run() { timeout 120 "$inspector" --cli "$bin" serve --data-dir "$data" "$@" 2>>"$work/inspector.err" || { echo "inspector exited $?: $(tail -c 1500 "$work/inspector.err")"; }; }
 
 passed=0; failed=0
 check() { # name, python expression over the JSON in $out
@@ -29,7 +30,7 @@ check "tools/list advertises bounded schemas" "all(t['inputSchema'].get('additio
 
 out=$(run --method tools/call --tool-name memory_store --tool-arg 'content=the inspector was here')
 check "memory_store succeeds" "d['isError'] is False and d['structuredContent']['status'] == 'active'"
-id=$(python3 -c "import json,sys; print(json.loads(sys.stdin.read())['structuredContent']['id'])" <<<"$out")
+id=$(python3 -c "import json,sys; print(json.loads(sys.stdin.read())['structuredContent']['id'])" <<<"$out" 2>/dev/null || echo none)
 
 out=$(run --method tools/call --tool-name memory_search --tool-arg 'query=inspector')
 check "memory_search finds it" "d['structuredContent']['results'][0]['memory']['id'] == '$id'"

@@ -151,7 +151,13 @@ impl Client {
             params = params.with_arguments(map);
         }
         match self.service.call_tool(params).await {
-            Ok(result) => classify(result),
+            Ok(result) => {
+                let outcome = classify(result);
+                if let Outcome::Ok(v) = &outcome {
+                    check_output(tool, v);
+                }
+                outcome
+            }
             Err(ServiceError::McpError(e)) => Outcome::Protocol(e),
             Err(e) => panic!("transport failure calling {tool}: {e}"),
         }
@@ -167,6 +173,20 @@ impl Client {
 
     pub async fn close(self) {
         let _ = self.service.cancel().await;
+    }
+}
+
+/// A successful result must match the tool's published outputSchema, as strict clients check.
+fn check_output(tool: &str, value: &Value) {
+    let path = format!("{}/schema/output/{tool}.json", env!("CARGO_MANIFEST_DIR"));
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("output schema")).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("output schema compiles");
+    if let Err(e) = validator.validate(value) {
+        panic!(
+            "{tool} result does not match its outputSchema at {}: {e}",
+            e.instance_path()
+        );
     }
 }
 
