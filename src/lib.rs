@@ -34,6 +34,7 @@ pub mod error;
 pub mod logging;
 pub mod policy;
 pub mod principal;
+pub mod sandbox;
 pub mod schema;
 pub mod server;
 pub mod session;

@@ -6,6 +6,7 @@ pub mod init;
 pub mod policy;
 pub mod purge;
 pub mod review;
+pub mod sandbox_check;
 pub mod serve;
 pub mod verify;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Review(review::ReviewArgs),
     /// Apply the policy's retention: delete old entries and old tombstones.
     Purge(purge::PurgeArgs),
+    /// Apply serve's sandbox, try what it forbids, and report each attempt.
+    SandboxCheck(DataDirArg),
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,5 +80,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(args) => policy::run(&args),
         Command::Review(args) => review::run(&args),
         Command::Purge(args) => purge::run(&args),
+        Command::SandboxCheck(args) => sandbox_check::run(&args),
     }
 }

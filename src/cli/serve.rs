@@ -31,6 +31,9 @@ pub struct ServeArgs {
     pub principal: String,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Refuse to run unless the landlock filesystem sandbox is enforced.
+    #[arg(long)]
+    pub require_sandbox: bool,
 }
 
 /// How the operator names the policy.
@@ -100,22 +103,31 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::new(schemas, store, audit, session, policy.clone());
-    let facts = StartFacts {
+    let mut facts = StartFacts {
         policy_sha256: Some(policy.sha256.clone()),
-        sandbox: "none".into(),
+        sandbox: String::new(),
         relaxing_flags,
     };
+    let data_root = dir.root().to_path_buf();
+    let require_sandbox = args.require_sandbox;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let closer = server.clone();
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let _signals = watch_signals(shutdown.clone())?;
         // Pipes (how MCP clients launch us) go through the non-blocking pipe driver, on their
         // own open file descriptions; anything else falls back to tokio's blocking stdio.
+        // This reopens them through /proc, so it comes before the sandbox.
         let (read, write) = rmcp::transport::io::stdio_pipes();
+        // Everything is open: give up the rest of the filesystem, TCP, signals and abstract
+        // sockets. This runtime runs every task on this thread, and threads it starts later
+        // inherit the restriction.
+        let status = crate::sandbox::restrict(&data_root, require_sandbox)?;
+        tracing::info!(target: "memwarden::security", event = "sandbox", status = status.as_str(), "sandbox applied");
+        facts.sandbox = status.as_str().to_string();
+        let shutdown = CancellationToken::new();
+        let _signals = watch_signals(shutdown.clone())?;
         server::run(server, facts, read, write, shutdown).await;
         anyhow::Ok(())
     })?;

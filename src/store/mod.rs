@@ -380,7 +380,8 @@ impl Store {
             Synchronous::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA trusted_schema = OFF;"
+            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA trusted_schema = OFF; \
+             PRAGMA temp_store = MEMORY;"
         ))
     }
 
