@@ -47,6 +47,52 @@ impl fmt::Display for Principal {
     }
 }
 
+/// The process on the other end of a unix socket, as the kernel reports it (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The peer of `fd` when it is a connected unix socket (socket activation gives us one as
+/// stdin); `None` for a pipe, a terminal, a file.
+pub fn peer_of(fd: std::os::fd::RawFd) -> Option<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; getsockopt fails
+    // (ENOTSOCK) on anything that is not a socket and then writes nothing we read.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+impl Principal {
+    /// The principal for a socket peer: the policy's principal with that uid, or an unmapped
+    /// `uid-N` that the policy grants nothing.
+    pub fn for_peer(peer: Peer, mapped: Option<&str>) -> Self {
+        match mapped {
+            Some(name) => Self(name.to_string()),
+            None => Self(format!("uid-{}", peer.uid)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Principal;

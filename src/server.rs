@@ -110,6 +110,8 @@ pub struct StartFacts {
     pub sandbox: String,
     /// Flags that relax a safety check.
     pub relaxing_flags: Vec<String>,
+    /// The socket peer, when stdin is a unix socket.
+    pub peer: Option<crate::principal::Peer>,
 }
 
 impl Server {
@@ -458,6 +460,7 @@ impl Server {
             "policy_sha256": facts.policy_sha256,
             "sandbox": facts.sandbox,
             "relaxing_flags": facts.relaxing_flags,
+            "peer": facts.peer.map(|p| json!({"pid": p.pid, "uid": p.uid, "gid": p.gid})),
             "server_version": env!("CARGO_PKG_VERSION"),
         });
         self.append(NewEvent::new(Kind::SessionStart, detail))?;

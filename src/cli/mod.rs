@@ -2,6 +2,7 @@
 //! from an agent; only the operator (or an MCP client's launch command) picks these flags.
 
 pub mod audit;
+pub mod connect;
 pub mod init;
 pub mod policy;
 pub mod purge;
@@ -45,6 +46,8 @@ pub enum Command {
     Purge(purge::PurgeArgs),
     /// Apply serve's sandbox, try what it forbids, and report each attempt.
     SandboxCheck(DataDirArg),
+    /// Bridge stdin/stdout to the hardened service's unix socket.
+    Connect(connect::ConnectArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,5 +84,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Review(args) => review::run(&args),
         Command::Purge(args) => purge::run(&args),
         Command::SandboxCheck(args) => sandbox_check::run(&args),
+        Command::Connect(args) => connect::run(&args),
     }
 }

@@ -85,8 +85,21 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("initialised a new data dir");
     }
     let keyring = dir.open_keyring()?;
-    let principal = Principal::from_flag(&args.principal)?;
     let policy = Arc::new(args.policy.load()?);
+    // Who is calling: over a unix socket, the kernel says (the peer's uid through the policy);
+    // otherwise whoever wrote the launch command said, with --principal.
+    let peer = crate::principal::peer_of(0);
+    let principal = match peer {
+        Some(peer) => {
+            let p = Principal::for_peer(peer, policy.principal_for_uid(peer.uid));
+            if p.name() != args.principal {
+                tracing::info!(peer_uid = peer.uid, principal = %p, flag = %args.principal,
+                    "stdin is a unix socket: the principal comes from the peer uid, not --principal");
+            }
+            p
+        }
+        None => Principal::from_flag(&args.principal)?,
+    };
     let relaxing_flags = args.policy.relaxing_flags();
     tracing::info!(target: "memwarden::security", event = "policy", source = %policy.source,
         sha256 = %policy.sha256, relaxing_flags = ?relaxing_flags, "policy loaded");
@@ -107,6 +120,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         policy_sha256: Some(policy.sha256.clone()),
         sandbox: String::new(),
         relaxing_flags,
+        peer,
     };
     let data_root = dir.root().to_path_buf();
     let require_sandbox = args.require_sandbox;
