@@ -58,6 +58,9 @@ const KEYRING_STAGING: &str = ".keyring.staging-";
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    /// A keyring kept outside the data dir (the hardened install's systemd credential, or
+    /// `--keyring`). Then the data dir holds only the databases.
+    external_keyring: Option<PathBuf>,
 }
 
 /// Why a data directory was refused or could not be set up.
@@ -94,7 +97,16 @@ pub enum DataDirError {
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            external_keyring: None,
+        }
+    }
+
+    /// Uses a keyring kept outside the data dir.
+    pub fn with_keyring(mut self, keyring: Option<PathBuf>) -> Self {
+        self.external_keyring = keyring;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -110,7 +122,18 @@ impl DataDir {
     }
 
     pub fn keyring(&self) -> PathBuf {
-        self.root.join("keyring.toml")
+        self.external_keyring
+            .clone()
+            .unwrap_or_else(|| self.root.join("keyring.toml"))
+    }
+
+    /// The file whose presence marks an initialised directory.
+    fn marker(&self) -> PathBuf {
+        if self.external_keyring.is_some() {
+            self.memory_db()
+        } else {
+            self.keyring()
+        }
     }
 
     fn shown(&self) -> String {
@@ -127,7 +150,7 @@ impl DataDir {
     /// True when the directory is missing or empty (ignoring another process's keyring still
     /// being written): `serve` initialises it then.
     pub fn needs_init(&self) -> Result<bool, DataDirError> {
-        if self.keyring().exists() {
+        if self.marker().exists() {
             return Ok(false);
         }
         match fs::read_dir(&self.root) {
@@ -142,7 +165,7 @@ impl DataDir {
     /// `memwarden init`: creates the directory (0700), a fresh keyring (0600) and both
     /// databases. Refuses a directory that already has a keyring.
     pub fn init(&self) -> Result<(), DataDirError> {
-        if self.keyring().exists() {
+        if self.marker().exists() {
             return Err(DataDirError::AlreadyInitialised { path: self.shown() });
         }
         self.create()
@@ -152,12 +175,12 @@ impl DataDir {
     /// alone. Returns whether it initialised. Refuses a non-empty directory without a keyring
     /// rather than move into someone else's files.
     pub fn init_if_needed(&self) -> Result<bool, DataDirError> {
-        if self.keyring().exists() {
+        if self.marker().exists() {
             return Ok(false);
         }
         if !self.needs_init()? {
             // Another process may have finished initialising in between.
-            if self.keyring().exists() {
+            if self.marker().exists() {
                 return Ok(false);
             }
             return Err(DataDirError::NotInitialised { path: self.shown() });
@@ -176,7 +199,7 @@ impl DataDir {
             .mode(0o700)
             .create(&self.root)
             .map_err(|e| self.io(e))?;
-        if !self.keyring().exists() {
+        if self.external_keyring.is_none() && !self.keyring().exists() {
             let staging = self.root.join(format!(
                 "{KEYRING_STAGING}{}",
                 uuid::Uuid::new_v4().simple()
@@ -228,15 +251,16 @@ impl DataDir {
                 mode,
             });
         }
+        // Root (the operator's CLI) may work on the service user's directory.
         let uid = current_uid();
-        if meta.uid() != uid {
+        if meta.uid() != uid && uid != 0 {
             return Err(DataDirError::Owner {
                 path: self.shown(),
                 owner: meta.uid(),
                 uid,
             });
         }
-        if !self.keyring().exists() {
+        if !self.marker().exists() {
             return Err(DataDirError::NotInitialised { path: self.shown() });
         }
         Ok(())

@@ -6,11 +6,15 @@
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 
-/// Installs the stderr JSON logger. `MEMWARDEN_LOG=debug` raises memwarden's own level (never the
-/// dependencies').
-pub fn init() {
+/// Installs the JSON logger: on stderr, or appended to `file` (created 0640) when given.
+/// `MEMWARDEN_LOG=debug` raises memwarden's own level (never the dependencies').
+///
+/// # Errors
+/// When the log file cannot be opened.
+pub fn init(file: Option<&std::path::Path>) -> std::io::Result<()> {
     let level = match std::env::var("MEMWARDEN_LOG").as_deref() {
         Ok("debug") => LevelFilter::DEBUG,
         Ok("warn") => LevelFilter::WARN,
@@ -21,13 +25,26 @@ pub fn init() {
     let filter = Targets::new()
         .with_target("memwarden", level)
         .with_default(LevelFilter::WARN.min(level));
+    let writer = match file {
+        None => BoxMakeWriter::new(std::io::stderr),
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)?;
+            BoxMakeWriter::new(std::sync::Mutex::new(f))
+        }
+    };
     let layer = tracing_subscriber::fmt::layer()
         .json()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(false)
         .with_current_span(false)
         .with_span_list(false);
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();
+    Ok(())
 }

@@ -6,7 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = memwarden::cli::Cli::parse();
-    memwarden::logging::init();
+    if let Err(e) = memwarden::logging::init(cli.log_file()) {
+        eprintln!("memwarden: error: cannot open the log file: {e}");
+        return ExitCode::from(2);
+    }
     match memwarden::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -3,10 +3,9 @@
 use std::process::ExitCode;
 
 use super::DataDirArg;
-use crate::config::DataDir;
 
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
-    let dir = DataDir::new(args.resolve()?);
+    let dir = args.open()?;
     dir.init()?;
     dir.check()?;
     println!("initialised {}", dir.root().display());

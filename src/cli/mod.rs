@@ -50,14 +50,30 @@ pub enum Command {
     Connect(connect::ConnectArgs),
 }
 
+/// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
+const CREDENTIAL_NAME: &str = "keyring";
+
 #[derive(Debug, clap::Args)]
 pub struct DataDirArg {
+    /// Keyring kept outside the data dir [default: $CREDENTIALS_DIRECTORY/keyring when
+    /// systemd passes one, else DIR/keyring.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub keyring_file: Option<PathBuf>,
     /// Data directory [default: $XDG_DATA_HOME/memwarden or ~/.local/share/memwarden]
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 }
 
 impl DataDirArg {
+    /// The data dir, with the keyring the operator or systemd points at, if any.
+    pub fn open(&self) -> anyhow::Result<crate::config::DataDir> {
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| PathBuf::from(d).join(CREDENTIAL_NAME))
+            .filter(|p| p.exists());
+        Ok(crate::config::DataDir::new(self.resolve()?)
+            .with_keyring(self.keyring_file.clone().or(credential)))
+    }
+
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());
@@ -73,6 +89,16 @@ impl DataDirArg {
     }
 }
 
+impl Cli {
+    /// The log file `serve --log-file` names, if any.
+    pub fn log_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Command::Serve(args) => args.log_file.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -85,5 +111,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge(args) => purge::run(&args),
         Command::SandboxCheck(args) => sandbox_check::run(&args),
         Command::Connect(args) => connect::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

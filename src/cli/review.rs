@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::DataDirArg;
 use crate::audit::{AuditLog, Kind, NewEvent};
-use crate::config::DataDir;
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -33,7 +32,7 @@ pub enum ReviewCommand {
 
 /// The operator's handles on a data dir: the store and the audit log.
 pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog)> {
-    let dir = DataDir::new(args.resolve()?);
+    let dir = args.open()?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
     let store = Store::open(&dir.memory_db(), keyring.entry, options)?;

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use std::sync::Arc;
 
-use crate::config::DataDir;
 use crate::policy::Policy;
 use crate::principal::Principal;
 use crate::schema::Schemas;
@@ -34,6 +33,9 @@ pub struct ServeArgs {
     /// Refuse to run unless the landlock filesystem sandbox is enforced.
     #[arg(long)]
     pub require_sandbox: bool,
+    /// Append JSON logs to FILE instead of stderr (see deploy/memwarden.logrotate).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// How the operator names the policy.
@@ -79,8 +81,7 @@ impl PolicyArgs {
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let root: PathBuf = args.data_dir.resolve()?;
-    let dir = DataDir::new(root);
+    let dir = args.data_dir.open()?;
     if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }

@@ -8,11 +8,10 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use super::DataDirArg;
-use crate::config::DataDir;
 use crate::store::Store;
 
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
-    let dir = DataDir::new(args.resolve()?);
+    let dir = args.open()?;
     let keyring = dir.open_keyring()?;
     let store = Store::open_read_only(&dir.memory_db(), keyring.entry)?;
     let report = store.verify_all()?;

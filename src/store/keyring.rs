@@ -58,7 +58,7 @@ pub enum KeyringError {
     NotRegular { path: String },
     #[error("keyring {path} has mode {mode:04o}: group and others must have no access (chmod 600)")]
     Permissions { path: String, mode: u32 },
-    #[error("keyring {path} is owned by uid {owner}, not by this process's uid {uid}")]
+    #[error("keyring {path} is owned by uid {owner}, neither this process's uid {uid} nor root")]
     Owner { path: String, owner: u32, uid: u32 },
     #[error("keyring {path}: {reason}")]
     Format { path: String, reason: String },
@@ -223,8 +223,10 @@ impl Keyring {
         if mode & 0o077 != 0 {
             return Err(KeyringError::Permissions { path: shown, mode });
         }
+        // Ours, or root's (systemd may hand credentials over root-owned); and root, the
+        // operator, may read the service user's.
         let uid = current_uid();
-        if meta.uid() != uid {
+        if meta.uid() != uid && meta.uid() != 0 && uid != 0 {
             return Err(KeyringError::Owner {
                 path: shown,
                 owner: meta.uid(),

@@ -1,0 +1,138 @@
+#!/bin/sh
+# Installs memwarden as a hardened, socket-activated service. Idempotent: run it again to
+# update the binary and units; existing policy, keyring and data are never overwritten.
+#
+#   deploy/install.sh [--root DIR] [--binary PATH] [--policy FILE]   install or update
+#   deploy/install.sh [--root DIR] --uninstall [--purge]              remove (--purge: data and keys too)
+#
+# --root installs into DIR instead of / (for packaging and CI); nothing is started then.
+set -eu
+
+root=""
+binary=""
+policy=""
+uninstall=0
+purge=0
+here=$(cd "$(dirname "$0")" && pwd)
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) root=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
+    --policy) policy=$2; shift 2 ;;
+    --uninstall) uninstall=1; shift ;;
+    --purge) purge=1; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+[ -n "$binary" ] || binary="$here/../target/release/memwarden"
+[ -n "$policy" ] || policy="$here/../policies/strict.toml"
+
+etc="$root/etc/memwarden"
+state="$root/var/lib/memwarden"
+logs="$root/var/log/memwarden"
+units="$root/etc/systemd/system"
+bin="$root/usr/local/bin/memwarden"
+live=0
+[ -z "$root" ] && [ -d /run/systemd/system ] && live=1
+
+say() { echo "install.sh: $*"; }
+
+# Users and groups: the service user, and the group whose members may connect.
+ensure_group() { # name
+  if [ -z "$root" ]; then
+    getent group "$1" >/dev/null || groupadd --system "$1"
+  else
+    mkdir -p "$root/etc"; touch "$root/etc/group"
+    grep -q "^$1:" "$root/etc/group" || echo "$1:x:$(next_id "$root/etc/group"):" >> "$root/etc/group"
+  fi
+}
+ensure_user() { # name group
+  if [ -z "$root" ]; then
+    getent passwd "$1" >/dev/null || useradd --system --gid "$2" --home-dir /var/lib/memwarden --no-create-home --shell /usr/sbin/nologin "$1"
+  else
+    touch "$root/etc/passwd"
+    gid=$(grep "^$2:" "$root/etc/group" | cut -d: -f3)
+    grep -q "^$1:" "$root/etc/passwd" || echo "$1:x:$(next_id "$root/etc/passwd"):$gid::/var/lib/memwarden:/usr/sbin/nologin" >> "$root/etc/passwd"
+  fi
+}
+next_id() { # file: the next free id in the system range, from 990 down
+  id=990
+  while cut -d: -f3 "$1" | grep -qx "$id"; do id=$((id - 1)); done
+  echo "$id"
+}
+uid_of() { if [ -z "$root" ]; then id -u "$1"; else grep "^$1:" "$root/etc/passwd" | cut -d: -f3; fi; }
+gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^$1:" "$root/etc/group" | cut -d: -f3; fi; }
+
+if [ "$uninstall" = 1 ]; then
+  if [ "$live" = 1 ]; then
+    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer 2>/dev/null || true
+  fi
+  rm -f "$units/memwarden.socket" "$units/memwarden@.service" "$units/memwarden-purge.service" \
+        "$units/memwarden-purge.timer" "$units/memwarden-audit-head.service" \
+        "$units/memwarden-audit-head.timer" "$root/etc/logrotate.d/memwarden" "$bin"
+  [ "$live" = 1 ] && systemctl daemon-reload
+  if [ "$purge" = 1 ]; then
+    rm -rf "$state" "$etc" "$logs"
+    say "removed units, binary, data, policy and keys"
+  else
+    say "removed units and binary; kept $state and $etc (use --purge to remove them)"
+  fi
+  exit 0
+fi
+
+[ -x "$binary" ] || { echo "install.sh: no memwarden binary at $binary (cargo build --release, or --binary PATH)" >&2; exit 1; }
+
+ensure_group memwarden
+ensure_group memwarden-agents
+ensure_user memwarden memwarden
+uid=$(uid_of memwarden)
+gid=$(gid_of memwarden)
+
+# Directories: config root-owned and readable; state private to the service; logs for adm.
+install -d -m 0755 "$etc" "$units" "$root/usr/local/bin" "$root/etc/logrotate.d"
+install -d -m 0700 "$state"
+install -d -m 0750 "$logs"
+chown "$uid:$gid" "$state" "$logs"
+
+install -m 0755 "$binary" "$bin"
+
+# Policy: the operator's copy is never overwritten.
+if [ ! -f "$etc/policy.toml" ]; then
+  install -m 0644 "$policy" "$etc/policy.toml"
+  say "installed policy $etc/policy.toml (edit it; check with: memwarden policy check)"
+fi
+"$bin" policy check "$etc/policy.toml" >/dev/null
+
+# Keyring and databases, once. The keyring lives root-only under /etc and reaches the service
+# as a systemd credential; the state dir then holds only the databases.
+if [ ! -f "$etc/keyring.toml" ]; then
+  if [ -f "$state/memory.db" ]; then
+    echo "install.sh: $state has databases but $etc/keyring.toml is missing; restore the keyring first" >&2
+    exit 1
+  fi
+  tmp=$(mktemp -d)
+  "$bin" init --data-dir "$tmp/data" >/dev/null
+  install -m 0600 "$tmp/data/keyring.toml" "$etc/keyring.toml"
+  for f in memory.db audit.db; do install -m 0600 "$tmp/data/$f" "$state/$f"; done
+  rm -rf "$tmp"
+  say "generated $etc/keyring.toml (0600 root) and initialised $state"
+fi
+chown -R "$uid:$gid" "$state"
+chmod 0600 "$etc/keyring.toml"
+
+for u in memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer \
+         memwarden-audit-head.service memwarden-audit-head.timer; do
+  install -m 0644 "$here/$u" "$units/$u"
+done
+install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
+
+if [ "$live" = 1 ]; then
+  systemctl daemon-reload
+  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer
+  say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
+else
+  say "installed into ${root:-/} (systemd not running here: nothing started)"
+fi
