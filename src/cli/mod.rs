@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod connect;
 pub mod init;
+pub mod keys;
 pub mod policy;
 pub mod purge;
 pub mod review;
@@ -48,6 +49,10 @@ pub enum Command {
     SandboxCheck(DataDirArg),
     /// Bridge stdin/stdout to the hardened service's unix socket.
     Connect(connect::ConnectArgs),
+    /// Entry keys: list, rotate, retire.
+    Keys(keys::KeysArgs),
+    /// Re-seal rows still sealed with an older key (in batches; resumable).
+    Reseal(keys::ResealArgs),
 }
 
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
@@ -111,6 +116,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge(args) => purge::run(&args),
         Command::SandboxCheck(args) => sandbox_check::run(&args),
         Command::Connect(args) => connect::run(&args),
+        Command::Keys(args) => keys::run(&args),
+        Command::Reseal(args) => keys::reseal(&args),
     }
 }
 

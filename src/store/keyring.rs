@@ -103,6 +103,35 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// Adds a fresh key under the next free id `<prefix><n>` and makes it active; returns the id.
+    pub fn rotate(&mut self, prefix: &str) -> Result<String, KeyringError> {
+        let id = (1..)
+            .map(|n| format!("{prefix}{n}"))
+            .find(|id| !self.keys.contains_key(id))
+            .unwrap_or_default();
+        self.keys.insert(id.clone(), SecretKey::generate()?);
+        self.active = id.clone();
+        Ok(id)
+    }
+
+    /// Removes a key that is not active. The caller checks that nothing still uses it.
+    pub fn retire(&mut self, id: &str) -> Result<(), String> {
+        if id == self.active {
+            return Err(format!("{id} is the active key"));
+        }
+        self.keys
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| format!("no key {id} in the keyring"))
+    }
+
+    /// Ids of all keys, active first.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids = vec![self.active.clone()];
+        ids.extend(self.keys.keys().filter(|k| **k != self.active).cloned());
+        ids
+    }
+
     /// The id and key new seals use.
     pub fn active(&self) -> (&str, &SecretKey) {
         // `load` guarantees the active id is present.
@@ -141,6 +170,19 @@ impl Keyring {
         Ok(Self {
             entry: set("e1")?,
             audit: set("a1")?,
+        })
+    }
+
+    /// Replaces the keyring file atomically: a new 0600 file beside it, fsynced, renamed over.
+    pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        self.write_new(&tmp)?;
+        fs::rename(&tmp, path).map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            KeyringError::Io {
+                path: path.display().to_string(),
+                source,
+            }
         })
     }
 

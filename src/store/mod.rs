@@ -860,6 +860,56 @@ impl Store {
         Ok((removed, tombstones))
     }
 
+    /// Rows still sealed with key `key_id`.
+    pub fn rows_sealed_with(&self, key_id: &str) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM entries WHERE key_id = ?1",
+            [key_id],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Re-seals up to `batch` rows not sealed with the active key, in one transaction. A row
+    /// that does not verify under its own key is left alone and reported: re-sealing it would
+    /// launder the tampering. Returns (re-sealed, ids that failed). Resumable: run it again.
+    pub fn reseal_batch(&mut self, batch: usize, skip: &[String]) -> Result<(usize, Vec<String>)> {
+        let active = self.keys.active().0.to_string();
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM entries WHERE key_id != ?1 ORDER BY rowid LIMIT ?2");
+        let rows: Vec<Result<RawRow, String>> = {
+            let mut stmt = tx.prepare(&sql)?;
+            let mapped = stmt.query_map(params![active, (batch + skip.len()) as i64], |r| {
+                Ok(RawRow::read(r))
+            })?;
+            mapped.collect::<rusqlite::Result<_>>()?
+        };
+        let mut resealed = 0;
+        let mut failed = Vec::new();
+        for raw in rows {
+            if resealed >= batch {
+                break;
+            }
+            let (label, entry) = match raw {
+                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
+                Err(label) => (label, None),
+            };
+            if skip.contains(&label) {
+                continue;
+            }
+            match entry {
+                Some(entry) => {
+                    self.reseal_status(&tx, &entry)?;
+                    resealed += 1;
+                }
+                None => failed.push(label),
+            }
+        }
+        tx.commit()?;
+        Ok((resealed, failed))
+    }
+
     /// Every entry id, whatever its status (for reconciliation with the audit log).
     pub fn all_ids(&self) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare("SELECT id FROM entries")?;

@@ -1,0 +1,132 @@
+//! `memwarden keys list|rotate|retire` and `memwarden reseal`: key rotation. Rotation adds a new
+//! active entry key (old rows keep verifying under theirs); reseal moves rows to the active key
+//! in batches, resumably; a key still in use cannot be retired. Every change is audited.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::DataDirArg;
+use super::review::admin_event;
+use crate::audit::AuditLog;
+use crate::store::keyring::Keyring;
+use crate::store::{Store, StoreOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List entry key ids (active first) and how many rows each seals.
+    List,
+    /// Add a new entry key and make it active. Running servers pick it up when they restart.
+    Rotate,
+    /// Remove an entry key that no row uses any more.
+    Retire { key_id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResealArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+fn open(args: &DataDirArg) -> anyhow::Result<(std::path::PathBuf, Keyring, Store, AuditLog)> {
+    let dir = args.open()?;
+    let keyring = dir.open_keyring()?;
+    let options = StoreOptions::default();
+    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
+    let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
+    Ok((dir.keyring(), keyring, store, audit))
+}
+
+pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
+    let (path, mut keyring, store, mut audit) = open(&args.data_dir)?;
+    match &args.command {
+        KeysCommand::List => {
+            for (i, id) in keyring.entry.ids().iter().enumerate() {
+                let rows = store.rows_sealed_with(id)?;
+                let active = if i == 0 { " (active)" } else { "" };
+                println!("{id}{active}: {rows} rows");
+            }
+        }
+        KeysCommand::Rotate => {
+            let old = keyring.entry.active().0.to_string();
+            let new = keyring.entry.rotate("e")?;
+            admin_event(
+                &mut audit,
+                json!({"event": "key_rotate", "from": old, "to": new}),
+            )?;
+            keyring.save(&path)?;
+            println!(
+                "entry key {new} is active; rows sealed with {old} still verify. Run `memwarden reseal` to move them."
+            );
+        }
+        KeysCommand::Retire { key_id } => {
+            if key_id == keyring.entry.active().0 {
+                eprintln!("refusing: {key_id} is the active key; rotate first");
+                return Ok(ExitCode::from(1));
+            }
+            let rows = store.rows_sealed_with(key_id)?;
+            if rows > 0 {
+                eprintln!(
+                    "refusing: {rows} rows are still sealed with {key_id}; run `memwarden reseal` first"
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if let Err(why) = keyring.entry.retire(key_id) {
+                eprintln!("refusing: {why}");
+                return Ok(ExitCode::from(1));
+            }
+            admin_event(&mut audit, json!({"event": "key_retire", "key_id": key_id}))?;
+            keyring.save(&path)?;
+            println!("retired {key_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
+    let (_, keyring, mut store, mut audit) = open(&args.data_dir)?;
+    let active = keyring.entry.active().0.to_string();
+    admin_event(
+        &mut audit,
+        json!({"event": "reseal_start", "key_id": active}),
+    )?;
+    let mut total = 0;
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        let (n, bad) = store.reseal_batch(args.batch.max(1), &failed)?;
+        total += n;
+        failed.extend(bad);
+        if n == 0 {
+            break;
+        }
+    }
+    admin_event(
+        &mut audit,
+        json!({"event": "reseal_done", "key_id": active, "resealed": total, "failed": failed}),
+    )?;
+    println!("resealed {total} rows with {active}");
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} rows do not verify and were left as they are:",
+            failed.len()
+        );
+        for id in &failed {
+            println!("{id}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}

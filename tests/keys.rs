@@ -1,0 +1,130 @@
+//! Key rotation through the real binary: rotate, keep verifying, reseal, retire.
+
+mod common;
+
+use common::TestDir;
+use serde_json::json;
+
+fn out(o: std::process::Output) -> (bool, String) {
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+fn key_ids(dir: &TestDir) -> Vec<String> {
+    let conn = dir.db();
+    let mut s = conn
+        .prepare("SELECT DISTINCT key_id FROM entries ORDER BY key_id")
+        .unwrap();
+    s.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn rotate_reseal_retire() {
+    let dir = TestDir::new();
+    let client = dir.connect().await;
+    let old_id = client.store("sealed under the first key").await;
+    client.close().await;
+    assert_eq!(key_ids(&dir), ["e1"]);
+
+    let (ok, text) = out(dir.cli(&["keys", "rotate"]));
+    assert!(ok, "{text}");
+    assert!(text.contains("entry key e2 is active"));
+    // Old rows still verify; new rows use the new key.
+    let client = dir.connect().await;
+    let got = client.call("memory_get", json!({"id": old_id})).await.ok();
+    assert_eq!(got["memory"]["verified"], true);
+    client.store("sealed under the second key").await;
+    client.close().await;
+    assert_eq!(key_ids(&dir), ["e1", "e2"]);
+    assert!(dir.cli(&["verify"]).status.success());
+
+    // e1 still seals a row: retiring it is refused; so is retiring the active key.
+    let (ok, text) = out(dir.cli(&["keys", "retire", "e1"]));
+    assert!(!ok && text.contains("still sealed with e1"), "{text}");
+    let (ok, text) = out(dir.cli(&["keys", "retire", "e2"]));
+    assert!(!ok && text.contains("active"), "{text}");
+
+    let (ok, text) = out(dir.cli(&["reseal", "--batch", "1"]));
+    assert!(ok, "{text}");
+    assert!(text.contains("resealed 1 rows with e2"), "{text}");
+    assert_eq!(key_ids(&dir), ["e2"]);
+    let (ok, text) = out(dir.cli(&["reseal"]));
+    assert!(
+        ok && text.contains("resealed 0 rows"),
+        "resumable and idempotent: {text}"
+    );
+
+    let (ok, text) = out(dir.cli(&["keys", "retire", "e1"]));
+    assert!(ok, "{text}");
+    let (_, list) = out(dir.cli(&["keys", "list"]));
+    assert!(
+        list.contains("e2 (active): 2 rows") && !list.contains("e1"),
+        "{list}"
+    );
+    assert!(dir.cli(&["verify"]).status.success());
+    let client = dir.connect().await;
+    assert_eq!(
+        client.call("memory_get", json!({"id": old_id})).await.ok()["memory"]["verified"],
+        true
+    );
+    client.close().await;
+
+    // Every key change is in the audit log, and the chain holds.
+    let admin = dir.cli(&["audit", "query", "--kind", "admin", "--format", "json"]);
+    let admin: Vec<serde_json::Value> = serde_json::from_slice(&admin.stdout).unwrap();
+    let events: Vec<&str> = admin
+        .iter()
+        .map(|e| e["detail"]["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "key_rotate",
+            "reseal_start",
+            "reseal_done",
+            "reseal_start",
+            "reseal_done",
+            "key_retire"
+        ]
+    );
+    assert!(dir.cli(&["audit", "verify"]).status.success());
+}
+
+#[tokio::test]
+async fn reseal_never_launders_a_tampered_row() {
+    let dir = TestDir::new();
+    let client = dir.connect().await;
+    let good = client.store("good").await;
+    let bad = client.store("bad").await;
+    client.close().await;
+    dir.db()
+        .execute(
+            "UPDATE entries SET content = 'forged' WHERE id = ?1",
+            [&bad],
+        )
+        .unwrap();
+    assert!(dir.cli(&["keys", "rotate"]).status.success());
+    let (ok, text) = out(dir.cli(&["reseal"]));
+    assert!(!ok && text.contains(&bad), "{text}");
+    let key: String = dir
+        .db()
+        .query_row("SELECT key_id FROM entries WHERE id = ?1", [&bad], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(key, "e1", "the tampered row keeps its old (failing) seal");
+    let key: String = dir
+        .db()
+        .query_row("SELECT key_id FROM entries WHERE id = ?1", [&good], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(key, "e2");
+    let (ok, text) = out(dir.cli(&["verify"]));
+    assert!(!ok && text.contains(&bad));
+}
