@@ -2,6 +2,7 @@
 //! from an agent; only the operator (or an MCP client's launch command) picks these flags.
 
 pub mod audit;
+pub mod backup;
 pub mod connect;
 pub mod init;
 pub mod keys;
@@ -53,6 +54,10 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Re-seal rows still sealed with an older key (in batches; resumable).
     Reseal(keys::ResealArgs),
+    /// Copy both databases while servers run, then verify the copy and write a manifest.
+    Backup(backup::BackupArgs),
+    /// Verify a backup and swap it in (stop the service first).
+    Restore(backup::RestoreArgs),
 }
 
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
@@ -118,6 +123,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connect(args) => connect::run(&args),
         Command::Keys(args) => keys::run(&args),
         Command::Reseal(args) => keys::reseal(&args),
+        Command::Backup(args) => backup::backup(&args),
+        Command::Restore(args) => backup::restore(&args),
     }
 }
 
