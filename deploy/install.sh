@@ -68,11 +68,12 @@ gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^
 
 if [ "$uninstall" = 1 ]; then
   if [ "$live" = 1 ]; then
-    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer 2>/dev/null || true
+    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer 2>/dev/null || true
   fi
   rm -f "$units/memwarden.socket" "$units/memwarden@.service" "$units/memwarden-purge.service" \
         "$units/memwarden-purge.timer" "$units/memwarden-audit-head.service" \
-        "$units/memwarden-audit-head.timer" "$root/etc/logrotate.d/memwarden" "$bin"
+        "$units/memwarden-audit-head.timer" "$units/memwarden-metrics.service" \
+        "$units/memwarden-metrics.timer" "$root/etc/logrotate.d/memwarden" "$bin"
   [ "$live" = 1 ] && systemctl daemon-reload
   if [ "$purge" = 1 ]; then
     rm -rf "$state" "$etc" "$logs"
@@ -124,14 +125,16 @@ chown -R "$uid:$gid" "$state"
 chmod 0600 "$etc/keyring.toml"
 
 for u in memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer \
-         memwarden-audit-head.service memwarden-audit-head.timer; do
+         memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service \
+         memwarden-metrics.timer; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
 
 if [ "$live" = 1 ]; then
   systemctl daemon-reload
-  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer
+  install -d -m 0755 /var/lib/node_exporter/textfile_collector
+  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer
   say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
 else
   say "installed into ${root:-/} (systemd not running here: nothing started)"

@@ -83,3 +83,23 @@ pub fn restrict(data_dir: &Path, require: bool) -> Result<Status, SandboxError> 
     }
     Ok(status)
 }
+
+/// The kernel's landlock ABI version, or `None` when it has no landlock (or a test simulates
+/// that).
+pub fn kernel_abi() -> Option<i64> {
+    if std::env::var_os(SIMULATE_UNSUPPORTED_ENV).is_some() {
+        return None;
+    }
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag, the syscall only
+    // returns the ABI number (or an error); it touches no memory of ours.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v)
+}

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backup;
 pub mod connect;
+pub mod health;
 pub mod init;
 pub mod keys;
 pub mod policy;
@@ -58,6 +59,10 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Verify a backup and swap it in (stop the service first).
     Restore(backup::RestoreArgs),
+    /// Check databases, keyring, policy, audit chain, disk and landlock; JSON, exit 1 if unwell.
+    Health(health::HealthArgs),
+    /// Prometheus text exposition derived from the databases.
+    Metrics(DataDirArg),
 }
 
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
@@ -125,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reseal(args) => keys::reseal(&args),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
+        Command::Health(args) => health::health(&args),
+        Command::Metrics(args) => health::metrics(&args),
     }
 }
 
