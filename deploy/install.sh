@@ -68,12 +68,13 @@ gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^
 
 if [ "$uninstall" = 1 ]; then
   if [ "$live" = 1 ]; then
-    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer 2>/dev/null || true
+    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer 2>/dev/null || true
   fi
   rm -f "$units/memwarden.socket" "$units/memwarden@.service" "$units/memwarden-purge.service" \
         "$units/memwarden-purge.timer" "$units/memwarden-audit-head.service" \
         "$units/memwarden-audit-head.timer" "$units/memwarden-metrics.service" \
-        "$units/memwarden-metrics.timer" "$root/etc/logrotate.d/memwarden" "$bin"
+        "$units/memwarden-metrics.timer" "$units/memwarden-backup.service" \
+        "$units/memwarden-backup.timer" "$root/etc/logrotate.d/memwarden" "$bin"
   [ "$live" = 1 ] && systemctl daemon-reload
   if [ "$purge" = 1 ]; then
     rm -rf "$state" "$etc" "$logs"
@@ -96,7 +97,8 @@ gid=$(gid_of memwarden)
 install -d -m 0755 "$etc" "$units" "$root/usr/local/bin" "$root/etc/logrotate.d"
 install -d -m 0700 "$state"
 install -d -m 0750 "$logs"
-chown "$uid:$gid" "$state" "$logs"
+install -d -m 0700 "$root/var/backups/memwarden"
+chown "$uid:$gid" "$state" "$logs" "$root/var/backups/memwarden"
 
 install -m 0755 "$binary" "$bin"
 
@@ -126,7 +128,7 @@ chmod 0600 "$etc/keyring.toml"
 
 for u in memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer \
          memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service \
-         memwarden-metrics.timer; do
+         memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
@@ -134,7 +136,8 @@ install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
 if [ "$live" = 1 ]; then
   systemctl daemon-reload
   install -d -m 0755 /var/lib/node_exporter/textfile_collector
-  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer
+  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer \
+    memwarden-metrics.timer memwarden-backup.timer
   say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
 else
   say "installed into ${root:-/} (systemd not running here: nothing started)"
