@@ -193,3 +193,46 @@ async fn the_principal_is_the_connecting_uid() {
                 || e["detail"]["sandbox"] == "landlock: partially enforced")
     );
 }
+
+/// Node-based MCP clients (Claude Desktop, the Inspector) spawn servers over a socketpair, not
+/// pipes. A peer with our own uid is the local user who wrote the launch command: its
+/// `--principal` stands, and local mode keeps every tool.
+#[test]
+fn a_same_uid_socketpair_is_local_mode() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    let dir = TestDir::new();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs_out = theirs.try_clone().unwrap();
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.data())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut w = ours.try_clone().unwrap();
+    let mut r = BufReader::new(ours);
+    let mut line = String::new();
+    for msg in [
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"node-like","version":"0"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
+    ] {
+        writeln!(w, "{msg}").unwrap();
+    }
+    let mut tools = None;
+    while tools.is_none() {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "server closed");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == 1 {
+            tools = Some(v["result"]["tools"].as_array().unwrap().len());
+        }
+    }
+    assert_eq!(tools, Some(6), "local principal with every tool");
+    w.shutdown(std::net::Shutdown::Both).unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -87,10 +87,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let keyring = dir.open_keyring()?;
     let policy = Arc::new(args.policy.load()?);
-    // Who is calling: over a unix socket, the kernel says (the peer's uid through the policy);
-    // otherwise whoever wrote the launch command said, with --principal.
+    // Who is calling: over a unix socket from another uid (the hardened install), the kernel
+    // says — the peer's uid through the policy. A peer with our own uid (an MCP client that
+    // spawned us over a socketpair, as Node-based clients do) could have written our launch
+    // command anyway, so its --principal stands.
     let peer = crate::principal::peer_of(0);
-    let principal = match peer {
+    let own_uid = crate::store::keyring::current_uid();
+    let principal = match peer.filter(|p| p.uid != own_uid) {
         Some(peer) => {
             let p = Principal::for_peer(peer, policy.principal_for_uid(peer.uid));
             if p.name() != args.principal {
