@@ -111,6 +111,20 @@ fn verify_copy(dir: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
     Ok((report.checked, chain.head.to_string()))
 }
 
+/// Appends an admin event to the data dir's (live) audit log.
+fn record(
+    dir: &crate::config::DataDir,
+    keyring: &Keyring,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut log = AuditLog::open(
+        &dir.audit_db(),
+        keyring.audit.clone(),
+        Duration::from_secs(10),
+    )?;
+    admin_event(&mut log, detail)
+}
+
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
@@ -140,13 +154,9 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let mut f = fs::File::create(out.join("manifest.json"))?;
     f.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     f.sync_all()?;
-    let mut log = AuditLog::open(
-        &dir.audit_db(),
-        keyring.audit.clone(),
-        Duration::from_secs(10),
-    )?;
-    admin_event(
-        &mut log,
+    record(
+        &dir,
+        &keyring,
         json!({"event": "backup", "entries": manifest.entries, "audit_head": manifest.audit_head, "files": manifest.files}),
     )?;
     println!(
@@ -199,13 +209,9 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         fs::rename(dir.root().join(format!(".{f}.restore")), &live)?;
     }
     fs::File::open(dir.root())?.sync_all()?;
-    let mut log = AuditLog::open(
-        &dir.audit_db(),
-        keyring.audit.clone(),
-        Duration::from_secs(10),
-    )?;
-    admin_event(
-        &mut log,
+    record(
+        &dir,
+        &keyring,
         json!({"event": "restore", "entries": entries, "audit_head": head}),
     )?;
     println!("restored {entries} entries, audit head {head}");

@@ -346,6 +346,21 @@ impl<'a> CallContext<'a> {
         }
     }
 
+    /// Records which rules fired (names only) and returns the status the write gets.
+    fn settle(&mut self, verdict: &Verdict) -> crate::store::Status {
+        self.record.rules = verdict
+            .quarantined_by
+            .iter()
+            .chain(&verdict.redacted_by)
+            .cloned()
+            .collect();
+        if verdict.quarantined_by.is_empty() {
+            crate::store::Status::Active
+        } else {
+            crate::store::Status::Quarantined
+        }
+    }
+
     /// Checks tag count and applies the content rules to a write, in place.
     fn police(
         &self,

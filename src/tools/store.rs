@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
 use crate::error::Result;
-use crate::store::{NewEntry, Status};
+use crate::store::NewEntry;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,17 +38,7 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     let metadata = metadata_text(p.metadata, ctx.limits)?;
     ctx.record.content_bytes = Some(p.content.len());
     ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
-    ctx.record.rules = verdict
-        .quarantined_by
-        .iter()
-        .chain(&verdict.redacted_by)
-        .cloned()
-        .collect();
-    let status = if verdict.quarantined_by.is_empty() {
-        Status::Active
-    } else {
-        Status::Quarantined
-    };
+    let status = ctx.settle(&verdict);
     let (record, audit) = (&mut *ctx.record, ctx.audit);
     let entry = ctx.store.insert(
         ctx.author,

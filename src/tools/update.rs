@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
 use crate::error::Result;
-use crate::store::{Changes, Status};
+use crate::store::Changes;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,21 +47,12 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     let metadata = metadata_text(p.metadata, ctx.limits)?;
     ctx.record.content_bytes = content.as_ref().map(String::len);
     ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
-    ctx.record.rules = verdict
-        .quarantined_by
-        .iter()
-        .chain(&verdict.redacted_by)
-        .cloned()
-        .collect();
+    let status = ctx.settle(&verdict);
     let changes = Changes {
         content,
         tags,
         metadata,
-        status: Some(if verdict.quarantined_by.is_empty() {
-            Status::Active
-        } else {
-            Status::Quarantined
-        }),
+        status: Some(status),
     };
     let access = ctx.write_access();
     let (record, audit) = (&mut *ctx.record, ctx.audit);
