@@ -145,8 +145,9 @@ impl Error {
 }
 
 impl From<rusqlite::Error> for Error {
-    /// Busy, locked, full, read-only and I/O failures are transient or environmental: the agent
-    /// may retry later. Anything else from SQLite is a bug on our side.
+    /// Busy, locked, full, read-only, I/O and corruption failures are environmental: the store
+    /// cannot serve now (the operator's `health` and `verify` say why). Anything else from
+    /// SQLite is a bug on our side.
     fn from(err: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
         match err.sqlite_error_code() {
@@ -158,7 +159,9 @@ impl From<rusqlite::Error> for Error {
                 | C::SystemIoFailure
                 | C::CannotOpen
                 | C::OutOfMemory
-                | C::FileLockingProtocolFailed,
+                | C::FileLockingProtocolFailed
+                | C::DatabaseCorrupt
+                | C::NotADatabase,
             ) => Self::Unavailable(format!("sqlite: {err}")),
             _ => Self::Internal(format!("sqlite: {err}")),
         }

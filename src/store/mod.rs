@@ -714,10 +714,15 @@ impl Store {
         // stops after `limit` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
         // would build a snippet for every match before sorting.
         sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        // The expression is ours and always well-formed, so an error from here is the index
+        // itself (a damaged FTS5 table): the store cannot serve search, it is not a bug.
+        let index = |e: rusqlite::Error| Error::Unavailable(format!("full-text index: {e}"));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(index)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(index)?;
         let mut hits = Hits::default();
-        while let Some(row) = rows.next()? {
+        while let Some(row) = rows.next().map_err(index)? {
             let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
             let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
             let (id, verified) = match RawRow::read(row) {
