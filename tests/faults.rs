@@ -278,3 +278,77 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
         .unwrap();
     assert_eq!(n, 2, "the refused store left nothing behind");
 }
+
+/// SQLite under a hard heap limit: errors, not crashes, and nothing half-written.
+#[test]
+fn sqlite_memory_pressure_gives_errors_not_crashes() {
+    let dir = TestDir::new();
+    dir.init();
+    let mut args = dir.policy(
+        "version = 1\n[storage]\nsqlite_heap_limit_bytes = 400000\n[principals.local]\n\
+         tools = [\"memory_store\", \"memory_get\", \"memory_search\", \"memory_list\", \"memory_update\", \"memory_delete\"]\n\
+         namespaces = { \"*\" = \"rw\" }\ndefault_namespace = \"default\"\n",
+    );
+    args.insert(0, "--data-dir".into());
+    args.insert(1, dir.data().display().to_string());
+    args.insert(0, "serve".into());
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        calls.push(call(
+            "memory_store",
+            json!({"content": format!("{i} {}", "many distinct words here ".repeat(500))}),
+        ));
+        calls.push(call(
+            "memory_search",
+            json!({"query": "many distinct words"}),
+        ));
+    }
+    let mut child = Command::new(common::bin())
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut script = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"heap","version":"0"}}}).to_string() + "\n";
+    for (i, c) in calls.iter().enumerate() {
+        let mut c = c.clone();
+        c["jsonrpc"] = json!("2.0");
+        c["id"] = json!(i + 1);
+        c["method"] = json!("tools/call");
+        script.push_str(&c.to_string());
+        script.push('\n');
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(script.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{:?}: {stderr}",
+        out.status
+    );
+    let mut errors = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(code) = v["result"]["structuredContent"]["code"].as_str() {
+            assert_eq!(code, "UNAVAILABLE", "{v}");
+            errors += 1;
+        }
+    }
+    eprintln!(
+        "heap limit: {errors} calls refused as UNAVAILABLE, exit {:?}",
+        out.status.code()
+    );
+    // Whatever was stored is whole and verifies.
+    if dir.data().join("memory.db").exists() {
+        assert!(dir.cli(&["verify"]).status.success());
+        let conn = rusqlite::Connection::open(dir.data().join("memory.db")).unwrap();
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
+}

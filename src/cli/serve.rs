@@ -113,6 +113,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let schemas = Schemas::load()?;
     let options = StoreOptions {
         synchronous: policy.synchronous,
+        heap_limit: policy.sqlite_heap_limit,
         ..StoreOptions::default()
     };
     let store = Store::open(&dir.memory_db(), keyring.entry, options)?;

@@ -88,6 +88,8 @@ pub struct Policy {
     pub sha256: String,
     pub limits: Limits,
     pub synchronous: Synchronous,
+    /// `PRAGMA hard_heap_limit`, when set.
+    pub sqlite_heap_limit: Option<u64>,
     pub rates: Rates,
     pub sessions: SessionLimits,
     pub read_window: Option<Duration>,
@@ -153,6 +155,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     synchronous: Option<String>,
+    sqlite_heap_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,6 +367,7 @@ impl RawPolicy {
             sha256,
             limits,
             synchronous,
+            sqlite_heap_limit: self.storage.sqlite_heap_limit_bytes,
             rates: self.rates,
             sessions: SessionLimits {
                 idle_timeout: secs(self.sessions.idle_timeout_seconds),

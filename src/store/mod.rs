@@ -170,6 +170,8 @@ pub enum Synchronous {
 pub struct StoreOptions {
     pub synchronous: Synchronous,
     pub busy_timeout: Duration,
+    /// Process-wide cap on SQLite's heap (`PRAGMA hard_heap_limit`).
+    pub heap_limit: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -177,6 +179,7 @@ impl Default for StoreOptions {
         Self {
             synchronous: Synchronous::Full,
             busy_timeout: Duration::from_secs(10),
+            heap_limit: None,
         }
     }
 }
@@ -374,6 +377,12 @@ impl Store {
 
     fn configure(conn: &Connection, options: StoreOptions) -> rusqlite::Result<()> {
         conn.busy_timeout(options.busy_timeout)?;
+        if let Some(limit) = options.heap_limit {
+            // Our own integer, never input; the pragma takes no parameters.
+            let _: i64 = conn.query_row(&format!("PRAGMA hard_heap_limit = {limit}"), [], |r| {
+                r.get(0)
+            })?;
+        }
         set_wal(conn, options.busy_timeout)?;
         let sync = match options.synchronous {
             Synchronous::Full => "FULL",
