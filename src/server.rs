@@ -295,6 +295,24 @@ impl Server {
         })
     }
 
+    /// One tool call through the same gates as `tools/call` (tool grant, schema, rate, policy,
+    /// store, audit), synchronously and without the protocol around it: for in-process
+    /// harnesses such as the fuzz targets. Not part of the agent-facing surface.
+    #[doc(hidden)]
+    pub fn call_in_process(&self, name: &str, args: Value) -> Result<Value, Error> {
+        let Some(tool) = ToolName::from_name(name) else {
+            return Err(Error::Schema {
+                path: "/name".into(),
+                keyword: "enum".into(),
+                message: "unknown tool".into(),
+            });
+        };
+        if !self.inner.grant.can_call(tool) {
+            return self.refuse_ungranted(tool);
+        }
+        self.handle(tool, args)
+    }
+
     /// The whole gate sequence for one call, including its audit event.
     fn handle(&self, tool: ToolName, args: Value) -> Result<Value, Error> {
         let started = Instant::now();
