@@ -131,10 +131,11 @@ fn bench_store_ops(c: &mut Criterion) {
         group.bench_function("search 2 words, limit 20", |b| {
             b.iter(|| {
                 let q = format!(
-                    "\"{}\" OR \"{}\"",
+                    "{} {}",
                     vocab[rng.below(vocab.len())],
                     vocab[rng.below(vocab.len())]
                 );
+                let q = memwarden::tools::search::fts_query(&q).unwrap();
                 black_box(store.search(&q, &filter, 20).unwrap())
             })
         });

@@ -384,6 +384,72 @@ async fn search_syntax_is_plain_text_and_content_round_trips() {
 }
 
 #[tokio::test]
+async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
+    let dir = TestDir::new();
+    let client = dir.connect().await;
+    let contents = |v: &serde_json::Value| -> Vec<String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["memory"]["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Oldest first: an entry with both words, one that repeats a word (its best bm25 match),
+    // then more one-word entries than the window holds.
+    let both = client.store("orchid basalt ledger").await;
+    client.store("quartz quartz quartz quartz").await;
+    let window = memwarden::store::SEARCH_WINDOW;
+    for i in 0..window + 50 {
+        client.store(&format!("orchid quartz filler {i}")).await;
+    }
+    client.store("newest basalt note").await;
+
+    // Both words: the entry holding both comes first although hundreds of newer entries hold
+    // one of them; then entries holding either.
+    let hits = client
+        .call(
+            "memory_search",
+            json!({"query": "basalt orchid", "limit": 5}),
+        )
+        .await
+        .ok();
+    let found = contents(&hits);
+    assert_eq!(found[0], "orchid basalt ledger", "{found:?}");
+    assert_eq!(hits["results"][0]["memory"]["id"], both.as_str());
+    assert_eq!(found.len(), 5);
+    assert!(
+        found[1..].iter().all(|c| !c.contains("ledger")),
+        "no repeats"
+    );
+    assert!(
+        found.contains(&"newest basalt note".to_string()),
+        "the rarer word's only other entry ranks high among the any-word group: {found:?}"
+    );
+
+    // One word matched by more entries than the window: only the newest `window` are ranked,
+    // so the old four-times-quartz entry is out of reach, and the cost stays bounded.
+    let hits = client
+        .call("memory_search", json!({"query": "quartz", "limit": 50}))
+        .await
+        .ok();
+    let found = contents(&hits);
+    assert_eq!(found.len(), 50);
+    assert!(
+        !found.contains(&"quartz quartz quartz quartz".to_string()),
+        "older than the window"
+    );
+    // Within the window bm25 decides: a new entry repeating the word ranks first.
+    client.store("quartz quartz quartz vein").await;
+    let hits = client
+        .call("memory_search", json!({"query": "quartz", "limit": 3}))
+        .await
+        .ok();
+    assert_eq!(contents(&hits)[0], "quartz quartz quartz vein");
+    client.close().await;
+}
+
+#[tokio::test]
 async fn data_survives_a_restart() {
     let dir = TestDir::new();
     let client = dir.connect().await;

@@ -1,4 +1,4 @@
-//! Any query an agent sends becomes an FTS5 expression that SQLite accepts: FTS syntax and SQL
+//! Any query an agent sends becomes FTS5 expressions (all words, any word) that SQLite accepts: FTS syntax and SQL
 //! in a query are only ever words.
 #![no_main]
 
@@ -26,12 +26,19 @@ fuzz_target!(|data: &[u8]| {
     if query.chars().count() > 512 {
         return;
     }
-    if let Some(expr) = memwarden::tools::search::fts_query(&query) {
+    if let Some(q) = memwarden::tools::search::fts_query(&query) {
         let c = db().lock().expect("lock");
-        let r: rusqlite::Result<i64> =
-            c.query_row("SELECT count(*) FROM t WHERE t MATCH ?1", [&expr], |r| {
-                r.get(0)
-            });
-        assert!(r.is_ok(), "query {query:?} -> {expr:?} -> {r:?}");
+        for expr in std::iter::once(&q.all).chain(q.any.as_ref()) {
+            let r: rusqlite::Result<i64> =
+                c.query_row("SELECT count(*) FROM t WHERE t MATCH ?1", [expr], |r| {
+                    r.get(0)
+                });
+            assert!(r.is_ok(), "query {query:?} -> {expr:?} -> {r:?}");
+        }
+    } else {
+        assert!(
+            query.chars().all(|c| c.is_whitespace() || c.is_control()),
+            "words dropped from {query:?}"
+        );
     }
 });

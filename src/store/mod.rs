@@ -142,6 +142,22 @@ pub struct Hit {
     pub rank: f64,
 }
 
+/// How many of its newest matches in scope a search group ranks. Ranking is bm25 over every
+/// candidate, so without a bound a query on a common word costs time linear in the store; the
+/// bound keeps search flat from a thousand entries to millions, at the price of not reaching
+/// matches older than the window (the all-words group still reaches them when they hold every
+/// word and fewer than this many newer entries do).
+pub const SEARCH_WINDOW: usize = 500;
+
+/// A plain-words query as safe FTS5 expressions (built by `tools::search::fts_query`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FtsQuery {
+    /// Every word must occur.
+    pub all: String,
+    /// Any word may occur; `None` for a one-word query, where it equals `all`.
+    pub any: Option<String>,
+}
+
 /// Search results.
 #[derive(Debug, Clone, Default)]
 pub struct Hits {
@@ -707,31 +723,84 @@ impl Store {
         Ok(page)
     }
 
-    /// Full-text search, best bm25 rank first. `match_expr` must already be a safe FTS5
-    /// expression (see `tools::search::fts_query`).
-    pub fn search(&self, match_expr: &str, filter: &Filter, limit: usize) -> Result<Hits> {
+    /// Full-text search. Entries holding every word come first, then entries holding any of
+    /// them; within each group the best bm25 rank comes first, and each group ranks only its
+    /// newest [`SEARCH_WINDOW`] matches in scope, so the cost of a query is bounded at any size.
+    /// The expressions must already be safe FTS5 (see `tools::search::fts_query`).
+    pub fn search(&self, query: &FtsQuery, filter: &Filter, limit: usize) -> Result<Hits> {
+        let mut hits = Hits::default();
+        // Row ids already answered (served or withheld), so the second group skips them.
+        let mut seen = std::collections::HashSet::new();
+        self.search_group(&query.all, filter, limit, &mut seen, &mut hits)?;
+        if let Some(any) = &query.any
+            && hits.hits.len() < limit
+        {
+            self.search_group(any, filter, limit, &mut seen, &mut hits)?;
+        }
+        Ok(hits)
+    }
+
+    /// One group of [`Store::search`]: appends up to `limit - hits.hits.len()` new rows.
+    fn search_group(
+        &self,
+        match_expr: &str,
+        filter: &Filter,
+        limit: usize,
+        seen: &mut std::collections::HashSet<i64>,
+        hits: &mut Hits,
+    ) -> Result<()> {
         use rusqlite::types::Value;
-        let mut sql = format!(
-            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank \
-             FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
-             WHERE entries_fts MATCH ?1"
-        );
-        let mut args = vec![Value::Text(match_expr.to_string())];
-        Self::push_filter(filter, &mut sql, &mut args);
-        args.push(Value::Integer(limit as i64));
-        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
-        // stops after `limit` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
-        // would build a snippet for every match before sorting.
-        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
         // The expression is ours and always well-formed, so an error from here is the index
         // itself (a damaged FTS5 table): the store cannot serve search, it is not a bug.
         let index = |e: rusqlite::Error| Error::Unavailable(format!("full-text index: {e}"));
+        let want = limit - hits.hits.len();
+        // Rows the first group answered may match again here; fetch enough to skip them.
+        let fetch = want + seen.len();
+        let window = SEARCH_WINDOW.max(fetch);
+
+        // The oldest row id of the window: the `window`-th newest match in scope. FTS5 walks
+        // its doclists newest first here and stops there, without ranking anything.
+        let from = " FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
+                    WHERE entries_fts MATCH ?1";
+        let mut sql = format!("SELECT entries_fts.rowid{from}");
+        let mut args = vec![Value::Text(match_expr.to_string())];
+        Self::push_filter(filter, &mut sql, &mut args);
+        args.push(Value::Integer(window as i64 - 1));
+        sql.push_str(&format!(
+            " ORDER BY entries_fts.rowid DESC LIMIT 1 OFFSET ?{}",
+            args.len()
+        ));
+        let oldest: i64 = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(index)?
+            .query_row(rusqlite::params_from_iter(args), |r| r.get(0))
+            .optional()
+            .map_err(index)?
+            .unwrap_or(i64::MIN);
+
+        let mut sql = format!(
+            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank, \
+             entries.rowid{from} AND entries_fts.rowid >= ?2"
+        );
+        let mut args = vec![Value::Text(match_expr.to_string()), Value::Integer(oldest)];
+        Self::push_filter(filter, &mut sql, &mut args);
+        args.push(Value::Integer(fetch as i64));
+        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
+        // stops after `fetch` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
+        // would build a snippet for every match before sorting.
+        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(index)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args))
             .map_err(index)?;
-        let mut hits = Hits::default();
-        while let Some(row) = rows.next().map_err(index)? {
+        while hits.hits.len() < limit
+            && let Some(row) = rows.next().map_err(index)?
+        {
+            let rowid: i64 = row.get(COLUMN_COUNT + 2).map_err(index)?;
+            if !seen.insert(rowid) {
+                continue;
+            }
             let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
             let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
             let (id, verified) = match RawRow::read(row) {
@@ -753,7 +822,7 @@ impl Store {
                 }
             }
         }
-        Ok(hits)
+        Ok(())
     }
 
     /// Checks every row's seal; returns the ids that fail.

@@ -1,7 +1,8 @@
 //! memory_search: full-text search where the query is only ever plain words.
 //!
-//! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside), and the
-//! literals are OR-ed, ranked by bm25. So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query
+//! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside). Entries
+//! holding every word come first, then entries holding any (the literals AND-ed, then OR-ed),
+//! each group ranked by bm25 among its newest matches (see [`crate::store::SEARCH_WINDOW`]). So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query
 //! are text to look for, never syntax, and the whole expression is bound as one SQL parameter.
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use serde_json::Value;
 
 use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
 use crate::error::{Error, Result};
+use crate::store::FtsQuery;
 
 /// Results when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -41,16 +43,28 @@ struct Output<'a> {
     truncated: bool,
 }
 
-/// The FTS5 expression for a plain-words query, or `None` when it has no words.
-pub fn fts_query(query: &str) -> Option<String> {
+/// The FTS5 expressions for a plain-words query, or `None` when it has no words.
+pub fn fts_query(query: &str) -> Option<FtsQuery> {
     // FTS5 reads its expression as a C string, so a NUL would end it mid-literal: control
     // characters separate words like whitespace does.
-    let terms: Vec<String> = query
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|word| !word.is_empty())
-        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
-        .collect();
-    (!terms.is_empty()).then(|| terms.join(" OR "))
+    let mut terms: Vec<String> = Vec::new();
+    for word in query.split(|c: char| c.is_whitespace() || c.is_control()) {
+        let term = format!("\"{}\"", word.replace('"', "\"\""));
+        if !word.is_empty() && !terms.contains(&term) {
+            terms.push(term);
+        }
+    }
+    match terms.len() {
+        0 => None,
+        1 => Some(FtsQuery {
+            all: terms.remove(0),
+            any: None,
+        }),
+        _ => Some(FtsQuery {
+            all: terms.join(" AND "),
+            any: Some(terms.join(" OR ")),
+        }),
+    }
 }
 
 pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
@@ -70,7 +84,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         )));
     }
     let hits = match fts_query(&p.query) {
-        Some(expr) => ctx.store.search(&expr, &filter, limit)?,
+        Some(query) => ctx.store.search(&query, &filter, limit)?,
         None => Default::default(),
     };
     let mut budget = ctx.limits.response_bytes;
@@ -104,18 +118,25 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
 mod tests {
     use super::fts_query;
 
+    fn any(q: &str) -> String {
+        fts_query(q).and_then(|f| f.any).unwrap_or_default()
+    }
+
     #[test]
     fn every_word_is_one_quoted_literal() {
         assert_eq!(fts_query("  "), None);
-        assert_eq!(fts_query("\u{0}\t").unwrap_or_default(), "");
-        assert_eq!(fts_query("x\u{0}y").unwrap(), r#""x" OR "y""#);
-        assert_eq!(fts_query("a b").unwrap(), r#""a" OR "b""#);
+        assert_eq!(fts_query("\u{0}\t"), None);
+        let one = fts_query("x\u{0}x").unwrap();
+        assert_eq!((one.all.as_str(), one.any), (r#""x""#, None));
+        let two = fts_query("a b a").unwrap();
+        assert_eq!(two.all, r#""a" AND "b""#);
+        assert_eq!(two.any.as_deref(), Some(r#""a" OR "b""#));
         assert_eq!(
-            fts_query(r#"say "hi" NEAR(x"#).unwrap(),
+            any(r#"say "hi" NEAR(x"#),
             r#""say" OR """hi""" OR "NEAR(x""#
         );
         assert_eq!(
-            fts_query("'; DROP TABLE entries; --").unwrap(),
+            any("'; DROP TABLE entries; --"),
             r#""';" OR "DROP" OR "TABLE" OR "entries;" OR "--""#
         );
     }
