@@ -976,6 +976,54 @@ fn request_line_and_response_bounds_come_from_the_policy() {
 }
 
 #[test]
+fn a_page_cut_short_counts_each_withheld_row_once() {
+    let dir = TestDir::new();
+    let args: Vec<String> = dir.policy(&local_all("[limits]\nresponse_bytes = 4096"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = RawSession::spawn_with(&dir, &refs);
+    s.handshake();
+    let mut ids = Vec::new();
+    for (i, c) in ["a", "b", "c"].into_iter().enumerate() {
+        let ok = s.call(
+            1 + i as u64,
+            "memory_store",
+            json!({"content": c.repeat(3000)}),
+        );
+        ids.push(
+            ok["result"]["structuredContent"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The oldest fails its seal. Newest first, a 4 KiB page holds "c" and stops before "b";
+    // the tampered row lies past that cut, so only the next page may count it.
+    dir.db()
+        .execute("UPDATE entries SET content = 'x' WHERE id = ?1", [&ids[0]])
+        .unwrap();
+    let (mut listed, mut withheld, mut cursor) = (Vec::new(), 0, None::<String>);
+    for n in 0..5 {
+        let mut args = json!({});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let page = s.call(10 + n, "memory_list", args);
+        let page = &page["result"]["structuredContent"];
+        for m in page["memories"].as_array().unwrap() {
+            listed.push(m["id"].as_str().unwrap().to_string());
+        }
+        withheld += page["withheld"].as_u64().unwrap();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(withheld, 1, "the tampered row is counted once across pages");
+    assert!(s.finish().success());
+}
+
+#[test]
 fn max_age_ends_a_busy_session_too() {
     let dir = TestDir::new();
     let args: Vec<String> = dir.policy(&local_all("[sessions]\nmax_age_seconds = 1\n[storage]\nsynchronous = \"normal\"\n[limits]\nnamespace_max_bytes = 10"));

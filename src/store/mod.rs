@@ -129,6 +129,9 @@ pub struct Page {
     pub withheld: usize,
     /// Their ids, for the security record (never for the agent).
     pub withheld_ids: Vec<String>,
+    /// For each withheld row, how many of `entries` precede it: a page cut short after entry
+    /// `n` leaves the withheld rows at `n` and beyond to the next page.
+    pub withheld_at: Vec<usize>,
     /// Present when more entries may follow: the id to continue below.
     pub next_after: Option<String>,
 }
@@ -716,6 +719,7 @@ impl Store {
                     withheld_log(&id);
                     page.withheld += 1;
                     page.withheld_ids.push(id.clone());
+                    page.withheld_at.push(page.entries.len());
                 }
             }
             last_id = Some(id);

@@ -68,12 +68,22 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         budget = budget.saturating_sub(size);
         memories.push(view);
     }
+    // Withheld rows past an early cut belong to the next page, which meets them again: count
+    // each on one page only.
+    let withheld: Vec<String> = page
+        .withheld_ids
+        .iter()
+        .zip(&page.withheld_at)
+        .filter(|&(_, &at)| at < memories.len() || memories.len() == page.entries.len())
+        .map(|(id, _)| id.clone())
+        .collect();
     ctx.record.results = Some(memories.len());
     ctx.record.ids = memories.iter().map(|m| m.id().to_string()).collect();
-    ctx.record.withheld = page.withheld_ids.clone();
+    let count = withheld.len();
+    ctx.record.withheld = withheld;
     to_json(&Output {
         memories,
         next_cursor: next_after.as_deref().and_then(encode_cursor),
-        withheld: page.withheld,
+        withheld: count,
     })
 }
