@@ -344,6 +344,18 @@ async fn tampering_is_detected_and_named_by_seq() {
         "{out}"
     );
 
+    // Re-spell a MAC in upper case: the same bytes once decoded, but not what was written.
+    // (Found by the audit_verify fuzz target.)
+    let a = Auditor::from(&dir.data());
+    a.conn()
+        .execute("UPDATE events SET mac = upper(mac) WHERE seq = 7", [])
+        .unwrap();
+    let (ok, out) = a.verify(&[]);
+    assert!(
+        !ok && out.contains("FAILED at seq 7") && out.contains("MAC"),
+        "{out}"
+    );
+
     // Swap two events.
     let a = Auditor::from(&dir.data());
     {

@@ -1,15 +1,116 @@
-//! The auditor's verifier on arbitrary bytes as audit.db: it opens and reports, or refuses the
-//! file — never a panic.
+//! The auditor's verifier on mutated audit databases. A real audit.db (a short chain written by
+//! the server's own append code) is the template; the input is a list of byte edits and cuts
+//! applied to it. Invariants: nothing panics, and whenever the full check (MACs with the key,
+//! and the head kept elsewhere) passes, the events read back are exactly the template's: no
+//! edit, cut, reorder or lost row of the chain goes unreported.
 #![no_main]
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use libfuzzer_sys::fuzz_target;
+use memwarden::audit::{self, AuditLog, Head, Kind, NewEvent};
+use memwarden::store::keyring::{KeySet, Keyring};
+use rusqlite::Connection;
+use serde_json::json;
+
+struct Template {
+    bytes: Vec<u8>,
+    keys: KeySet,
+    head: Head,
+    rows: Vec<String>,
+}
+
+/// Every column of every event, in seq order, as text.
+fn rows(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, prev_hash, \
+         hash, mac FROM events ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let cols: Vec<String> = (0..12)
+            .map(|i| row.get_ref(i).map(|v| format!("{v:?}")))
+            .collect::<rusqlite::Result<_>>()?;
+        out.push(cols.join("|"));
+    }
+    Ok(out)
+}
+
+fn template() -> &'static Template {
+    static T: OnceLock<Template> = OnceLock::new();
+    T.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.db");
+        let keys = Keyring::generate().expect("keys").audit;
+        let mut log = AuditLog::open(&path, keys.clone(), Duration::from_secs(1)).expect("open");
+        for (i, kind) in [Kind::SessionStart, Kind::Call, Kind::Call, Kind::Security]
+            .into_iter()
+            .chain([Kind::Call, Kind::Admin, Kind::SessionEnd])
+            .enumerate()
+        {
+            let event = NewEvent {
+                session_id: Some("65cc0a3e-bfa4-4faa-8bb3-f3d30425168d"),
+                principal: Some("local"),
+                ..NewEvent::new(kind, json!({"n": i, "ids": [format!("{i:036}")]}))
+            };
+            log.append(&event, 1_764_000_000_000 + i as i64).expect("append");
+        }
+        log.close().expect("close");
+        let bytes = std::fs::read(&path).expect("read");
+        let conn = audit::open_ro(&path).expect("open_ro");
+        let head = audit::append::head(&conn).expect("head");
+        let rows = rows(&conn).expect("rows");
+        Template {
+            bytes,
+            keys,
+            head,
+            rows,
+        }
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
+    let t = template();
+    let mut bytes = t.bytes.clone();
+    // Each 4-byte op: offset (u16, modulo the length), value, and what to do with them.
+    for op in data.chunks_exact(4).take(64) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = usize::from(u16::from_le_bytes([op[0], op[1]])) % bytes.len();
+        match op[3] % 8 {
+            0..=5 => bytes[at] ^= op[2].max(1),
+            6 => bytes[at] = op[2],
+            _ => bytes.truncate(at),
+        }
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.db");
-    std::fs::write(&path, data).expect("write");
-    if let Ok(conn) = memwarden::audit::open_ro(&path) {
-        let _ = memwarden::audit::verify::verify(&conn, None, None);
-        let _ = memwarden::audit::append::head(&conn);
+    std::fs::write(&path, &bytes).expect("write");
+    let Ok(conn) = audit::open_ro(&path) else {
+        return;
+    };
+    let _ = audit::verify::verify(&conn, None, None);
+    let _ = audit::append::head(&conn);
+    let full = audit::verify::verify(&conn, Some(&t.keys), Some(&t.head));
+    if bytes == t.bytes {
+        assert!(
+            matches!(&full, Ok(r) if r.damage.is_none()),
+            "the untouched template must verify: {full:?}"
+        );
+    }
+    if let Ok(report) = full
+        && report.damage.is_none()
+    {
+        let read = rows(&conn).expect("verify read these rows, so can we");
+        let differ = read.iter().zip(&t.rows).find(|(a, b)| a != b);
+        assert!(
+            read.len() == t.rows.len() && differ.is_none(),
+            "verify passed on a chain that differs from what was written: {} rows vs {}, first difference {differ:?}",
+            read.len(),
+            t.rows.len()
+        );
     }
 });

@@ -51,7 +51,7 @@ impl std::fmt::Display for Damage {
             ),
             DamageKind::BadMac => write!(
                 f,
-                "seq {seq}: the MAC does not verify: the event was not written with the audit key (forged or re-hashed)"
+                "seq {seq}: the MAC does not verify, or is not spelled as the log writes it: the event was not written with the audit key (forged, re-hashed or edited)"
             ),
             DamageKind::UnknownKey(k) => write!(
                 f,
@@ -141,6 +141,12 @@ pub fn verify(
             damage = found(DamageKind::Altered);
             break;
         }
+        // The MAC is written as 64 lowercase hex digits; any other spelling of the same bytes
+        // (upper case) is an edit that decoding alone would let through.
+        if !is_lower_hex(&mac, 64) {
+            damage = found(DamageKind::BadMac);
+            break;
+        }
         if let Some(keys) = keys {
             let Some(key) = keys.get(&key_id) else {
                 damage = found(DamageKind::UnknownKey(key_id));
@@ -191,7 +197,12 @@ pub fn verify(
     })
 }
 
-/// Parses `SEQ:HASH` as printed by `memwarden audit head`.
+/// Whether `text` is exactly `len` lowercase hex digits, the only spelling the log writes.
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Parses `SEQ:HASH` as printed by `memwarden audit head` (either case).
 pub fn parse_head(text: &str) -> Option<Head> {
     let (seq, hash) = text.trim().split_once(':')?;
     let seq: i64 = seq.parse().ok()?;
