@@ -399,6 +399,13 @@ async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
     // then more one-word entries than the window holds.
     let both = client.store("orchid basalt ledger").await;
     client.store("quartz quartz quartz quartz").await;
+    client
+        .call(
+            "memory_store",
+            json!({"content": "quartz in a quiet corner", "namespace": "corner"}),
+        )
+        .await
+        .ok();
     let window = memwarden::store::SEARCH_WINDOW;
     for i in 0..window + 50 {
         client.store(&format!("orchid quartz filler {i}")).await;
@@ -439,6 +446,16 @@ async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
         !found.contains(&"quartz quartz quartz quartz".to_string()),
         "older than the window"
     );
+    // The window counts matches store-wide; a namespace whose matches all lie beyond it still
+    // gets them, because the window widens until the scope holds enough.
+    let hits = client
+        .call(
+            "memory_search",
+            json!({"query": "quartz", "namespace": "corner"}),
+        )
+        .await
+        .ok();
+    assert_eq!(contents(&hits), ["quartz in a quiet corner"]);
     // Within the window bm25 decides: a new entry repeating the word ranks first.
     client.store("quartz quartz quartz vein").await;
     let hits = client

@@ -145,11 +145,18 @@ pub struct Hit {
     pub rank: f64,
 }
 
-/// How many of its newest matches in scope a search group ranks. Ranking is bm25 over every
-/// candidate, so without a bound a query on a common word costs time linear in the store; the
-/// bound keeps search flat from a thousand entries to millions, at the price of not reaching
-/// matches older than the window (the all-words group still reaches them when they hold every
-/// word and fewer than this many newer entries do).
+/// An error from a full-text query. The expressions are ours and always well-formed, so it is
+/// the index itself (a damaged FTS5 table): the store cannot serve search, it is not a bug.
+fn fts_error(e: rusqlite::Error) -> Error {
+    Error::Unavailable(format!("full-text index: {e}"))
+}
+
+/// How many of its newest matches a search group ranks. Ranking is bm25 over every candidate,
+/// so without a bound a query on a common word costs time linear in the store; the bound keeps
+/// search flat from a thousand entries to millions, at the price of not reaching matches older
+/// than the window (the all-words group still reaches them when they hold every word and fewer
+/// than this many newer entries do). The window counts matches in the whole store and widens
+/// when the caller's scope leaves fewer than a page of them.
 pub const SEARCH_WINDOW: usize = 500;
 
 /// A plain-words query as safe FTS5 expressions (built by `tools::search::fts_query`).
@@ -729,7 +736,7 @@ impl Store {
 
     /// Full-text search. Entries holding every word come first, then entries holding any of
     /// them; within each group the best bm25 rank comes first, and each group ranks only its
-    /// newest [`SEARCH_WINDOW`] matches in scope, so the cost of a query is bounded at any size.
+    /// newest [`SEARCH_WINDOW`] matches, so the cost of a query is bounded at any size.
     /// The expressions must already be safe FTS5 (see `tools::search::fts_query`).
     pub fn search(&self, query: &FtsQuery, filter: &Filter, limit: usize) -> Result<Hits> {
         let mut hits = Hits::default();
@@ -753,73 +760,30 @@ impl Store {
         seen: &mut std::collections::HashSet<i64>,
         hits: &mut Hits,
     ) -> Result<()> {
-        use rusqlite::types::Value;
-        // The expression is ours and always well-formed, so an error from here is the index
-        // itself (a damaged FTS5 table): the store cannot serve search, it is not a bug.
-        let index = |e: rusqlite::Error| Error::Unavailable(format!("full-text index: {e}"));
-        let want = limit - hits.hits.len();
         // Rows the first group answered may match again here; fetch enough to skip them.
-        let fetch = want + seen.len();
-        let window = SEARCH_WINDOW.max(fetch);
-
-        // The oldest row id of the window: the `window`-th newest match in scope. FTS5 walks
-        // its doclists newest first here and stops there, without ranking anything.
-        let from = " FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
-                    WHERE entries_fts MATCH ?1";
-        let mut sql = format!("SELECT entries_fts.rowid{from}");
-        let mut args = vec![Value::Text(match_expr.to_string())];
-        Self::push_filter(filter, &mut sql, &mut args);
-        args.push(Value::Integer(window as i64 - 1));
-        sql.push_str(&format!(
-            " ORDER BY entries_fts.rowid DESC LIMIT 1 OFFSET ?{}",
-            args.len()
-        ));
-        let oldest: i64 = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(index)?
-            .query_row(rusqlite::params_from_iter(args), |r| r.get(0))
-            .optional()
-            .map_err(index)?
-            .unwrap_or(i64::MIN);
-
-        let mut sql = format!(
-            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank, \
-             entries.rowid{from} AND entries_fts.rowid >= ?2"
-        );
-        let mut args = vec![Value::Text(match_expr.to_string()), Value::Integer(oldest)];
-        Self::push_filter(filter, &mut sql, &mut args);
-        args.push(Value::Integer(fetch as i64));
-        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
-        // stops after `fetch` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
-        // would build a snippet for every match before sorting.
-        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(index)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(args))
-            .map_err(index)?;
-        while hits.hits.len() < limit
-            && let Some(row) = rows.next().map_err(index)?
-        {
-            let rowid: i64 = row.get(COLUMN_COUNT + 2).map_err(index)?;
+        let fetch = limit - hits.hits.len() + seen.len();
+        let mut window = SEARCH_WINDOW.max(fetch);
+        let rows = loop {
+            let oldest = self.window_start(match_expr, window)?;
+            let rows = self.ranked(match_expr, oldest, filter, fetch)?;
+            // The window counts matches across the whole store, so the caller's scope (its
+            // namespace, tags, times) may leave fewer than asked: widen it until it holds
+            // enough, or every match.
+            if rows.len() >= fetch || oldest.is_none() {
+                break rows;
+            }
+            window = window.saturating_mul(8);
+        };
+        for (rowid, row) in rows {
+            if hits.hits.len() >= limit {
+                break;
+            }
             if !seen.insert(rowid) {
                 continue;
             }
-            let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
-            let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
-            let (id, verified) = match RawRow::read(row) {
-                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
-                Err(label) => (label, None),
-            };
-            match verified {
-                // With an external-content index, snippet() reads the text from this very row of
-                // `entries`, so it is cut from the content that just verified.
-                Some(entry) => hits.hits.push(Hit {
-                    snippet,
-                    entry,
-                    rank,
-                }),
-                None => {
+            match row {
+                Ok(hit) => hits.hits.push(hit),
+                Err(id) => {
                     withheld_log(&id);
                     hits.withheld += 1;
                     hits.withheld_ids.push(id);
@@ -827,6 +791,76 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The row id of the `window`-th newest match, or `None` when there are fewer. FTS5 walks
+    /// its doclists newest first and stops there, touching neither `entries` nor the ranking.
+    fn window_start(&self, match_expr: &str, window: usize) -> Result<Option<i64>> {
+        self.conn
+            .prepare_cached(
+                "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 \
+                 ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![match_expr, window as i64 - 1], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(fts_error)
+    }
+
+    /// Up to `fetch` matches in scope from row id `oldest` on, best bm25 rank first, each with
+    /// its snippet and verified (`Err(id)` when the row fails its check).
+    #[allow(clippy::type_complexity)]
+    fn ranked(
+        &self,
+        match_expr: &str,
+        oldest: Option<i64>,
+        filter: &Filter,
+        fetch: usize,
+    ) -> Result<Vec<(i64, std::result::Result<Hit, String>)>> {
+        use rusqlite::types::Value;
+        let mut sql = format!(
+            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank, \
+             entries.rowid FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
+             WHERE entries_fts MATCH ?1 AND entries_fts.rowid >= ?2"
+        );
+        let mut args = vec![
+            Value::Text(match_expr.to_string()),
+            Value::Integer(oldest.unwrap_or(i64::MIN)),
+        ];
+        Self::push_filter(filter, &mut sql, &mut args);
+        args.push(Value::Integer(fetch as i64));
+        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
+        // stops after `fetch` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
+        // would build a snippet for every match before sorting.
+        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(fts_error)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(fts_error)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(fts_error)? {
+            let rowid: i64 = row.get(COLUMN_COUNT + 2).map_err(fts_error)?;
+            let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
+            let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
+            let (id, verified) = match RawRow::read(row) {
+                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
+                Err(label) => (label, None),
+            };
+            // With an external-content index, snippet() reads the text from this very row of
+            // `entries`, so it is cut from the content that just verified.
+            out.push((
+                rowid,
+                verified
+                    .map(|entry| Hit {
+                        snippet,
+                        entry,
+                        rank,
+                    })
+                    .ok_or(id),
+            ));
+        }
+        Ok(out)
     }
 
     /// Checks every row's seal; returns the ids that fail.
