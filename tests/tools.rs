@@ -384,7 +384,7 @@ async fn search_syntax_is_plain_text_and_content_round_trips() {
 }
 
 #[tokio::test]
-async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
+async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() {
     let dir = TestDir::new();
     let client = dir.connect().await;
     let contents = |v: &serde_json::Value| -> Vec<String> {
@@ -410,10 +410,12 @@ async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
     for i in 0..window + 50 {
         client.store(&format!("orchid quartz filler {i}")).await;
     }
-    client.store("newest basalt note").await;
+    client.store("basalt note").await;
+    client.store("orchid quartz filler last").await;
 
     // Both words: the entry holding both comes first although hundreds of newer entries hold
-    // one of them; then entries holding either.
+    // one of them; then entries holding either, by bm25, so the rarer word's other entry beats
+    // the newer filler.
     let hits = client
         .call(
             "memory_search",
@@ -422,32 +424,35 @@ async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
         .await
         .ok();
     let found = contents(&hits);
+    assert_eq!(found.len(), 5);
     assert_eq!(found[0], "orchid basalt ledger", "{found:?}");
     assert_eq!(hits["results"][0]["memory"]["id"], both.as_str());
-    assert_eq!(found.len(), 5);
+    assert_eq!(found[1], "basalt note", "{found:?}");
     assert!(
-        found[1..].iter().all(|c| !c.contains("ledger")),
-        "no repeats"
-    );
-    assert!(
-        found.contains(&"newest basalt note".to_string()),
-        "the rarer word's only other entry ranks high among the any-word group: {found:?}"
+        found[2..]
+            .iter()
+            .all(|c| c.starts_with("orchid quartz filler")),
+        "no repeats: {found:?}"
     );
 
-    // One word matched by more entries than the window: only the newest `window` are ranked,
-    // so the old four-times-quartz entry is out of reach, and the cost stays bounded.
+    // One word: every match holds every word, so they come newest first, reaching the oldest
+    // match when nothing newer fills the page.
     let hits = client
-        .call("memory_search", json!({"query": "quartz", "limit": 50}))
+        .call("memory_search", json!({"query": "quartz", "limit": 3}))
         .await
         .ok();
-    let found = contents(&hits);
-    assert_eq!(found.len(), 50);
-    assert!(
-        !found.contains(&"quartz quartz quartz quartz".to_string()),
-        "older than the window"
-    );
-    // The window counts matches store-wide; a namespace whose matches all lie beyond it still
-    // gets them, because the window widens until the scope holds enough.
+    let newest = [
+        "orchid quartz filler last".to_string(),
+        format!("orchid quartz filler {}", window + 49),
+        format!("orchid quartz filler {}", window + 48),
+    ];
+    assert_eq!(contents(&hits), newest);
+    let hits = client
+        .call("memory_search", json!({"query": "ledger"}))
+        .await
+        .ok();
+    assert_eq!(contents(&hits), ["orchid basalt ledger"]);
+    // A namespace whose only match is older than hundreds of others still gets it.
     let hits = client
         .call(
             "memory_search",
@@ -456,13 +461,38 @@ async fn search_puts_all_words_first_and_ranks_a_bounded_window() {
         .await
         .ok();
     assert_eq!(contents(&hits), ["quartz in a quiet corner"]);
-    // Within the window bm25 decides: a new entry repeating the word ranks first.
+
+    // Any-word matches: bm25 decides within the newest `window` of them. The new entry
+    // repeating the word ranks first; the old four-times-quartz entry, the best of all, is
+    // older than the window and out of reach, which keeps the cost bounded.
     client.store("quartz quartz quartz vein").await;
+    client.store("one quartz among several other words").await;
     let hits = client
-        .call("memory_search", json!({"query": "quartz", "limit": 3}))
+        .call(
+            "memory_search",
+            json!({"query": "quartz unmatched", "limit": 50}),
+        )
         .await
         .ok();
-    assert_eq!(contents(&hits)[0], "quartz quartz quartz vein");
+    let found = contents(&hits);
+    assert_eq!(found.len(), 50);
+    assert_eq!(found[0], "quartz quartz quartz vein", "{found:?}");
+    assert!(
+        !found.contains(&"quartz quartz quartz quartz".to_string()),
+        "older than the window"
+    );
+    // The same word alone: newest first, so the newer one-quartz entry leads.
+    let hits = client
+        .call("memory_search", json!({"query": "quartz", "limit": 2}))
+        .await
+        .ok();
+    assert_eq!(
+        contents(&hits),
+        [
+            "one quartz among several other words",
+            "quartz quartz quartz vein"
+        ]
+    );
     client.close().await;
 }
 

@@ -151,13 +151,22 @@ fn fts_error(e: rusqlite::Error) -> Error {
     Error::Unavailable(format!("full-text index: {e}"))
 }
 
-/// How many of its newest matches a search group ranks. Ranking is bm25 over every candidate,
-/// so without a bound a query on a common word costs time linear in the store; the bound keeps
-/// search flat from a thousand entries to millions, at the price of not reaching matches older
-/// than the window (the all-words group still reaches them when they hold every word and fewer
-/// than this many newer entries do). The window counts matches in the whole store and widens
-/// when the caller's scope leaves fewer than a page of them.
+/// How many of its newest matches the any-word group of a search ranks. Ranking is bm25 over
+/// every candidate, so without a bound a query on a common word costs time linear in the store;
+/// the bound keeps search flat from a thousand entries to millions, at the price of not
+/// reaching any-word matches older than the window (entries holding every word are reached at
+/// any age). The window counts matches in the whole store and widens when the caller's scope
+/// leaves fewer than a page of them.
 pub const SEARCH_WINDOW: usize = 500;
+
+/// The order a search group hands its matches over in.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    /// Newest first (highest row id).
+    Newest,
+    /// Best bm25 rank first.
+    Rank,
+}
 
 /// A plain-words query as safe FTS5 expressions (built by `tools::search::fts_query`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -734,46 +743,48 @@ impl Store {
         Ok(page)
     }
 
-    /// Full-text search. Entries holding every word come first, then entries holding any of
-    /// them; within each group the best bm25 rank comes first, and each group ranks only its
-    /// newest [`SEARCH_WINDOW`] matches, so the cost of a query is bounded at any size.
+    /// Full-text search. Entries holding every word come first, newest first; then, while there
+    /// is room, entries holding some of the words, best bm25 rank first among the newest
+    /// [`SEARCH_WINDOW`] of them. Neither group's cost grows with the store: the first reads
+    /// only the rows it returns, the second ranks a bounded window.
     /// The expressions must already be safe FTS5 (see `tools::search::fts_query`).
     pub fn search(&self, query: &FtsQuery, filter: &Filter, limit: usize) -> Result<Hits> {
         let mut hits = Hits::default();
         // Row ids already answered (served or withheld), so the second group skips them.
         let mut seen = std::collections::HashSet::new();
-        self.search_group(&query.all, filter, limit, &mut seen, &mut hits)?;
+        // Every match holds every word, so recency orders them: bm25 over all of them would
+        // read the index entry of each, and at a million entries those lie all over the file.
+        let rows = self.matches(&query.all, Order::Newest, None, filter, limit)?;
+        Self::collect(rows, limit, &mut seen, &mut hits);
         if let Some(any) = &query.any
             && hits.hits.len() < limit
         {
-            self.search_group(any, filter, limit, &mut seen, &mut hits)?;
+            // Rows the first group answered match again here; fetch enough to skip them.
+            let fetch = limit - hits.hits.len() + seen.len();
+            let mut window = SEARCH_WINDOW.max(fetch);
+            let rows = loop {
+                let oldest = self.window_start(any, window)?;
+                let rows = self.matches(any, Order::Rank, oldest, filter, fetch)?;
+                // The window counts matches across the whole store, so the caller's scope (its
+                // namespace, tags, times) may leave fewer than asked: widen it until it holds
+                // enough, or every match.
+                if rows.len() >= fetch || oldest.is_none() {
+                    break rows;
+                }
+                window = window.saturating_mul(8);
+            };
+            Self::collect(rows, limit, &mut seen, &mut hits);
         }
         Ok(hits)
     }
 
-    /// One group of [`Store::search`]: appends up to `limit - hits.hits.len()` new rows.
-    fn search_group(
-        &self,
-        match_expr: &str,
-        filter: &Filter,
+    /// Appends `rows` not seen before to `hits`, up to `limit` served.
+    fn collect(
+        rows: Vec<(i64, std::result::Result<Hit, String>)>,
         limit: usize,
         seen: &mut std::collections::HashSet<i64>,
         hits: &mut Hits,
-    ) -> Result<()> {
-        // Rows the first group answered may match again here; fetch enough to skip them.
-        let fetch = limit - hits.hits.len() + seen.len();
-        let mut window = SEARCH_WINDOW.max(fetch);
-        let rows = loop {
-            let oldest = self.window_start(match_expr, window)?;
-            let rows = self.ranked(match_expr, oldest, filter, fetch)?;
-            // The window counts matches across the whole store, so the caller's scope (its
-            // namespace, tags, times) may leave fewer than asked: widen it until it holds
-            // enough, or every match.
-            if rows.len() >= fetch || oldest.is_none() {
-                break rows;
-            }
-            window = window.saturating_mul(8);
-        };
+    ) {
         for (rowid, row) in rows {
             if hits.hits.len() >= limit {
                 break;
@@ -790,7 +801,6 @@ impl Store {
                 }
             }
         }
-        Ok(())
     }
 
     /// The row id of the `window`-th newest match, or `None` when there are fewer. FTS5 walks
@@ -808,12 +818,13 @@ impl Store {
             .map_err(fts_error)
     }
 
-    /// Up to `fetch` matches in scope from row id `oldest` on, best bm25 rank first, each with
-    /// its snippet and verified (`Err(id)` when the row fails its check).
+    /// Up to `fetch` matches in scope from row id `oldest` on, in `order`, each with its snippet
+    /// and verified (`Err(id)` when the row fails its check).
     #[allow(clippy::type_complexity)]
-    fn ranked(
+    fn matches(
         &self,
         match_expr: &str,
+        order: Order,
         oldest: Option<i64>,
         filter: &Filter,
         fetch: usize,
@@ -830,10 +841,14 @@ impl Store {
         ];
         Self::push_filter(filter, &mut sql, &mut args);
         args.push(Value::Integer(fetch as i64));
-        // `ORDER BY rank` (bm25 by default) lets FTS5 hand rows over already sorted, so SQLite
-        // stops after `fetch` rows and computes snippet() for those alone; `ORDER BY bm25(..)`
-        // would build a snippet for every match before sorting.
-        sql.push_str(&format!(" ORDER BY entries_fts.rank LIMIT ?{}", args.len()));
+        // Either order is one FTS5 hands rows over in, so SQLite stops after `fetch` rows and
+        // computes snippet() and the rank for those alone. (`ORDER BY rank` is bm25 sorted
+        // inside FTS5; `ORDER BY bm25(..)` would build a snippet for every match first.)
+        let order = match order {
+            Order::Newest => "entries_fts.rowid DESC",
+            Order::Rank => "entries_fts.rank",
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(fts_error)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args))

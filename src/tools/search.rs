@@ -1,9 +1,10 @@
 //! memory_search: full-text search where the query is only ever plain words.
 //!
 //! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside). Entries
-//! holding every word come first, then entries holding any (the literals AND-ed, then OR-ed),
-//! each group ranked by bm25 among its newest matches (see [`crate::store::SEARCH_WINDOW`]). So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query
-//! are text to look for, never syntax, and the whole expression is bound as one SQL parameter.
+//! holding every word come first, newest first, then entries holding some (the literals AND-ed,
+//! then OR-ed), ranked by bm25 among their newest matches (see [`crate::store::Store::search`]).
+//! So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query are text to look for, never syntax,
+//! and the whole expression is bound as one SQL parameter.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
