@@ -90,7 +90,7 @@ async fn store_get_list_search_update_delete() {
     assert_eq!(m["author"]["principal"], "local");
     assert_eq!(m["supersedes"], Value::Null);
 
-    // Search: ranked, with a snippet, scoped to the namespace.
+    // Search: with a snippet, saying it holds every word, scoped to the namespace.
     client
         .call(
             "memory_store",
@@ -106,6 +106,7 @@ async fn store_get_list_search_update_delete() {
         .await
         .ok();
     assert_eq!(found["results"][0]["memory"]["id"], id.as_str());
+    assert_eq!(found["results"][0]["matched"], "all");
     assert!(
         found["results"][0]["snippet"]
             .as_str()
@@ -428,6 +429,13 @@ async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() 
     assert_eq!(found[0], "orchid basalt ledger", "{found:?}");
     assert_eq!(hits["results"][0]["memory"]["id"], both.as_str());
     assert_eq!(found[1], "basalt note", "{found:?}");
+    let matched: Vec<&str> = hits["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["matched"].as_str().unwrap())
+        .collect();
+    assert_eq!(matched, ["all", "some", "some", "some", "some"]);
     assert!(
         found[2..]
             .iter()

@@ -141,8 +141,17 @@ pub struct Page {
 pub struct Hit {
     pub entry: Entry,
     pub snippet: String,
-    /// bm25 rank, lower is better (SQLite's convention).
-    pub rank: f64,
+    pub matched: Matched,
+}
+
+/// Which words of a query a search hit holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matched {
+    /// Every word.
+    All,
+    /// Some of the words, not all.
+    Some,
 }
 
 /// An error from a full-text query. The expressions are ours and always well-formed, so it is
@@ -158,6 +167,12 @@ fn fts_error(e: rusqlite::Error) -> Error {
 /// any age). The window counts matches in the whole store and widens when the caller's scope
 /// leaves fewer than a page of them.
 pub const SEARCH_WINDOW: usize = 500;
+
+/// A row that verified, or the id (or rowid label) of one that did not.
+type Checked<T> = std::result::Result<T, String>;
+
+/// A verified search match with its snippet.
+type MatchRow = Checked<(Entry, String)>;
 
 /// The order a search group hands its matches over in.
 #[derive(Debug, Clone, Copy)]
@@ -755,6 +770,7 @@ impl Store {
         // Every match holds every word, so recency orders them: bm25 over all of them would
         // read the index entry of each, and at a million entries those lie all over the file.
         let rows = self.matches(&query.all, Order::Newest, None, filter, limit)?;
+        let rows = Self::tag(rows, Matched::All);
         Self::collect(rows, limit, &mut seen, &mut hits);
         if let Some(any) = &query.any
             && hits.hits.len() < limit
@@ -773,14 +789,29 @@ impl Store {
                 }
                 window = window.saturating_mul(8);
             };
+            let rows = Self::tag(rows, Matched::Some);
             Self::collect(rows, limit, &mut seen, &mut hits);
         }
         Ok(hits)
     }
 
+    /// Rows of one group, each verified hit marked with the words it holds.
+    fn tag(rows: Vec<(i64, MatchRow)>, matched: Matched) -> Vec<(i64, Checked<Hit>)> {
+        rows.into_iter()
+            .map(|(rowid, row)| {
+                let hit = row.map(|(entry, snippet)| Hit {
+                    entry,
+                    snippet,
+                    matched,
+                });
+                (rowid, hit)
+            })
+            .collect()
+    }
+
     /// Appends `rows` not seen before to `hits`, up to `limit` served.
     fn collect(
-        rows: Vec<(i64, std::result::Result<Hit, String>)>,
+        rows: Vec<(i64, Checked<Hit>)>,
         limit: usize,
         seen: &mut std::collections::HashSet<i64>,
         hits: &mut Hits,
@@ -820,7 +851,6 @@ impl Store {
 
     /// Up to `fetch` matches in scope from row id `oldest` on, in `order`, each with its snippet
     /// and verified (`Err(id)` when the row fails its check).
-    #[allow(clippy::type_complexity)]
     fn matches(
         &self,
         match_expr: &str,
@@ -828,10 +858,12 @@ impl Store {
         oldest: Option<i64>,
         filter: &Filter,
         fetch: usize,
-    ) -> Result<Vec<(i64, std::result::Result<Hit, String>)>> {
+    ) -> Result<Vec<(i64, MatchRow)>> {
         use rusqlite::types::Value;
+        // No rank column: bm25 needs each word's document count, which FTS5 finds by reading
+        // the word's whole doclist, once per query: time linear in the store.
         let mut sql = format!(
-            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), entries_fts.rank, \
+            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), \
              entries.rowid FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
              WHERE entries_fts MATCH ?1 AND entries_fts.rowid >= ?2"
         );
@@ -842,8 +874,8 @@ impl Store {
         Self::push_filter(filter, &mut sql, &mut args);
         args.push(Value::Integer(fetch as i64));
         // Either order is one FTS5 hands rows over in, so SQLite stops after `fetch` rows and
-        // computes snippet() and the rank for those alone. (`ORDER BY rank` is bm25 sorted
-        // inside FTS5; `ORDER BY bm25(..)` would build a snippet for every match first.)
+        // computes snippet() for those alone. (`ORDER BY rank` is bm25 sorted inside FTS5;
+        // `ORDER BY bm25(..)` would build a snippet for every match first.)
         let order = match order {
             Order::Newest => "entries_fts.rowid DESC",
             Order::Rank => "entries_fts.rank",
@@ -855,25 +887,15 @@ impl Store {
             .map_err(fts_error)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(fts_error)? {
-            let rowid: i64 = row.get(COLUMN_COUNT + 2).map_err(fts_error)?;
+            let rowid: i64 = row.get(COLUMN_COUNT + 1).map_err(fts_error)?;
             let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
-            let rank: f64 = row.get(COLUMN_COUNT + 1).unwrap_or(0.0);
             let (id, verified) = match RawRow::read(row) {
                 Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
                 Err(label) => (label, None),
             };
             // With an external-content index, snippet() reads the text from this very row of
             // `entries`, so it is cut from the content that just verified.
-            out.push((
-                rowid,
-                verified
-                    .map(|entry| Hit {
-                        snippet,
-                        entry,
-                        rank,
-                    })
-                    .ok_or(id),
-            ));
+            out.push((rowid, verified.map(|entry| (entry, snippet)).ok_or(id)));
         }
         Ok(out)
     }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
 use crate::error::{Error, Result};
-use crate::store::FtsQuery;
+use crate::store::{FtsQuery, Matched};
 
 /// Results when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
@@ -33,7 +33,7 @@ pub struct Params {
 struct Hit<'a> {
     memory: MemoryView<'a>,
     snippet: &'a str,
-    rank: f64,
+    matched: Matched,
 }
 
 #[derive(Serialize)]
@@ -102,7 +102,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         results.push(Hit {
             memory,
             snippet: &hit.snippet,
-            rank: hit.rank,
+            matched: hit.matched,
         });
     }
     ctx.record.results = Some(results.len());
