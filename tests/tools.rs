@@ -385,7 +385,7 @@ async fn search_syntax_is_plain_text_and_content_round_trips() {
 }
 
 #[tokio::test]
-async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() {
+async fn search_puts_all_words_first_then_more_and_rarer_words_within_a_window() {
     let dir = TestDir::new();
     let client = dir.connect().await;
     let contents = |v: &serde_json::Value| -> Vec<String> {
@@ -396,8 +396,8 @@ async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() 
             .map(|h| h["memory"]["content"].as_str().unwrap().to_string())
             .collect()
     };
-    // Oldest first: an entry with both words, one that repeats a word (its best bm25 match),
-    // then more one-word entries than the window holds.
+    // Oldest first: an entry with both words, one that repeats a word, one in another
+    // namespace, then more one-word entries than the window holds.
     let both = client.store("orchid basalt ledger").await;
     client.store("quartz quartz quartz quartz").await;
     client
@@ -415,8 +415,8 @@ async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() 
     client.store("orchid quartz filler last").await;
 
     // Both words: the entry holding both comes first although hundreds of newer entries hold
-    // one of them; then entries holding either, by bm25, so the rarer word's other entry beats
-    // the newer filler.
+    // one of them; then entries holding either, the rarer word's other entry before the newer
+    // fillers, which come newest first.
     let hits = client
         .call(
             "memory_search",
@@ -429,6 +429,7 @@ async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() 
     assert_eq!(found[0], "orchid basalt ledger", "{found:?}");
     assert_eq!(hits["results"][0]["memory"]["id"], both.as_str());
     assert_eq!(found[1], "basalt note", "{found:?}");
+    assert_eq!(found[2], "orchid quartz filler last", "{found:?}");
     let matched: Vec<&str> = hits["results"]
         .as_array()
         .unwrap()
@@ -470,25 +471,50 @@ async fn search_puts_all_words_first_newest_first_then_ranks_a_bounded_window() 
         .ok();
     assert_eq!(contents(&hits), ["quartz in a quiet corner"]);
 
-    // Any-word matches: bm25 decides within the newest `window` of them. The new entry
-    // repeating the word ranks first; the old four-times-quartz entry, the best of all, is
-    // older than the window and out of reach, which keeps the cost bounded.
+    // Some words: only the newest `window` matches are ranked. The old entry holding the rare
+    // "ledger" would rank first, but it is older than the window, which keeps the cost bounded;
+    // how often a word repeats does not count, so equal entries come newest first.
     client.store("quartz quartz quartz vein").await;
     client.store("one quartz among several other words").await;
     let hits = client
         .call(
             "memory_search",
-            json!({"query": "quartz unmatched", "limit": 50}),
+            json!({"query": "quartz ledger", "limit": 50}),
         )
         .await
         .ok();
     let found = contents(&hits);
     assert_eq!(found.len(), 50);
-    assert_eq!(found[0], "quartz quartz quartz vein", "{found:?}");
+    assert_eq!(
+        found[..2],
+        [
+            "one quartz among several other words",
+            "quartz quartz quartz vein"
+        ],
+        "{found:?}"
+    );
     assert!(
-        !found.contains(&"quartz quartz quartz quartz".to_string()),
+        !found.contains(&"orchid basalt ledger".to_string()),
         "older than the window"
     );
+    // The window counts matches store-wide, so it widens for a scope it leaves empty.
+    let hits = client
+        .call(
+            "memory_search",
+            json!({"query": "quartz ledger", "namespace": "corner"}),
+        )
+        .await
+        .ok();
+    assert_eq!(contents(&hits), ["quartz in a quiet corner"]);
+    // Within the window the rarer word weighs more.
+    let hits = client
+        .call(
+            "memory_search",
+            json!({"query": "quartz basalt", "limit": 3}),
+        )
+        .await
+        .ok();
+    assert_eq!(contents(&hits)[0], "basalt note");
     // The same word alone: newest first, so the newer one-quartz entry leads.
     let hits = client
         .call("memory_search", json!({"query": "quartz", "limit": 2}))

@@ -160,12 +160,12 @@ fn fts_error(e: rusqlite::Error) -> Error {
     Error::Unavailable(format!("full-text index: {e}"))
 }
 
-/// How many of its newest matches the any-word group of a search ranks. Ranking is bm25 over
-/// every candidate, so without a bound a query on a common word costs time linear in the store;
-/// the bound keeps search flat from a thousand entries to millions, at the price of not
-/// reaching any-word matches older than the window (entries holding every word are reached at
-/// any age). The window counts matches in the whole store and widens when the caller's scope
-/// leaves fewer than a page of them.
+/// How many of its newest matches the some-words group of a search ranks. Ranking reads which
+/// words each candidate holds, so without a bound a query on a common word costs time linear in
+/// the store; the bound keeps search flat from a thousand entries to millions, at the price of
+/// not reaching some-words matches older than the window (entries holding every word are
+/// reached at any age). The window counts matches in the whole store and widens when the
+/// caller's scope leaves fewer than a page of them.
 pub const SEARCH_WINDOW: usize = 500;
 
 /// A row that verified, or the id (or rowid label) of one that did not.
@@ -174,15 +174,6 @@ type Checked<T> = std::result::Result<T, String>;
 /// A verified search match with its snippet.
 type MatchRow = Checked<(Entry, String)>;
 
-/// The order a search group hands its matches over in.
-#[derive(Debug, Clone, Copy)]
-enum Order {
-    /// Newest first (highest row id).
-    Newest,
-    /// Best bm25 rank first.
-    Rank,
-}
-
 /// A plain-words query as safe FTS5 expressions (built by `tools::search::fts_query`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FtsQuery {
@@ -190,6 +181,8 @@ pub struct FtsQuery {
     pub all: String,
     /// Any word may occur; `None` for a one-word query, where it equals `all`.
     pub any: Option<String>,
+    /// Each word alone, in query order, without repeats.
+    pub words: Vec<String>,
 }
 
 /// Search results.
@@ -759,40 +752,80 @@ impl Store {
     }
 
     /// Full-text search. Entries holding every word come first, newest first; then, while there
-    /// is room, entries holding some of the words, best bm25 rank first among the newest
-    /// [`SEARCH_WINDOW`] of them. Neither group's cost grows with the store: the first reads
-    /// only the rows it returns, the second ranks a bounded window.
-    /// The expressions must already be safe FTS5 (see `tools::search::fts_query`).
+    /// is room, entries holding some of the words, the best scored by `word_scores` first (newest
+    /// first among equals), drawn from the newest [`SEARCH_WINDOW`] of them. Neither group's cost
+    /// grows with the store: the first reads only the rows it returns, the second a bounded
+    /// window. The expressions must already be safe FTS5 (see `tools::search::fts_query`).
     pub fn search(&self, query: &FtsQuery, filter: &Filter, limit: usize) -> Result<Hits> {
         let mut hits = Hits::default();
         // Row ids already answered (served or withheld), so the second group skips them.
         let mut seen = std::collections::HashSet::new();
-        // Every match holds every word, so recency orders them: bm25 over all of them would
-        // read the index entry of each, and at a million entries those lie all over the file.
-        let rows = self.matches(&query.all, Order::Newest, None, filter, limit)?;
-        let rows = Self::tag(rows, Matched::All);
-        Self::collect(rows, limit, &mut seen, &mut hits);
+        // Every match holds every word, so recency orders them. (bm25 would need each word's
+        // document count, which FTS5 finds by reading the word's whole doclist on every query.)
+        let rows = self.newest_matches(&query.all, filter, limit)?;
+        Self::collect(Self::tag(rows, Matched::All), limit, &mut seen, &mut hits);
         if let Some(any) = &query.any
             && hits.hits.len() < limit
         {
-            // Rows the first group answered match again here; fetch enough to skip them.
-            let fetch = limit - hits.hits.len() + seen.len();
-            let mut window = SEARCH_WINDOW.max(fetch);
+            let need = limit - hits.hits.len();
+            let mut window = SEARCH_WINDOW.max(need);
             let rows = loop {
-                let oldest = self.window_start(any, window)?;
-                let rows = self.matches(any, Order::Rank, oldest, filter, fetch)?;
+                let oldest = self.window_start(any, window)?.unwrap_or(i64::MIN);
+                let mut ranked = self.word_scores(&query.words, oldest)?;
+                ranked.retain(|rowid| !seen.contains(rowid));
+                // The best `need` first; only when the scope drops some of them, the rest.
+                let (best, rest) = ranked.split_at(need.min(ranked.len()));
+                let mut rows = self.matches_among(any, oldest, best, filter)?;
+                if rows.len() < need && !rest.is_empty() {
+                    rows.extend(self.matches_among(any, oldest, rest, filter)?);
+                }
                 // The window counts matches across the whole store, so the caller's scope (its
                 // namespace, tags, times) may leave fewer than asked: widen it until it holds
                 // enough, or every match.
-                if rows.len() >= fetch || oldest.is_none() {
+                if rows.len() >= need || oldest == i64::MIN {
                     break rows;
                 }
                 window = window.saturating_mul(8);
             };
-            let rows = Self::tag(rows, Matched::Some);
-            Self::collect(rows, limit, &mut seen, &mut hits);
+            Self::collect(Self::tag(rows, Matched::Some), limit, &mut seen, &mut hits);
         }
         Ok(hits)
+    }
+
+    /// Row ids of the matches from `oldest` on, best first: each scores the sum of the weights
+    /// of the words it holds, a word weighing more the fewer of these matches hold it (bm25's
+    /// inverse document frequency, counted in the window rather than the whole store); newest
+    /// first among equal scores. Reads FTS5 alone.
+    fn word_scores(&self, words: &[String], oldest: i64) -> Result<Vec<i64>> {
+        let mut held: std::collections::HashMap<i64, Vec<usize>> = Default::default();
+        let mut counts = vec![0usize; words.len()];
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 AND rowid >= ?2 \
+                 ORDER BY rowid DESC",
+            )
+            .map_err(fts_error)?;
+        for (i, word) in words.iter().enumerate() {
+            let mut rows = stmt.query(params![word, oldest]).map_err(fts_error)?;
+            while let Some(row) = rows.next().map_err(fts_error)? {
+                held.entry(row.get(0).map_err(fts_error)?)
+                    .or_default()
+                    .push(i);
+                counts[i] += 1;
+            }
+        }
+        let n = held.len() as f64;
+        let weight: Vec<f64> = counts
+            .iter()
+            .map(|&c| ((n - c as f64 + 0.5) / (c as f64 + 0.5) + 1.0).ln())
+            .collect();
+        let mut scored: Vec<(f64, i64)> = held
+            .into_iter()
+            .map(|(rowid, words)| (words.iter().map(|&i| weight[i]).sum(), rowid))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        Ok(scored.into_iter().map(|(_, rowid)| rowid).collect())
     }
 
     /// Rows of one group, each verified hit marked with the words it holds.
@@ -849,39 +882,74 @@ impl Store {
             .map_err(fts_error)
     }
 
-    /// Up to `fetch` matches in scope from row id `oldest` on, in `order`, each with its snippet
-    /// and verified (`Err(id)` when the row fails its check).
-    fn matches(
+    /// Up to `fetch` matches in scope, newest first, each with its snippet and verified
+    /// (`Err(id)` when the row fails its check). FTS5 hands matches over newest first, so SQLite
+    /// stops after `fetch` rows in scope and computes snippet() for those alone.
+    fn newest_matches(
         &self,
         match_expr: &str,
-        order: Order,
-        oldest: Option<i64>,
         filter: &Filter,
         fetch: usize,
     ) -> Result<Vec<(i64, MatchRow)>> {
         use rusqlite::types::Value;
-        // No rank column: bm25 needs each word's document count, which FTS5 finds by reading
-        // the word's whole doclist, once per query: time linear in the store.
+        let mut args = vec![Value::Text(match_expr.to_string())];
+        let mut sql = Self::match_sql(filter, &mut args);
+        args.push(Value::Integer(fetch as i64));
+        sql.push_str(&format!(
+            " ORDER BY entries_fts.rowid DESC LIMIT ?{}",
+            args.len()
+        ));
+        self.read_matches(&sql, args)
+    }
+
+    /// The matches among `rowids` (all from row id `oldest` on) that are in scope, in the order
+    /// of `rowids`. One query: FTS5 walks the matches from `oldest` on and only those listed
+    /// are joined to their row and get a snippet. (Asking for one row id at a time costs more:
+    /// FTS5 then evaluates the whole expression for each.)
+    fn matches_among(
+        &self,
+        match_expr: &str,
+        oldest: i64,
+        rowids: &[i64],
+        filter: &Filter,
+    ) -> Result<Vec<(i64, MatchRow)>> {
+        use rusqlite::types::Value;
+        let mut args = vec![Value::Text(match_expr.to_string())];
+        let mut sql = Self::match_sql(filter, &mut args);
+        args.push(Value::Integer(oldest));
+        sql.push_str(&format!(" AND entries_fts.rowid >= ?{}", args.len()));
+        args.push(Value::Text(
+            serde_json::to_string(rowids).map_err(|e| Error::Internal(e.to_string()))?,
+        ));
+        // The unary + keeps SQLite from handing the list to FTS5 as one lookup per row id.
+        sql.push_str(&format!(
+            " AND +entries_fts.rowid IN (SELECT value FROM json_each(?{}))",
+            args.len()
+        ));
+        let mut rows = self.read_matches(&sql, args)?;
+        let position: std::collections::HashMap<i64, usize> =
+            rowids.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+        rows.sort_by_key(|(rowid, _)| position.get(rowid).copied());
+        Ok(rows)
+    }
+
+    /// The SELECT of a match with its snippet and row id; `?1` is the expression, pushed first.
+    fn match_sql(filter: &Filter, args: &mut Vec<rusqlite::types::Value>) -> String {
         let mut sql = format!(
             "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), \
              entries.rowid FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
-             WHERE entries_fts MATCH ?1 AND entries_fts.rowid >= ?2"
+             WHERE entries_fts MATCH ?1"
         );
-        let mut args = vec![
-            Value::Text(match_expr.to_string()),
-            Value::Integer(oldest.unwrap_or(i64::MIN)),
-        ];
-        Self::push_filter(filter, &mut sql, &mut args);
-        args.push(Value::Integer(fetch as i64));
-        // Either order is one FTS5 hands rows over in, so SQLite stops after `fetch` rows and
-        // computes snippet() for those alone. (`ORDER BY rank` is bm25 sorted inside FTS5;
-        // `ORDER BY bm25(..)` would build a snippet for every match first.)
-        let order = match order {
-            Order::Newest => "entries_fts.rowid DESC",
-            Order::Rank => "entries_fts.rank",
-        };
-        sql.push_str(&format!(" ORDER BY {order} LIMIT ?{}", args.len()));
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(fts_error)?;
+        Self::push_filter(filter, &mut sql, args);
+        sql
+    }
+
+    fn read_matches(
+        &self,
+        sql: &str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<(i64, MatchRow)>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(fts_error)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args))
             .map_err(fts_error)?;

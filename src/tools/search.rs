@@ -2,7 +2,7 @@
 //!
 //! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside). Entries
 //! holding every word come first, newest first, then entries holding some (the literals AND-ed,
-//! then OR-ed), ranked by bm25 among their newest matches (see [`crate::store::Store::search`]).
+//! then OR-ed), those holding more and rarer words first (see [`crate::store::Store::search`]).
 //! So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query are text to look for, never syntax,
 //! and the whole expression is bound as one SQL parameter.
 
@@ -58,12 +58,14 @@ pub fn fts_query(query: &str) -> Option<FtsQuery> {
     match terms.len() {
         0 => None,
         1 => Some(FtsQuery {
-            all: terms.remove(0),
+            all: terms[0].clone(),
             any: None,
+            words: terms,
         }),
         _ => Some(FtsQuery {
             all: terms.join(" AND "),
             any: Some(terms.join(" OR ")),
+            words: terms,
         }),
     }
 }
