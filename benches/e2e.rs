@@ -351,7 +351,7 @@ fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-/// 200 gets of ids spread over everything stored and 200 two-word searches.
+/// One get per query, of ids spread over everything stored, then one two-word search per query.
 async fn measure_reads(
     kind: Kind,
     client: &Client,
@@ -361,7 +361,7 @@ async fn measure_reads(
 ) -> Reads {
     before_each();
     let mut gets = Vec::new();
-    for i in 0..200 {
+    for i in 0..queries.len() {
         let id = &ids[(i * 7919) % ids.len()];
         let t = Instant::now();
         kind.get(client, id).await;
@@ -419,15 +419,17 @@ where
         }
         let stores_per_s = seg.len() as f64 / seg_start.elapsed().as_secs_f64();
         let (store_p50, _, store_p99, _) = summary(seg);
-        let mut queries = || -> Vec<String> {
-            (0..200)
+        let mut queries = |count: usize| -> Vec<String> {
+            (0..count)
                 .map(|_| {
                     let a = &vocab[rng.below(vocab.len())];
                     format!("{a} {}", vocab[rng.below(vocab.len())])
                 })
                 .collect()
         };
-        let (warm_queries, cold_queries) = (queries(), queries());
+        // A p95 over 1000 calls, warm; the cold pass is shorter, since the cache it starts
+        // without fills as it goes.
+        let (warm_queries, cold_queries) = (queries(1000), queries(200));
         let warm = measure_reads(kind, &server.client, &ids, &warm_queries, &|| {
             warm_page_cache(&files())
         })
@@ -674,30 +676,34 @@ async fn main() {
         );
     };
     flat("store p50", worst(&|r| r.store_p50));
-    // Reads are judged with the data in the page cache; the cold-cache figures show what a
-    // machine without the memory for its data pays on top, in disk reads.
-    for (cache, large_r, pick) in [
-        (
-            "page cache warm",
-            large.warm,
-            (|r: &Row| r.warm) as fn(&Row) -> Reads,
-        ),
-        ("page cache dropped", large.cold, |r: &Row| r.cold),
-    ] {
-        if large_r.get_p50.is_nan() {
-            println!("  ({cache}: not measured; dropping the page cache needs root)");
-            continue;
-        }
-        flat(&format!("{cache}: get p50"), worst(&|r| pick(r).get_p50));
-        flat(
-            &format!("{cache}: search p95"),
-            worst(&|r| pick(r).search_p95),
-        );
+    // Reads are judged with the data in the page cache, where a server in use keeps its hot
+    // pages. With the cache dropped every size pays disk reads in proportion to its B-tree
+    // depth and FTS5 segments, which no on-disk index keeps flat from a store that fits in a
+    // few reads to 1.7 GB: reported, not judged.
+    let warm_worst = |f: &dyn Fn(&Reads) -> f64| worst(&|r| f(&r.warm));
+    flat("get p50", warm_worst(&|r| r.get_p50));
+    flat("search p95", warm_worst(&|r| r.search_p95));
+    println!(
+        "  search p95 < 10 ms at {}: {:.2} ms — {}",
+        large.entries,
+        large.warm.search_p95,
+        verdict(large.warm.search_p95 < 10.0)
+    );
+    if large.cold.get_p50.is_nan() {
+        println!("  (page cache dropped: not measured; dropping the page cache needs root)");
+    } else {
+        let cold_worst = |f: &dyn Fn(&Reads) -> f64| worst(&|r| f(&r.cold));
+        let ((get, get_at), (search, search_at)) =
+            (cold_worst(&|r| r.get_p50), cold_worst(&|r| r.search_p95));
         println!(
-            "  {cache}: search p95 < 10 ms at {}: {:.2} ms — {}",
+            "  page cache dropped (reads wait for the disk; reported, not judged): get p50 worst {get:.2}x (at {get_at}), search p95 worst {search:.2}x (at {search_at}); search p95 at {}: {:.2} ms — {}",
             large.entries,
-            large_r.search_p95,
-            verdict(large_r.search_p95 < 10.0)
+            large.cold.search_p95,
+            if large.cold.search_p95 < 10.0 {
+                "under 10 ms"
+            } else {
+                "over 10 ms"
+            }
         );
     }
     let at_million = large.entries >= 1_000_000;
