@@ -120,7 +120,7 @@ fn bench_store_ops(c: &mut Criterion) {
         group.bench_function("get", |b| {
             b.iter(|| {
                 i = (i + 7919) % ids.len();
-                black_box(store.get(&ids[i], &|_| Ok(())).unwrap())
+                black_box(store.get(&ids[i], &|_, _| Ok(())).unwrap())
             })
         });
         let filter = Filter {

@@ -34,6 +34,7 @@
 //! lines to stderr — stdout carries protocol only, and no log line carries content, metadata
 //! values, queries or keys.
 
+pub mod agent_text;
 pub mod audit;
 pub mod canon;
 pub mod cli;

@@ -22,8 +22,11 @@ pub fn init(file: Option<&std::path::Path>) -> std::io::Result<()> {
         Ok("off") => LevelFilter::OFF,
         _ => LevelFilter::INFO,
     };
+    // rmcp's own lines quote protocol messages (a refused method's name, an error's text), which
+    // are agent text: it never logs. Everything it would report, memwarden logs itself.
     let filter = Targets::new()
         .with_target("memwarden", level)
+        .with_target("rmcp", LevelFilter::OFF)
         .with_default(LevelFilter::WARN.min(level));
     let writer = match file {
         None => BoxMakeWriter::new(std::io::stderr),

@@ -4,11 +4,13 @@
 //! [`Schemas::validate`] before serde sees them. Error messages are the validator's *masked*
 //! messages: they name the path and the keyword, never the offending value.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rmcp::model::JsonObject;
 use serde_json::Value;
 
+use crate::agent_text::Describer;
 use crate::error::Error;
 use crate::tools::ToolName;
 
@@ -45,6 +47,73 @@ pub struct ToolSchema {
     pub input: Arc<JsonObject>,
     pub output: Arc<JsonObject>,
     validator: jsonschema::Validator,
+    /// Every property name the input schema declares: the only object keys an error may repeat.
+    properties: HashSet<String>,
+}
+
+/// Keywords whose masked message is built from the schema alone (limits, types, patterns,
+/// required names). Any other keyword's message may quote the agent's keys, so it is replaced.
+const MESSAGE_FROM_SCHEMA: [&str; 18] = [
+    "type",
+    "maxLength",
+    "minLength",
+    "maxItems",
+    "minItems",
+    "maximum",
+    "minimum",
+    "exclusiveMaximum",
+    "exclusiveMinimum",
+    "pattern",
+    "format",
+    "enum",
+    "const",
+    "required",
+    "multipleOf",
+    "maxProperties",
+    "minProperties",
+    "uniqueItems",
+];
+
+/// Collects every key of every `properties` object in a schema.
+fn property_names(schema: &Value, out: &mut HashSet<String>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Object(props)) = map.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            map.values().for_each(|v| property_names(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| property_names(v, out)),
+        _ => {}
+    }
+}
+
+/// A JSON pointer with every segment that is neither an array index nor a declared property
+/// name replaced by its description: the agent's own keys (metadata keys, unexpected
+/// properties) are never echoed, whatever their size.
+fn safe_path(pointer: &str, properties: &HashSet<String>) -> String {
+    if pointer.is_empty() {
+        return "/".into();
+    }
+    let describer = Describer::process();
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            let plain = segment.replace("~1", "/").replace("~0", "~");
+            if segment.bytes().all(|b| b.is_ascii_digit()) && segment.len() <= 6
+                || properties.contains(&plain)
+            {
+                segment.to_string()
+            } else {
+                describer.describe(&plain)
+            }
+        })
+        .fold(String::new(), |mut path, segment| {
+            path.push('/');
+            path.push_str(&segment);
+            path
+        })
 }
 
 /// All tool schemas, compiled once at start.
@@ -90,7 +159,10 @@ impl Schemas {
                     tool,
                     reason: e.to_string(),
                 })?;
+            let mut properties = HashSet::new();
+            property_names(&Value::Object(input.clone()), &mut properties);
             tools.push(ToolSchema {
+                properties,
                 input: Arc::new(input),
                 output: Arc::new(output),
                 validator,
@@ -120,11 +192,18 @@ impl Schemas {
                 message: "arguments do not validate".into(),
             });
         };
-        let path = err.instance_path().to_string();
+        let keyword = err.kind().keyword();
+        let message = if MESSAGE_FROM_SCHEMA.contains(&keyword) {
+            err.masked().to_string()
+        } else if keyword == "additionalProperties" || keyword == "unevaluatedProperties" {
+            "a property that is not allowed here".to_string()
+        } else {
+            format!("value does not satisfy {keyword}")
+        };
         Err(Error::Schema {
-            path: if path.is_empty() { "/".into() } else { path },
-            keyword: err.kind().keyword().to_string(),
-            message: err.masked().to_string(),
+            path: safe_path(&err.instance_path().to_string(), &schema.properties),
+            keyword: keyword.to_string(),
+            message,
         })
     }
 }
@@ -160,5 +239,24 @@ mod tests {
         assert_eq!(path, "/content");
         assert_eq!(keyword, "maxLength");
         assert!(!message.contains("s3cr3t"), "{message}");
+    }
+
+    #[test]
+    fn errors_never_repeat_agent_keys() {
+        let s = Schemas::load().unwrap();
+        let key = "k".repeat(500_000);
+        let mut args = serde_json::Map::new();
+        args.insert("content".into(), json!("x"));
+        args.insert(key.clone(), json!(1));
+        let err = s.validate(ToolName::Store, &Value::Object(args)).unwrap_err();
+        let text = format!("{err:?}");
+        assert!(!text.contains("kkkk"), "{}", &text[..200.min(text.len())]);
+        assert!(text.len() < 400);
+        // A metadata key deep in a failing value is described in the path.
+        let deep = json!({"content": "x", "metadata": {"secret-key-name": {"a": {"b": {"c": {"d": {"e": 1}}}}}}});
+        if let Err(Error::Schema { path, message, .. }) = s.validate(ToolName::Store, &deep) {
+            assert!(!path.contains("secret-key-name"), "{path}");
+            assert!(!message.contains("secret-key-name"), "{message}");
+        }
     }
 }

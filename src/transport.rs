@@ -7,26 +7,54 @@
 //! with an error instead of being handed to rmcp (which would end the session and log the whole
 //! message). It never logs line contents.
 //!
+//! Every message passes a [`Gate`] before rmcp sees it: JSON-RPC batches, non-objects, duplicate
+//! keys, unknown methods, a second `initialize` and malformed `tools/call` params are answered
+//! here and reported to the gate (which audits and rate-limits them); `ping`, `tools/list` and
+//! notifications spend from the session's rate bucket through the gate too. rmcp only ever sees
+//! the methods this server serves, so none of its log lines can quote an agent's method name.
+//!
 //! One writer task owns the output stream and takes whole lines from a bounded channel, so
-//! responses and error replies never interleave mid-line, and a client that stops reading makes
-//! this side stop reading too, instead of queueing replies without bound.
+//! responses and error replies never interleave mid-line. Backpressure runs end to end: a
+//! request holds one of [`MAX_IN_FLIGHT`] permits from the moment it is read until its reply has
+//! been written, and no line is read without a permit. A client that stops reading stops this
+//! side reading too, so a session's memory is bounded whatever the client does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rmcp::RoleServer;
+use rmcp::model::JsonRpcMessage;
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 /// JSON-RPC "Parse error".
 const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC "Invalid Request".
 const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC "Method not found".
+const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC "Invalid params".
+const INVALID_PARAMS: i64 = -32602;
 /// MCP's "server not initialized".
 const NOT_INITIALIZED: i64 = -32002;
 /// Lines waiting for the writer; a full queue stops reading.
 const QUEUE: usize = 64;
+/// Requests read whose reply has not been written yet; at this many, reading stops.
+pub const MAX_IN_FLIGHT: usize = 32;
+
+/// The requests this server serves; any other method is answered here.
+const REQUESTS: [&str; 4] = ["initialize", "ping", "tools/list", "tools/call"];
+/// The notifications a client may send us; others are dropped here.
+const NOTIFICATIONS: [&str; 4] = [
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
 
 /// What the transport refused, for the server's audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +67,24 @@ pub enum Refusal {
     InvalidRequest,
     /// A request before `initialize`.
     NotInitialized,
+    /// A JSON array: a batch (MCP has none since 2025-06-18) or `[]`.
+    Batch,
+    /// JSON that is not an object.
+    NotObject,
+    /// An object with a key given twice, at any depth.
+    DuplicateKey,
+    /// A method this server does not serve.
+    UnknownMethod,
+    /// `initialize` on a session that already has one.
+    Reinitialize,
+    /// `tools/call` whose `name` is not a string or whose `arguments` is not an object.
+    BadCallParams,
+    /// A request whose id is already in flight.
+    DuplicateId,
+    /// A response from the client: this server sends no requests.
+    UnexpectedResponse,
+    /// A request or notification the gate refused (rate, cooldown, session over).
+    Gated,
 }
 
 impl Refusal {
@@ -48,9 +94,35 @@ impl Refusal {
             Self::ParseError => "parse_error",
             Self::InvalidRequest => "invalid_request",
             Self::NotInitialized => "not_initialized",
+            Self::Batch => "batch",
+            Self::NotObject => "not_object",
+            Self::DuplicateKey => "duplicate_key",
+            Self::UnknownMethod => "unknown_method",
+            Self::Reinitialize => "reinitialize",
+            Self::BadCallParams => "bad_call_params",
+            Self::DuplicateId => "duplicate_id",
+            Self::UnexpectedResponse => "unexpected_response",
+            Self::Gated => "gated",
         }
     }
 }
+
+/// What the transport asks of the session before a message goes any further.
+pub trait Gate: Send {
+    /// A message refused by the transport itself: audit it as one call and count it toward the
+    /// cooldown. `method` is the agent's text, unchecked (the gate decides what to keep of it).
+    fn refused(&self, refusal: Refusal, method: Option<&str>);
+    /// A request or notification about to go to rmcp (not `initialize` or `tools/call`, which
+    /// the server gates itself): spend from the rate bucket. `Err` carries the JSON-RPC error
+    /// object to answer with; the gate has audited the refusal.
+    fn admit(&self, method: &str) -> Result<(), Value>;
+}
+
+/// Permits of requests whose replies are not written yet, by request id.
+type Waiting = Arc<Mutex<HashMap<String, OwnedSemaphorePermit>>>;
+
+/// A line for the writer, with the permit its write releases.
+type OutLine = (Vec<u8>, Option<OwnedSemaphorePermit>);
 
 /// A server transport over a reader and a writer.
 pub struct LineTransport<R, F> {
@@ -65,9 +137,13 @@ pub struct LineTransport<R, F> {
     initialized: bool,
     /// An error reply not yet queued; kept here so a cancelled `receive` does not lose it.
     pending: Option<Vec<u8>>,
-    out: mpsc::Sender<Vec<u8>>,
-    /// Told about every refusal (the server audits it).
-    on_refusal: F,
+    out: mpsc::Sender<OutLine>,
+    /// Asked about every message; told about every refusal.
+    gate: F,
+    in_flight: Arc<Semaphore>,
+    /// The permit for the next line, once acquired (kept here: `receive` can be cancelled).
+    permit: Option<OwnedSemaphorePermit>,
+    waiting: Waiting,
 }
 
 enum Read {
@@ -83,29 +159,92 @@ fn line_of(message: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The key a request id is tracked under.
+fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+/// Checks that no object in a JSON text repeats a key, at any depth. serde_json keeps the last
+/// of two equal keys; a validator and a consumer that disagree on which one counts is how
+/// smuggling starts, so such a message is refused whole.
+fn has_duplicate_keys(bytes: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::collections::HashSet;
+
+    struct Check;
+    impl<'de> DeserializeSeed<'de> for Check {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Check)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut keys = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !keys.insert(key) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Check)?;
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Check.deserialize(&mut de).is_err()
+}
+
 impl<R, F> LineTransport<R, F>
 where
     R: AsyncRead + Unpin + Send,
-    F: Fn(Refusal) + Send,
+    F: Gate,
 {
     /// `max_line` bounds a line's content, not counting its `\n` or `\r\n`.
     ///
     /// Returns the writer task too: it ends once the transport and every in-flight send are
     /// gone and it has written all they queued, so awaiting it flushes the last reply (rmcp
     /// drops the transport without closing it when `initialize` fails).
-    pub fn new<W>(read: R, write: W, max_line: usize, on_refusal: F) -> (Self, JoinHandle<()>)
+    pub fn new<W>(read: R, write: W, max_line: usize, gate: F) -> (Self, JoinHandle<()>)
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (out, mut lines) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let (out, mut lines) = mpsc::channel::<OutLine>(QUEUE);
         let writer = tokio::spawn(async move {
             let mut write = write;
-            while let Some(line) = lines.recv().await {
+            while let Some((line, permit)) = lines.recv().await {
                 let written = async {
                     write.write_all(&line).await?;
                     write.flush().await
                 }
                 .await;
+                // The reply is out: its request no longer counts as in flight.
+                drop(permit);
                 if let Err(e) = written {
                     tracing::info!(error = %e, "the client stopped reading");
                     break;
@@ -121,7 +260,10 @@ where
             initialized: false,
             pending: None,
             out,
-            on_refusal,
+            gate,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            permit: None,
+            waiting: Arc::default(),
         };
         (transport, writer)
     }
@@ -170,9 +312,27 @@ where
     }
 
     fn refuse(&mut self, refusal: Refusal, id: Value, code: i64, message: String) {
-        (self.on_refusal)(refusal);
-        let reply =
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+        self.refuse_method(refusal, None, Some(id), code, message);
+    }
+
+    /// Reports a refusal to the gate and, for a request (`id` given), queues its error reply.
+    fn refuse_method(
+        &mut self,
+        refusal: Refusal,
+        method: Option<&str>,
+        id: Option<Value>,
+        code: i64,
+        message: String,
+    ) {
+        self.gate.refused(refusal, method);
+        if let Some(id) = id {
+            let error = json!({"code": code, "message": message});
+            self.reply_error(id, error);
+        }
+    }
+
+    fn reply_error(&mut self, id: Value, error: Value) {
+        let reply = json!({"jsonrpc": "2.0", "id": id, "error": error});
         self.pending = line_of(&reply).ok();
     }
 
@@ -201,49 +361,176 @@ where
                 return None;
             }
         };
-        let id = value
+        let Value::Object(object) = &value else {
+            let (refusal, message) = if value.is_array() {
+                (Refusal::Batch, "Invalid Request: batches are not supported")
+            } else {
+                (Refusal::NotObject, "Invalid Request: not a JSON object")
+            };
+            self.refuse(refusal, Value::Null, INVALID_REQUEST, message.into());
+            return None;
+        };
+        let id = object
             .get("id")
             .filter(|v| v.is_string() || v.is_i64() || v.is_u64())
             .cloned();
-        let has_id = value.get("id").is_some();
-        let method = value
-            .get("method")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let has_id = object.contains_key("id");
+        let reply_to = has_id.then(|| id.clone().unwrap_or(Value::Null));
+        if has_duplicate_keys(line) {
+            self.refuse_method(
+                Refusal::DuplicateKey,
+                None,
+                reply_to,
+                INVALID_REQUEST,
+                "Invalid Request: an object repeats a key".into(),
+            );
+            return None;
+        }
+        let method = object.get("method").and_then(Value::as_str);
+        let Some(method) = method.map(str::to_owned) else {
+            // A response (we send no requests) or a message without a method.
+            let refusal = if object.contains_key("result") || object.contains_key("error") {
+                Refusal::UnexpectedResponse
+            } else {
+                Refusal::InvalidRequest
+            };
+            let message = "Invalid Request: not a request this server understands";
+            let reply = (refusal == Refusal::InvalidRequest).then_some(reply_to).flatten();
+            self.refuse_method(refusal, None, reply, INVALID_REQUEST, message.into());
+            return None;
+        };
+        let known = if has_id {
+            REQUESTS.contains(&method.as_str())
+        } else {
+            NOTIFICATIONS.contains(&method.as_str())
+        };
+        if !known {
+            // A notification gets no reply (JSON-RPC 2.0 §4.1), but it is still audited.
+            self.refuse_method(
+                Refusal::UnknownMethod,
+                Some(&method),
+                reply_to,
+                METHOD_NOT_FOUND,
+                "Method not found".into(),
+            );
+            return None;
+        }
+        if has_id && id.is_none() {
+            self.refuse_method(
+                Refusal::InvalidRequest,
+                Some(&method),
+                Some(Value::Null),
+                INVALID_REQUEST,
+                "Invalid Request: id must be a string or an integer".into(),
+            );
+            return None;
+        }
+        if method == "initialize" && self.initialized {
+            self.refuse_method(
+                Refusal::Reinitialize,
+                Some(&method),
+                reply_to,
+                INVALID_REQUEST,
+                "Invalid Request: this session is already initialized".into(),
+            );
+            return None;
+        }
+        if !self.initialized && !matches!(method.as_str(), "initialize" | "ping") {
+            // Requests other than ping wait for the handshake; notifications before it are
+            // dropped, as JSON-RPC gives them no reply.
+            if has_id {
+                self.refuse_method(
+                    Refusal::NotInitialized,
+                    Some(&method),
+                    reply_to,
+                    NOT_INITIALIZED,
+                    "not initialized: send initialize first".into(),
+                );
+            }
+            return None;
+        }
+        if method == "tools/call" && !call_params_ok(object.get("params")) {
+            self.refuse_method(
+                Refusal::BadCallParams,
+                Some(&method),
+                reply_to,
+                INVALID_PARAMS,
+                "Invalid params: tools/call needs a string name and an object of arguments".into(),
+            );
+            return None;
+        }
+        if let Some(id) = &id
+            && self.waiting_for(id)
+        {
+            self.refuse_method(
+                Refusal::DuplicateId,
+                Some(&method),
+                Some(id.clone()),
+                INVALID_REQUEST,
+                "Invalid Request: a request with this id is still in flight".into(),
+            );
+            return None;
+        }
+        if !matches!(method.as_str(), "initialize" | "tools/call")
+            && let Err(error) = self.gate.admit(&method)
+        {
+            if let Some(id) = reply_to {
+                self.reply_error(id, error);
+            }
+            return None;
+        }
+        let cancels = (method == "notifications/cancelled")
+            .then(|| object.get("params").and_then(|p| p.get("requestId")).cloned())
+            .flatten();
         match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
             Ok(msg) => {
-                if !self.initialized {
-                    match method.as_deref() {
-                        Some("initialize") => self.initialized = true,
-                        // Requests other than ping wait for the handshake; notifications and
-                        // responses before it are dropped, as JSON-RPC gives them no reply.
-                        Some("ping") => {}
-                        Some(_) if has_id => {
-                            self.refuse(
-                                Refusal::NotInitialized,
-                                id.unwrap_or(Value::Null),
-                                NOT_INITIALIZED,
-                                "not initialized: send initialize first".into(),
-                            );
-                            return None;
-                        }
-                        _ => return None,
-                    }
+                if method == "initialize" {
+                    self.initialized = true;
+                }
+                if let Some(request) = cancels {
+                    // rmcp drops the reply of a cancelled request: free its permit now.
+                    self.release(&request);
+                }
+                if let Some(id) = id {
+                    self.hold(&id);
                 }
                 Some(msg)
             }
-            // A notification gets no reply, even a bad one (JSON-RPC 2.0 §4.1).
-            Err(_) if !has_id => None,
             Err(_) => {
-                self.refuse(
+                self.refuse_method(
                     Refusal::InvalidRequest,
-                    id.unwrap_or(Value::Null),
+                    Some(&method),
+                    reply_to,
                     INVALID_REQUEST,
                     "Invalid Request: not a JSON-RPC 2.0 message this server understands".into(),
                 );
                 None
             }
         }
+    }
+
+    fn waiting_for(&self, id: &Value) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id_key(id))
+    }
+
+    /// Moves this line's permit to the request, until its reply is written.
+    fn hold(&mut self, id: &Value) {
+        if let Some(permit) = self.permit.take() {
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id_key(id), permit);
+        }
+    }
+
+    fn release(&mut self, id: &Value) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id_key(id));
     }
 
     fn refuse_oversize(&mut self) {
@@ -258,10 +545,22 @@ where
     }
 }
 
+/// `tools/call` params as MCP defines them: an object whose `name` is a string and whose
+/// `arguments`, when present, is an object.
+fn call_params_ok(params: Option<&Value>) -> bool {
+    let Some(Value::Object(params)) = params else {
+        return false;
+    };
+    params.get("name").is_some_and(Value::is_string)
+        && params
+            .get("arguments")
+            .is_none_or(|a| a.is_object() || a.is_null())
+}
+
 impl<R, F> Transport<RoleServer> for LineTransport<R, F>
 where
     R: AsyncRead + Unpin + Send,
-    F: Fn(Refusal) + Send,
+    F: Gate,
 {
     type Error = std::io::Error;
 
@@ -270,9 +569,20 @@ where
         item: TxJsonRpcMessage<RoleServer>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let out = self.out.clone();
+        let id = match &item {
+            JsonRpcMessage::Response(r) => serde_json::to_value(&r.id).ok(),
+            JsonRpcMessage::Error(e) => e.id.as_ref().and_then(|id| serde_json::to_value(id).ok()),
+            _ => None,
+        };
+        let permit = id.and_then(|id| {
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id_key(&id))
+        });
         async move {
             let line = line_of(&item)?;
-            out.send(line)
+            out.send((line, permit))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "writer closed"))
         }
@@ -283,10 +593,16 @@ where
             if let Some(reply) = self.pending.take() {
                 // `reserve` is cancellation-safe; the reply goes back to `pending` meanwhile.
                 self.pending = Some(reply);
-                let permit = self.out.reserve().await.ok()?;
+                let slot = self.out.reserve().await.ok()?;
                 if let Some(reply) = self.pending.take() {
-                    permit.send(reply);
+                    slot.send((reply, None));
                 }
+            }
+            if self.permit.is_none() {
+                // No line is read until a request could be taken on: a client that does not
+                // read its replies stops being read (backpressure, not buffering).
+                let permit = self.in_flight.clone().acquire_owned().await.ok()?;
+                self.permit = Some(permit);
             }
             match self.read_line().await {
                 Read::Line => {

@@ -117,7 +117,8 @@ async fn every_call_and_every_refusal_leaves_exactly_one_event() {
     assert_eq!(c[0]["detail"]["created"], id.as_str());
     assert_eq!(c[0]["detail"]["content_bytes"], 5);
     assert_eq!(c[4]["detail"]["created"], new_id.as_str());
-    assert!(c[1]["detail"]["args_sha256"].as_str().unwrap().len() == 64);
+    assert!(c[1]["detail"]["args_hmac"].as_str().unwrap().len() == 64);
+    assert!(c[1]["detail"].get("args_sha256").is_none());
     let session = all[0]["session_id"].as_str().unwrap();
     assert!(all.iter().all(|e| e["session_id"] == session));
     let verify = dir.cli(&["audit", "verify"]);

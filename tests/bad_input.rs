@@ -158,7 +158,16 @@ fn bad_line(rng: &mut Rng, id: usize) -> String {
 #[test]
 fn ten_thousand_invalid_calls_are_all_refused_and_change_nothing() {
     let dir = TestDir::new();
-    let mut s = RawSession::start(&dir);
+    // Every refusal counts toward the cooldown (tests/hostile_agent.rs); this test is about how
+    // each bad line is answered, so its policy has no cooldown.
+    let policy = dir.policy(
+        "version = 1\n[principals.local]\ntools = [\"memory_store\", \"memory_get\", \
+         \"memory_search\", \"memory_list\", \"memory_update\", \"memory_delete\"]\n\
+         namespaces = { \"*\" = \"rw\" }\ndefault_namespace = \"default\"\n",
+    );
+    let args: Vec<&str> = policy.iter().map(String::as_str).collect();
+    let mut s = RawSession::spawn_with(&dir, &args);
+    s.handshake();
     let count = |sql: &str| -> i64 { dir.db().query_row(sql, [], |r| r.get(0)).unwrap() };
     let mut rng = Rng(0x5eed_1234_abcd_9876);
     let (mut refused, mut accepted) = (0, 0);

@@ -203,6 +203,12 @@ impl AuditLog {
     }
 
     /// The current head.
+    /// A describer keyed by the active audit key under `label` (see [`crate::agent_text`]).
+    pub fn describer(&self, label: &[u8]) -> crate::agent_text::Describer {
+        let (_, key) = self.keys.active();
+        crate::agent_text::Describer::derived(key.bytes(), label)
+    }
+
     pub fn head(&self) -> Result<Head, AuditError> {
         head(&self.conn)
     }

@@ -25,12 +25,13 @@ pub enum Decision {
     Limited {
         retry_after_ms: u64,
     },
-    /// In (or just entered) a cooldown: every call is refused until it ends.
-    Cooldown {
-        retry_after_ms: u64,
-    },
-    /// Too many cooldowns: the session ends.
+    /// In a cooldown: every call is refused until it ends. `started` is true for the call
+    /// that began it.
+    Cooldown { retry_after_ms: u64, started: bool },
+    /// Too many cooldowns: the session ends (reported once).
     End,
+    /// The session was ended earlier; the call is refused without a new report.
+    Ended,
 }
 
 /// A token bucket: `capacity` tokens, refilled at `per_ms`.
@@ -78,6 +79,9 @@ pub struct RateLimiter {
     consecutive_refusals: u32,
     cooldown_until: u64,
     cooldowns: u32,
+    /// Set once the session has been ended: every later call is refused, and the end is
+    /// reported only once.
+    ended: bool,
 }
 
 impl RateLimiter {
@@ -96,62 +100,95 @@ impl RateLimiter {
             consecutive_refusals: 0,
             cooldown_until: 0,
             cooldowns: 0,
+            ended: false,
         }
     }
 
-    /// Decides one call that would write `write_bytes` (0 for reads), consuming its tokens if
-    /// it is allowed.
-    pub fn check(&mut self, now_ms: u64, write_bytes: u64) -> Decision {
+    /// True once a decision has ended the session.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Admits one call (any request, valid or not), spending a token from the calls bucket.
+    /// Runs before any other work on the call, so a flood of invalid calls costs the agent the
+    /// same as a flood of valid ones. A call that is not admitted counts as a refusal.
+    pub fn admit(&mut self, now_ms: u64) -> Decision {
+        if self.ended {
+            return Decision::Ended;
+        }
         if now_ms < self.cooldown_until {
             return Decision::Cooldown {
                 retry_after_ms: self.cooldown_until - now_ms,
+                started: false,
             };
         }
-        let mut wait = 0;
-        if let Some(b) = &mut self.calls {
-            b.refill(now_ms);
-            wait = wait.max(b.wait_for(1.0));
-        }
-        if let Some(b) = &mut self.bytes
-            && write_bytes > 0
-        {
-            b.refill(now_ms);
-            wait = wait.max(b.wait_for(write_bytes as f64));
-        }
+        let Some(b) = &mut self.calls else {
+            return Decision::Allow;
+        };
+        b.refill(now_ms);
+        let wait = b.wait_for(1.0);
         if wait == 0 {
-            if let Some(b) = &mut self.calls {
-                b.tokens -= 1.0;
-            }
-            if let Some(b) = &mut self.bytes
-                && write_bytes > 0
-            {
-                b.tokens = (b.tokens - write_bytes as f64).max(0.0);
-            }
-            self.consecutive_refusals = 0;
+            b.tokens -= 1.0;
             return Decision::Allow;
         }
+        self.refused(now_ms).unwrap_or(Decision::Limited {
+            retry_after_ms: wait,
+        })
+    }
+
+    /// Spends `n` bytes from the write bucket for bytes a write is about to add. `Err` carries
+    /// how long until they would fit; nothing is spent then.
+    pub fn spend_write_bytes(&mut self, now_ms: u64, n: u64) -> Result<(), u64> {
+        let Some(b) = &mut self.bytes else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        b.refill(now_ms);
+        match b.wait_for(n as f64) {
+            0 => {
+                b.tokens = (b.tokens - n as f64).max(0.0);
+                Ok(())
+            }
+            wait => Err(wait),
+        }
+    }
+
+    /// A call that succeeded: the run of consecutive refusals is over.
+    pub fn succeeded(&mut self) {
+        self.consecutive_refusals = 0;
+    }
+
+    /// Counts one refused call (for any reason: rate, schema, grant, policy). Returns the
+    /// cooldown or end it triggers, if this refusal is the one that does.
+    pub fn refused(&mut self, now_ms: u64) -> Option<Decision> {
+        if self.ended || now_ms < self.cooldown_until {
+            return None;
+        }
         self.consecutive_refusals += 1;
-        match (
+        let (Some(after), Some(secs)) = (
             self.rates.cooldown_after_refusals,
             self.rates.cooldown_seconds,
-        ) {
-            (Some(after), Some(secs)) if self.consecutive_refusals >= after => {
-                self.consecutive_refusals = 0;
-                self.cooldowns += 1;
-                if let Some(end) = self.rates.end_session_after_cooldowns
-                    && self.cooldowns >= end
-                {
-                    return Decision::End;
-                }
-                self.cooldown_until = now_ms + secs * 1000;
-                Decision::Cooldown {
-                    retry_after_ms: secs * 1000,
-                }
-            }
-            _ => Decision::Limited {
-                retry_after_ms: wait,
-            },
+        ) else {
+            return None;
+        };
+        if self.consecutive_refusals < after {
+            return None;
         }
+        self.consecutive_refusals = 0;
+        self.cooldowns += 1;
+        if let Some(end) = self.rates.end_session_after_cooldowns
+            && self.cooldowns >= end
+        {
+            self.ended = true;
+            return Some(Decision::End);
+        }
+        self.cooldown_until = now_ms + secs * 1000;
+        Some(Decision::Cooldown {
+            retry_after_ms: secs * 1000,
+            started: true,
+        })
     }
 }
 
@@ -175,21 +212,17 @@ mod tests {
     fn burst_then_refill() {
         let mut r = RateLimiter::new(&rates(), 0);
         for _ in 0..3 {
-            assert_eq!(r.check(0, 0), Decision::Allow);
+            assert_eq!(r.admit(0), Decision::Allow);
         }
         assert_eq!(
-            r.check(0, 0),
+            r.admit(0),
             Decision::Limited {
                 retry_after_ms: 1000
             }
         );
+        assert_eq!(r.admit(1000), Decision::Allow, "one call per second refills");
         assert_eq!(
-            r.check(1000, 0),
-            Decision::Allow,
-            "one call per second refills"
-        );
-        assert_eq!(
-            r.check(1000, 0),
+            r.admit(1000),
             Decision::Limited {
                 retry_after_ms: 1000
             }
@@ -198,59 +231,62 @@ mod tests {
 
     #[test]
     fn write_bytes_are_a_second_bucket() {
-        let mut r = RateLimiter::new(
-            &Rates {
-                burst: Some(100),
-                ..rates()
-            },
-            0,
-        );
-        assert_eq!(r.check(0, 800), Decision::Allow);
-        assert_eq!(
-            r.check(0, 300),
-            Decision::Limited {
-                retry_after_ms: 6000
-            }
-        );
-        assert_eq!(
-            r.check(0, 0),
-            Decision::Allow,
-            "reads are not write-limited"
-        );
-        assert_eq!(r.check(6000, 300), Decision::Allow);
+        let mut r = RateLimiter::new(&rates(), 0);
+        assert_eq!(r.spend_write_bytes(0, 800), Ok(()));
+        assert_eq!(r.spend_write_bytes(0, 300), Err(6000));
+        assert_eq!(r.spend_write_bytes(0, 0), Ok(()), "reads spend nothing");
+        assert_eq!(r.spend_write_bytes(6000, 300), Ok(()));
     }
 
     #[test]
-    fn refusals_lead_to_cooldown_then_end() {
+    fn every_refusal_counts_toward_cooldown_then_end_once() {
+        let mut r = RateLimiter::new(&rates(), 0);
+        assert_eq!(r.admit(0), Decision::Allow);
+        // Refusals by later gates (schema, grant) count like rate refusals.
+        assert_eq!(r.refused(0), None);
+        assert_eq!(r.refused(0), None);
+        assert_eq!(
+            r.refused(0),
+            Some(Decision::Cooldown {
+                retry_after_ms: 10_000,
+                started: true
+            })
+        );
+        assert_eq!(
+            r.admit(5_000),
+            Decision::Cooldown {
+                retry_after_ms: 5_000,
+                started: false
+            }
+        );
+        assert_eq!(r.refused(5_000), None, "refusals in a cooldown do not stack");
+        // After the cooldown the bucket has refilled; a success resets the run.
+        assert_eq!(r.admit(10_000), Decision::Allow);
+        r.succeeded();
+        r.refused(10_000);
+        r.refused(10_000);
+        r.succeeded();
+        r.refused(10_000);
+        r.refused(10_000);
+        assert_eq!(r.refused(10_000), Some(Decision::End), "second cooldown ends");
+        assert!(r.ended());
+        for _ in 0..100 {
+            assert_eq!(r.admit(10_000), Decision::Ended, "the end is reported once");
+            assert_eq!(r.refused(10_000), None);
+        }
+    }
+
+    #[test]
+    fn rate_refusals_alone_reach_the_cooldown() {
         let mut r = RateLimiter::new(&rates(), 0);
         for _ in 0..3 {
-            r.check(0, 0);
+            r.admit(0);
         }
-        assert!(matches!(r.check(0, 0), Decision::Limited { .. }));
-        assert!(matches!(r.check(0, 0), Decision::Limited { .. }));
-        assert_eq!(
-            r.check(0, 0),
-            Decision::Cooldown {
-                retry_after_ms: 10_000
-            }
-        );
-        assert_eq!(
-            r.check(5_000, 0),
-            Decision::Cooldown {
-                retry_after_ms: 5_000
-            }
-        );
-        // After the cooldown the bucket has refilled.
-        assert_eq!(r.check(10_000, 0), Decision::Allow);
-        for _ in 0..2 {
-            r.check(10_000, 0);
-        }
-        r.check(10_000, 0);
-        r.check(10_000, 0);
-        assert_eq!(
-            r.check(10_000, 0),
-            Decision::End,
-            "second cooldown ends the session"
-        );
+        assert!(matches!(r.admit(0), Decision::Limited { .. }));
+        assert!(matches!(r.admit(0), Decision::Limited { .. }));
+        assert!(matches!(
+            r.admit(0),
+            Decision::Cooldown { started: true, .. }
+        ));
     }
 }

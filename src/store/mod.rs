@@ -88,11 +88,14 @@ pub struct NewEntry {
     pub status: Status,
 }
 
-/// Decides, from a row's namespace, whether the caller may touch it: `Ok` or the error to give
-/// (NOT_FOUND for a namespace it cannot see, so ids leak nothing; FORBIDDEN for read-only).
-pub type Access<'a> = &'a dyn Fn(&str) -> Result<()>;
+/// Decides, from a row's namespace and creation time, whether the caller may touch it: `Ok` or
+/// the error to give (NOT_FOUND for a row it cannot see — another namespace, or older than its
+/// read window — so ids leak nothing; FORBIDDEN for read-only).
+pub type Access<'a> = &'a dyn Fn(&str, i64) -> Result<()>;
 
-/// Per-namespace quotas on live (active or quarantined) entries.
+/// Per-namespace quotas on every row that still holds content: active and quarantined entries,
+/// and the superseded versions and tombstones kept until purge (each holds its content, so a
+/// store-then-delete loop or an update loop must not grow the store past its quota).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Quota {
     pub max_entries: Option<u64>,
@@ -551,7 +554,7 @@ impl Store {
         }
         let (count, used): (i64, i64) = tx.query_row(
             "SELECT count(*), coalesce(sum(length(CAST(content AS BLOB))), 0) FROM entries \
-             WHERE namespace = ?1 AND status IN ('active', 'quarantined')",
+             WHERE namespace = ?1",
             [namespace],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -588,10 +591,10 @@ impl Store {
     /// [`Error::Integrity`]; a missing one [`Error::NotFound`].
     fn load_verified(&self, conn: &Connection, id: &str, access: Access<'_>) -> Result<Entry> {
         let raw = Self::load_raw(conn, id)?.ok_or(Error::NotFound)?;
-        // The namespace is checked before the seal, so a foreign row — tampered or not — is
-        // just "not found".
+        // Visibility is checked before the seal, so a foreign or out-of-window row — tampered
+        // or not — is just "not found".
         if let Ok(raw) = &raw {
-            access(&raw.namespace)?;
+            access(&raw.namespace, raw.created_at)?;
         }
         raw.ok()
             .and_then(|raw| raw.verify(&self.keys))
@@ -651,6 +654,8 @@ impl Store {
             created_at: now_ms,
             updated_at: now_ms,
         };
+        // The old version stays until purge: the new one adds a row and all of its content.
+        self.check_quota(&tx, &new.namespace, new.content.len())?;
         old.status = Status::Superseded;
         old.updated_at = now_ms;
         self.reseal_status(&tx, &old)?;
@@ -1034,13 +1039,13 @@ impl Store {
 
     /// One entry of any status, verified (operator use: review).
     pub fn get_any(&self, id: &str) -> Result<Entry> {
-        self.load_verified(&self.conn, id, &|_| Ok(()))
+        self.load_verified(&self.conn, id, &|_, _| Ok(()))
     }
 
     /// Releases a quarantined entry: it becomes active (re-sealed) and visible to agents.
     pub fn approve(&mut self, id: &str, now_ms: i64) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let mut entry = self.load_verified(&tx, id, &|_| Ok(()))?;
+        let mut entry = self.load_verified(&tx, id, &|_, _| Ok(()))?;
         if entry.status != Status::Quarantined {
             return Err(Error::InvalidArgument(format!("{id} is not quarantined")));
         }
@@ -1054,7 +1059,7 @@ impl Store {
     /// Drops a quarantined entry for good.
     pub fn reject_quarantined(&mut self, id: &str) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        let entry = self.load_verified(&tx, id, &|_| Ok(()))?;
+        let entry = self.load_verified(&tx, id, &|_, _| Ok(()))?;
         if entry.status != Status::Quarantined {
             return Err(Error::InvalidArgument(format!("{id} is not quarantined")));
         }

@@ -25,7 +25,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     let access = ctx.write_access();
     let (record, audit) = (&mut *ctx.record, ctx.audit);
     let entry = ctx.store.delete(&p.id, ctx.now_ms, &access, |_| {
-        record.audit_write(audit, &[])
+        record.audit_write(audit, &[], None)
     })?;
     to_json(&Output {
         id: &entry.id,

@@ -129,6 +129,14 @@ pub struct CallRecord {
     /// Results returned by search or list.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results: Option<usize>,
+    /// Bytes the write adds to the store (a new version counts its copied content too):
+    /// charged to the session's write budget before the commit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub written_bytes: u64,
+    /// What a write stored, after the content rules, as JSON text: the call's argument digest
+    /// is taken over this, so a redacted secret is not even digested.
+    #[serde(skip)]
+    pub stored_args: Option<String>,
     /// Rows withheld because they failed verification (a security event records them).
     #[serde(skip)]
     pub withheld: Vec<String>,
@@ -137,14 +145,43 @@ pub struct CallRecord {
     pub audited: bool,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The bytes an entry holds: content, metadata and tags.
+pub(crate) fn entry_bytes(entry: &Entry) -> u64 {
+    let tags: usize = entry.tags.iter().map(String::len).sum();
+    (entry.content.len() + entry.metadata.as_ref().map_or(0, String::len) + tags) as u64
+}
+
+/// An entry's fields as stored, as JSON text, for the argument digest.
+pub(crate) fn stored_args(entry: &Entry) -> String {
+    serde_json::json!({
+        "namespace": entry.namespace,
+        "content": entry.content,
+        "tags": entry.tags,
+        "metadata": entry.metadata,
+        "supersedes": entry.supersedes,
+    })
+    .to_string()
+}
+
 impl CallRecord {
     /// Runs the audit hook from inside a write transaction.
+    /// `written` is the entry the write adds, if it adds one: its bytes are charged and its
+    /// stored fields digested.
     pub(crate) fn audit_write(
         &mut self,
         audit: &dyn Fn(&CallRecord) -> Result<()>,
         touched: &[&str],
+        written: Option<&Entry>,
     ) -> Result<()> {
         self.ids.extend(touched.iter().map(|s| s.to_string()));
+        if let Some(entry) = written {
+            self.written_bytes = entry_bytes(entry);
+            self.stored_args = Some(stored_args(entry));
+        }
         audit(self)?;
         self.audited = true;
         Ok(())
@@ -299,22 +336,29 @@ impl<'a> CallContext<'a> {
         named.unwrap_or_else(|| self.grant.default_namespace.clone())
     }
 
-    /// Refuses a write to a namespace this principal may not write.
+    /// Refuses a write to a namespace this principal may not write. The message does not repeat
+    /// the namespace: the agent knows what it sent, and nothing it sent is echoed.
     fn check_write(&self, namespace: &str) -> Result<()> {
         if self.grant.can_write(namespace) {
             Ok(())
         } else {
-            Err(Error::Forbidden(format!(
-                "namespace {namespace:?} is not writable by this principal"
-            )))
+            Err(Error::Forbidden(
+                "the namespace is not writable by this principal".into(),
+            ))
         }
     }
 
-    /// Row-level access for reads: a namespace the principal cannot read is "not found".
-    fn read_access(&self) -> impl Fn(&str) -> Result<()> + use<'a> {
-        let grant = self.grant;
-        move |ns: &str| {
-            if grant.can_read(ns) {
+    /// Whether a row is visible at all: in a namespace the principal may read, and inside its
+    /// read window. Every tool that takes an id applies this (DESIGN.md §5).
+    fn visible(grant: &Grant, window_start: Option<i64>, ns: &str, created_at: i64) -> bool {
+        grant.can_read(ns) && window_start.is_none_or(|start| created_at >= start)
+    }
+
+    /// Row-level access for reads: a row the principal cannot see is "not found".
+    fn read_access(&self) -> impl Fn(&str, i64) -> Result<()> + use<'a> {
+        let (grant, window_start) = (self.grant, self.window_start);
+        move |ns: &str, created_at: i64| {
+            if Self::visible(grant, window_start, ns, created_at) {
                 Ok(())
             } else {
                 Err(Error::NotFound)
@@ -322,27 +366,19 @@ impl<'a> CallContext<'a> {
         }
     }
 
-    /// Row-level access for writes: unreadable → not found; read-only → forbidden.
-    fn write_access(&self) -> impl Fn(&str) -> Result<()> + use<'a> {
-        let grant = self.grant;
-        move |ns: &str| {
-            if !grant.can_read(ns) {
+    /// Row-level access for writes: invisible → not found; read-only → forbidden.
+    fn write_access(&self) -> impl Fn(&str, i64) -> Result<()> + use<'a> {
+        let (grant, window_start) = (self.grant, self.window_start);
+        move |ns: &str, created_at: i64| {
+            if !Self::visible(grant, window_start, ns, created_at) {
                 Err(Error::NotFound)
             } else if !grant.can_write(ns) {
-                Err(Error::Forbidden(format!(
-                    "namespace {ns:?} is not writable by this principal"
-                )))
+                Err(Error::Forbidden(
+                    "the namespace is not writable by this principal".into(),
+                ))
             } else {
                 Ok(())
             }
-        }
-    }
-
-    /// Hides entries older than the read window.
-    fn in_window(&self, entry: &Entry) -> Result<()> {
-        match self.window_start {
-            Some(start) if entry.created_at < start => Err(Error::NotFound),
-            _ => Ok(()),
         }
     }
 
@@ -413,9 +449,9 @@ fn filter(
     }
     let namespace = ctx.namespace(namespace);
     if !ctx.grant.can_read(&namespace) {
-        return Err(Error::Forbidden(format!(
-            "namespace {namespace:?} is not readable by this principal"
-        )));
+        return Err(Error::Forbidden(
+            "the namespace is not readable by this principal".into(),
+        ));
     }
     // The read window narrows `since`; it never widens it.
     let since = match (since, ctx.window_start) {

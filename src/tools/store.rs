@@ -52,7 +52,7 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         ctx.now_ms,
         |entry| {
             record.created = Some(entry.id.clone());
-            record.audit_write(audit, &[&entry.id])
+            record.audit_write(audit, &[&entry.id], Some(entry))
         },
     )?;
     to_json(&Output {

@@ -60,7 +60,7 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         .store
         .update(ctx.author, &p.id, changes, ctx.now_ms, &access, |entry| {
             record.created = Some(entry.id.clone());
-            record.audit_write(audit, &[&entry.id])
+            record.audit_write(audit, &[&entry.id], Some(entry))
         })?;
     to_json(&Output {
         id: &entry.id,

@@ -214,8 +214,8 @@ fn classify(result: CallToolResult) -> Outcome {
 /// A session spoken line by line, for what an SDK client will not send.
 pub struct RawSession {
     pub child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: BufReader<ChildStdout>,
 }
 
 impl RawSession {
