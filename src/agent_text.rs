@@ -71,6 +71,23 @@ impl Describer {
     }
 }
 
+impl Describer {
+    /// The text itself when it is a plain label (a plain name that may also hold spaces, `@`,
+    /// `+` and parentheses, as client names do), else its description.
+    pub fn label(&self, text: &str) -> String {
+        let plain = (1..=64).contains(&text.len())
+            && !text.starts_with(' ')
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./:- @+()".contains(&b));
+        if plain {
+            text.to_string()
+        } else {
+            self.describe(text)
+        }
+    }
+}
+
 /// 1–64 bytes of ASCII letters, digits and `_./:-`: safe to repeat in a log or an error.
 pub fn is_plain_name(text: &str) -> bool {
     (1..=64).contains(&text.len())
@@ -92,6 +109,8 @@ mod tests {
         let shown = d.name(&long);
         assert!(shown.starts_with("<500000 bytes #"), "{shown}");
         assert!(shown.len() < 40);
+        assert_eq!(d.label("Claude Code (beta)"), "Claude Code (beta)");
+        assert!(d.label("evil\u{202e}name").starts_with('<'));
         let odd = d.name("a b\nc");
         assert!(!odd.contains('\n') && !odd.contains("a b"), "{odd}");
     }

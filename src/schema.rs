@@ -248,7 +248,9 @@ mod tests {
         let mut args = serde_json::Map::new();
         args.insert("content".into(), json!("x"));
         args.insert(key.clone(), json!(1));
-        let err = s.validate(ToolName::Store, &Value::Object(args)).unwrap_err();
+        let err = s
+            .validate(ToolName::Store, &Value::Object(args))
+            .unwrap_err();
         let text = format!("{err:?}");
         assert!(!text.contains("kkkk"), "{}", &text[..200.min(text.len())]);
         assert!(text.len() < 400);

@@ -44,7 +44,7 @@ const NOT_INITIALIZED: i64 = -32002;
 /// Lines waiting for the writer; a full queue stops reading.
 const QUEUE: usize = 64;
 /// Requests read whose reply has not been written yet; at this many, reading stops.
-pub const MAX_IN_FLIGHT: usize = 32;
+pub const MAX_IN_FLIGHT: usize = 8;
 
 /// The requests this server serves; any other method is answered here.
 const REQUESTS: [&str; 4] = ["initialize", "ping", "tools/list", "tools/call"];
@@ -135,6 +135,9 @@ pub struct LineTransport<R, F> {
     /// Set once EOF was seen (a last line without a newline is still served).
     eof: bool,
     initialized: bool,
+    /// Set once the handshake's `notifications/initialized` has been passed on (for free: it
+    /// is part of the handshake; any later one spends from the bucket).
+    handshake_done: bool,
     /// An error reply not yet queued; kept here so a cancelled `receive` does not lose it.
     pending: Option<Vec<u8>>,
     out: mpsc::Sender<OutLine>,
@@ -258,6 +261,7 @@ where
             discarding: false,
             eof: false,
             initialized: false,
+            handshake_done: false,
             pending: None,
             out,
             gate,
@@ -395,7 +399,9 @@ where
                 Refusal::InvalidRequest
             };
             let message = "Invalid Request: not a request this server understands";
-            let reply = (refusal == Refusal::InvalidRequest).then_some(reply_to).flatten();
+            let reply = (refusal == Refusal::InvalidRequest)
+                .then_some(reply_to)
+                .flatten();
             self.refuse_method(refusal, None, reply, INVALID_REQUEST, message.into());
             return None;
         };
@@ -471,7 +477,10 @@ where
             );
             return None;
         }
-        if !matches!(method.as_str(), "initialize" | "tools/call")
+        let handshake = method == "notifications/initialized" && !self.handshake_done;
+        if handshake {
+            self.handshake_done = true;
+        } else if !matches!(method.as_str(), "initialize" | "tools/call")
             && let Err(error) = self.gate.admit(&method)
         {
             if let Some(id) = reply_to {
@@ -480,7 +489,12 @@ where
             return None;
         }
         let cancels = (method == "notifications/cancelled")
-            .then(|| object.get("params").and_then(|p| p.get("requestId")).cloned())
+            .then(|| {
+                object
+                    .get("params")
+                    .and_then(|p| p.get("requestId"))
+                    .cloned()
+            })
             .flatten();
         match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
             Ok(msg) => {

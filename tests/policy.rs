@@ -879,7 +879,9 @@ fn insert_old(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> Strin
         )
         .unwrap();
     if deleted {
-        store.delete(&e.id, then, &|_, _| Ok(()), |_| Ok(())).unwrap();
+        store
+            .delete(&e.id, then, &|_, _| Ok(()), |_| Ok(()))
+            .unwrap();
     }
     e.id
 }

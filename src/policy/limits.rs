@@ -27,7 +27,10 @@ pub enum Decision {
     },
     /// In a cooldown: every call is refused until it ends. `started` is true for the call
     /// that began it.
-    Cooldown { retry_after_ms: u64, started: bool },
+    Cooldown {
+        retry_after_ms: u64,
+        started: bool,
+    },
     /// Too many cooldowns: the session ends (reported once).
     End,
     /// The session was ended earlier; the call is refused without a new report.
@@ -220,7 +223,11 @@ mod tests {
                 retry_after_ms: 1000
             }
         );
-        assert_eq!(r.admit(1000), Decision::Allow, "one call per second refills");
+        assert_eq!(
+            r.admit(1000),
+            Decision::Allow,
+            "one call per second refills"
+        );
         assert_eq!(
             r.admit(1000),
             Decision::Limited {
@@ -259,7 +266,11 @@ mod tests {
                 started: false
             }
         );
-        assert_eq!(r.refused(5_000), None, "refusals in a cooldown do not stack");
+        assert_eq!(
+            r.refused(5_000),
+            None,
+            "refusals in a cooldown do not stack"
+        );
         // After the cooldown the bucket has refilled; a success resets the run.
         assert_eq!(r.admit(10_000), Decision::Allow);
         r.succeeded();
@@ -268,7 +279,11 @@ mod tests {
         r.succeeded();
         r.refused(10_000);
         r.refused(10_000);
-        assert_eq!(r.refused(10_000), Some(Decision::End), "second cooldown ends");
+        assert_eq!(
+            r.refused(10_000),
+            Some(Decision::End),
+            "second cooldown ends"
+        );
         assert!(r.ended());
         for _ in 0..100 {
             assert_eq!(r.admit(10_000), Decision::Ended, "the end is reported once");
