@@ -1,13 +1,14 @@
 //! Where memwarden keeps its files, how it checks them, and the limits a call runs under.
 //!
 //! The data dir is the one place the server reads and writes. It must belong to the server's uid
-//! and be writable by nobody else: a dir others can write lets them swap the DB or keyring.
+//! and be open to nobody else: a dir others can write lets them swap the DB or keyring, one they
+//! can read lets them read every memory. Its databases must be regular files (never links), 0600.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::audit::{AuditError, AuditLog};
+use crate::fsafe::{Dir, FsError, Kind};
 use crate::store::keyring::{Keyring, KeyringError, current_uid};
 use crate::store::{OpenError, Store, StoreOptions};
 
@@ -53,6 +54,18 @@ impl Default for Limits {
 
 /// Prefix of a keyring being written, before it is linked into place.
 const KEYRING_STAGING: &str = ".keyring.staging-";
+const KEYRING: &str = "keyring.toml";
+const MEMORY_DB: &str = "memory.db";
+const AUDIT_DB: &str = "audit.db";
+/// What SQLite opens in a data dir: the databases and their WAL and shared-memory files.
+pub const DB_FILES: [&str; 6] = [
+    "memory.db",
+    "memory.db-wal",
+    "memory.db-shm",
+    "audit.db",
+    "audit.db-wal",
+    "audit.db-shm",
+];
 
 /// A data directory and the files in it.
 #[derive(Debug, Clone)]
@@ -73,12 +86,16 @@ pub enum DataDirError {
         #[source]
         source: std::io::Error,
     },
-    #[error("data dir {path} is not a directory")]
-    NotDir { path: String },
     #[error(
-        "data dir {path} has mode {mode:04o}: group and others must not be able to write it (chmod 700)"
+        "data dir {path} has mode {mode:04o}: group and others must have no access (chmod 700)"
     )]
-    Writable { path: String, mode: u32 },
+    Permissions { path: String, mode: u32 },
+    #[error("{path} has mode {mode:04o}: group and others must have no access (chmod 600)")]
+    FilePermissions { path: String, mode: u32 },
+    #[error("{path} is owned by uid {owner}, not by this process's uid {uid}")]
+    FileOwner { path: String, owner: u32, uid: u32 },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: String },
     #[error("data dir {path} is owned by uid {owner}, not by this process's uid {uid}")]
     Owner { path: String, owner: u32, uid: u32 },
     #[error(
@@ -87,6 +104,8 @@ pub enum DataDirError {
     NotInitialised { path: String },
     #[error("data dir {path} is already initialised")]
     AlreadyInitialised { path: String },
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error(transparent)]
     Keyring(#[from] KeyringError),
     #[error(transparent)]
@@ -114,17 +133,17 @@ impl DataDir {
     }
 
     pub fn memory_db(&self) -> PathBuf {
-        self.root.join("memory.db")
+        self.root.join(MEMORY_DB)
     }
 
     pub fn audit_db(&self) -> PathBuf {
-        self.root.join("audit.db")
+        self.root.join(AUDIT_DB)
     }
 
     pub fn keyring(&self) -> PathBuf {
         self.external_keyring
             .clone()
-            .unwrap_or_else(|| self.root.join("keyring.toml"))
+            .unwrap_or_else(|| self.root.join(KEYRING))
     }
 
     /// The file whose presence marks an initialised directory.
@@ -193,73 +212,119 @@ impl DataDir {
     /// we cannot write). Safe from several processes at once: the keyring is written to a
     /// private temp name and hard-linked into place, which fails if one is already there, so
     /// every process ends with the one keyring that won; migrations serialise on the DB locks.
+    /// Every file is created through a no-follow directory fd (see [`crate::fsafe`]).
     fn create(&self) -> Result<(), DataDirError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|e| self.io(e))?;
-        if self.external_keyring.is_none() && !self.keyring().exists() {
-            let staging = self.root.join(format!(
-                "{KEYRING_STAGING}{}",
-                uuid::Uuid::new_v4().simple()
-            ));
-            Keyring::generate()?.write_new(&staging)?;
-            let linked = fs::hard_link(&staging, self.keyring());
-            let _ = fs::remove_file(&staging);
+        let (dir, _) = Dir::create(&self.root)?;
+        self.check_dir(&dir)?;
+        if self.external_keyring.is_none() && dir.entry(KEYRING)?.is_none() {
+            let staging = format!("{KEYRING_STAGING}{}", uuid::Uuid::new_v4().simple());
+            Keyring::generate()?.write_new_in(&dir, &staging)?;
+            let linked = dir.hard_link(&staging, KEYRING);
+            let _ = dir.remove(&staging);
             match linked {
-                Ok(()) => {
-                    // Make the new name durable before anything is sealed with its keys.
-                    fs::File::open(&self.root)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| self.io(e))?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(self.io(e)),
+                // Make the new name durable before anything is sealed with its keys.
+                Ok(()) => dir.sync()?,
+                Err(e) if e.io_kind() == Some(std::io::ErrorKind::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
             }
         }
+        // Created empty, exclusively and 0600 here, so SQLite never creates them itself.
+        for name in [MEMORY_DB, AUDIT_DB] {
+            match dir.create_new(name) {
+                Ok(_) => {}
+                Err(e) if e.io_kind() == Some(std::io::ErrorKind::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.check_entries(&dir)?;
         let ring = Keyring::load(&self.keyring())?;
-        let db = self.memory_db();
         drop(Store::open(
-            &db,
+            &self.memory_db(),
             ring.entry.clone(),
             StoreOptions::default(),
         )?);
-        let audit = self.audit_db();
         drop(AuditLog::open(
-            &audit,
+            &self.audit_db(),
             ring.audit.clone(),
             StoreOptions::default().busy_timeout,
         )?);
-        for file in [db, audit] {
-            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
-                .map_err(|e| self.io(e))?;
-        }
         Ok(())
     }
 
-    /// Refuses a directory that is not ours alone.
-    pub fn check(&self) -> Result<(), DataDirError> {
-        let meta = fs::metadata(&self.root).map_err(|e| self.io(e))?;
-        if !meta.is_dir() {
-            return Err(DataDirError::NotDir { path: self.shown() });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(DataDirError::Writable {
+    /// The directory itself: a real directory (not a link), ours (or we are root), and no
+    /// access at all for group and others — they could read every memory with `strings`.
+    fn check_dir(&self, dir: &Dir) -> Result<(), DataDirError> {
+        let meta = dir.meta();
+        if meta.mode & 0o077 != 0 {
+            return Err(DataDirError::Permissions {
                 path: self.shown(),
-                mode,
+                mode: meta.mode,
             });
         }
         // Root (the operator's CLI) may work on the service user's directory.
         let uid = current_uid();
-        if meta.uid() != uid && uid != 0 {
+        if meta.uid != uid && uid != 0 {
             return Err(DataDirError::Owner {
                 path: self.shown(),
-                owner: meta.uid(),
+                owner: meta.uid,
                 uid,
             });
         }
+        // SQLite (opened with SQLITE_OPEN_NOFOLLOW) refuses a link anywhere in a database
+        // path; say which component before it fails with "unable to open".
+        if let Some(link) = crate::fsafe::first_symlink(&self.root).map_err(|e| self.io(e))? {
+            return Err(FsError::Symlink {
+                path: link.display().to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The files SQLite and the keyring loader will open: each, when present, a regular file
+    /// (never a link: root running the CLI would write through it), ours, mode 0600 or less.
+    fn check_entries(&self, dir: &Dir) -> Result<(), DataDirError> {
+        let keyring = self.external_keyring.is_none().then_some(KEYRING);
+        let uid = current_uid();
+        for name in DB_FILES.iter().copied().chain(keyring) {
+            let Some(meta) = dir.entry(name)? else {
+                continue;
+            };
+            let path = dir.join(name).display().to_string();
+            match meta.kind {
+                Kind::File => {}
+                Kind::Symlink => return Err(FsError::Symlink { path }.into()),
+                _ => return Err(DataDirError::NotRegular { path }),
+            }
+            if meta.mode & 0o077 != 0 {
+                return Err(DataDirError::FilePermissions {
+                    path,
+                    mode: meta.mode,
+                });
+            }
+            if meta.uid != uid && uid != 0 {
+                return Err(DataDirError::FileOwner {
+                    path,
+                    owner: meta.uid,
+                    uid,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the directory and the database files in it (not whether it is initialised) and
+    /// returns it open. Every subcommand that opens a database in a data dir calls this first.
+    pub fn open_dir(&self) -> Result<Dir, DataDirError> {
+        let dir = Dir::open(&self.root)?;
+        self.check_dir(&dir)?;
+        self.check_entries(&dir)?;
+        Ok(dir)
+    }
+
+    /// Refuses a directory that is not ours alone, or that is not initialised.
+    pub fn check(&self) -> Result<(), DataDirError> {
+        self.open_dir()?;
         if !self.marker().exists() {
             return Err(DataDirError::NotInitialised { path: self.shown() });
         }

@@ -29,7 +29,8 @@
 //! 7. The result goes back as `structuredContent` plus the same JSON as text; refusals as
 //!    `isError: true` with a stable code from [`error::ErrorCode`].
 //!
-//! Around the call: [`session`] holds the session's identity and counters, [`cli`] is the
+//! Around the call: [`fsafe`] creates and replaces files in data and backup dirs without
+//! following links, [`session`] holds the session's identity and counters, [`cli`] is the
 //! operator's and auditor's command line (never exposed as tools), and [`logging`] writes JSON
 //! lines to stderr — stdout carries protocol only, and no log line carries content, metadata
 //! values, queries or keys.
@@ -40,6 +41,7 @@ pub mod canon;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fsafe;
 pub mod logging;
 pub mod policy;
 pub mod principal;

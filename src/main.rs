@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything can create a file: nothing we or SQLite create is readable by others.
+    memwarden::fsafe::restrict_umask();
     let cli = memwarden::cli::Cli::parse();
     if let Err(e) = memwarden::logging::init(cli.log_file()) {
         eprintln!("memwarden: error: cannot open the log file: {e}");

@@ -385,7 +385,7 @@ fn a_data_dir_others_can_write_is_refused() {
     let dir = TestDir::new();
     dir.init();
     fs::set_permissions(dir.data(), fs::Permissions::from_mode(0o770)).unwrap();
-    assert_serve_refuses(&dir, "group and others must not be able to write it");
+    assert_serve_refuses(&dir, "group and others must have no access");
     fs::set_permissions(dir.data(), fs::Permissions::from_mode(0o707)).unwrap();
     assert_serve_refuses(&dir, "chmod 700");
     fs::set_permissions(dir.data(), fs::Permissions::from_mode(0o700)).unwrap();

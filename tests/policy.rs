@@ -189,12 +189,13 @@ fn serve_refuses_a_writable_policy_and_a_wrong_pin() {
             .unwrap()
     };
     let p = path.to_str().unwrap();
-    // This process (root in CI) can write the file: refused without the development flag.
+    // The file sits under /tmp, which others can write: refused without the development flag.
     let out = serve(&["--policy", p]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("writable by this process") && stderr.contains("--allow-owned-policy"),
+        stderr.contains("/tmp: is writable by group and others")
+            && stderr.contains("--allow-owned-policy"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());

@@ -113,7 +113,8 @@ pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
     crate::store::set_wal(&conn, busy_timeout)?;
@@ -137,6 +138,17 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
 /// Opens audit.db for reading only, as an auditor would: a copy, possibly in a read-only
 /// directory, without memory.db. Never writes, never creates.
 pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // SQLite refuses the link anyway (SQLITE_OPEN_NOFOLLOW); name it. A copy handed to an
+    // auditor may have any mode: only data dirs are held to 0600 (config::DataDir::open_dir).
+    if let Ok(Some(link)) = crate::fsafe::first_symlink(path) {
+        return Err(AuditError::Open(format!(
+            "{}: {} is a symbolic link; audit databases are opened without following links \
+             (give the real path)",
+            path.display(),
+            link.display()
+        )));
+    }
     if !path.is_file() {
         return Err(AuditError::Open(format!(
             "{}: no such audit database",
@@ -145,7 +157,8 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal_pending = std::fs::metadata(&wal)
@@ -158,7 +171,14 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
                 ".memwarden-probe-{}",
                 uuid::Uuid::new_v4().simple()
             ));
-            let ok = std::fs::File::create(&probe).is_ok();
+            // Exclusive and no-follow: the probe never writes through anything already there.
+            let ok = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&probe)
+                .is_ok();
             let _ = std::fs::remove_file(&probe);
             ok
         })

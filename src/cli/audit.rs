@@ -29,10 +29,17 @@ pub struct Source {
 }
 
 impl Source {
+    /// The audit.db to read. One in a data dir is held to the data dir's checks (0700 dir,
+    /// 0600 files, no links); a `--db` copy handed to an auditor may have any mode, and is only
+    /// opened without following links.
     fn path(&self) -> anyhow::Result<PathBuf> {
         match &self.db {
             Some(p) => Ok(p.clone()),
-            None => Ok(self.data_dir.resolve()?.join("audit.db")),
+            None => {
+                let dir = self.data_dir.open()?;
+                dir.open_dir()?;
+                Ok(dir.audit_db())
+            }
         }
     }
 }

@@ -5,10 +5,13 @@
 //! verifies the copy (integrity_check, every seal, the chain) and only then writes a manifest
 //! (file SHA-256s, entry count, audit head). Restore verifies all of that again, refuses a
 //! damaged backup, and renames the files into place. Stop the service before restoring.
+//!
+//! Every file either command writes is created through [`crate::fsafe`]: exclusively, without
+//! following links, 0600, and in a data dir owned like the dir — root running `restore` must
+//! not write through a link the service user planted.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use sha2::{Digest, Sha256};
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::{self, AuditLog};
+use crate::fsafe::Dir;
 use crate::store::Store;
 use crate::store::keyring::Keyring;
 
@@ -28,7 +32,8 @@ use crate::store::keyring::Keyring;
 pub struct BackupArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
-    /// Directory to write the backup into (created; must not exist or be empty).
+    /// Directory to write the backup into: created 0700, or an existing empty directory of
+    /// ours with mode 0700. A symbolic link is refused.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -57,13 +62,12 @@ struct Manifest {
 
 const FILES: [&str; 2] = ["memory.db", "audit.db"];
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut f = fs::File::open(path)?;
+/// SHA-256 of what a reader yields, as hex.
+fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -72,10 +76,19 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn copy_online(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+/// Copies a live database into `out/name` with SQLite's online backup API. The file is created
+/// empty by us first (exclusive, no-follow, 0600); SQLite only opens it, without following links.
+fn copy_online(from: &Path, out: &Dir, name: &str) -> anyhow::Result<()> {
+    let src = Connection::open_with_flags(
+        from,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     src.busy_timeout(Duration::from_secs(10))?;
-    let mut dst = Connection::open(to)?;
+    drop(out.create_new(name)?);
+    let mut dst = Connection::open_with_flags(
+        out.join(name),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
         // Small steps let writers in between; a step that meets a write restarts cleanly.
@@ -84,18 +97,20 @@ fn copy_online(from: &Path, to: &Path) -> anyhow::Result<()> {
     // A self-contained file: no WAL beside it.
     let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
     dst.close().map_err(|(_, e)| e)?;
-    fs::set_permissions(to, fs::Permissions::from_mode(0o600))?;
     Ok(())
 }
 
-/// Everything that must hold for a backup directory; returns (entries, audit head).
-fn verify_copy(dir: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
-    for f in FILES {
-        let conn = Connection::open_with_flags(dir.join(f), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+/// Everything that must hold for a pair of database copies; returns (entries, audit head).
+fn verify_copy(memory: &Path, audit_db: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
+    for (f, path) in [("memory.db", memory), ("audit.db", audit_db)] {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "{f}: integrity_check says {check}");
     }
-    let store = Store::open_read_only(&dir.join("memory.db"), keyring.entry.clone())?;
+    let store = Store::open_read_only(memory, keyring.entry.clone())?;
     let report = store.verify_all()?;
     anyhow::ensure!(
         report.failed.is_empty(),
@@ -103,7 +118,7 @@ fn verify_copy(dir: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
         report.failed.len(),
         report.failed[0]
     );
-    let conn = audit::open_ro(&dir.join("audit.db"))?;
+    let conn = audit::open_ro(audit_db)?;
     let chain = audit::verify::verify(&conn, Some(&keyring.audit), None)?;
     if let Some(damage) = chain.damage {
         anyhow::bail!("audit.db: {damage}");
@@ -125,23 +140,48 @@ fn record(
     admin_event(&mut log, detail)
 }
 
+/// The backup directory: created 0700, or an existing one only if it is exactly what we would
+/// have created — a real directory (not a link), ours, mode 0700, empty. Anything looser could
+/// let another uid read the copy of every memory, or swap files between our write and our
+/// verify; we refuse rather than chmod a directory the operator made.
+fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
+    let (dir, created) = Dir::create(out)?;
+    if created {
+        return Ok(dir);
+    }
+    let meta = dir.meta();
+    let uid = crate::store::keyring::current_uid();
+    let shown = out.display();
+    anyhow::ensure!(
+        meta.uid == uid,
+        "--out {shown} exists and is owned by uid {}, not this process's uid {uid}; \
+         give a new path (it is created 0700)",
+        meta.uid
+    );
+    anyhow::ensure!(
+        meta.mode == 0o700,
+        "--out {shown} exists with mode {:04o}; a backup holds every memory: give a new path \
+         (it is created 0700) or chmod 700 it",
+        meta.mode
+    );
+    anyhow::ensure!(
+        dir.names()?.is_empty(),
+        "--out {shown} exists and is not empty"
+    );
+    Ok(dir)
+}
+
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
-    let out = &args.out;
-    if out.exists() && fs::read_dir(out)?.next().is_some() {
-        anyhow::bail!("{} exists and is not empty", out.display());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(out)?;
-    copy_online(&dir.memory_db(), &out.join("memory.db"))?;
-    copy_online(&dir.audit_db(), &out.join("audit.db"))?;
-    let (entries, audit_head) = verify_copy(out, &keyring)?;
+    let out = backup_dir(&args.out)?;
+    copy_online(&dir.memory_db(), &out, "memory.db")?;
+    copy_online(&dir.audit_db(), &out, "audit.db")?;
+    let (entries, audit_head) =
+        verify_copy(&out.join("memory.db"), &out.join("audit.db"), &keyring)?;
     let mut files = std::collections::BTreeMap::new();
     for f in FILES {
-        files.insert(f.to_string(), sha256_file(&out.join(f))?);
+        files.insert(f.to_string(), sha256_of(out.open_file(f)?)?);
     }
     let manifest = Manifest {
         version: 1,
@@ -151,9 +191,10 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
         entries,
         audit_head,
     };
-    let mut f = fs::File::create(out.join("manifest.json"))?;
+    let mut f = out.create_new("manifest.json")?;
     f.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     f.sync_all()?;
+    out.sync()?;
     record(
         &dir,
         &keyring,
@@ -166,49 +207,101 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.open()?;
-    let keyring = dir.open_keyring()?;
-    let from = &args.from;
-    let manifest: Manifest = serde_json::from_str(&fs::read_to_string(from.join("manifest.json"))?)
-        .map_err(|e| anyhow::anyhow!("manifest.json: {e}"))?;
+/// Name of a database staged for restore, beside the live one.
+fn staged(f: &str) -> String {
+    format!(".{f}.restore")
+}
+
+/// Removes staged copies and anything SQLite left beside them. Unlinking a link removes the
+/// link, never its target.
+fn remove_staged(data: &Dir) -> anyhow::Result<()> {
+    for f in FILES {
+        for side in ["", "-journal", "-wal", "-shm"] {
+            data.remove(&format!("{}{side}", staged(f)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies each backup file into a new staged file in the data dir, hashing what it copies, and
+/// checks the hashes against the manifest. The staged copies are what is verified and renamed
+/// into place, so a backup changed after these reads changes nothing.
+fn stage(from: &Path, manifest: &Manifest, data: &Dir) -> anyhow::Result<()> {
     for f in FILES {
         let want = manifest
             .files
             .get(f)
             .ok_or_else(|| anyhow::anyhow!("manifest lists no {f}"))?;
-        let got = sha256_file(&from.join(f))?;
+        let mut src = fs::File::open(from.join(f))?;
+        let mut dst = data.create_new(&staged(f))?;
+        let got = sha256_of(Tee {
+            inner: &mut src,
+            copy: &mut dst,
+        })?;
         anyhow::ensure!(
             &got == want,
             "refusing: {f} does not match the manifest (SHA-256 {got}, manifest {want})"
         );
+        dst.sync_all()?;
     }
-    let (entries, head) = verify_copy(from, &keyring)
+    Ok(())
+}
+
+/// A reader that writes what it reads to `copy`.
+struct Tee<'a> {
+    inner: &'a mut fs::File,
+    copy: &'a mut fs::File,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data_dir.open()?;
+    let keyring = dir.open_keyring()?;
+    let data = dir.open_dir()?;
+    let from = &args.from;
+    let manifest: Manifest = serde_json::from_str(&fs::read_to_string(from.join("manifest.json"))?)
+        .map_err(|e| anyhow::anyhow!("manifest.json: {e}"))?;
+    // Stale staged files of ours (or links planted under their names) go first.
+    remove_staged(&data)?;
+    let checked = stage(from, &manifest, &data).and_then(|()| {
+        let (entries, head) = verify_copy(
+            &data.join(&staged("memory.db")),
+            &data.join(&staged("audit.db")),
+            &keyring,
+        )
         .map_err(|e| anyhow::anyhow!("refusing a damaged backup: {e}"))?;
-    anyhow::ensure!(
-        entries == manifest.entries && head == manifest.audit_head,
-        "refusing: the backup holds {entries} entries and head {head}, the manifest says {} and {}",
-        manifest.entries,
-        manifest.audit_head
-    );
-    // Stage beside the live files, then rename: each file is replaced whole or not at all.
+        anyhow::ensure!(
+            entries == manifest.entries && head == manifest.audit_head,
+            "refusing: the backup holds {entries} entries and head {head}, the manifest says {} and {}",
+            manifest.entries,
+            manifest.audit_head
+        );
+        Ok((entries, head))
+    });
+    let (entries, head) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = remove_staged(&data);
+            return Err(e);
+        }
+    };
+    // Each file is replaced whole or not at all, by a rename within the data dir's fd.
     for f in FILES {
-        let staged = dir.root().join(format!(".{f}.restore"));
-        fs::copy(from.join(f), &staged)?;
-        fs::File::open(&staged)?.sync_all()?;
-        fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
-    }
-    for f in FILES {
-        let live = dir.root().join(f);
         // A WAL left from the old file would be replayed into the new one.
         for side in ["-wal", "-shm"] {
-            let mut p = live.as_os_str().to_owned();
-            p.push(side);
-            let _ = fs::remove_file(PathBuf::from(p));
+            data.remove(&format!("{f}{side}"))?;
         }
-        fs::rename(dir.root().join(format!(".{f}.restore")), &live)?;
+        data.rename(&staged(f), f)?;
     }
-    fs::File::open(dir.root())?.sync_all()?;
+    data.sync()?;
+    remove_staged(&data)?;
     record(
         &dir,
         &keyring,

@@ -24,8 +24,11 @@ pub struct HealthArgs {
 }
 
 fn quick_check(path: &std::path::Path) -> Result<String, String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(|e| e.to_string())?;
     let r: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -53,6 +56,8 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
         checks.push(json!({"check": name, "ok": pass, "detail": detail}));
     };
     let dir = args.data_dir.open()?;
+    // A data dir others can read, or a linked database, is refused before anything opens it.
+    dir.open_dir()?;
     let keyring = dir.open_keyring().map_err(|e| e.to_string());
     add(
         "keyring",
@@ -117,8 +122,12 @@ const BUCKETS: [f64; 10] = [
 
 pub fn metrics(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let dir = args.open()?;
+    dir.open_dir()?;
     let audit = audit::open_ro(&dir.audit_db())?;
-    let memory = Connection::open_with_flags(dir.memory_db(), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let memory = Connection::open_with_flags(
+        dir.memory_db(),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     let mut out = String::new();
     fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -11,7 +11,7 @@ use super::DataDirArg;
 
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let root = args.resolve()?;
-    std::fs::create_dir_all(&root)?;
+    let (dir, _) = crate::fsafe::Dir::create(&root)?;
     // Opened before the sandbox, as a peer the sandboxed process must not reach.
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
@@ -59,13 +59,14 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
         true,
         std::process::Command::new("/bin/true").status().map(drop),
     );
-    let inside = root.join(format!(".sandbox-check-{}", uuid::Uuid::new_v4().simple()));
+    let inside = format!(".sandbox-check-{}", uuid::Uuid::new_v4().simple());
     check(
         "write inside the data dir",
         false,
-        std::fs::File::create(&inside)
+        dir.create_new(&inside)
+            .map_err(std::io::Error::other)
             .and_then(|mut f| f.write_all(b"ok"))
-            .and_then(|()| std::fs::remove_file(&inside)),
+            .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
     drop(listener);
     let report = json!({"sandbox": status.as_str(), "checks": checks, "ok": all_ok});

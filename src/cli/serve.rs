@@ -44,7 +44,8 @@ pub struct PolicyArgs {
     /// Policy file [default: the built-in policy].
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// Development only: accept a policy file or directory this process could write.
+    /// Development only: accept a policy that a uid other than root could change (a file or
+    /// directory on its path owned by another uid, writable by group or others, or a link).
     #[arg(long)]
     pub allow_owned_policy: bool,
     /// Refuse any policy file whose SHA-256 is not this (hex).

@@ -1,16 +1,20 @@
-//! Reading a policy: the file checks that keep it immutable from inside, the SHA-256 pin, and
+//! Reading a policy: the path checks that keep it immutable from inside, the SHA-256 pin, and
 //! parsing through the schema into the compiled form. Every refusal names the file, the key
 //! path and the reason.
 
 use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Policy, RawPolicy};
+use crate::fsafe::{Kind, Meta};
 
 /// Why a policy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -90,43 +94,161 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
         .map_err(|(key, reason)| err(source, key, reason))
 }
 
-/// True when this process's effective uid could write `path` (or replace what is in it).
-fn writable_by_us(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return true;
+/// What must be true of each component on a policy's path, for the file's contents to be
+/// beyond the reach of every uid but root: not a symbolic link, the kind expected, owned by root,
+/// and not writable by group or others.
+///
+/// Root ownership, not merely "not ours": any other owner — the server's uid, or an agent's uid
+/// in the hardened install — can chmod its file or directory back to writable, edit or swap the
+/// policy, and restore the modes. A group or world write bit is refused even with the sticky bit
+/// (/tmp): the policy has no business there. ACL grants show up here too: a POSIX ACL that lets
+/// a named user or group write sets the group write bit (the ACL mask).
+fn judge(meta: &Meta, want: Kind) -> Result<(), String> {
+    if meta.kind == Kind::Symlink {
+        return Err("is a symbolic link: give the policy's real path".into());
+    }
+    if meta.kind != want {
+        return Err(match want {
+            Kind::Dir => "is not a directory".into(),
+            _ => "is not a regular file".into(),
+        });
+    }
+    if meta.uid != 0 {
+        let uid = crate::store::keyring::current_uid();
+        let who = if meta.uid == uid {
+            format!("owned by uid {uid}, this process's")
+        } else {
+            format!("owned by uid {}, not root", meta.uid)
+        };
+        return Err(format!(
+            "is {who}: its owner can change its mode, then the policy"
+        ));
+    }
+    let writable = match (meta.mode & 0o020 != 0, meta.mode & 0o002 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "group",
+        (false, true) => "others",
+        (false, false) => return Ok(()),
     };
-    // SAFETY: `c` is a valid NUL-terminated path; faccessat only reads it.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
+    Err(format!(
+        "is writable by {writable} (mode {:04o})",
+        meta.mode
+    ))
+}
+
+fn fstat_meta(fd: &impl AsRawFd) -> std::io::Result<Meta> {
+    // SAFETY: `st` is a writable stat buffer; the fd is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    Ok(Meta {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+        kind,
+    })
+}
+
+/// Opens a policy file by walking its path from `/`, one component at a time, each opened
+/// relative to the last without following links and judged by fstat of what was opened — so
+/// the components checked are the ones the file is read through, and no rename between check
+/// and read can slip another file in. Returns the open file, or (component, reason).
+fn open_checked(path: &Path) -> Result<File, (String, String)> {
+    let io = |at: &Path, e: std::io::Error| (at.display().to_string(), format!("cannot open: {e}"));
+    let abs = std::path::absolute(path).map_err(|e| io(path, e))?;
+    let mut at = PathBuf::from("/");
+    // SAFETY: a NUL-terminated literal; the fd is owned right away.
+    let rc = unsafe {
+        libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if rc < 0 {
+        return Err(io(&at, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(rc) };
+    let judged = |at: &Path, fd: &OwnedFd, want| {
+        let meta = fstat_meta(fd).map_err(|e| io(at, e))?;
+        judge(&meta, want).map_err(|why| (at.display().to_string(), why))
+    };
+    judged(&at, &dir, Kind::Dir)?;
+    let names: Vec<_> = abs
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        at.push(name);
+        let last = i + 1 == names.len();
+        let c = CString::new(name.as_os_str().as_bytes())
+            .map_err(|_| io(&at, std::io::ErrorKind::InvalidInput.into()))?;
+        // O_PATH|O_NOFOLLOW opens a link itself (fstat then says so); the file is opened for
+        // reading, where O_NOFOLLOW makes a link fail with ELOOP.
+        let flags = if last {
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC
+        } else {
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        };
+        // SAFETY: valid dir fd, NUL-terminated name; the fd is owned right away.
+        let rc = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err((
+                    at.display().to_string(),
+                    "is a symbolic link: give the policy's real path".into(),
+                ));
+            }
+            return Err(io(&at, e));
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(rc) };
+        judged(&at, &fd, if last { Kind::File } else { Kind::Dir })?;
+        if last {
+            return Ok(File::from(fd));
+        }
+        dir = fd;
+    }
+    Err((
+        at.display().to_string(),
+        "is a directory, not a policy file".into(),
+    ))
 }
 
 /// Reads, checks and compiles a policy file.
 ///
-/// Refuses a file or directory this process could write (an agent sharing our uid could then
-/// raise its own limits) unless `allow_owned`, and any content whose SHA-256 is not `pin`.
+/// Unless `allow_owned`, refuses a file that any uid but root could change: the file or any
+/// directory on its path up to `/` that is a symbolic link, not owned by root, or writable by
+/// group or others (an agent whose uid could write it would raise its own limits). Refuses any
+/// content whose SHA-256 is not `pin`.
 pub fn load_file(path: &Path, allow_owned: bool, pin: Option<&str>) -> Result<Policy, PolicyError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(&file, "(file)", format!("cannot read: {e}")))?;
-    if !allow_owned {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        for (what, p) in [("the file", path), ("its directory", dir)] {
-            if writable_by_us(p) {
-                return Err(err(
-                    &file,
-                    "(file)",
-                    format!(
-                        "{what} is writable by this process (uid {}): an agent running as this uid could \
-                         change its own limits. Make the policy root-owned, mode 0644, in a root-owned \
-                         directory, or pass --allow-owned-policy for development",
-                        crate::store::keyring::current_uid()
-                    ),
-                ));
-            }
-        }
-    }
+    let read = |e: std::io::Error| err(&file, "(file)", format!("cannot read: {e}"));
+    let text = if allow_owned {
+        std::fs::read_to_string(path).map_err(read)?
+    } else {
+        let mut f = open_checked(path).map_err(|(at, why)| {
+            err(
+                &file,
+                at,
+                format!(
+                    "{why}; make the policy root-owned, mode 0644, in root-owned 0755 directories \
+                     (none writable by group or others), or pass --allow-owned-policy for development"
+                ),
+            )
+        })?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).map_err(read)?;
+        text
+    };
     let policy = parse(&text, &file)?;
     if let Some(pin) = pin
         && !policy.sha256.eq_ignore_ascii_case(pin.trim())
@@ -160,6 +282,77 @@ mod tests {
             "principals.local.tools[0]"
         );
         assert_eq!(key_path(""), "(top level)");
+    }
+
+    fn meta(uid: u32, mode: u32, kind: Kind) -> Meta {
+        Meta {
+            uid,
+            gid: 0,
+            mode,
+            kind,
+        }
+    }
+
+    #[test]
+    fn only_root_owned_components_no_one_else_can_write_pass() {
+        assert!(judge(&meta(0, 0o755, Kind::Dir), Kind::Dir).is_ok());
+        assert!(judge(&meta(0, 0o644, Kind::File), Kind::File).is_ok());
+        assert!(judge(&meta(0, 0o440, Kind::File), Kind::File).is_ok());
+        let refused = |m: Meta, want: Kind, says: &str| {
+            let why = judge(&m, want).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        };
+        refused(
+            meta(0, 0o775, Kind::Dir),
+            Kind::Dir,
+            "writable by group (mode 0775)",
+        );
+        refused(
+            meta(0, 0o1777, Kind::Dir),
+            Kind::Dir,
+            "group and others (mode 1777)",
+        );
+        refused(meta(0, 0o646, Kind::File), Kind::File, "writable by others");
+        // Read-only modes do not help: the owner can chmod them back.
+        refused(
+            meta(65534, 0o444, Kind::File),
+            Kind::File,
+            "owned by uid 65534",
+        );
+        refused(
+            meta(65534, 0o555, Kind::Dir),
+            Kind::Dir,
+            "owned by uid 65534",
+        );
+        refused(meta(0, 0o777, Kind::Symlink), Kind::Dir, "symbolic link");
+        refused(meta(0, 0o644, Kind::Dir), Kind::File, "not a regular file");
+        refused(meta(0, 0o644, Kind::File), Kind::Dir, "not a directory");
+    }
+
+    #[test]
+    fn the_walk_checks_every_directory_up_to_the_root() {
+        // Under the temp dir (/tmp: world-writable, sticky or not) every policy is refused, at
+        // a directory above the file, named in the refusal.
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("policy.toml");
+        std::fs::write(&p, super::super::DEFAULT_POLICY).unwrap();
+        let (at, why) = open_checked(&p).unwrap_err();
+        assert!(p.starts_with(&at) && at != p.display().to_string(), "{at}");
+        assert!(
+            why.contains("writable by") || why.contains("owned by"),
+            "{why}"
+        );
+        let link = tmp.path().join("link.toml");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(open_checked(&link).is_err());
+        // A root-owned 0644 file in root-owned 0755 directories, as install.sh makes them.
+        if crate::store::keyring::current_uid() == 0
+            && std::fs::symlink_metadata("/etc/passwd").is_ok_and(|m| m.file_type().is_file())
+        {
+            assert!(open_checked(Path::new("/etc/passwd")).is_ok());
+            let (at, why) = open_checked(Path::new("/etc")).unwrap_err();
+            assert_eq!(at, "/etc", "{why}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsafe::{Dir, FsError};
+
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -54,7 +56,7 @@ pub enum KeyringError {
         #[source]
         source: std::io::Error,
     },
-    #[error("keyring {path} is not a regular file")]
+    #[error("keyring {path} is not a regular file (a symbolic link is never followed)")]
     NotRegular { path: String },
     #[error("keyring {path} has mode {mode:04o}: group and others must have no access (chmod 600)")]
     Permissions { path: String, mode: u32 },
@@ -76,6 +78,8 @@ pub enum KeyringError {
     },
     #[error("cannot get random bytes from the OS: {0}")]
     Random(String),
+    #[error("keyring: {0}")]
+    Fs(#[from] FsError),
 }
 
 /// The file format (TOML). Keys are hex.
@@ -173,21 +177,45 @@ impl Keyring {
         })
     }
 
-    /// Replaces the keyring file atomically: a new 0600 file beside it, fsynced, renamed over.
+    /// Replaces the keyring file atomically: a new 0600 file beside it (created exclusively,
+    /// through a no-follow directory fd), fsynced, renamed over within that directory.
     pub fn save(&self, path: &Path) -> Result<(), KeyringError> {
-        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        self.write_new(&tmp)?;
-        fs::rename(&tmp, path).map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            KeyringError::Io {
+        let (dir, name) = Self::dir_of(path)?;
+        let tmp = format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple());
+        self.write_new_in(&dir, &tmp)?;
+        dir.rename(&tmp, &name)
+            .and_then(|()| dir.sync())
+            .map_err(|e| {
+                let _ = dir.remove(&tmp);
+                KeyringError::from(e)
+            })
+    }
+
+    fn dir_of(path: &Path) -> Result<(Dir, String), KeyringError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| KeyringError::Format {
                 path: path.display().to_string(),
-                source,
-            }
-        })
+                reason: "not a file name".into(),
+            })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok((Dir::open(parent)?, name))
     }
 
     /// Writes the keyring to a new file created 0600. Refuses to overwrite an existing file.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyringError> {
+        let (dir, name) = Self::dir_of(path)?;
+        self.write_new_in(&dir, &name)
+    }
+
+    /// Writes the keyring to the new file `name` in `dir` (exclusive, no-follow, 0600, owned
+    /// like the directory).
+    pub fn write_new_in(&self, dir: &Dir, name: &str) -> Result<(), KeyringError> {
+        let path = dir.join(name);
         let io = |source| KeyringError::Io {
             path: path.display().to_string(),
             source,
@@ -208,12 +236,7 @@ impl Keyring {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        let mut file = dir.create_new(name)?;
         file.write_all(b"# memwarden keyring: secret. Keep mode 0600; never copy into logs.\n")
             .and_then(|()| file.write_all(text.as_bytes()))
             .and_then(|()| file.sync_all())

@@ -389,7 +389,8 @@ impl Store {
     pub fn open(path: &Path, keys: KeySet, options: StoreOptions) -> Result<Self, OpenError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let mut conn = Connection::open_with_flags(path, flags)?;
         Self::configure(&conn, options)?;
         migrations::migrate(&mut conn)?;
@@ -407,7 +408,9 @@ impl Store {
 
     /// Opens an existing memory.db read-only (for `verify`); no migrations run.
     pub fn open_read_only(path: &Path, keys: KeySet) -> Result<Self, OpenError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(StoreOptions::default().busy_timeout)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
