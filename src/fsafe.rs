@@ -331,6 +331,42 @@ impl Dir {
         Ok(file)
     }
 
+    /// Opens (creating, 0600, if missing) the lock file `name` without following a link, and
+    /// takes an exclusive `flock` on it, waiting for any holder. The lock lasts as long as the
+    /// returned file is open.
+    pub fn lock_exclusive(&self, name: &str) -> Result<File, FsError> {
+        let c = self.name(name)?;
+        let path = self.join(name);
+        // SAFETY: valid dir fd and NUL-terminated name; the fd is owned right away.
+        let rc = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        let fd = check(rc).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => FsError::Symlink {
+                path: path.display().to_string(),
+            },
+            _ => FsError::io(&path, e),
+        })?;
+        // SAFETY: a fresh fd that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let meta = Meta::from_stat(&fstat(file.as_raw_fd()).map_err(|e| FsError::io(&path, e))?);
+        if meta.kind != Kind::File {
+            return Err(FsError::Kind {
+                path: path.display().to_string(),
+                want: "regular file",
+            });
+        }
+        // SAFETY: valid fd; flock has no memory preconditions.
+        check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
+            .map_err(|e| FsError::io(&path, e))?;
+        Ok(file)
+    }
+
     /// Removes `name` (a file or a link — never what a link points at); missing is fine.
     pub fn remove(&self, name: &str) -> Result<(), FsError> {
         let c = self.name(name)?;

@@ -82,13 +82,16 @@ pub fn peer_of(fd: std::os::fd::RawFd) -> Option<Peer> {
     })
 }
 
+/// The prefix of the name an unmapped socket peer gets (`uid-1003`); the policy may not use it.
+pub const UNMAPPED_PREFIX: &str = "uid-";
+
 impl Principal {
     /// The principal for a socket peer: the policy's principal with that uid, or an unmapped
     /// `uid-N` that the policy grants nothing.
     pub fn for_peer(peer: Peer, mapped: Option<&str>) -> Self {
         match mapped {
             Some(name) => Self(name.to_string()),
-            None => Self(format!("uid-{}", peer.uid)),
+            None => Self(format!("{UNMAPPED_PREFIX}{}", peer.uid)),
         }
     }
 }

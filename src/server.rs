@@ -461,6 +461,7 @@ impl Server {
         let store = guard
             .as_mut()
             .ok_or_else(|| Error::Unavailable("store closed".into()))?;
+        store.refresh_keys()?;
         let mut ctx = CallContext {
             store,
             author: Author {

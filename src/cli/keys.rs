@@ -1,6 +1,10 @@
 //! `memwarden keys list|rotate|retire` and `memwarden reseal`: key rotation. Rotation adds a new
 //! active entry key (old rows keep verifying under theirs); reseal moves rows to the active key
 //! in batches, resumably; a key still in use cannot be retired. Every change is audited.
+//!
+//! Each command holds the keyring's lock from reading the keyring to saving it, so two
+//! commands can never interleave and lose a key; the audit event follows the save, so a save
+//! that failed is never recorded as done.
 
 use std::process::ExitCode;
 
@@ -10,7 +14,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::AuditLog;
-use crate::store::keyring::Keyring;
+use crate::store::keyring::{Keyring, KeyringLock};
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -25,7 +29,8 @@ pub struct KeysArgs {
 pub enum KeysCommand {
     /// List entry key ids (active first) and how many rows each seals.
     List,
-    /// Add a new entry key and make it active. Running servers pick it up when they restart.
+    /// Add a new entry key and make it active. Running local-mode sessions pick it up at their
+    /// next call; hardened-mode sessions read their credential at start.
     Rotate,
     /// Remove an entry key that no row uses any more.
     Retire { key_id: String },
@@ -40,17 +45,40 @@ pub struct ResealArgs {
     pub batch: usize,
 }
 
-fn open(args: &DataDirArg) -> anyhow::Result<(std::path::PathBuf, Keyring, Store, AuditLog)> {
+/// What a keys command works on, opened under the keyring's lock.
+struct Opened {
+    path: std::path::PathBuf,
+    keyring: Keyring,
+    store: Store,
+    audit: AuditLog,
+    _lock: KeyringLock,
+}
+
+fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let dir = args.open()?;
+    // Lock first, then read: the keyring read is the one the save replaces.
+    let lock = Keyring::lock(&dir.keyring())?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
     let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
-    Ok((dir.keyring(), keyring, store, audit))
+    Ok(Opened {
+        path: dir.keyring(),
+        keyring,
+        store,
+        audit,
+        _lock: lock,
+    })
 }
 
 pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
-    let (path, mut keyring, store, mut audit) = open(&args.data_dir)?;
+    let Opened {
+        path,
+        mut keyring,
+        store,
+        mut audit,
+        _lock,
+    } = open(&args.data_dir)?;
     match &args.command {
         KeysCommand::List => {
             for (i, id) in keyring.entry.ids().iter().enumerate() {
@@ -62,11 +90,11 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
         KeysCommand::Rotate => {
             let old = keyring.entry.active().0.to_string();
             let new = keyring.entry.rotate("e")?;
+            keyring.save(&path)?;
             admin_event(
                 &mut audit,
                 json!({"event": "key_rotate", "from": old, "to": new}),
             )?;
-            keyring.save(&path)?;
             println!(
                 "entry key {new} is active; rows sealed with {old} still verify. Run `memwarden reseal` to move them."
             );
@@ -87,8 +115,8 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("refusing: {why}");
                 return Ok(ExitCode::from(1));
             }
-            admin_event(&mut audit, json!({"event": "key_retire", "key_id": key_id}))?;
             keyring.save(&path)?;
+            admin_event(&mut audit, json!({"event": "key_retire", "key_id": key_id}))?;
             println!("retired {key_id}");
         }
     }
@@ -96,7 +124,14 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
-    let (_, keyring, mut store, mut audit) = open(&args.data_dir)?;
+    // Under the lock: no key can be retired while rows move to the active one.
+    let Opened {
+        keyring,
+        mut store,
+        mut audit,
+        _lock,
+        ..
+    } = open(&args.data_dir)?;
     let active = keyring.entry.active().0.to_string();
     admin_event(
         &mut audit,

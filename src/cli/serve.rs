@@ -117,7 +117,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         heap_limit: policy.sqlite_heap_limit,
         ..StoreOptions::default()
     };
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    let mut store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    if dir.keyring().starts_with(dir.root()) {
+        // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
+        // `keys retire`): follow it. A credential handed over by systemd is a copy made for this
+        // session and cannot change under it.
+        store.watch_keyring(&dir.keyring())?;
+    }
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");

@@ -325,6 +325,18 @@ impl RawPolicy {
         let mut uids = HashSet::new();
         for (name, p) in self.principals {
             let key = format!("principals.{name}");
+            // `uid-N` is the name an unmapped socket peer gets: a principal by that name would
+            // hand its grants to whoever connects with that uid, whatever its `uid` key says.
+            if name.starts_with(crate::principal::UNMAPPED_PREFIX) {
+                return Err((
+                    key,
+                    format!(
+                        "principal names beginning with {:?} are reserved for socket peers the \
+                         policy does not map; name it otherwise and set `uid`",
+                        crate::principal::UNMAPPED_PREFIX
+                    ),
+                ));
+            }
             let mut tools = HashSet::new();
             for (i, t) in p.tools.iter().enumerate() {
                 let tool = ToolName::from_name(t)

@@ -107,12 +107,17 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Adds a fresh key under the next free id `<prefix><n>` and makes it active; returns the id.
+    /// Adds a fresh key under `<prefix><n>`, n one past the highest in the keyring, and makes it
+    /// active; returns the id. An id is never reused after its key is retired: rows in an old
+    /// backup name the retired key by id, and must not be checked against a different key.
     pub fn rotate(&mut self, prefix: &str) -> Result<String, KeyringError> {
-        let id = (1..)
-            .map(|n| format!("{prefix}{n}"))
-            .find(|id| !self.keys.contains_key(id))
-            .unwrap_or_default();
+        let highest = self
+            .keys
+            .keys()
+            .filter_map(|id| id.strip_prefix(prefix)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let id = format!("{prefix}{}", highest + 1);
         self.keys.insert(id.clone(), SecretKey::generate()?);
         self.active = id.clone();
         Ok(id)
@@ -147,6 +152,38 @@ impl KeySet {
         self.keys.get(id)
     }
 }
+
+/// The keyring's lock, released on drop.
+#[derive(Debug)]
+pub struct KeyringLock {
+    _file: fs::File,
+}
+
+/// What identifies one version of a keyring file: a save replaces the file (new inode) and a
+/// write in place changes its time or size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path`, not following a link.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = fs::symlink_metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            len: m.len(),
+        })
+    }
+}
+
+/// The largest keyring file read (thousands of rotations fit).
+const MAX_KEYRING_BYTES: u64 = 1 << 20;
 
 /// Entry keys and audit keys.
 #[derive(Debug, Clone)]
@@ -189,6 +226,15 @@ impl Keyring {
                 let _ = dir.remove(&tmp);
                 KeyringError::from(e)
             })
+    }
+
+    /// Takes the keyring's lock (a `.NAME.lock` file beside it), waiting for any other
+    /// holder: every read-modify-save of a keyring runs under it, so two rotations can never
+    /// interleave and lose a key. Held until the returned guard drops.
+    pub fn lock(path: &Path) -> Result<KeyringLock, KeyringError> {
+        let (dir, name) = Self::dir_of(path)?;
+        let file = dir.lock_exclusive(&format!(".{name}.lock"))?;
+        Ok(KeyringLock { _file: file })
     }
 
     fn dir_of(path: &Path) -> Result<(Dir, String), KeyringError> {
@@ -267,7 +313,7 @@ impl Keyring {
             path: shown.clone(),
             source,
         };
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
@@ -298,8 +344,17 @@ impl Keyring {
                 uid,
             });
         }
+        // A keyring is a few hundred bytes; a huge file is not one, and is not read whole.
         let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io)?;
+        file.take(MAX_KEYRING_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_KEYRING_BYTES {
+            return Err(KeyringError::Format {
+                path: shown,
+                reason: format!("larger than {MAX_KEYRING_BYTES} bytes"),
+            });
+        }
         Ok(text)
     }
 
@@ -320,8 +375,9 @@ impl Keyring {
             path: shown.to_string(),
             reason,
         };
-        // toml's error text quotes the offending line, which may hold key bytes: keep only the
-        // line and column.
+        // toml's error text quotes the offending line, and serde's message quotes the offending
+        // value ("invalid type: string \"<key hex>\""): either may be a key. Keep only the line
+        // and what the file should look like.
         let raw: RawKeyring = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
@@ -330,7 +386,10 @@ impl Keyring {
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();
-            format(format!("not a valid keyring{at}: {}", e.message()))
+            format(format!(
+                "not a valid keyring{at}: expected [entry] and [audit] sections, each with \
+                 `active = \"<key id>\"` and a [*.keys] table of `<key id> = \"<hex>\"`"
+            ))
         })?;
         Ok(raw)
     }
@@ -339,9 +398,10 @@ impl Keyring {
         let mut keys = BTreeMap::new();
         for (id, hex_key) in raw.keys {
             if !valid_key_id(&id) {
+                // Not repeated: a key pasted where its id belongs would be printed.
                 return Err(KeyringError::Format {
                     path: shown.to_string(),
-                    reason: format!("{name}.keys: key id {id:?} must be 1-32 of [A-Za-z0-9_-]"),
+                    reason: format!("{name}.keys: a key id is not 1-32 of [A-Za-z0-9_-]"),
                 });
             }
             let bytes = hex::decode(hex_key.trim()).map_err(|_| KeyringError::Format {
@@ -358,10 +418,17 @@ impl Keyring {
             keys.insert(id, SecretKey(bytes));
         }
         if !keys.contains_key(&raw.active) {
+            // The id is named only when it looks like one: `active = "<hex key>"` must not
+            // print the key.
+            let key_id = if valid_key_id(&raw.active) {
+                raw.active
+            } else {
+                "(not a key id)".into()
+            };
             return Err(KeyringError::MissingActive {
                 path: shown.to_string(),
                 section: name,
-                key_id: raw.active,
+                key_id,
             });
         }
         Ok(KeySet {

@@ -376,6 +376,9 @@ pub struct Store {
     conn: Connection,
     keys: KeySet,
     quota: Quota,
+    /// The keyring file the keys came from, and the version read, when the store should follow
+    /// rotations while it runs (see [`Store::refresh_keys`]).
+    key_source: Option<(std::path::PathBuf, keyring::FileStamp)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -398,7 +401,38 @@ impl Store {
             conn,
             keys,
             quota: Quota::default(),
+            key_source: None,
         })
+    }
+
+    /// Follows the keyring at `path` (the one the keys were read from): each
+    /// [`Store::refresh_keys`] rereads it when it has changed.
+    pub fn watch_keyring(&mut self, path: &Path) -> std::io::Result<()> {
+        self.key_source = Some((path.to_path_buf(), keyring::FileStamp::of(path)?));
+        Ok(())
+    }
+
+    /// Rereads a followed keyring that changed since it was read, so a long session never
+    /// seals with a key the keyring no longer has as active, and can verify rows sealed with a
+    /// newer key. A keyring that changed and cannot be read refuses the call (fail closed).
+    pub fn refresh_keys(&mut self) -> Result<()> {
+        let Some((path, stamp)) = &self.key_source else {
+            return Ok(());
+        };
+        let unavailable = |what: &str| Error::Unavailable(format!("keyring {what}"));
+        let now = keyring::FileStamp::of(path).map_err(|_| unavailable("vanished"))?;
+        if now == *stamp {
+            return Ok(());
+        }
+        let fresh = keyring::Keyring::load(path).map_err(|_| unavailable("unreadable"))?;
+        if fresh.entry.active().0 != self.keys.active().0 {
+            tracing::info!(target: "memwarden::security", event = "keyring_reloaded",
+                from = self.keys.active().0, to = fresh.entry.active().0,
+                "the keyring changed: sealing with its active key");
+        }
+        self.keys = fresh.entry;
+        self.key_source = Some((path.clone(), now));
+        Ok(())
     }
 
     /// Sets the per-namespace quotas checked on every insert.
@@ -421,6 +455,7 @@ impl Store {
             conn,
             keys,
             quota: Quota::default(),
+            key_source: None,
         })
     }
 

@@ -35,11 +35,11 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
     }
     // The rules see only what changes; unchanged fields were policed when they were written.
     let mut content = p.content.take().unwrap_or_default();
-    let mut tags = p.tags.take();
-    let mut tag_list = tags.take().unwrap_or_default();
+    // `"tags": []` clears the tags; only an absent `tags` keeps the old ones.
+    let tags_given = p.tags.is_some();
+    let mut tag_list = p.tags.take().unwrap_or_default();
     let verdict = ctx.police(&mut content, &mut tag_list, &mut p.metadata)?;
-    let had_tags = p.tags.is_some() || !tag_list.is_empty();
-    tags = had_tags.then_some(tag_list);
+    let tags = tags_given.then_some(tag_list);
     let content = (!content.is_empty()).then_some(content);
     if let Some(content) = &content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
