@@ -47,7 +47,7 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
-fn security<'a>(events: &'a [Value], name: &str) -> usize {
+fn security(events: &[Value], name: &str) -> usize {
     events
         .iter()
         .filter(|e| e["kind"] == "security" && e["detail"]["event"] == name)
@@ -109,13 +109,11 @@ fn schema_invalid_calls_spend_the_bucket_and_reach_the_cooldown() {
 #[test]
 fn ungranted_unknown_tools_and_unknown_methods_count_toward_the_cooldown() {
     let dir = TestDir::new();
-    let text = format!(
-        "version = 1\n[rates]\ncalls_per_minute = 6000\nburst = 1000\ncooldown_after_refusals = 10\n\
+    let text = "version = 1\n[rates]\ncalls_per_minute = 6000\nburst = 1000\ncooldown_after_refusals = 10\n\
          cooldown_seconds = 600\nend_session_after_cooldowns = 5\n\
          [principals.local]\ntools = [\"memory_get\", \"memory_list\"]\n\
-         namespaces = {{ \"*\" = \"rw\" }}\ndefault_namespace = \"default\"\n"
-    );
-    let mut s = raw(&dir, &text);
+         namespaces = { \"*\" = \"rw\" }\ndefault_namespace = \"default\"\n";
+    let mut s = raw(&dir, text);
     for i in 0..3u64 {
         assert_eq!(
             code(&s.call(i + 1, "memory_store", json!({"content": "x"}))),
