@@ -9,14 +9,18 @@
 //!    decides the [`principal`] (the socket peer's uid, or `--principal`) and restricts itself
 //!    with landlock ([`sandbox`]).
 //! 1. **[`transport`]** reads one request line, refusing any line over the policy's cap
-//!    *before* JSON parsing, and answers malformed JSON and requests before `initialize` with a
-//!    JSON-RPC error instead of silence.
+//!    *before* JSON parsing; answers what no MCP server should pass on (batches, non-objects,
+//!    repeated keys, unknown methods, a second `initialize`, malformed `tools/call` params) with
+//!    a JSON-RPC error, and stops reading while too many replies are unwritten (backpressure).
+//!    Every message it refuses, and every `ping`, `tools/list` and notification it passes on,
+//!    goes through the session's gate: audited when refused, and charged to the rate bucket.
 //! 2. **rmcp** decodes the JSON-RPC message and routes `tools/call` to [`server`].
-//! 3. **[`server`]** runs the gates: session (still open?), tool (known, and granted to this
+//! 3. **[`server`]** runs the gates: rate first (the session's token bucket; every call spends
+//!    before any other work, and every refusal counts toward the cooldown,
+//!    [`policy::limits`]), then session (still open?), tool (known, and granted to this
 //!    principal by the policy), schema (raw arguments against the published JSON Schema,
 //!    [`schema`], then serde with `deny_unknown_fields`; a failure is a JSON-RPC -32602 naming
-//!    the path and keyword, never echoing the value), rate (the session's token buckets and
-//!    cooldown, [`policy::limits`]).
+//!    the path and keyword, never echoing the value or the agent's own keys).
 //! 4. **[`tools`]** (one file per tool) apply the policy gate: namespace access, size limits,
 //!    the read window, and the content rules ([`policy::rules`]: reject, redact, quarantine).
 //! 5. **[`store`]** writes rows sealed with HMAC-SHA256 over a canonical encoding

@@ -1,7 +1,8 @@
 //! The MCP server: tool listing, the gates every call passes, and one session's lifetime.
 //!
-//! A call goes: tool gate (a tool we know) → schema gate (raw arguments against the published
-//! schema, then serde) → the tool → a structured result. Schema failures are JSON-RPC -32602
+//! A call goes: rate gate (one token, whatever the call holds) → tool gate (a tool we know,
+//! granted) → schema gate (raw arguments against the published schema, then serde) → the tool →
+//! a structured result, with exactly one call event in the audit log. Schema failures are JSON-RPC -32602
 //! errors; every other refusal is a tool result with `isError: true` and `{code, message}`.
 //! The server takes its I/O and its shutdown token as parameters, so tests can drive it over
 //! in-memory pipes and production over stdio or a socket.
