@@ -112,14 +112,16 @@ fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
                 if w.last && untouched {
                     out.not_applied.push(x.to_string());
                 } else {
-                    out.unrecorded.push(format!("{x}: deleted by an audited call"));
+                    out.unrecorded
+                        .push(format!("{x}: deleted by an audited call"));
                 }
             }
             // The operator's event comes before the store change, so a reject that changed
             // nothing (a wrong id, a crash) leaves the entry in place: only its absence counts.
             ("review_reject", _, Some(x)) => {
                 if !present(x) && !gone(x) {
-                    out.unrecorded.push(format!("{x}: rejected by the operator"));
+                    out.unrecorded
+                        .push(format!("{x}: rejected by the operator"));
                 }
             }
             _ => {}
@@ -166,10 +168,7 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     }
     failed |= section(
         &report.ledger.problems,
-        &format!(
-            "{} ledger records verify and chain",
-            report.ledger.records
-        ),
+        &format!("{} ledger records verify and chain", report.ledger.records),
         "ledger problems (a record was removed, altered or forged)",
     );
     let listed = |rows: &[(String, String)]| -> Vec<String> {

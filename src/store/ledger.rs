@@ -238,7 +238,9 @@ impl Record {
     fn problem(&self, keys: &KeySet) -> Option<String> {
         let seq = self.seq;
         if hash(&self.prev_hash, &self.fields()).as_slice() != self.hash {
-            return Some(format!("ledger record {seq}: altered (its hash does not match)"));
+            return Some(format!(
+                "ledger record {seq}: altered (its hash does not match)"
+            ));
         }
         if Kind::parse(&self.kind).is_none() {
             return Some(format!("ledger record {seq}: unknown kind"));

@@ -1133,7 +1133,8 @@ impl Store {
         let mut removed = 0;
         let mut tombstones = 0;
         if let Some(t) = tombstones_before {
-            tombstones = self.purge_where(&tx, "status = 'deleted' AND updated_at < ?1", t, now_ms)?;
+            tombstones =
+                self.purge_where(&tx, "status = 'deleted' AND updated_at < ?1", t, now_ms)?;
         }
         if let Some(t) = older_than {
             removed = self.purge_where(&tx, "created_at < ?1", t, now_ms)?;
@@ -1143,7 +1144,13 @@ impl Store {
     }
 
     /// Records and deletes the rows matching `condition` (our own SQL; `?1` is `bound`).
-    fn purge_where(&self, tx: &Connection, condition: &str, bound: i64, now_ms: i64) -> Result<u64> {
+    fn purge_where(
+        &self,
+        tx: &Connection,
+        condition: &str,
+        bound: i64,
+        now_ms: i64,
+    ) -> Result<u64> {
         let ids: Vec<String> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT id FROM entries WHERE {condition} ORDER BY rowid"
