@@ -226,3 +226,76 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(tool: &str, created: Option<&str>, target: Option<&str>, last: bool) -> Write {
+        Write {
+            tool: tool.into(),
+            created: created.map(Into::into),
+            target: target.map(Into::into),
+            last,
+        }
+    }
+
+    fn report(rows: &[(&str, &str)], records: &[(&str, Kind)]) -> VerifyReport {
+        let mut r = VerifyReport::default();
+        for (id, status) in rows {
+            r.statuses.insert(id.to_string(), status.to_string());
+        }
+        for (id, kind) in records {
+            r.ledger
+                .kinds
+                .entry(id.to_string())
+                .or_default()
+                .push(*kind);
+        }
+        r
+    }
+
+    #[test]
+    fn only_a_sessions_last_write_may_be_audited_and_not_applied() {
+        // A crash after the audit commit: the store and the delete never reached the store.
+        let crashed = [
+            write("memory_store", Some("a"), Some("a"), true),
+            write("memory_delete", None, Some("b"), true),
+            write("memory_update", Some("d"), Some("c"), true),
+        ];
+        let r = report(&[("b", "active"), ("c", "active")], &[]);
+        let found = reconcile(&r, &crashed);
+        assert_eq!(found.not_applied, vec!["a", "b", "d"]);
+        assert!(found.missing.is_empty() && found.unrecorded.is_empty());
+        // The same state, but each session went on through the store: tampering.
+        let went_on: Vec<Write> = crashed
+            .iter()
+            .map(|w| write(&w.tool, w.created.as_deref(), w.target.as_deref(), false))
+            .collect();
+        let found = reconcile(&r, &went_on);
+        assert!(found.not_applied.is_empty());
+        assert_eq!(found.missing, vec!["a", "d"]);
+        assert_eq!(found.unrecorded.len(), 2, "{:?}", found.unrecorded);
+    }
+
+    #[test]
+    fn an_applied_update_needs_its_record_and_a_purge_explains_absence() {
+        // The new version exists, so the update committed: the old one's record must too.
+        let r = report(&[("old", "active"), ("new", "active")], &[]);
+        let found = reconcile(
+            &r,
+            &[write("memory_update", Some("new"), Some("old"), true)],
+        );
+        assert_eq!(found.unrecorded.len(), 1);
+        assert!(found.not_applied.is_empty());
+        let r = report(&[], &[("x", Kind::Deleted), ("x", Kind::Purged)]);
+        let found = reconcile(
+            &r,
+            &[
+                write("memory_store", Some("x"), Some("x"), false),
+                write("memory_delete", None, Some("x"), false),
+            ],
+        );
+        assert!(found.missing.is_empty() && found.unrecorded.is_empty());
+    }
+}
