@@ -80,13 +80,11 @@ fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
         let created = w.created.as_deref();
         let target = w.target.as_deref();
         match (w.tool.as_str(), created, target) {
-            ("memory_store", Some(x), _) => {
-                if !present(x) && !gone(x) {
-                    if w.last {
-                        out.not_applied.push(x.to_string());
-                    } else {
-                        out.missing.push(x.to_string());
-                    }
+            ("memory_store", Some(x), _) if !present(x) && !gone(x) => {
+                if w.last {
+                    out.not_applied.push(x.to_string());
+                } else {
+                    out.missing.push(x.to_string());
                 }
             }
             ("memory_update", Some(new), Some(old)) => {
@@ -118,11 +116,9 @@ fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
             }
             // The operator's event comes before the store change, so a reject that changed
             // nothing (a wrong id, a crash) leaves the entry in place: only its absence counts.
-            ("review_reject", _, Some(x)) => {
-                if !present(x) && !gone(x) {
-                    out.unrecorded
-                        .push(format!("{x}: rejected by the operator"));
-                }
+            ("review_reject", _, Some(x)) if !present(x) && !gone(x) => {
+                out.unrecorded
+                    .push(format!("{x}: rejected by the operator"));
             }
             _ => {}
         }
