@@ -103,6 +103,11 @@ fn verify_copy(dir: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
         report.failed.len(),
         report.failed[0]
     );
+    anyhow::ensure!(
+        report.ledger.problems.is_empty(),
+        "memory.db: {}",
+        report.ledger.problems.join("; ")
+    );
     let conn = audit::open_ro(&dir.join("audit.db"))?;
     let chain = audit::verify::verify(&conn, Some(&keyring.audit), None)?;
     if let Some(damage) = chain.damage {
