@@ -49,8 +49,12 @@ async fn assert_withheld(dir: &TestDir, bad: &str, good: &[&String]) {
         .await
         .ok();
     assert_eq!(found["withheld"], 1, "{found}");
-    assert!(!found.to_string().contains(bad));
+    let served = found["results"].as_array().unwrap();
+    assert!(!served.iter().any(|r| r["memory"]["id"] == bad), "{found}");
     client.close().await;
+
+    // Each refusal is a security event naming the row: get, list and search.
+    assert!(security_events(dir, bad) >= 3, "security events for {bad}");
 
     let out = dir.cli(&["verify"]);
     assert_eq!(out.status.code(), Some(1));
@@ -59,6 +63,20 @@ async fn assert_withheld(dir: &TestDir, bad: &str, good: &[&String]) {
     for g in good {
         assert!(!stdout.contains(g.as_str()));
     }
+}
+
+/// Integrity security events that name `id`.
+fn security_events(dir: &TestDir, id: &str) -> i64 {
+    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    audit
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'security' \
+             AND json_extract(detail, '$.event') = 'integrity_failure' \
+             AND detail LIKE '%' || ?1 || '%'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 #[tokio::test]
@@ -247,19 +265,49 @@ async fn a_column_of_the_wrong_type_is_withheld_not_an_internal_error() {
     );
 }
 
+const ROW_COLUMNS: &str = "rowid, id, namespace, content, tags, metadata, status, supersedes, \
+    principal, session_id, created_at, updated_at, content_sha256, key_id, mac";
+
+/// A row exactly as stored: sealed and genuine.
+fn saved_row(dir: &TestDir, id: &str) -> Vec<rusqlite::types::Value> {
+    dir.db()
+        .query_row(
+            &format!("SELECT {ROW_COLUMNS} FROM entries WHERE id = ?1"),
+            [id],
+            |r| (0..15).map(|i| r.get(i)).collect(),
+        )
+        .unwrap()
+}
+
+/// Puts a saved copy back in place of whatever the row is now (or where it was).
+fn put_back(dir: &TestDir, row: &[rusqlite::types::Value]) {
+    let db = dir.db();
+    db.execute("DELETE FROM entries WHERE rowid = ?1", [&row[0]])
+        .unwrap();
+    let marks: Vec<String> = (1..=15).map(|i| format!("?{i}")).collect();
+    db.execute(
+        &format!(
+            "INSERT INTO entries ({ROW_COLUMNS}) VALUES ({})",
+            marks.join(", ")
+        ),
+        rusqlite::params_from_iter(row),
+    )
+    .unwrap();
+}
+
+fn verify_output(dir: &TestDir) -> (Option<i32>, String) {
+    let out = dir.cli(&["verify"]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[tokio::test]
-async fn an_old_sealed_row_put_back_is_caught_by_reconciliation() {
+async fn an_undeleted_tombstone_put_back_sealed_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    // Keep the row as it was, sealed and genuine, then delete it through the server.
-    let saved: (String, i64, String, Vec<u8>) = dir
-        .db()
-        .query_row(
-            "SELECT status, updated_at, key_id, mac FROM entries WHERE id = ?1",
-            [&ids[0]],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
+    let live = saved_row(&dir, &ids[0]);
     let client = dir.connect().await;
     client
         .call("memory_delete", json!({"id": ids[0]}))
@@ -267,20 +315,174 @@ async fn an_old_sealed_row_put_back_is_caught_by_reconciliation() {
         .ok();
     client.close().await;
     assert!(dir.cli(&["verify"]).status.success());
-    // Put the old sealed state back: it verifies on its own.
-    dir.db()
-        .execute(
-            "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
-            rusqlite::params![&ids[0], saved.0, saved.1, saved.2, saved.3],
+    // The earlier sealed copy verifies on its own: only the ledger knows it was retired.
+    put_back(&dir, &live);
+    assert_withheld(&dir, &ids[0], &[&ids[1], &ids[2]]).await;
+    let (_, stdout) = verify_output(&dir);
+    assert!(stdout.contains("less retired"), "{stdout}");
+}
+
+#[tokio::test]
+async fn an_un_superseded_version_put_back_sealed_is_never_served() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    let live = saved_row(&dir, &ids[1]);
+    let client = dir.connect().await;
+    let newer = client
+        .call(
+            "memory_update",
+            json!({"id": ids[1], "content": "bravo revised secret plan"}),
         )
-        .unwrap();
-    let out = dir.cli(&["verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .await
+        .ok()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The superseded version is still readable by id, as history.
+    assert_eq!(
+        client.call("memory_get", json!({"id": ids[1]})).await.ok()["memory"]["status"],
+        "superseded"
+    );
+    client.close().await;
+    assert!(dir.cli(&["verify"]).status.success());
+    put_back(&dir, &live);
+    assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2], &newer]).await;
+    // Nor can it be updated again, forking the history.
+    let client = dir.connect().await;
+    assert_eq!(
+        client
+            .call("memory_update", json!({"id": ids[1], "content": "fork"}))
+            .await
+            .tool_code(),
+        "INTEGRITY"
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_purged_row_re_inserted_sealed_is_never_served() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    let live = saved_row(&dir, &ids[2]);
+    let client = dir.connect().await;
+    client
+        .call("memory_delete", json!({"id": ids[2]}))
+        .await
+        .ok();
+    client.close().await;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let policy = include_str!("../policies/default.toml").replace(
+        "deleted_retention_seconds = 2592000",
+        "deleted_retention_seconds = 0",
+    );
+    let mut purge = vec!["purge".to_string()];
+    purge.extend(dir.policy(&policy));
+    let purge: Vec<&str> = purge.iter().map(String::as_str).collect();
+    let out = dir.cli(&purge);
     assert!(
-        stdout.contains("active again") && stdout.contains(&ids[0]),
+        String::from_utf8_lossy(&out.stdout).contains("1 tombstones"),
+        "{out:?}"
+    );
+    assert_eq!(dir.row_count(), 2);
+    assert!(dir.cli(&["verify"]).status.success());
+    put_back(&dir, &live);
+    assert_withheld(&dir, &ids[2], &[&ids[0], &ids[1]]).await;
+}
+
+#[tokio::test]
+async fn a_deleted_row_removed_outright_fails_verify() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    let client = dir.connect().await;
+    client
+        .call("memory_delete", json!({"id": ids[0]}))
+        .await
+        .ok();
+    client.close().await;
+    // No purge: the tombstone just vanishes, as if it had never been written.
+    dir.db()
+        .execute("DELETE FROM entries WHERE id = ?1", [&ids[0]])
+        .unwrap();
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("missing without a purge or reject on record") && stdout.contains(&ids[0]),
         "{stdout}"
     );
+    assert!(!stdout.contains(&ids[1]) && !stdout.contains(&ids[2]));
+}
+
+#[tokio::test]
+async fn a_removed_ledger_record_fails_verify_naming_it() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    let live = saved_row(&dir, &ids[0]);
+    let client = dir.connect().await;
+    for id in &ids[..2] {
+        client.call("memory_delete", json!({"id": id})).await.ok();
+    }
+    client.close().await;
+    assert!(dir.cli(&["verify"]).status.success());
+    // Remove the first record and put the live copy back: no record left to withhold it, so
+    // only verify can tell, from the chain and the audited delete.
+    dir.db()
+        .execute("DELETE FROM ledger WHERE entry_id = ?1", [&ids[0]])
+        .unwrap();
+    put_back(&dir, &live);
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("ledger records 1..1 are missing")
+            && stdout.contains("ledger record 2: does not link"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}: deleted by an audited call", ids[0])),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_tail_record_fails_verify_once_the_session_went_on() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    let live = saved_row(&dir, &ids[0]);
+    let client = dir.connect().await;
+    client
+        .call("memory_delete", json!({"id": ids[0]}))
+        .await
+        .ok();
+    // A later call of the same session: the delete was not the one a crash cut short.
+    client.call("memory_list", json!({})).await.ok();
+    client.close().await;
+    // The whole tail of the chain, and the row rolled back: a chain alone cannot see this.
+    dir.db().execute("DELETE FROM ledger", []).unwrap();
+    put_back(&dir, &live);
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}: deleted by an audited call", ids[0])),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("note: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_forged_ledger_record_only_hides_a_row_and_fails_verify() {
+    let dir = TestDir::new();
+    let ids = seeded(&dir).await;
+    dir.db()
+        .execute(
+            "INSERT INTO ledger (seq, entry_id, kind, at, prev_hash, hash, key_id, mac) \
+             VALUES (1, ?1, 'deleted', 0, zeroblob(32), zeroblob(32), 'e1', zeroblob(32))",
+            [&ids[1]],
+        )
+        .unwrap();
+    // Existence alone withholds: fail closed.
+    assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2]]).await;
+    let (_, stdout) = verify_output(&dir);
+    assert!(stdout.contains("ledger record 1: altered"), "{stdout}");
+    assert_eq!(dir.row_count(), 3, "nothing written");
 }
 
 #[test]

@@ -128,3 +128,68 @@ async fn reseal_never_launders_a_tampered_row() {
     let (ok, text) = out(dir.cli(&["verify"]));
     assert!(!ok && text.contains(&bad));
 }
+
+#[tokio::test]
+async fn ledger_records_move_keys_with_reseal_which_never_launders_a_rollback() {
+    let dir = TestDir::new();
+    let client = dir.connect().await;
+    let kept = client.store("kept").await;
+    let gone = client.store("gone").await;
+    client.close().await;
+    let live: Vec<rusqlite::types::Value> = dir
+        .db()
+        .query_row(
+            "SELECT status, updated_at, key_id, mac FROM entries WHERE id = ?1",
+            [&gone],
+            |r| (0..4).map(|i| r.get(i)).collect(),
+        )
+        .unwrap();
+    let client = dir.connect().await;
+    client.call("memory_delete", json!({"id": gone})).await.ok();
+    client.close().await;
+    // The delete's record, sealed with e1, keeps verifying after rotation and holds e1.
+    assert!(dir.cli(&["keys", "rotate"]).status.success());
+    assert!(out(dir.cli(&["verify"])).0);
+    let (ok, text) = out(dir.cli(&["keys", "retire", "e1"]));
+    assert!(
+        !ok && text.contains("3 rows"),
+        "two rows and one record: {text}"
+    );
+    // The live copy, sealed with e1, put back: reseal moves the record but not the rollback.
+    dir.db()
+        .execute(
+            "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
+            rusqlite::params![gone, live[0], live[1], live[2], live[3]],
+        )
+        .unwrap();
+    let (ok, text) = out(dir.cli(&["reseal"]));
+    assert!(
+        !ok && text.contains(&gone) && text.contains("resealed 2 rows"),
+        "{text}"
+    );
+    let record_key: String = dir
+        .db()
+        .query_row("SELECT key_id FROM ledger", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(record_key, "e2");
+    assert_eq!(
+        key_ids(&dir),
+        vec!["e1", "e2"],
+        "the rollback keeps its old seal"
+    );
+    let client = dir.connect().await;
+    assert_eq!(
+        client
+            .call("memory_get", json!({"id": gone}))
+            .await
+            .tool_code(),
+        "INTEGRITY"
+    );
+    client.call("memory_get", json!({"id": kept})).await.ok();
+    client.close().await;
+    let (ok, text) = out(dir.cli(&["verify"]));
+    assert!(
+        !ok && text.contains(&gone) && text.contains("1 ledger records verify"),
+        "{text}"
+    );
+}

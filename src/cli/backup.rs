@@ -118,6 +118,11 @@ fn verify_copy(memory: &Path, audit_db: &Path, keyring: &Keyring) -> anyhow::Res
         report.failed.len(),
         report.failed[0]
     );
+    anyhow::ensure!(
+        report.ledger.problems.is_empty(),
+        "memory.db: {}",
+        report.ledger.problems.join("; ")
+    );
     let conn = audit::open_ro(audit_db)?;
     let chain = audit::verify::verify(&conn, Some(&keyring.audit), None)?;
     if let Some(damage) = chain.damage {

@@ -32,7 +32,7 @@ pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
         &mut audit,
         json!({"event": "purge_start", "older_than": older_than, "tombstones_before": tombstones_before, "policy_sha256": policy.sha256}),
     )?;
-    let (removed, tombstones) = store.purge(older_than, tombstones_before)?;
+    let (removed, tombstones) = store.purge(older_than, tombstones_before, now)?;
     admin_event(
         &mut audit,
         json!({"event": "purge", "entries_removed": removed, "tombstones_removed": tombstones}),

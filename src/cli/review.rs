@@ -83,7 +83,7 @@ pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
         }
         ReviewCommand::Reject { id } => {
             admin_event(&mut audit, json!({"event": "review_reject", "id": id}))?;
-            store.reject_quarantined(id)?;
+            store.reject_quarantined(id, now)?;
             println!("rejected and removed {id}");
         }
     }

@@ -1,14 +1,147 @@
-//! `memwarden verify`: check every row's seal, offline, and reconcile entries with the audit log.
+//! `memwarden verify`: check every row's seal and the ledger's chain, offline, and reconcile
+//! entries and ledger records with the audit log.
 //!
-//! Reconciliation holds the audit-before-commit promise to account: every entry must have the
-//! audited call that created it. An audited write whose entry is absent ("audited, not applied")
-//! is what a crash between the two commits leaves; it is reported but is not a failure.
+//! A seal proves authorship, not freshness, so verify also holds every row to its ledger
+//! records (an older sealed copy put back is reported, as reads withhold it) and every audited
+//! write to its effect: an entry whose creation is audited must exist unless a purge or reject
+//! record explains its absence, and an audited delete or update must have left its ledger
+//! record. The one exception is what a crash between the audit and store commits leaves
+//! ("audited, not applied"): the write's event is then the last its session got to through the
+//! store, which is reported but is not a failure. A later event of that session that went
+//! through the store (an `ok` call, or the session's end) proves the write was applied, so its
+//! missing effects are tampering.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 
 use super::DataDirArg;
-use crate::store::Store;
+use crate::store::ledger::Kind;
+use crate::store::{Store, VerifyReport};
+
+/// One audited agent write, or operator reject.
+struct Write {
+    tool: String,
+    /// The entry the write created (store, update).
+    created: Option<String>,
+    /// The entry it retired (update, delete, reject).
+    target: Option<String>,
+    /// No later event of its session went through the store: it may be the one a crash left.
+    last: bool,
+}
+
+fn audited_writes(audit: &rusqlite::Connection) -> rusqlite::Result<Vec<Write>> {
+    // An ok call or the session's end after the write means the process lived past its commit.
+    let mut stmt = audit.prepare(
+        "SELECT tool, json_extract(detail, '$.created'), json_extract(detail, '$.ids[0]'), \
+         NOT EXISTS (SELECT 1 FROM events AS later WHERE later.session_id = events.session_id \
+             AND later.seq > events.seq \
+             AND (later.kind = 'session_end' OR (later.kind = 'call' AND later.outcome = 'ok'))) \
+         FROM events WHERE kind = 'call' AND outcome = 'ok' \
+         AND tool IN ('memory_store', 'memory_update', 'memory_delete') \
+         UNION ALL \
+         SELECT 'review_reject', NULL, json_extract(detail, '$.id'), 0 FROM events \
+         WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'review_reject'",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Write {
+            tool: r.get(0)?,
+            created: r.get(1)?,
+            target: r.get(2)?,
+            last: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Findings of the reconciliation with the audit log.
+#[derive(Default)]
+struct Reconciled {
+    /// Entries whose creation is audited, missing without a purge or reject record.
+    missing: Vec<String>,
+    /// Audited retirements without their ledger record: "id: what".
+    unrecorded: Vec<String>,
+    /// Audited writes a crash left unapplied (harmless).
+    not_applied: Vec<String>,
+}
+
+fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
+    let has = |id: &str, kind: Kind| {
+        report
+            .ledger
+            .kinds
+            .get(id)
+            .is_some_and(|k| k.contains(&kind))
+    };
+    let present = |id: &str| report.statuses.contains_key(id);
+    // Absent for a recorded reason.
+    let gone = |id: &str| has(id, Kind::Purged) || has(id, Kind::Rejected);
+    let mut out = Reconciled::default();
+    for w in writes {
+        let created = w.created.as_deref();
+        let target = w.target.as_deref();
+        match (w.tool.as_str(), created, target) {
+            ("memory_store", Some(x), _) if !present(x) && !gone(x) => {
+                if w.last {
+                    out.not_applied.push(x.to_string());
+                } else {
+                    out.missing.push(x.to_string());
+                }
+            }
+            ("memory_update", Some(new), Some(old)) => {
+                let new_there = present(new) || gone(new);
+                let recorded = has(old, Kind::Superseded);
+                if !new_there && !recorded && w.last {
+                    out.not_applied.push(new.to_string());
+                    continue;
+                }
+                if !new_there {
+                    out.missing.push(new.to_string());
+                }
+                if !recorded {
+                    out.unrecorded
+                        .push(format!("{old}: superseded by an audited update ({new})"));
+                }
+            }
+            ("memory_delete", _, Some(x)) => {
+                let untouched = report.statuses.get(x).is_some_and(|s| s == "active");
+                if has(x, Kind::Deleted) {
+                    continue;
+                }
+                if w.last && untouched {
+                    out.not_applied.push(x.to_string());
+                } else {
+                    out.unrecorded
+                        .push(format!("{x}: deleted by an audited call"));
+                }
+            }
+            // The operator's event comes before the store change, so a reject that changed
+            // nothing (a wrong id, a crash) leaves the entry in place: only its absence counts.
+            ("review_reject", _, Some(x)) if !present(x) && !gone(x) => {
+                out.unrecorded
+                    .push(format!("{x}: rejected by the operator"));
+            }
+            _ => {}
+        }
+    }
+    for v in [&mut out.missing, &mut out.unrecorded, &mut out.not_applied] {
+        v.sort();
+        v.dedup();
+    }
+    out
+}
+
+/// Prints `ok` or a FAILED heading with one line per item; returns whether it failed.
+fn section(items: &[String], ok: &str, failed: &str) -> bool {
+    if items.is_empty() {
+        println!("ok: {ok}");
+        return false;
+    }
+    println!("FAILED: {} {failed}:", items.len());
+    for item in items {
+        println!("{item}");
+    }
+    true
+}
 
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let dir = args.open()?;
@@ -29,68 +162,57 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
             println!("{id}");
         }
     }
+    failed |= section(
+        &report.ledger.problems,
+        &format!("{} ledger records verify and chain", report.ledger.records),
+        "ledger problems (a record was removed, altered or forged)",
+    );
+    let listed = |rows: &[(String, String)]| -> Vec<String> {
+        rows.iter().map(|(id, s)| format!("{id} ({s})")).collect()
+    };
+    failed |= section(
+        &listed(&report.rolled_back),
+        "no entry is less retired than its ledger records",
+        "entries are less retired than their ledger records (an older sealed copy was put back; \
+         reads withhold them)",
+    );
+    failed |= section(
+        &listed(&report.unrecorded),
+        "every superseded or deleted entry has its ledger record",
+        "entries are superseded or deleted without their ledger record (one was removed)",
+    );
 
     let audit = crate::audit::open_ro(&dir.audit_db())?;
-    let mut stmt = audit.prepare(
-        "SELECT json_extract(detail, '$.created') FROM events WHERE kind = 'call' \
-         AND outcome = 'ok' AND tool IN ('memory_store', 'memory_update') \
-         AND json_extract(detail, '$.created') IS NOT NULL",
-    )?;
-    let audited: HashSet<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<_, _>>()?;
-    let entries: HashSet<String> = store.all_ids()?.into_iter().collect();
-    let mut unaudited: Vec<&String> = entries.difference(&audited).collect();
-    let mut not_applied: Vec<&String> = audited.difference(&entries).collect();
-    unaudited.sort();
-    not_applied.sort();
-    if unaudited.is_empty() {
-        println!("ok: every entry has the audited call that created it");
-    } else {
-        failed = true;
-        println!(
-            "FAILED: {} entries have no audited call that created them:",
-            unaudited.len()
-        );
-        for id in unaudited {
-            println!("{id}");
-        }
-    }
-    // A row put back to an earlier, genuinely sealed state (an undelete, an un-supersede)
-    // verifies on its own; the audit log knows better.
-    let mut stmt = audit.prepare(
-        "SELECT json_extract(detail, '$.ids[0]') FROM events WHERE kind = 'call' \
-         AND outcome = 'ok' AND tool IN ('memory_delete', 'memory_update')",
-    )?;
-    let retired: HashSet<String> = stmt
-        .query_map([], |r| r.get::<_, Option<String>>(0))?
-        .filter_map(|r| r.transpose())
-        .collect::<Result<_, _>>()?;
-    let mut revived: Vec<String> = store
-        .active_ids()?
-        .into_iter()
-        .filter(|id| retired.contains(id))
+    let writes = audited_writes(&audit)?;
+    let created: HashSet<&str> = writes.iter().filter_map(|w| w.created.as_deref()).collect();
+    let mut unaudited: Vec<&String> = report
+        .statuses
+        .keys()
+        .filter(|id| !created.contains(id.as_str()))
         .collect();
-    revived.sort();
-    if revived.is_empty() {
-        println!("ok: no deleted or superseded entry is active again");
-    } else {
-        failed = true;
-        println!(
-            "FAILED: {} entries were deleted or superseded by an audited call but are active again \
-             (an older sealed row was put back):",
-            revived.len()
-        );
-        for id in revived {
-            println!("{id}");
-        }
-    }
-    if !not_applied.is_empty() {
+    unaudited.sort();
+    failed |= section(
+        &unaudited.into_iter().cloned().collect::<Vec<_>>(),
+        "every entry has the audited call that created it",
+        "entries have no audited call that created them",
+    );
+    let found = reconcile(&report, &writes);
+    failed |= section(
+        &found.missing,
+        "every entry whose creation is audited is present, or purged or rejected on record",
+        "entries whose creation is audited are missing without a purge or reject on record",
+    );
+    failed |= section(
+        &found.unrecorded,
+        "every audited delete, update and reject has its ledger record",
+        "audited retirements have no ledger record (it was removed, and the row maybe put back)",
+    );
+    if !found.not_applied.is_empty() {
         println!(
             "note: {} audited writes were not applied (a crash between the audit and store commits):",
-            not_applied.len()
+            found.not_applied.len()
         );
-        for id in not_applied {
+        for id in &found.not_applied {
             println!("{id}");
         }
     }
@@ -99,4 +221,77 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(tool: &str, created: Option<&str>, target: Option<&str>, last: bool) -> Write {
+        Write {
+            tool: tool.into(),
+            created: created.map(Into::into),
+            target: target.map(Into::into),
+            last,
+        }
+    }
+
+    fn report(rows: &[(&str, &str)], records: &[(&str, Kind)]) -> VerifyReport {
+        let mut r = VerifyReport::default();
+        for (id, status) in rows {
+            r.statuses.insert(id.to_string(), status.to_string());
+        }
+        for (id, kind) in records {
+            r.ledger
+                .kinds
+                .entry(id.to_string())
+                .or_default()
+                .push(*kind);
+        }
+        r
+    }
+
+    #[test]
+    fn only_a_sessions_last_write_may_be_audited_and_not_applied() {
+        // A crash after the audit commit: the store and the delete never reached the store.
+        let crashed = [
+            write("memory_store", Some("a"), Some("a"), true),
+            write("memory_delete", None, Some("b"), true),
+            write("memory_update", Some("d"), Some("c"), true),
+        ];
+        let r = report(&[("b", "active"), ("c", "active")], &[]);
+        let found = reconcile(&r, &crashed);
+        assert_eq!(found.not_applied, vec!["a", "b", "d"]);
+        assert!(found.missing.is_empty() && found.unrecorded.is_empty());
+        // The same state, but each session went on through the store: tampering.
+        let went_on: Vec<Write> = crashed
+            .iter()
+            .map(|w| write(&w.tool, w.created.as_deref(), w.target.as_deref(), false))
+            .collect();
+        let found = reconcile(&r, &went_on);
+        assert!(found.not_applied.is_empty());
+        assert_eq!(found.missing, vec!["a", "d"]);
+        assert_eq!(found.unrecorded.len(), 2, "{:?}", found.unrecorded);
+    }
+
+    #[test]
+    fn an_applied_update_needs_its_record_and_a_purge_explains_absence() {
+        // The new version exists, so the update committed: the old one's record must too.
+        let r = report(&[("old", "active"), ("new", "active")], &[]);
+        let found = reconcile(
+            &r,
+            &[write("memory_update", Some("new"), Some("old"), true)],
+        );
+        assert_eq!(found.unrecorded.len(), 1);
+        assert!(found.not_applied.is_empty());
+        let r = report(&[], &[("x", Kind::Deleted), ("x", Kind::Purged)]);
+        let found = reconcile(
+            &r,
+            &[
+                write("memory_store", Some("x"), Some("x"), false),
+                write("memory_delete", None, Some("x"), false),
+            ],
+        );
+        assert!(found.missing.is_empty() && found.unrecorded.is_empty());
+    }
 }

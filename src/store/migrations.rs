@@ -58,7 +58,26 @@ CREATE TABLE session_starts (
 );
 CREATE INDEX session_starts_by_principal ON session_starts (principal, started_at);
 "#,
+    r#"
+-- Insert-only, chained, sealed records of every change to an entry's served state after it was
+-- written (store/ledger.rs). Reads look an entry's records up by (entry_id, kind) alone.
+CREATE TABLE ledger (
+    seq       INTEGER PRIMARY KEY,
+    entry_id  TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash      BLOB NOT NULL,
+    key_id    TEXT NOT NULL,
+    mac       BLOB NOT NULL
+);
+CREATE INDEX ledger_by_entry ON ledger (entry_id, kind);
+"#,
 ];
+
+/// The version that creates the ledger; its records for rows already retired are sealed in the
+/// same transaction (it needs the entry keys, so the caller's `after_step` does it).
+pub const LEDGER_VERSION: i64 = 3;
 
 /// The schema version this binary writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -75,8 +94,12 @@ pub enum MigrationError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// Brings the schema to `CURRENT_VERSION`.
-pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
+/// Brings the schema to `CURRENT_VERSION`. `after_step` runs inside each step's transaction
+/// with the version it reaches, for data a step needs that SQL alone cannot make (seals).
+pub fn migrate(
+    conn: &mut Connection,
+    after_step: &dyn Fn(&Connection, i64) -> rusqlite::Result<()>,
+) -> Result<(), MigrationError> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -87,6 +110,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
             return Ok(());
         };
         tx.execute_batch(step)?;
+        after_step(&tx, version + 1)?;
         // PRAGMA takes no parameters; the value is our own integer, never input.
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;

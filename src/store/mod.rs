@@ -1,11 +1,13 @@
 //! memory.db: sealed entry rows, their full-text index, and every read verified.
 //!
-//! The store owns SQL and sealing. Every row it hands out has passed its MAC check; a row that
-//! fails is never returned as data (get → [`Error::Integrity`], search and list count it as
-//! withheld). Writes run in `BEGIN IMMEDIATE` so concurrent server processes on one file
+//! The store owns SQL and sealing. Every row it hands out has passed its MAC check and is no
+//! less retired than its ledger records say (`ledger`: a seal proves authorship, not freshness);
+//! a row that fails either is never returned as data (get → [`Error::Integrity`], search and list
+//! count it as withheld). Writes run in `BEGIN IMMEDIATE` so concurrent server processes on one file
 //! serialise instead of failing half-way. Only parameterized statements touch input values.
 
 pub mod keyring;
+pub mod ledger;
 pub mod migrations;
 pub mod seal;
 
@@ -201,7 +203,16 @@ pub struct Hits {
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     pub checked: u64,
+    /// Rows whose seal fails.
     pub failed: Vec<String>,
+    /// Rows less retired than their ledger records: (id, status), an older sealed copy put back.
+    pub rolled_back: Vec<(String, String)>,
+    /// Superseded or deleted rows without the record of that change: (id, status).
+    pub unrecorded: Vec<(String, String)>,
+    /// Every row's id and status column (for reconciliation with the audit log).
+    pub statuses: std::collections::HashMap<String, String>,
+    /// The ledger's chain.
+    pub ledger: ledger::ChainReport,
 }
 
 /// SQLite's `synchronous` setting: FULL survives power loss, NORMAL only process crashes.
@@ -240,11 +251,15 @@ pub enum OpenError {
     Migration(#[from] migrations::MigrationError),
 }
 
-const COLUMNS: &str = "entries.id, entries.namespace, entries.content, entries.tags, \
-    entries.metadata, entries.status, entries.supersedes, entries.principal, entries.session_id, \
-    entries.created_at, entries.updated_at, entries.content_sha256, entries.key_id, entries.mac, \
-    entries.rowid";
-const COLUMN_COUNT: usize = 15;
+const COLUMNS: &str = concat!(
+    "entries.id, entries.namespace, entries.content, entries.tags, entries.metadata, \
+     entries.status, entries.supersedes, entries.principal, entries.session_id, \
+     entries.created_at, entries.updated_at, entries.content_sha256, entries.key_id, \
+     entries.mac, ",
+    ledger::rank_sql!(),
+    ", entries.rowid"
+);
+const COLUMN_COUNT: usize = 16;
 
 /// A row as read, before verification.
 struct RawRow {
@@ -262,6 +277,8 @@ struct RawRow {
     content_sha256: Vec<u8>,
     key_id: String,
     mac: Vec<u8>,
+    /// The highest rank of the row's ledger records (0 without any).
+    ledger_rank: i64,
 }
 
 impl RawRow {
@@ -295,12 +312,29 @@ impl RawRow {
             content_sha256: row.get(11)?,
             key_id: row.get(12)?,
             mac: row.get(13)?,
+            ledger_rank: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
         })
     }
 
-    /// The verified entry, or `None` when anything about the row does not hold: unknown key,
-    /// malformed tags or status, wrong hash or MAC.
+    /// Whether the row is less retired than its ledger records: an older sealed copy put back.
+    fn rolled_back(&self) -> bool {
+        ledger::status_rank(&self.status) < self.ledger_rank
+    }
+
+    /// The verified entry, or `None` when its seal fails or its ledger records retire it.
     fn verify(self, keys: &KeySet) -> Option<Entry> {
+        let rolled_back = self.rolled_back();
+        let entry = self.verify_seal(keys)?;
+        if rolled_back {
+            tracing::warn!(target: "memwarden::security", event = "rollback", id = entry.id, "entry is less retired than its ledger records (an older sealed copy put back) and was withheld");
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// The entry if its seal holds, or `None` when anything about the row does not: unknown key,
+    /// malformed tags or status, wrong hash or MAC. Says nothing about freshness.
+    fn verify_seal(self, keys: &KeySet) -> Option<Entry> {
         let key = keys.get(&self.key_id)?;
         let tags: Vec<String> = serde_json::from_str(&self.tags).ok()?;
         let status = Status::parse(&self.status)?;
@@ -396,7 +430,12 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let mut conn = Connection::open_with_flags(path, flags)?;
         Self::configure(&conn, options)?;
-        migrations::migrate(&mut conn)?;
+        migrations::migrate(&mut conn, &|tx, version| {
+            if version == migrations::LEDGER_VERSION {
+                ledger::backfill(tx, &keys)?;
+            }
+            Ok(())
+        })?;
         Ok(Self {
             conn,
             keys,
@@ -697,6 +736,7 @@ impl Store {
         old.status = Status::Superseded;
         old.updated_at = now_ms;
         self.reseal_status(&tx, &old)?;
+        ledger::append(&tx, &self.keys, &old.id, ledger::Kind::Superseded, now_ms)?;
         self.insert_row(&tx, &new)?;
         before_commit(&new)?;
         tx.commit()?;
@@ -721,6 +761,7 @@ impl Store {
         entry.status = Status::Deleted;
         entry.updated_at = now_ms;
         self.reseal_status(&tx, &entry)?;
+        ledger::append(&tx, &self.keys, &entry.id, ledger::Kind::Deleted, now_ms)?;
         before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
@@ -1011,7 +1052,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Checks every row's seal; returns the ids that fail.
+    /// Checks every row's seal and its status against its ledger records, and walks the
+    /// ledger's chain.
     pub fn verify_all(&self) -> Result<VerifyReport> {
         let sql = format!("SELECT {COLUMNS} FROM entries ORDER BY rowid");
         let mut stmt = self.conn.prepare(&sql)?;
@@ -1021,14 +1063,26 @@ impl Store {
             report.checked += 1;
             match RawRow::read(row) {
                 Ok(raw) => {
-                    let id = raw.id.clone();
-                    if raw.verify(&self.keys).is_none() {
-                        report.failed.push(id);
+                    let (id, status) = (raw.id.clone(), raw.status.clone());
+                    let own = ledger::status_rank(&status);
+                    if raw.rolled_back() {
+                        report.rolled_back.push((id.clone(), status.clone()));
+                    } else if own > raw.ledger_rank && own >= ledger::Kind::Superseded.rank() {
+                        report.unrecorded.push((id.clone(), status.clone()));
                     }
+                    if raw.verify_seal(&self.keys).is_none() {
+                        report.failed.push(id.clone());
+                    }
+                    report.statuses.insert(id, status);
                 }
-                Err(label) => report.failed.push(label),
+                Err(label) => {
+                    // Present, if unreadable: not to be taken for a missing entry.
+                    report.statuses.insert(label.clone(), "unreadable".into());
+                    report.failed.push(label);
+                }
             }
         }
+        report.ledger = ledger::check_chain(&self.conn, &self.keys)?;
         Ok(report)
     }
 
@@ -1090,58 +1144,91 @@ impl Store {
         entry.status = Status::Active;
         entry.updated_at = now_ms;
         self.reseal_status(&tx, &entry)?;
+        // Recorded, so the quarantined copy put back is not taken for an entry still in review.
+        ledger::append(&tx, &self.keys, &entry.id, ledger::Kind::Approved, now_ms)?;
         tx.commit()?;
         Ok(entry)
     }
 
     /// Drops a quarantined entry for good.
-    pub fn reject_quarantined(&mut self, id: &str) -> Result<Entry> {
+    pub fn reject_quarantined(&mut self, id: &str, now_ms: i64) -> Result<Entry> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let entry = self.load_verified(&tx, id, &|_, _| Ok(()))?;
         if entry.status != Status::Quarantined {
             return Err(Error::InvalidArgument(format!("{id} is not quarantined")));
         }
+        ledger::append(&tx, &self.keys, id, ledger::Kind::Rejected, now_ms)?;
         tx.execute("DELETE FROM entries WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(entry)
     }
 
     /// Retention: deletes entries created before `older_than` (any status) and tombstones
-    /// deleted before `tombstones_before`. Returns (entries removed, tombstones removed).
+    /// deleted before `tombstones_before`, each with a ledger record so that a copy put back is
+    /// never served. Returns (entries removed, tombstones removed).
     pub fn purge(
         &mut self,
         older_than: Option<i64>,
         tombstones_before: Option<i64>,
+        now_ms: i64,
     ) -> Result<(u64, u64)> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let mut removed = 0;
         let mut tombstones = 0;
         if let Some(t) = tombstones_before {
-            tombstones = tx.execute(
-                "DELETE FROM entries WHERE status = 'deleted' AND updated_at < ?1",
-                [t],
-            )? as u64;
+            tombstones =
+                self.purge_where(&tx, "status = 'deleted' AND updated_at < ?1", t, now_ms)?;
         }
         if let Some(t) = older_than {
-            removed = tx.execute("DELETE FROM entries WHERE created_at < ?1", [t])? as u64;
+            removed = self.purge_where(&tx, "created_at < ?1", t, now_ms)?;
         }
         tx.commit()?;
         Ok((removed, tombstones))
     }
 
-    /// Rows still sealed with key `key_id`.
+    /// Records and deletes the rows matching `condition` (our own SQL; `?1` is `bound`).
+    fn purge_where(
+        &self,
+        tx: &Connection,
+        condition: &str,
+        bound: i64,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT id FROM entries WHERE {condition} ORDER BY rowid"
+            ))?;
+            let mapped = stmt.query_map([bound], |r| r.get(0))?;
+            mapped.collect::<rusqlite::Result<_>>()?
+        };
+        for id in &ids {
+            ledger::append(tx, &self.keys, id, ledger::Kind::Purged, now_ms)?;
+        }
+        let n = tx.execute(&format!("DELETE FROM entries WHERE {condition}"), [bound])?;
+        if n != ids.len() {
+            return Err(Error::Internal(format!(
+                "purge recorded {} rows and deleted {n}",
+                ids.len()
+            )));
+        }
+        Ok(n as u64)
+    }
+
+    /// Rows and ledger records still sealed with key `key_id`.
     pub fn rows_sealed_with(&self, key_id: &str) -> Result<u64> {
         let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM entries WHERE key_id = ?1",
+            "SELECT (SELECT count(*) FROM entries WHERE key_id = ?1) \
+             + (SELECT count(*) FROM ledger WHERE key_id = ?1)",
             [key_id],
             |r| r.get(0),
         )?;
         Ok(n.max(0) as u64)
     }
 
-    /// Re-seals up to `batch` rows not sealed with the active key, in one transaction. A row
-    /// that does not verify under its own key is left alone and reported: re-sealing it would
-    /// launder the tampering. Returns (re-sealed, ids that failed). Resumable: run it again.
+    /// Re-seals up to `batch` rows, then ledger records, not sealed with the active key, in one
+    /// transaction. A row or record that does not verify under its own key (or a row its records
+    /// retire) is left alone and reported: re-sealing it would launder the tampering. Returns
+    /// (re-sealed, ids that failed; records as `ledger:SEQ`). Resumable: run it again.
     pub fn reseal_batch(&mut self, batch: usize, skip: &[String]) -> Result<(usize, Vec<String>)> {
         let active = self.keys.active().0.to_string();
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
@@ -1174,6 +1261,11 @@ impl Store {
                 }
                 None => failed.push(label),
             }
+        }
+        if resealed < batch {
+            let (n, bad) = ledger::reseal_batch(&tx, &self.keys, batch - resealed, skip)?;
+            resealed += n;
+            failed.extend(bad);
         }
         tx.commit()?;
         Ok((resealed, failed))
