@@ -361,6 +361,12 @@ impl Dir {
                 want: "regular file",
             });
         }
+        // Root locking the service user's directory leaves a lock file the service can open.
+        if crate::store::keyring::current_uid() == 0 && self.meta.uid != 0 {
+            // SAFETY: valid fd.
+            check(unsafe { libc::fchown(file.as_raw_fd(), self.meta.uid, self.meta.gid) })
+                .map_err(|e| FsError::io(&path, e))?;
+        }
         // SAFETY: valid fd; flock has no memory preconditions.
         check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
             .map_err(|e| FsError::io(&path, e))?;

@@ -468,11 +468,13 @@ fn keys_rotate_as_root_leaves_a_keyring_the_service_can_read() {
         "{}",
         text(&o)
     );
-    // No temp file left behind.
+    // No temp file left behind; the keyring's lock file stays, and the service can take it.
+    let lock = data.join(".keyring.toml.lock");
+    assert_eq!((mode(&lock), owner(&lock)), (0o600, NOBODY));
     let names: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != ".keyring.toml.lock")
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }

@@ -56,7 +56,10 @@ struct Opened {
 
 fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let dir = args.open()?;
-    // Lock first, then read: the keyring read is the one the save replaces.
+    // The checks on the data dir and keyring run first (nothing is created in a dir that is
+    // refused); then the lock, then the read under it: the keyring read is the one the save
+    // replaces.
+    dir.open_keyring()?;
     let lock = Keyring::lock(&dir.keyring())?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
