@@ -706,3 +706,34 @@ fn a_symlinked_out_is_refused_and_its_target_untouched() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(!dir.tmp.path().join("nowhere").exists());
 }
+
+/// Issue 18 item 10: root, the operator, owning the policy is the intended setup, so the
+/// root-run commands that read it (`health`, `purge`) accept a root-owned 0644 policy in
+/// root-owned 0755 directories.
+#[test]
+fn root_run_health_and_purge_accept_the_root_owned_policy() {
+    let Some(base) = Base::new() else { return };
+    let etc = base.dir("etc", 0, 0o755);
+    let policy = base.policy("etc/policy.toml", 0, 0o644);
+    assert!(etc.join("policy.toml").exists());
+    let data = base.dir("rootdata", 0, 0o700);
+    let init = Command::new(bin())
+        .arg("init")
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init));
+    for cmd in ["health", "purge"] {
+        let out = Command::new(bin())
+            .arg(cmd)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", text(&out));
+        assert!(!text(&out).contains("writable"), "{cmd}: {}", text(&out));
+    }
+}
