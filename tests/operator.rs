@@ -323,3 +323,32 @@ fn connect_waits_as_long_as_the_client_is_quiet() {
     server.join().unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// Purged entries are reconciled as purged (each purge leaves a sealed ledger record), never
+/// as "audited, not applied".
+#[tokio::test]
+async fn verify_reconciles_purged_entries_as_purged() {
+    let dir = TestDir::new();
+    let args = dir.policy(
+        "version = 1\n[retention]\nmax_age_seconds = 1\ndeleted_retention_seconds = 1\n\
+         [principals.local]\ntools = [\"memory_store\", \"memory_delete\", \"memory_list\"]\n\
+         namespaces = { \"*\" = \"rw\" }\ndefault_namespace = \"default\"\n",
+    );
+    let c = dir.connect_with(&args).await;
+    let a = c.store("to expire").await;
+    let b = c.store("to delete").await;
+    c.call("memory_delete", json!({"id": b})).await.ok();
+    c.close().await;
+    std::thread::sleep(Duration::from_millis(1300));
+    let mut purge = vec!["purge".to_string(), "--data-dir".into()];
+    purge.push(dir.data().display().to_string());
+    purge.extend(args);
+    let out = Command::new(common::bin()).args(&purge).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dir.row_count(), 0);
+    let verify = dir.cli(&["verify"]);
+    let said = text(&verify);
+    assert!(verify.status.success(), "{said}");
+    assert!(!said.contains("not applied"), "{said}");
+    assert!(!said.contains(&a) && !said.contains(&b), "{said}");
+}
