@@ -329,23 +329,23 @@ fn walk_value<'m>(key: usize, v: &'m Value, strings: &mut Vec<&'m str>, lines: &
 
 /// A range of units: `..`, `a..` or `..b`.
 trait SliceIndex {
-    fn of<'u>(self, units: &'u [Unit]) -> &'u [Unit];
+    fn of(self, units: &[Unit]) -> &[Unit];
 }
 
 impl SliceIndex for std::ops::RangeFull {
-    fn of<'u>(self, units: &'u [Unit]) -> &'u [Unit] {
+    fn of(self, units: &[Unit]) -> &[Unit] {
         units
     }
 }
 
 impl SliceIndex for std::ops::RangeFrom<usize> {
-    fn of<'u>(self, units: &'u [Unit]) -> &'u [Unit] {
+    fn of(self, units: &[Unit]) -> &[Unit] {
         units.get(self).unwrap_or_default()
     }
 }
 
 impl SliceIndex for std::ops::RangeTo<usize> {
-    fn of<'u>(self, units: &'u [Unit]) -> &'u [Unit] {
+    fn of(self, units: &[Unit]) -> &[Unit] {
         units.get(self).unwrap_or_default()
     }
 }
