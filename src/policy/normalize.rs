@@ -53,19 +53,49 @@ impl Normalized {
     }
 }
 
-/// Normalises `s` in one pass. See the module doc for what the view keeps and drops.
+/// Normalises `s` in one pass, with the map back. See the module doc for what the view keeps.
 pub fn normalize(s: &str) -> Normalized {
+    run(s, true)
+}
+
+/// The view text alone, without the map: what a clean write costs.
+pub fn normalize_text(s: &str) -> String {
+    run(s, false).text
+}
+
+fn run(s: &str, mapped: bool) -> Normalized {
     let mut out = Builder {
         norm: Normalized {
             text: String::with_capacity(s.len()),
-            units: Vec::with_capacity(s.len()),
+            units: Vec::with_capacity(if mapped { s.len() } else { 0 }),
         },
+        mapped,
         space: None,
         last_was_char: false,
     };
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < s.len() {
+        // Printable ASCII other than `&` and `%` is its own view: copied a run at a time.
+        let plain = bytes[i..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_graphic() && b != b'&' && b != b'%')
+            .count();
+        if plain > 0 {
+            out.flush_space();
+            out.norm.text.push_str(&s[i..i + plain]);
+            if mapped {
+                let at = out.norm.text.len() - plain;
+                out.norm.units.extend((0..plain).map(|k| Unit {
+                    at: (at + k) as u32,
+                    start: (i + k) as u32,
+                    end: (i + k + 1) as u32,
+                }));
+            }
+            out.last_was_char = true;
+            i += plain;
+            continue;
+        }
         let (c, len) = match bytes[i] {
             b'&' => entity(&s[i..]),
             b'%' => percent(&bytes[i..]),
@@ -84,6 +114,7 @@ pub fn normalize(s: &str) -> Normalized {
 
 struct Builder {
     norm: Normalized,
+    mapped: bool,
     /// A white-space run not yet written: original range and whether it holds a line break.
     space: Option<(usize, usize, bool)>,
     /// Whether the last thing written was a char (not white space), which absorbs dropped chars.
@@ -93,7 +124,6 @@ struct Builder {
 impl Builder {
     fn push(&mut self, c: char, start: usize, end: usize) {
         if c.is_ascii() && !c.is_ascii_control() {
-            // The common case, kept cheap: printable ASCII is its own view.
             if c == ' ' {
                 self.space(start, end, false);
             } else {
@@ -157,11 +187,13 @@ impl Builder {
     }
 
     fn write(&mut self, c: char, start: usize, end: usize) {
-        self.norm.units.push(Unit {
-            at: self.norm.text.len() as u32,
-            start: start as u32,
-            end: end as u32,
-        });
+        if self.mapped {
+            self.norm.units.push(Unit {
+                at: self.norm.text.len() as u32,
+                start: start as u32,
+                end: end as u32,
+            });
+        }
         self.norm.text.push(c);
     }
 }
@@ -313,6 +345,7 @@ mod tests {
         let n = normalize(s);
         assert_eq!(n.text, "xy j p\nz:");
         assert_eq!(n.units.len(), n.text.chars().count());
+        assert_eq!(normalize_text(s), n.text);
         for (u, (at, _)) in n.units.iter().zip(n.text.char_indices()) {
             assert_eq!(u.at as usize, at);
             assert!(s.is_char_boundary(u.start as usize) && s.is_char_boundary(u.end as usize));

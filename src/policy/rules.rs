@@ -128,7 +128,9 @@ impl Rules {
         let Some(set) = &self.set else {
             return verdict;
         };
-        let write = cross::Write::new(content, tags, metadata.as_ref());
+        // A clean write costs one normalisation of each string, without maps, and one or two
+        // passes of the set.
+        let write = cross::Write::new(content, tags, metadata.as_ref(), false);
         let plain = write.view(false, false);
         let mut matched: Vec<usize> = set.matches(&plain.text).into_iter().collect();
         let joined = plain.text.contains('\n').then(|| write.view(true, false));
@@ -140,7 +142,8 @@ impl Rules {
         if matched.is_empty() {
             return verdict;
         }
-        // Something matched: build the views again with their maps back to the original.
+        // Something matched: normalise again, keeping the maps back to the original.
+        let write = cross::Write::new(content, tags, metadata.as_ref(), true);
         let mut views = vec![write.view(false, true)];
         if joined.is_some() {
             views.push(write.view(true, true));

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::Field;
-use crate::policy::normalize::{Normalized, Unit, normalize};
+use crate::policy::normalize::{Normalized, normalize, normalize_text};
 
 /// The segment id of text the view adds (separators, `: `, a number's text).
 const SYNTHETIC: u32 = u32::MAX;
@@ -61,16 +61,32 @@ pub(super) struct View {
 }
 
 impl Write {
-    pub fn new(content: &str, tags: &[String], metadata: Option<&Map<String, Value>>) -> Self {
+    /// Normalises every string of a write; `mapped` keeps the maps back to the original.
+    pub fn new(
+        content: &str,
+        tags: &[String],
+        metadata: Option<&Map<String, Value>>,
+        mapped: bool,
+    ) -> Self {
+        let norm = |s: &str| {
+            if mapped {
+                normalize(s)
+            } else {
+                Normalized {
+                    text: normalize_text(s),
+                    units: Vec::new(),
+                }
+            }
+        };
         let mut strings = Vec::new();
         let mut lines = Vec::new();
         if let Some(map) = metadata {
             walk(map, &mut strings, &mut lines);
         }
         Self {
-            content: normalize(content),
-            tags: tags.iter().map(|t| normalize(t)).collect(),
-            meta: strings.into_iter().map(normalize).collect(),
+            content: norm(content),
+            tags: tags.iter().map(|t| norm(t)).collect(),
+            meta: strings.into_iter().map(norm).collect(),
             lines,
         }
     }
@@ -95,23 +111,25 @@ impl Write {
             mapped,
             held: None,
         };
-        v.region(&[Field::Content], |v| v.segment(0, &self.content, ..));
+        v.region(&[Field::Content], |v| {
+            v.segment(0, &self.content, Part::All)
+        });
         if !self.lines.is_empty() {
             v.region(&[Field::Metadata], |v| {
                 for line in &self.lines {
                     if let Leaf::Str(id) = line.leaf {
-                        v.segment(self.meta_seg(id), &self.meta[id], ..);
+                        v.segment(self.meta_seg(id), &self.meta[id], Part::All);
                     }
                 }
             });
             v.region(&[Field::Metadata], |v| {
                 for line in &self.lines {
-                    v.segment(self.meta_seg(line.key), &self.meta[line.key], ..);
+                    v.segment(self.meta_seg(line.key), &self.meta[line.key], Part::All);
                     v.synthetic(":");
                     match &line.leaf {
                         Leaf::Str(id) => {
                             v.synthetic(" ");
-                            v.append(self.meta_seg(*id), &self.meta[*id], ..);
+                            v.append(self.meta_seg(*id), &self.meta[*id], Part::All);
                         }
                         Leaf::Scalar(s) => {
                             v.synthetic(" ");
@@ -121,18 +139,18 @@ impl Write {
                     }
                 }
             });
-            if !self.content.units.is_empty() {
+            if !self.content.text.is_empty() {
                 let c = &self.content;
                 v.region(&[Field::Content, Field::Metadata], |v| {
                     for line in &self.lines {
                         let Leaf::Str(id) = line.leaf else { continue };
                         let (m, seg) = (&self.meta[id], self.meta_seg(id));
-                        v.segment(0, c, c.units.len().saturating_sub(SEAM)..);
+                        v.segment(0, c, Part::Tail);
                         v.synthetic("\n");
-                        v.append(seg, m, ..SEAM.min(m.units.len()));
-                        v.segment(seg, m, m.units.len().saturating_sub(SEAM)..);
+                        v.append(seg, m, Part::Head);
+                        v.segment(seg, m, Part::Tail);
                         v.synthetic("\n");
-                        v.append(0, c, ..SEAM.min(c.units.len()));
+                        v.append(0, c, Part::Head);
                     }
                 });
             }
@@ -140,7 +158,7 @@ impl Write {
         if !self.tags.is_empty() {
             v.region(&[Field::Tags], |v| {
                 for (i, t) in self.tags.iter().enumerate() {
-                    v.segment(self.tag_seg(i), t, ..);
+                    v.segment(self.tag_seg(i), t, Part::All);
                 }
             });
         }
@@ -163,28 +181,48 @@ impl Builder {
         self.view.regions.push((fields, from, self.view.text.len()));
     }
 
-    /// Units `range` of a segment, after a hard break.
-    fn segment(&mut self, seg: u32, n: &Normalized, range: impl SliceIndex) {
+    /// A part of a segment, after a hard break.
+    fn segment(&mut self, seg: u32, n: &Normalized, part: Part) {
         if !self.view.text.is_empty() {
             self.synthetic("\n\n");
         }
-        self.append(seg, n, range);
+        self.append(seg, n, part);
     }
 
-    fn append(&mut self, seg: u32, n: &Normalized, range: impl SliceIndex) {
-        let units = range.of(&n.units);
-        let (Some(first), Some(last)) = (units.first(), units.last()) else {
-            return;
+    fn append(&mut self, seg: u32, n: &Normalized, part: Part) {
+        // Char (= unit) index and byte offset where the part starts and ends.
+        let (first, from, to) = match part {
+            Part::All => (0, 0, n.text.len()),
+            Part::Head => {
+                let to = n
+                    .text
+                    .char_indices()
+                    .nth(SEAM)
+                    .map_or(n.text.len(), |(i, _)| i);
+                (0, 0, to)
+            }
+            Part::Tail => {
+                let from = n
+                    .text
+                    .char_indices()
+                    .nth_back(SEAM - 1)
+                    .map_or(0, |(i, _)| i);
+                let first = n.units.partition_point(|u| (u.at as usize) < from);
+                (first, from, n.text.len())
+            }
         };
-        let (from, to) = (first.at as usize, last.at as usize);
-        let to = to + n.text[to..].chars().next().map_or(0, char::len_utf8);
         let text = &n.text[from..to];
         if !self.joined && !self.mapped {
             self.view.text.push_str(text);
             return;
         }
-        for (u, c) in units.iter().zip(text.chars()) {
-            self.push(c, (seg, u.start, u.end));
+        let mut units = n.units.get(first..).unwrap_or_default().iter();
+        for c in text.chars() {
+            let unit = match units.next() {
+                Some(u) if self.mapped => (seg, u.start, u.end),
+                _ => (SYNTHETIC, 0, 0),
+            };
+            self.push(c, unit);
         }
     }
 
@@ -327,27 +365,14 @@ fn walk_value<'m>(key: usize, v: &'m Value, strings: &mut Vec<&'m str>, lines: &
     }
 }
 
-/// A range of units: `..`, `a..` or `..b`.
-trait SliceIndex {
-    fn of(self, units: &[Unit]) -> &[Unit];
-}
-
-impl SliceIndex for std::ops::RangeFull {
-    fn of(self, units: &[Unit]) -> &[Unit] {
-        units
-    }
-}
-
-impl SliceIndex for std::ops::RangeFrom<usize> {
-    fn of(self, units: &[Unit]) -> &[Unit] {
-        units.get(self).unwrap_or_default()
-    }
-}
-
-impl SliceIndex for std::ops::RangeTo<usize> {
-    fn of(self, units: &[Unit]) -> &[Unit] {
-        units.get(self).unwrap_or_default()
-    }
+/// Which chars of a segment a view takes.
+#[derive(Clone, Copy)]
+enum Part {
+    All,
+    /// The first `SEAM` chars.
+    Head,
+    /// The last `SEAM` chars.
+    Tail,
 }
 
 type Edits = HashMap<u32, Vec<(u32, u32, usize)>>;
