@@ -181,6 +181,9 @@ default_namespace = "default"
         ..60,
         "password=hunter2hunter2 <script>x</script> AKIAIOSFODNN7EXAMPLE ",
     );
+    c.bench_function("policy rules, normalised view of 16 KiB", |b| {
+        b.iter(|| black_box(memwarden::policy::normalize::normalize(&clean)))
+    });
     for (name, text) in [("clean", clean), ("with 3 hits", dirty)] {
         c.bench_function(&format!("policy rules, all packs, 16 KiB {name}"), |b| {
             b.iter_batched(

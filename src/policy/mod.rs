@@ -7,6 +7,7 @@
 
 pub mod limits;
 pub mod load;
+pub mod normalize;
 pub mod rules;
 
 use std::collections::{BTreeMap, HashSet};

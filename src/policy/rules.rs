@@ -6,6 +6,8 @@
 use regex::{Regex, RegexSet};
 use serde_json::Value;
 
+mod cross;
+
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,18 +73,18 @@ pub fn pack(name: &str) -> Option<Result<Vec<(String, String)>, String>> {
     )
 }
 
-/// All rules, with one set per field.
+/// All rules, compiled into one set that runs over the cross-field view of a write.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
-    /// Per field: the set over the rules that look at it, and their indexes into `rules`.
-    sets: Vec<(Field, RegexSet, Vec<usize>)>,
+    set: Option<RegexSet>,
 }
 
 /// What the rules decided about one write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
-    /// The first reject rule that matched.
+    /// The first reject rule that matched, or the first redact rule whose match could not be
+    /// mapped back to stored text (fail closed).
     pub rejected_by: Option<String>,
     pub quarantined_by: Vec<String>,
     pub redacted_by: Vec<String>,
@@ -90,18 +92,12 @@ pub struct Verdict {
 
 impl Rules {
     pub fn new(rules: Vec<Rule>) -> Result<Self, regex::Error> {
-        let mut sets = Vec::new();
-        for field in [Field::Content, Field::Tags, Field::Metadata] {
-            let idx: Vec<usize> = (0..rules.len())
-                .filter(|&i| rules[i].fields.contains(&field))
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let set = RegexSet::new(idx.iter().map(|&i| rules[i].regex.as_str()))?;
-            sets.push((field, set, idx));
-        }
-        Ok(Self { rules, sets })
+        let set = if rules.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(rules.iter().map(|r| r.regex.as_str()))?)
+        };
+        Ok(Self { rules, set })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,16 +108,16 @@ impl Rules {
         self.rules.len()
     }
 
-    fn matching(&self, field: Field, text: &str, out: &mut Vec<usize>) {
-        for (f, set, idx) in &self.sets {
-            if *f == field {
-                out.extend(set.matches(text).iter().map(|i| idx[i]));
-            }
-        }
-    }
-
-    /// Checks a write and redacts in place. Redaction replaces each match in content and in
-    /// metadata string values with `[REDACTED:<rule>]`, and drops a matching tag.
+    /// Checks a write and redacts in place.
+    ///
+    /// Every string of the write (content, each tag, each metadata key and string value) is
+    /// normalised once (see [`normalize`](super::normalize)); the rules run over one view that
+    /// joins them, so a secret split between content and metadata, or a credential named by a
+    /// metadata key, is seen whole. A rule only counts where its match lies within the fields
+    /// it applies to. Redaction maps each match back to the original bytes: in content and in
+    /// metadata string values the span becomes `[REDACTED:<rule>]`; a matching tag is dropped;
+    /// a metadata key that a match touches turns its whole entry into
+    /// `"[REDACTED:<rule>]": "[REDACTED:<rule>]"`.
     pub fn apply(
         &self,
         content: &mut String,
@@ -129,90 +125,89 @@ impl Rules {
         metadata: &mut Option<serde_json::Map<String, Value>>,
     ) -> Verdict {
         let mut verdict = Verdict::default();
-        if self.rules.is_empty() {
+        let Some(set) = &self.set else {
             return verdict;
-        }
-        let mut hits: Vec<(Field, usize)> = Vec::new();
-        let mut found = Vec::new();
-        self.matching(Field::Content, content, &mut found);
-        hits.extend(found.drain(..).map(|i| (Field::Content, i)));
-        for tag in tags.iter() {
-            self.matching(Field::Tags, tag, &mut found);
-        }
-        hits.extend(found.drain(..).map(|i| (Field::Tags, i)));
-        if let Some(map) = metadata {
-            for_each_string(map, &mut |s| self.matching(Field::Metadata, s, &mut found));
-        }
-        hits.extend(found.drain(..).map(|i| (Field::Metadata, i)));
-        hits.sort_by_key(|&(_, i)| i);
-        hits.dedup();
-
-        let names = |action: Action| -> Vec<String> {
-            let mut v: Vec<String> = hits
-                .iter()
-                .filter(|(_, i)| self.rules[*i].action == action)
-                .map(|(_, i)| self.rules[*i].name.clone())
-                .collect();
-            v.dedup();
-            v
         };
-        verdict.rejected_by = names(Action::Reject).into_iter().next();
-        if verdict.rejected_by.is_some() {
+        // A clean write costs one normalisation of each string, without maps, and one or two
+        // passes of the set.
+        let write = cross::Write::new(content, tags, metadata.as_ref(), false);
+        let plain = write.view(false, false);
+        let mut matched: Vec<usize> = set.matches(&plain.text).into_iter().collect();
+        let joined = plain.text.contains('\n').then(|| write.view(true, false));
+        if let Some(j) = &joined {
+            matched.extend(set.matches(&j.text).iter());
+            matched.sort_unstable();
+            matched.dedup();
+        }
+        if matched.is_empty() {
             return verdict;
         }
-        verdict.quarantined_by = names(Action::Quarantine);
-        verdict.redacted_by = names(Action::Redact);
-        for (field, i) in hits
-            .iter()
-            .filter(|(_, i)| self.rules[*i].action == Action::Redact)
-        {
-            let rule = &self.rules[*i];
-            let marker = format!("[REDACTED:{}]", rule.name);
-            match field {
-                Field::Content => {
-                    *content = rule
-                        .regex
-                        .replace_all(content, marker.as_str())
-                        .into_owned();
-                }
-                Field::Tags => tags.retain(|t| !rule.regex.is_match(t)),
-                Field::Metadata => {
-                    if let Some(map) = metadata {
-                        map_strings(map, &mut |s| {
-                            if rule.regex.is_match(s) {
-                                *s = rule.regex.replace_all(s, marker.as_str()).into_owned();
-                            }
-                        });
+        // Something matched: normalise again, keeping the maps back to the original.
+        let write = cross::Write::new(content, tags, metadata.as_ref(), true);
+        let mut views = vec![write.view(false, true)];
+        if joined.is_some() {
+            views.push(write.view(true, true));
+        }
+        let mut edits: Vec<(u32, u32, u32, usize)> = Vec::new();
+        for i in matched {
+            let rule = &self.rules[i];
+            let mut hit = false;
+            let mut unmapped = false;
+            let mut plain: Vec<(u32, u32, u32)> = Vec::new();
+            for (v, view) in views.iter().enumerate() {
+                for (from, to) in view.runs(&rule.fields) {
+                    for m in rule.regex.find_iter(&view.text[from..to]) {
+                        if rule.action != Action::Redact {
+                            hit = true;
+                            continue;
+                        }
+                        if m.start() == m.end() {
+                            continue;
+                        }
+                        let spans = view.spans(from + m.start(), from + m.end());
+                        if v > 0
+                            && spans
+                                .iter()
+                                .any(|s| plain.iter().any(|p| p.0 == s.0 && p.1 < s.2 && s.1 < p.2))
+                        {
+                            // The joined view ran this match past a real line end.
+                            continue;
+                        }
+                        if spans.is_empty() {
+                            unmapped = true;
+                        }
+                        hit = true;
+                        if v == 0 {
+                            plain.extend(&spans);
+                        }
+                        edits.extend(spans.into_iter().map(|(seg, a, b)| (seg, a, b, i)));
                     }
                 }
             }
+            if !hit {
+                continue;
+            }
+            match rule.action {
+                Action::Reject => {
+                    verdict.rejected_by = Some(rule.name.clone());
+                    return verdict;
+                }
+                // A match made only of what the view adds (separators, a number's text) has
+                // no stored bytes to redact: refuse the write rather than store it.
+                Action::Redact if unmapped => {
+                    verdict.rejected_by = Some(rule.name.clone());
+                    return verdict;
+                }
+                Action::Redact => verdict.redacted_by.push(rule.name.clone()),
+                Action::Quarantine => verdict.quarantined_by.push(rule.name.clone()),
+            }
+        }
+        if !edits.is_empty() {
+            let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+            cross::redact(&names, edits, content, tags, metadata);
         }
         verdict
     }
-}
-
-fn for_each_string(map: &serde_json::Map<String, Value>, f: &mut impl FnMut(&str)) {
-    fn walk(v: &Value, f: &mut impl FnMut(&str)) {
-        match v {
-            Value::String(s) => f(s),
-            Value::Array(a) => a.iter().for_each(|v| walk(v, f)),
-            Value::Object(o) => o.values().for_each(|v| walk(v, f)),
-            _ => {}
-        }
-    }
-    map.values().for_each(|v| walk(v, f));
-}
-
-fn map_strings(map: &mut serde_json::Map<String, Value>, f: &mut impl FnMut(&mut String)) {
-    fn walk(v: &mut Value, f: &mut impl FnMut(&mut String)) {
-        match v {
-            Value::String(s) => f(s),
-            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, f)),
-            Value::Object(o) => o.values_mut().for_each(|v| walk(v, f)),
-            _ => {}
-        }
-    }
-    map.values_mut().for_each(|v| walk(v, f));
 }
 
 #[cfg(test)]
@@ -274,5 +269,175 @@ mod tests {
         let v = rules.apply(&mut c, &mut vec![], &mut None);
         assert_eq!(v.rejected_by.as_deref(), Some("r"));
         assert_eq!(c, "bad odd 1234", "nothing changed on reject");
+    }
+
+    /// The secrets pack as a policy would compile it.
+    fn secrets(action: Action) -> Rules {
+        Rules::new(
+            pack("secrets")
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|(n, p)| {
+                    rule(
+                        &n,
+                        &p,
+                        action,
+                        &[Field::Content, Field::Tags, Field::Metadata],
+                    )
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn meta(v: Value) -> Option<serde_json::Map<String, Value>> {
+        v.as_object().cloned()
+    }
+
+    #[test]
+    fn redaction_takes_the_whole_secret() {
+        let rules = secrets(Action::Redact);
+        let body = "MIIEowIBAAKCAQEAx\nq7Y+zz/Abc==";
+        for kind in ["RSA ", "EC ", "DSA ", "OPENSSH ", "ENCRYPTED ", "", "PGP "] {
+            let block = if kind == "PGP " { " BLOCK" } else { "" };
+            for nl in ["\n", "\r\n", "\r"] {
+                let pem = format!(
+                    "-----BEGIN {kind}PRIVATE KEY{block}-----{nl}{}{nl}-----END {kind}PRIVATE KEY{block}-----",
+                    body.replace('\n', nl)
+                );
+                let mut c = format!("key:{nl}{pem}{nl}done");
+                let v = rules.apply(&mut c, &mut vec![], &mut None);
+                assert_eq!(v.redacted_by, vec!["secrets.private_key_block"], "{c}");
+                assert_eq!(
+                    c,
+                    format!("key:{nl}[REDACTED:secrets.private_key_block]{nl}done")
+                );
+            }
+        }
+        let mut c = "x\n-----BEGIN PRIVATE KEY-----\nMIIE\nabc".to_string();
+        rules.apply(&mut c, &mut vec![], &mut None);
+        assert_eq!(
+            c, "x\n[REDACTED:secrets.private_key_block]",
+            "no footer: to the end"
+        );
+
+        for (text, left) in [
+            ("password: correct horse battery staple\nnext", "\nnext"),
+            (
+                "{\"password\": \"a b c\", \"user\": \"bob\"}",
+                ", \"user\": \"bob\"}",
+            ),
+            ("DB_PASSWORD=s3cr3t value", ""),
+            ("db:\n  pass word: 'two words'  # c\n", "\n"),
+            ("url postgres://app:p@ss/w0rd@db:5432/x", "db:5432/x"),
+        ] {
+            let mut c = text.to_string();
+            let v = rules.apply(&mut c, &mut vec![], &mut None);
+            assert!(!v.redacted_by.is_empty(), "{text}");
+            assert!(c.ends_with(left), "{text:?} -> {c:?}");
+            for secret in ["correct", "staple", "a b c", "s3cr3t", "two words", "p@ss"] {
+                assert!(!c.contains(secret), "{text:?} -> {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn metadata_keys_are_scanned_and_redact_their_entry() {
+        let rules = secrets(Action::Redact);
+        let mut m = meta(serde_json::json!({
+            "password": "hunter2 hunter2",
+            "db": {"api_key": 12345678},
+            "AKIAIOSFODNN7EXAMPLE": "note",
+            "fine": "ok",
+        }));
+        let v = rules.apply(&mut String::new(), &mut vec![], &mut m);
+        let m = Value::Object(m.unwrap());
+        let text = m.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("12345678"),
+            "{text}"
+        );
+        assert!(!text.contains("AKIA"), "{text}");
+        assert_eq!(m["fine"], "ok");
+        assert_eq!(
+            m["[REDACTED:secrets.password_assignment]"],
+            "[REDACTED:secrets.password_assignment]"
+        );
+        assert_eq!(
+            m["db"]["[REDACTED:secrets.password_assignment]"],
+            "[REDACTED:secrets.password_assignment]"
+        );
+        assert_eq!(
+            v.redacted_by,
+            vec!["secrets.aws_access_key_id", "secrets.password_assignment"]
+        );
+    }
+
+    #[test]
+    fn a_secret_split_across_fields_is_seen_whole() {
+        let rules = secrets(Action::Reject);
+        for (content, value) in [
+            ("AKIAIOSFOD", "NN7EXAMPLE"),
+            ("NN7EXAMPLE", "AKIAIOSFOD"),
+            ("password:", "hunter2hunter2"),
+        ] {
+            let v = rules.apply(
+                &mut content.to_string(),
+                &mut vec![],
+                &mut meta(serde_json::json!({"note": value})),
+            );
+            assert!(v.rejected_by.is_some(), "{content} + {value}");
+        }
+        // A rule for content only does not reach into metadata.
+        let only = Rules::new(vec![rule(
+            "k",
+            "AKIA[A-Z0-9]{16}",
+            Action::Reject,
+            &[Field::Content],
+        )])
+        .unwrap();
+        let v = only.apply(
+            &mut "AKIAIOSFOD".to_string(),
+            &mut vec![],
+            &mut meta(serde_json::json!({"note": "NN7EXAMPLE"})),
+        );
+        assert_eq!(v.rejected_by, None);
+    }
+
+    #[test]
+    fn a_match_with_no_stored_bytes_fails_closed() {
+        // `: 1234` is all view text: the separator and a number's rendering.
+        let rules = Rules::new(vec![rule(
+            "n",
+            ": 1234",
+            Action::Redact,
+            &[Field::Metadata],
+        )])
+        .unwrap();
+        let mut m = meta(serde_json::json!({"a": 1234}));
+        let v = rules.apply(&mut String::new(), &mut vec![], &mut m);
+        assert_eq!(v.rejected_by.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn evasions_are_matched_and_redacted_in_the_original() {
+        let rules = secrets(Action::Redact);
+        for evasive in [
+            "AKIA\u{200B}IOSFODNN7EXAMPLE",
+            "AKI\u{410}IOSFODNN7EXAMPLE",
+            "ＡＫＩＡIOSFODNN7EXAMPLE",
+            "AKIAIOSF\nODNN7EXAMPLE",
+            "A\u{301}KIAIOSFODNN7EXAMPLE\u{301}",
+        ] {
+            let mut c = format!("k {evasive} k");
+            let v = rules.apply(&mut c, &mut vec![], &mut None);
+            assert_eq!(
+                v.redacted_by,
+                vec!["secrets.aws_access_key_id"],
+                "{evasive:?}"
+            );
+            assert_eq!(c, "k [REDACTED:secrets.aws_access_key_id] k", "{evasive:?}");
+        }
     }
 }
