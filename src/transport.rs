@@ -170,7 +170,7 @@ fn id_key(id: &Value) -> String {
 /// Checks that no object in a JSON text repeats a key, at any depth. serde_json keeps the last
 /// of two equal keys; a validator and a consumer that disagree on which one counts is how
 /// smuggling starts, so such a message is refused whole.
-fn has_duplicate_keys(bytes: &[u8]) -> bool {
+pub fn has_duplicate_keys(bytes: &[u8]) -> bool {
     use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::collections::HashSet;
 
