@@ -301,8 +301,9 @@ impl Dir {
         Ok(file)
     }
 
-    /// Opens `name` for reading, refusing a symbolic link or anything but a regular file.
-    pub fn open_file(&self, name: &str) -> Result<File, FsError> {
+    /// Opens `name` with `flags` (plus no-follow and close-on-exec; mode 0600 if it creates),
+    /// refusing a symbolic link or anything but a regular file.
+    fn open_regular(&self, name: &str, flags: libc::c_int) -> Result<File, FsError> {
         let c = self.name(name)?;
         let path = self.join(name);
         // SAFETY: valid dir fd and NUL-terminated name; the fd is owned right away.
@@ -310,7 +311,8 @@ impl Dir {
             libc::openat(
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
             )
         };
         let fd = check(rc).map_err(|e| match e.raw_os_error() {
@@ -331,36 +333,17 @@ impl Dir {
         Ok(file)
     }
 
+    /// Opens `name` for reading, refusing a symbolic link or anything but a regular file.
+    pub fn open_file(&self, name: &str) -> Result<File, FsError> {
+        self.open_regular(name, libc::O_RDONLY | libc::O_NONBLOCK)
+    }
+
     /// Opens (creating, 0600, if missing) the lock file `name` without following a link, and
     /// takes an exclusive `flock` on it, waiting for any holder. The lock lasts as long as the
     /// returned file is open.
     pub fn lock_exclusive(&self, name: &str) -> Result<File, FsError> {
-        let c = self.name(name)?;
+        let file = self.open_regular(name, libc::O_RDWR | libc::O_CREAT)?;
         let path = self.join(name);
-        // SAFETY: valid dir fd and NUL-terminated name; the fd is owned right away.
-        let rc = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        let fd = check(rc).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => FsError::Symlink {
-                path: path.display().to_string(),
-            },
-            _ => FsError::io(&path, e),
-        })?;
-        // SAFETY: a fresh fd that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
-        let meta = Meta::from_stat(&fstat(file.as_raw_fd()).map_err(|e| FsError::io(&path, e))?);
-        if meta.kind != Kind::File {
-            return Err(FsError::Kind {
-                path: path.display().to_string(),
-                want: "regular file",
-            });
-        }
         // Root locking the service user's directory leaves a lock file the service can open.
         if crate::store::keyring::current_uid() == 0 && self.meta.uid != 0 {
             // SAFETY: valid fd.

@@ -13,17 +13,7 @@ use common::{RawSession, TestDir, contains, read_all};
 use serde_json::{Value, json};
 
 fn events(dir: &TestDir) -> Vec<Value> {
-    let out = dir.cli(&["audit", "export"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::audit_events(dir)
 }
 
 fn calls(events: &[Value]) -> Vec<&Value> {

@@ -30,17 +30,7 @@ fn raw(dir: &TestDir, policy_text: &str) -> RawSession {
 }
 
 fn events(dir: &TestDir) -> Vec<Value> {
-    let out = dir.cli(&["audit", "export"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::audit_events(dir)
 }
 
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {

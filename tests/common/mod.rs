@@ -318,3 +318,18 @@ pub fn read_all(path: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Every audit event of a data dir, through `memwarden audit export`.
+pub fn audit_events(dir: &TestDir) -> Vec<Value> {
+    let out = dir.cli(&["audit", "export"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
