@@ -49,6 +49,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod server;
 pub mod session;
+pub mod sqlite_schema;
 pub mod store;
 pub mod tools;
 pub mod transport;

@@ -179,7 +179,8 @@ impl AuditLog {
         let hash = chain_hash(&prev_hash, &row);
         let mac = chain_mac(key, &hash);
         let hash = hex::encode(hash);
-        tx.prepare_cached(
+        let mac = hex::encode(mac);
+        let inserted = tx.prepare_cached(
             "INSERT INTO events (seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
              prev_hash, hash, key_id, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
@@ -196,8 +197,47 @@ impl AuditLog {
             prev.hash,
             hash,
             key_id,
-            hex::encode(mac),
+            mac,
         ])?;
+        // A trigger on `events` (refused at open, but the file can change under us) could
+        // drop the row (RAISE(IGNORE): 0 rows) or rewrite or delete it after the insert. Read
+        // the row back inside the transaction: anything but exactly our event fails closed and
+        // rolls back, so the call it records is refused rather than done unaudited.
+        let stored: Option<String> = tx
+            .prepare_cached(
+                "SELECT hash FROM events WHERE seq = ?1 AND prev_hash = ?2 AND mac = ?3 \
+                 AND ts = ?4 AND kind = ?5 AND session_id IS ?6 AND principal IS ?7 \
+                 AND tool IS ?8 AND outcome IS ?9 AND code IS ?10 AND detail = ?11 AND key_id = ?12",
+            )?
+            .query_row(
+                params![
+                    seq,
+                    prev.hash,
+                    mac,
+                    ts,
+                    row.kind,
+                    row.session_id,
+                    row.principal,
+                    row.tool,
+                    row.outcome,
+                    row.code,
+                    detail,
+                    key_id
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if inserted != 1 || stored.as_deref() != Some(hash.as_str()) {
+            return Err(AuditError::Corrupt(format!(
+                "appending event {seq}: {inserted} rows inserted, event {}; something in \
+                 audit.db (a trigger?) interferes with appends: refusing",
+                if stored.is_some() {
+                    "read back intact"
+                } else {
+                    "not read back as written"
+                }
+            )));
+        }
         tx.commit()?;
         Ok(Head { seq, hash })
     }

@@ -82,6 +82,8 @@ pub enum AuditError {
     TooNew { found: i64 },
     #[error("audit.db: {0}")]
     Corrupt(String),
+    #[error("audit.db: {0}")]
+    Schema(String),
     #[error("{0}")]
     Open(String),
 }
@@ -119,6 +121,13 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
     conn.busy_timeout(busy_timeout)?;
     crate::store::set_wal(&conn, busy_timeout)?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
+    migrate(&mut conn)?;
+    check_schema(&conn)?;
+    Ok(conn)
+}
+
+/// Brings the schema to `CURRENT_VERSION`, one `BEGIN IMMEDIATE` step at a time.
+fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -126,13 +135,18 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
             return Err(AuditError::TooNew { found: version });
         }
         let Some(step) = MIGRATIONS.get(version as usize) else {
-            break;
+            return Ok(());
         };
         tx.execute_batch(step)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
-    Ok(conn)
+}
+
+/// Refuses an audit.db holding any schema object the migrations did not create: a trigger on
+/// `events` could drop or rewrite events while the chain still verifies.
+pub fn check_schema(conn: &Connection) -> Result<(), AuditError> {
+    crate::sqlite_schema::check(conn, migrate)?.map_err(AuditError::Schema)
 }
 
 /// Opens audit.db for reading only, as an auditor would: a copy, possibly in a read-only
@@ -211,5 +225,6 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
     if version != CURRENT_VERSION {
         return Err(AuditError::TooNew { found: version });
     }
+    check_schema(&conn)?;
     Ok(conn)
 }

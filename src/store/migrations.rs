@@ -73,6 +73,8 @@ pub enum MigrationError {
     TooNew { found: i64 },
     #[error("memory.db: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("memory.db: {0}")]
+    Schema(String),
 }
 
 /// Brings the schema to `CURRENT_VERSION`.
@@ -91,4 +93,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
+}
+
+/// Refuses a memory.db holding any schema object these migrations did not create (a trigger
+/// could drop or rewrite every insert; see [`crate::sqlite_schema`]).
+pub fn check_schema(conn: &Connection) -> Result<(), MigrationError> {
+    crate::sqlite_schema::check(conn, migrate)?.map_err(MigrationError::Schema)
 }
