@@ -112,6 +112,8 @@ pub enum DataDirError {
     Store(#[from] OpenError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Lock(#[from] crate::datalock::LockError),
 }
 
 impl DataDir {
@@ -286,7 +288,8 @@ impl DataDir {
     fn check_entries(&self, dir: &Dir) -> Result<(), DataDirError> {
         let keyring = self.external_keyring.is_none().then_some(KEYRING);
         let uid = current_uid();
-        for name in DB_FILES.iter().copied().chain(keyring) {
+        let lock = std::iter::once(crate::datalock::LOCK_FILE);
+        for name in DB_FILES.iter().copied().chain(keyring).chain(lock) {
             let Some(meta) = dir.entry(name)? else {
                 continue;
             };
@@ -329,6 +332,17 @@ impl DataDir {
             return Err(DataDirError::NotInitialised { path: self.shown() });
         }
         Ok(())
+    }
+
+    /// Holds the data dir's lock shared for as long as the guard lives: what every process that
+    /// writes the databases does, so `restore` can tell that none runs. Waits up to 10 s for a
+    /// restore in progress.
+    pub fn lock_shared(&self) -> Result<crate::datalock::DataLock, DataDirError> {
+        let dir = self.open_dir()?;
+        Ok(crate::datalock::DataLock::shared(
+            &dir,
+            std::time::Duration::from_secs(10),
+        )?)
     }
 
     /// Checks the directory and loads its keyring.

@@ -40,6 +40,7 @@ pub mod audit;
 pub mod canon;
 pub mod cli;
 pub mod config;
+pub mod datalock;
 pub mod error;
 pub mod fsafe;
 pub mod logging;

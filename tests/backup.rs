@@ -341,3 +341,116 @@ fn restore_keeps_the_replaced_audit_db_and_records_its_head() {
     assert_eq!(restore["detail"]["replaced_audit_head"], head.as_str());
     assert!(dir.cli(&["audit", "verify"]).status.success());
 }
+
+// ---- Issue 18 item 6: restore never runs under a live session. ----
+
+/// Names the data dir files whose bytes differ (never dumps them); SQLite's -shm is left out.
+fn changed_files(
+    before: &std::collections::BTreeMap<String, Vec<u8>>,
+    after: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| !k.ends_with("-shm") && before.get(*k) != after.get(*k))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn restore_refuses_while_a_session_runs_and_proceeds_after_it_ends() {
+    let (dir, out) = seeded_with_backup();
+    let out_s = out.display().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, id) = rt.block_on(async {
+        let client = dir.connect().await;
+        let id = client.store("acknowledged while restore is tried").await;
+        (client, id)
+    });
+    let rows = dir.row_count();
+    let before = snapshot(&dir);
+    let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("a memwarden session or command is using")
+            && text.contains("stop the service"),
+        "{text}"
+    );
+    assert_eq!(
+        changed_files(&before, &snapshot(&dir)),
+        Vec::<String>::new()
+    );
+    assert_eq!(dir.row_count(), rows);
+    // The session is unharmed: its acknowledged write is still there and it keeps working.
+    rt.block_on(async {
+        let got = client
+            .call("memory_get", serde_json::json!({ "id": id }))
+            .await
+            .ok();
+        assert_eq!(
+            got["memory"]["content"],
+            "acknowledged while restore is tried"
+        );
+        client.close().await;
+    });
+
+    // Once the session has gone, restore proceeds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
+        if ok {
+            break text;
+        }
+        assert!(
+            text.contains("is using") && std::time::Instant::now() < deadline,
+            "{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(text.contains("restored 2 entries"), "{text}");
+    assert!(dir.cli(&["audit", "verify"]).status.success());
+}
+
+/// Holds the data dir's lock as restore does, from this test process.
+fn hold_exclusive(dir: &TestDir) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir.data().join("memwarden.lock")).unwrap();
+    // SAFETY: a valid fd.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
+
+#[test]
+fn a_command_or_a_backup_running_also_stops_restore_and_a_session_waits_for_a_restore() {
+    let (dir, out) = seeded_with_backup();
+    let out_s = out.display().to_string();
+    // Any holder of the shared lock (here a stand-in for `review`, `purge`, `keys`, `backup`).
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(dir.data().join("memwarden.lock")).unwrap();
+        // SAFETY: a valid fd.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) }, 0);
+        let before = snapshot(&dir);
+        let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
+        assert!(!ok && text.contains("is using"), "{text}");
+        assert_eq!(
+            changed_files(&before, &snapshot(&dir)),
+            Vec::<String>::new()
+        );
+    }
+    // While a restore holds the lock, a new command waits for it rather than opening files
+    // that are being replaced; released within its wait, it proceeds.
+    let held = hold_exclusive(&dir);
+    let started = std::time::Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        drop(held);
+    });
+    let (ok, text) = run(&dir, &["review", "list"]);
+    release.join().unwrap();
+    assert!(ok, "{text}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    // And a restore with nothing running goes through.
+    let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
+    assert!(ok, "{text}");
+}

@@ -7,7 +7,8 @@
 //! first — the SHA-256s alone prove nothing, anyone can recompute them — then verifies
 //! everything again (including that each database holds only the schema objects our migrations
 //! create), refuses a damaged backup, keeps the audit.db it replaces beside it, and renames the
-//! files into place. Stop the service before restoring.
+//! files into place. It holds the data dir's lock exclusively throughout, so it refuses while
+//! any session or command runs (see [`crate::datalock`]): stop the service first.
 //!
 //! Every file either command writes is created through [`crate::fsafe`]: exclusively, without
 //! following links, 0600, and in a data dir owned like the dir — root running `restore` must
@@ -28,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::{self, AuditLog};
+use crate::datalock::DataLock;
 use crate::fsafe::Dir;
 use crate::store::Store;
 use crate::store::keyring::{KeySet, Keyring, SecretKey};
@@ -267,6 +269,8 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
 
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
+    // Shared: sessions keep running; a restore cannot swap files under the copy.
+    let _lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let out = backup_dir(&args.out)?;
     copy_online(&dir.memory_db(), &out, "memory.db")?;
@@ -360,6 +364,10 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     let data = dir.open_dir()?;
+    // Exclusive, before anything is read or staged, until the restore event is written: no
+    // session or command runs meanwhile, and none starts (a session started by socket
+    // activation waits for the lock, then opens the restored files).
+    let _lock = DataLock::exclusive(&data)?;
     let from = &args.from;
     let manifest = read_manifest(
         &fs::read_to_string(from.join("manifest.json"))?,

@@ -40,17 +40,28 @@ pub struct ResealArgs {
     pub batch: usize,
 }
 
-fn open(args: &DataDirArg) -> anyhow::Result<(std::path::PathBuf, Keyring, Store, AuditLog)> {
+/// The keyring's path, the keyring, the store and the audit log, with the data dir's lock held
+/// shared (see [`crate::datalock`]).
+type Opened = (
+    std::path::PathBuf,
+    Keyring,
+    Store,
+    AuditLog,
+    crate::datalock::DataLock,
+);
+
+fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let dir = args.open()?;
+    let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
     let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
-    Ok((dir.keyring(), keyring, store, audit))
+    Ok((dir.keyring(), keyring, store, audit, lock))
 }
 
 pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
-    let (path, mut keyring, store, mut audit) = open(&args.data_dir)?;
+    let (path, mut keyring, store, mut audit, _lock) = open(&args.data_dir)?;
     match &args.command {
         KeysCommand::List => {
             for (i, id) in keyring.entry.ids().iter().enumerate() {
@@ -96,7 +107,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
-    let (_, keyring, mut store, mut audit) = open(&args.data_dir)?;
+    let (_, keyring, mut store, mut audit, _lock) = open(&args.data_dir)?;
     let active = keyring.entry.active().0.to_string();
     admin_event(
         &mut audit,

@@ -86,6 +86,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }
+    // Held until this session ends: `restore` refuses while any session runs.
+    let _lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let policy = Arc::new(args.policy.load()?);
     // Who is calling: over a unix socket from another uid (the hardened install), the kernel
