@@ -230,8 +230,9 @@ impl DataDir {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Created empty, exclusively and 0600 here, so SQLite never creates them itself.
-        for name in [MEMORY_DB, AUDIT_DB] {
+        // Created empty, exclusively and 0600 here, so SQLite never creates them itself; the
+        // lock file too (see crate::datalock), so later commands find it in place.
+        for name in [MEMORY_DB, AUDIT_DB, crate::datalock::LOCK_FILE] {
             match dir.create_new(name) {
                 Ok(_) => {}
                 Err(e) if e.io_kind() == Some(std::io::ErrorKind::AlreadyExists) => {}
@@ -240,15 +241,17 @@ impl DataDir {
         }
         self.check_entries(&dir)?;
         let ring = Keyring::load(&self.keyring())?;
-        drop(Store::open(
-            &self.memory_db(),
-            ring.entry.clone(),
-            StoreOptions::default(),
-        )?);
+        // audit.db first: its chain_start event is in before memory.db's first byte, which is
+        // how a later open tells a new data dir from a vanished chain (audit::memory_used).
         drop(AuditLog::open(
             &self.audit_db(),
             ring.audit.clone(),
             StoreOptions::default().busy_timeout,
+        )?);
+        drop(Store::open(
+            &self.memory_db(),
+            ring.entry.clone(),
+            StoreOptions::default(),
         )?);
         Ok(())
     }

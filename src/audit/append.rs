@@ -144,16 +144,73 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
+    /// Opens (creating if needed) the audit.db of a data dir. Refuses to start a new chain
+    /// beside a memory.db that has been used (see [`super::vanished_chain`]): a deleted or
+    /// truncated audit.db must never be silently re-created from genesis. A new data dir's
+    /// chain starts with a `chain_start` event, before memory.db is first written.
     pub fn open(path: &Path, keys: KeySet, busy_timeout: Duration) -> Result<Self, AuditError> {
-        Ok(Self {
+        if let Some(why) = super::vanished_chain(path)? {
+            return Err(AuditError::ChainMissing { why });
+        }
+        let mut log = Self {
             conn: super::open_rw(path, busy_timeout)?,
             keys,
-        })
+        };
+        if log.head()?.seq == 0 {
+            // Checked again now that the file is open: it may have changed since.
+            if super::memory_used(path) {
+                return Err(AuditError::ChainMissing {
+                    why: "audit.db holds no events (a chain restarted from genesis)".into(),
+                });
+            }
+            let event = NewEvent::new(
+                Kind::Admin,
+                serde_json::json!({"event": "chain_start", "why": "new data dir"}),
+            );
+            log.append_first(&event, crate::tools::now_ms())?;
+        }
+        Ok(log)
+    }
+
+    /// Opens audit.db to start a chain on the operator's explicit word (`audit reset`): no
+    /// check of memory.db; `first` becomes event 1 unless the file already holds events.
+    pub fn open_new_chain(
+        path: &Path,
+        keys: KeySet,
+        busy_timeout: Duration,
+        first: &NewEvent<'_>,
+    ) -> Result<(Self, Option<Head>), AuditError> {
+        let mut log = Self {
+            conn: super::open_rw(path, busy_timeout)?,
+            keys,
+        };
+        let head = log.append_first(first, crate::tools::now_ms())?;
+        Ok((log, head))
+    }
+
+    /// Appends `event` only if the log holds no event yet (atomically: several processes may
+    /// start a new data dir at once). Returns the head when it appended.
+    pub fn append_first(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: i64,
+    ) -> Result<Option<Head>, AuditError> {
+        self.append_inner(event, now_ms, true)
     }
 
     /// Appends one event and returns the new head. Fails, changing nothing, when audit.db
     /// cannot be written.
     pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        self.append_inner(event, now_ms, false)?
+            .ok_or_else(|| AuditError::Corrupt("append did not append".into()))
+    }
+
+    fn append_inner(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: i64,
+        first_only: bool,
+    ) -> Result<Option<Head>, AuditError> {
         let ts = crate::tools::format_ms(now_ms);
         let detail = event.detail.to_string();
         let (key_id, key) = self.keys.active();
@@ -161,6 +218,9 @@ impl AuditLog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let prev = head(&tx)?;
+        if first_only && prev.seq != 0 {
+            return Ok(None);
+        }
         let prev_hash = hex::decode(&prev.hash)
             .map_err(|_| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
         let seq = prev.seq + 1;
@@ -239,7 +299,7 @@ impl AuditLog {
             )));
         }
         tx.commit()?;
-        Ok(Head { seq, hash })
+        Ok(Some(Head { seq, hash }))
     }
 
     /// The current head.

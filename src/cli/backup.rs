@@ -269,10 +269,13 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
 
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
-    // Shared: sessions keep running; a restore cannot swap files under the copy.
-    let _lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let out = backup_dir(&args.out)?;
+    // Shared: sessions keep running; a restore cannot swap files under the copy.
+    let _lock = dir.lock_shared()?;
+    if let Some(why) = audit::vanished_chain(&dir.audit_db())? {
+        return Err(audit::AuditError::ChainMissing { why }.into());
+    }
     copy_online(&dir.memory_db(), &out, "memory.db")?;
     copy_online(&dir.audit_db(), &out, "audit.db")?;
     let (entries, audit_head) =

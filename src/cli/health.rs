@@ -103,6 +103,16 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             audit::check_schema(c).map_err(|e| e.to_string())
         }),
     );
+    // A missing, emptied or event-less audit.db beside a used memory.db is a chain that
+    // vanished, not a new one (issue 18).
+    add(
+        "audit chain present",
+        match audit::vanished_chain(&dir.audit_db()) {
+            Ok(None) => Ok(json!("ok")),
+            Ok(Some(why)) => Err(audit::AuditError::ChainMissing { why }.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
     let chain = audit::open_ro(&dir.audit_db())
         .map_err(|e| e.to_string())
         .and_then(|conn| {

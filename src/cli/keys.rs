@@ -55,8 +55,9 @@ fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
-    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
+    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
     Ok((dir.keyring(), keyring, store, audit, lock))
 }
 

@@ -38,8 +38,9 @@ pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog, DataLo
     let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     Ok((store, audit, lock))
 }
 

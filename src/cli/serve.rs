@@ -86,8 +86,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }
-    // Held until this session ends: `restore` refuses while any session runs.
-    let _lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let policy = Arc::new(args.policy.load()?);
     // Who is calling: over a unix socket from another uid (the hardened install), the kernel
@@ -119,8 +117,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         heap_limit: policy.sqlite_heap_limit,
         ..StoreOptions::default()
     };
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    // Held until this session ends: `restore` refuses while any session runs.
+    let _lock = dir.lock_shared()?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::new(schemas, store, audit, session, policy.clone());
