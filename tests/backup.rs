@@ -247,7 +247,8 @@ fn a_manifest_without_a_valid_mac_is_refused_naming_the_problem_not_the_values()
     let original = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     let m: serde_json::Value = serde_json::from_str(&original).unwrap();
     let mac = m["mac"].as_str().unwrap().to_string();
-    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>, &str); 4] = [
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: [(&str, Edit, &str); 4] = [
         (
             "stripped",
             Box::new(|m| {

@@ -23,7 +23,10 @@ fn snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8>> {
                 std::fs::read(e.path()).unwrap(),
             )
         })
-        .filter(|(n, b)| !n.ends_with("-shm") && !(n.ends_with("-wal") && b.is_empty()))
+        .filter(|(n, b)| {
+            let scratch = n.ends_with("-shm") || (n.ends_with("-wal") && b.is_empty());
+            !scratch
+        })
         .collect()
 }
 
