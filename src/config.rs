@@ -112,6 +112,8 @@ pub enum DataDirError {
     Store(#[from] OpenError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Lock(#[from] crate::datalock::LockError),
 }
 
 impl DataDir {
@@ -228,8 +230,9 @@ impl DataDir {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Created empty, exclusively and 0600 here, so SQLite never creates them itself.
-        for name in [MEMORY_DB, AUDIT_DB] {
+        // Created empty, exclusively and 0600 here, so SQLite never creates them itself; the
+        // lock file too (see crate::datalock), so later commands find it in place.
+        for name in [MEMORY_DB, AUDIT_DB, crate::datalock::LOCK_FILE] {
             match dir.create_new(name) {
                 Ok(_) => {}
                 Err(e) if e.io_kind() == Some(std::io::ErrorKind::AlreadyExists) => {}
@@ -238,15 +241,17 @@ impl DataDir {
         }
         self.check_entries(&dir)?;
         let ring = Keyring::load(&self.keyring())?;
-        drop(Store::open(
-            &self.memory_db(),
-            ring.entry.clone(),
-            StoreOptions::default(),
-        )?);
+        // audit.db first: its chain_start event is in before memory.db's first byte, which is
+        // how a later open tells a new data dir from a vanished chain (audit::memory_used).
         drop(AuditLog::open(
             &self.audit_db(),
             ring.audit.clone(),
             StoreOptions::default().busy_timeout,
+        )?);
+        drop(Store::open(
+            &self.memory_db(),
+            ring.entry.clone(),
+            StoreOptions::default(),
         )?);
         Ok(())
     }
@@ -286,7 +291,8 @@ impl DataDir {
     fn check_entries(&self, dir: &Dir) -> Result<(), DataDirError> {
         let keyring = self.external_keyring.is_none().then_some(KEYRING);
         let uid = current_uid();
-        for name in DB_FILES.iter().copied().chain(keyring) {
+        let lock = std::iter::once(crate::datalock::LOCK_FILE);
+        for name in DB_FILES.iter().copied().chain(keyring).chain(lock) {
             let Some(meta) = dir.entry(name)? else {
                 continue;
             };
@@ -329,6 +335,17 @@ impl DataDir {
             return Err(DataDirError::NotInitialised { path: self.shown() });
         }
         Ok(())
+    }
+
+    /// Holds the data dir's lock shared for as long as the guard lives: what every process that
+    /// writes the databases does, so `restore` can tell that none runs. Waits up to 10 s for a
+    /// restore in progress.
+    pub fn lock_shared(&self) -> Result<crate::datalock::DataLock, DataDirError> {
+        let dir = self.open_dir()?;
+        Ok(crate::datalock::DataLock::shared(
+            &dir,
+            std::time::Duration::from_secs(10),
+        )?)
     }
 
     /// Checks the directory and loads its keyring.

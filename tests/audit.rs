@@ -69,6 +69,9 @@ async fn every_call_and_every_refusal_leaves_exactly_one_event() {
     client.close().await;
 
     let all = events(&dir);
+    // A new data dir's chain opens with its chain_start event (issue 18 item 3).
+    assert_eq!(all[0]["detail"]["event"], "chain_start");
+    let all = all[1..].to_vec();
     assert_eq!(all.first().unwrap()["kind"], "session_start");
     assert_eq!(all.last().unwrap()["kind"], "session_end");
     assert_eq!(all.last().unwrap()["detail"]["calls"], 11);
@@ -273,10 +276,10 @@ async fn tampering_is_detected_and_named_by_seq() {
     let older = Auditor::from(&dir.data());
     let older_head = older.head();
     session_with_calls(&dir, 4).await;
-    // 2 sessions × (start + 4 calls + end) = 12 events.
+    // chain_start + 2 sessions × (start + 4 calls + end) = 13 events.
     let clean = Auditor::from(&dir.data());
     let head = clean.head();
-    assert!(head.starts_with("12:"), "{head}");
+    assert!(head.starts_with("13:"), "{head}");
     let (ok, out) = clean.verify(&["--expect-head", &head]);
     assert!(ok, "clean copy passes: {out}");
     assert!(out.contains("MACs verified"), "{out}");
@@ -305,13 +308,13 @@ async fn tampering_is_detected_and_named_by_seq() {
     {
         let c = a.conn();
         let (prev, ts): (String, String) = c
-            .query_row("SELECT hash, ts FROM events WHERE seq = 12", [], |r| {
+            .query_row("SELECT hash, ts FROM events WHERE seq = 13", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
         let detail = r#"{"event":"nothing to see"}"#;
         let row = memwarden::audit::append::RowFields {
-            seq: 13,
+            seq: 14,
             ts: &ts,
             kind: "admin",
             session_id: None,
@@ -325,13 +328,13 @@ async fn tampering_is_detected_and_named_by_seq() {
         let hash = memwarden::audit::append::chain_hash(&hex_decode(&prev), &row);
         let hash_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         c.execute(
-            "INSERT INTO events (seq, ts, kind, principal, detail, prev_hash, hash, key_id, mac) VALUES (13, ?1, 'admin', 'root', ?2, ?3, ?4, 'a1', ?5)",
+            "INSERT INTO events (seq, ts, kind, principal, detail, prev_hash, hash, key_id, mac) VALUES (14, ?1, 'admin', 'root', ?2, ?3, ?4, 'a1', ?5)",
             rusqlite::params![ts, detail, prev, hash_hex, "00".repeat(32)],
         ).unwrap();
     }
     let (ok, out) = a.verify(&[]);
     assert!(
-        !ok && out.contains("FAILED at seq 13") && out.contains("MAC"),
+        !ok && out.contains("FAILED at seq 14") && out.contains("MAC"),
         "{out}"
     );
 
@@ -367,7 +370,7 @@ async fn tampering_is_detected_and_named_by_seq() {
     assert!(ok, "a clean prefix links");
     let (ok, out) = a.verify(&["--expect-head", &head]);
     assert!(
-        !ok && out.contains("FAILED at seq 12") && out.contains("ends at 9"),
+        !ok && out.contains("FAILED at seq 13") && out.contains("ends at 9"),
         "{out}"
     );
 
@@ -376,7 +379,7 @@ async fn tampering_is_detected_and_named_by_seq() {
     assert!(ok);
     let (ok, out) = older.verify(&["--expect-head", &head]);
     assert!(
-        !ok && out.contains("FAILED at seq 12") && out.contains("older copy"),
+        !ok && out.contains("FAILED at seq 13") && out.contains("older copy"),
         "{out}"
     );
     // And the older head is a prefix of the newer chain.

@@ -58,7 +58,8 @@ async fn eight_servers_storing_500_each_lose_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
     let head = String::from_utf8(dir.cli(&["audit", "head"]).stdout).unwrap();
-    let expected_events = SERVERS * (EACH + 2);
+    // The new data dir's chain_start, then start + calls + end per server.
+    let expected_events = 1 + SERVERS * (EACH + 2);
     assert!(
         head.starts_with(&format!("{expected_events}:")),
         "head {head}"

@@ -84,6 +84,7 @@ async fn rotate_reseal_retire() {
     assert_eq!(
         events,
         [
+            "chain_start",
             "key_rotate",
             "reseal_start",
             "reseal_done",

@@ -144,16 +144,73 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
+    /// Opens (creating if needed) the audit.db of a data dir. Refuses to start a new chain
+    /// beside a memory.db that has been used (see [`super::vanished_chain`]): a deleted or
+    /// truncated audit.db must never be silently re-created from genesis. A new data dir's
+    /// chain starts with a `chain_start` event, before memory.db is first written.
     pub fn open(path: &Path, keys: KeySet, busy_timeout: Duration) -> Result<Self, AuditError> {
-        Ok(Self {
+        if let Some(why) = super::vanished_chain(path)? {
+            return Err(AuditError::ChainMissing { why });
+        }
+        let mut log = Self {
             conn: super::open_rw(path, busy_timeout)?,
             keys,
-        })
+        };
+        if log.head()?.seq == 0 {
+            // Checked again now that the file is open: it may have changed since.
+            if super::memory_used(path) {
+                return Err(AuditError::ChainMissing {
+                    why: "audit.db holds no events (a chain restarted from genesis)".into(),
+                });
+            }
+            let event = NewEvent::new(
+                Kind::Admin,
+                serde_json::json!({"event": "chain_start", "why": "new data dir"}),
+            );
+            log.append_first(&event, crate::tools::now_ms())?;
+        }
+        Ok(log)
+    }
+
+    /// Opens audit.db to start a chain on the operator's explicit word (`audit reset`): no
+    /// check of memory.db; `first` becomes event 1 unless the file already holds events.
+    pub fn open_new_chain(
+        path: &Path,
+        keys: KeySet,
+        busy_timeout: Duration,
+        first: &NewEvent<'_>,
+    ) -> Result<(Self, Option<Head>), AuditError> {
+        let mut log = Self {
+            conn: super::open_rw(path, busy_timeout)?,
+            keys,
+        };
+        let head = log.append_first(first, crate::tools::now_ms())?;
+        Ok((log, head))
+    }
+
+    /// Appends `event` only if the log holds no event yet (atomically: several processes may
+    /// start a new data dir at once). Returns the head when it appended.
+    pub fn append_first(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: i64,
+    ) -> Result<Option<Head>, AuditError> {
+        self.append_inner(event, now_ms, true)
     }
 
     /// Appends one event and returns the new head. Fails, changing nothing, when audit.db
     /// cannot be written.
     pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        self.append_inner(event, now_ms, false)?
+            .ok_or_else(|| AuditError::Corrupt("append did not append".into()))
+    }
+
+    fn append_inner(
+        &mut self,
+        event: &NewEvent<'_>,
+        now_ms: i64,
+        first_only: bool,
+    ) -> Result<Option<Head>, AuditError> {
         let ts = crate::tools::format_ms(now_ms);
         let detail = event.detail.to_string();
         let (key_id, key) = self.keys.active();
@@ -161,6 +218,9 @@ impl AuditLog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let prev = head(&tx)?;
+        if first_only && prev.seq != 0 {
+            return Ok(None);
+        }
         let prev_hash = hex::decode(&prev.hash)
             .map_err(|_| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
         let seq = prev.seq + 1;
@@ -179,7 +239,8 @@ impl AuditLog {
         let hash = chain_hash(&prev_hash, &row);
         let mac = chain_mac(key, &hash);
         let hash = hex::encode(hash);
-        tx.prepare_cached(
+        let mac = hex::encode(mac);
+        let inserted = tx.prepare_cached(
             "INSERT INTO events (seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
              prev_hash, hash, key_id, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
@@ -196,10 +257,49 @@ impl AuditLog {
             prev.hash,
             hash,
             key_id,
-            hex::encode(mac),
+            mac,
         ])?;
+        // A trigger on `events` (refused at open, but the file can change under us) could
+        // drop the row (RAISE(IGNORE): 0 rows) or rewrite or delete it after the insert. Read
+        // the row back inside the transaction: anything but exactly our event fails closed and
+        // rolls back, so the call it records is refused rather than done unaudited.
+        let stored: Option<String> = tx
+            .prepare_cached(
+                "SELECT hash FROM events WHERE seq = ?1 AND prev_hash = ?2 AND mac = ?3 \
+                 AND ts = ?4 AND kind = ?5 AND session_id IS ?6 AND principal IS ?7 \
+                 AND tool IS ?8 AND outcome IS ?9 AND code IS ?10 AND detail = ?11 AND key_id = ?12",
+            )?
+            .query_row(
+                params![
+                    seq,
+                    prev.hash,
+                    mac,
+                    ts,
+                    row.kind,
+                    row.session_id,
+                    row.principal,
+                    row.tool,
+                    row.outcome,
+                    row.code,
+                    detail,
+                    key_id
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if inserted != 1 || stored.as_deref() != Some(hash.as_str()) {
+            return Err(AuditError::Corrupt(format!(
+                "appending event {seq}: {inserted} rows inserted, event {}; something in \
+                 audit.db (a trigger?) interferes with appends: refusing",
+                if stored.is_some() {
+                    "read back intact"
+                } else {
+                    "not read back as written"
+                }
+            )));
+        }
         tx.commit()?;
-        Ok(Head { seq, hash })
+        Ok(Some(Head { seq, hash }))
     }
 
     /// The current head.

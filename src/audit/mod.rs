@@ -82,6 +82,15 @@ pub enum AuditError {
     TooNew { found: i64 },
     #[error("audit.db: {0}")]
     Corrupt(String),
+    #[error("audit.db: {0}")]
+    Schema(String),
+    #[error(
+        "{why}, but memory.db beside it has been used: starting a new chain here would hide \
+         everything audited before. Put audit.db back (from a backup: `memwarden restore`), or \
+         start a new chain on purpose with `memwarden audit reset \
+         --i-understand-the-chain-restarts` (audited)"
+    )]
+    ChainMissing { why: String },
     #[error("{0}")]
     Open(String),
 }
@@ -119,6 +128,65 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
     conn.busy_timeout(busy_timeout)?;
     crate::store::set_wal(&conn, busy_timeout)?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
+    migrate(&mut conn)?;
+    check_schema(&conn)?;
+    Ok(conn)
+}
+
+/// Whether the memory.db beside `audit_db` has ever been initialised: a file (or WAL) with any
+/// bytes in it. Every opener opens audit.db first and gives a new audit.db its `chain_start`
+/// event before memory.db gets its first byte, so an initialised memory.db means a chain with
+/// at least one event existed. (Holding entries would be a weaker test: a data dir used only
+/// for reads, or purged, holds none, and its read history would vanish unnoticed.)
+pub fn memory_used(audit_db: &Path) -> bool {
+    let size = |name: &str| {
+        std::fs::symlink_metadata(audit_db.with_file_name(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    size("memory.db") > 0 || size("memory.db-wal") > 0
+}
+
+/// Why the data dir's audit chain is gone — audit.db missing, empty, or without a single
+/// event — while its memory.db has been used; `None` when the chain is there or the data dir
+/// is new. Reads only.
+pub fn vanished_chain(audit_db: &Path) -> Result<Option<String>, AuditError> {
+    if !memory_used(audit_db) {
+        return Ok(None);
+    }
+    let meta = match std::fs::symlink_metadata(audit_db) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some("audit.db is missing".into()));
+        }
+        Err(e) => return Err(AuditError::Open(format!("{}: {e}", audit_db.display()))),
+    };
+    let mut wal = audit_db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_len = std::fs::symlink_metadata(&wal)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if meta.len() == 0 && wal_len == 0 {
+        return Ok(Some("audit.db is empty (0 bytes)".into()));
+    }
+    let conn = Connection::open_with_flags(
+        audit_db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(Some("audit.db has no events table".into()));
+    }
+    let any: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))?;
+    Ok((!any).then(|| "audit.db holds no events (a chain restarted from genesis)".into()))
+}
+
+/// Brings the schema to `CURRENT_VERSION`, one `BEGIN IMMEDIATE` step at a time.
+fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -126,13 +194,18 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
             return Err(AuditError::TooNew { found: version });
         }
         let Some(step) = MIGRATIONS.get(version as usize) else {
-            break;
+            return Ok(());
         };
         tx.execute_batch(step)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
-    Ok(conn)
+}
+
+/// Refuses an audit.db holding any schema object the migrations did not create: a trigger on
+/// `events` could drop or rewrite events while the chain still verifies.
+pub fn check_schema(conn: &Connection) -> Result<(), AuditError> {
+    crate::sqlite_schema::check(conn, migrate)?.map_err(AuditError::Schema)
 }
 
 /// Opens audit.db for reading only, as an auditor would: a copy, possibly in a read-only
@@ -152,6 +225,12 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
     if !path.is_file() {
         return Err(AuditError::Open(format!(
             "{}: no such audit database",
+            path.display()
+        )));
+    }
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(AuditError::Open(format!(
+            "{}: the file is empty (0 bytes): no audit chain",
             path.display()
         )));
     }
@@ -211,5 +290,6 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
     if version != CURRENT_VERSION {
         return Err(AuditError::TooNew { found: version });
     }
+    check_schema(&conn)?;
     Ok(conn)
 }

@@ -101,6 +101,17 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Start a new chain in a data dir whose audit.db is missing, emptied, without events or
+    /// damaged: the old file is kept beside it and the new chain's first event says why and
+    /// how many entries memory.db holds. Refused while anything uses the data dir, and for a
+    /// chain that verifies.
+    Reset {
+        #[command(flatten)]
+        data_dir: super::DataDirArg,
+        /// Required: the history before this point is no longer linked to what follows.
+        #[arg(long)]
+        i_understand_the_chain_restarts: bool,
+    },
     /// Every event with its hashes, one JSON object a line (for a SIEM).
     Export {
         #[command(flatten)]
@@ -146,6 +157,10 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<ExitCode> {
             };
             query_cmd(source, &filter, *format)
         }
+        AuditCommand::Reset {
+            data_dir,
+            i_understand_the_chain_restarts,
+        } => reset_cmd(data_dir, *i_understand_the_chain_restarts),
         AuditCommand::Export { source, format } => {
             let ExportFormat::Jsonl = format;
             let conn = audit_db::open_ro(&source.path()?)?;
@@ -166,6 +181,14 @@ fn verify_cmd(
     expect_head: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let path = source.path()?;
+    // In a data dir, an empty or missing chain beside a used memory.db is a failure, not an
+    // empty log (an auditor's --db copy has no memory.db to judge by).
+    if source.db.is_none()
+        && let Some(why) = audit_db::vanished_chain(&path)?
+    {
+        println!("FAILED: {}", audit_db::AuditError::ChainMissing { why });
+        return Ok(ExitCode::from(1));
+    }
     let conn = audit_db::open_ro(&path)?;
     let keyring_path = match (keyring, &source.db) {
         (Some(k), _) => Some(k.clone()),
@@ -203,6 +226,98 @@ fn verify_cmd(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Why the data dir's chain may be restarted, or a refusal when it is sound.
+fn reset_reason(dir: &crate::config::DataDir, keyring: &Keyring) -> anyhow::Result<String> {
+    if let Some(why) = audit_db::vanished_chain(&dir.audit_db())? {
+        return Ok(why);
+    }
+    if !dir.audit_db().exists() {
+        return Ok("audit.db is missing".into());
+    }
+    let damage = match audit_db::open_ro(&dir.audit_db()) {
+        Err(e) => e.to_string(),
+        Ok(conn) => match verify::verify(&conn, Some(&keyring.audit), None) {
+            Err(e) => e.to_string(),
+            Ok(report) => match report.damage {
+                Some(d) => format!("the chain fails at seq {}: {d}", d.seq),
+                None if report.events == 0 => "audit.db holds no events".into(),
+                None => anyhow::bail!(
+                    "refusing: audit.db holds a chain that verifies ({} events, head {}); \
+                     there is nothing to reset",
+                    report.events,
+                    report.head
+                ),
+            },
+        },
+    };
+    Ok(format!("audit.db is damaged: {damage}"))
+}
+
+/// `memwarden audit reset --i-understand-the-chain-restarts`.
+fn reset_cmd(args: &super::DataDirArg, confirmed: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        confirmed,
+        "audit reset starts a new audit chain: nothing before it will link to what follows. \
+         Put audit.db back from a backup if you can; otherwise pass \
+         --i-understand-the-chain-restarts"
+    );
+    let dir = args.open()?;
+    let keyring = dir.open_keyring()?;
+    let data = dir.open_dir()?;
+    let _lock = crate::datalock::DataLock::exclusive(&data)?;
+    let why = reset_reason(&dir, &keyring)?;
+    let entries = count_entries(&dir.memory_db());
+    let replaced = super::backup::set_aside_audit(&data)?;
+    drop(data.create_new("audit.db")?);
+    data.sync()?;
+    let detail = serde_json::json!({
+        "event": "chain_start",
+        "why": format!("operator reset: {why}"),
+        "memory_entries": entries,
+        "replaced_audit_head": replaced.as_ref().map(super::backup::Replaced::head),
+        "replaced_audit_kept_as": replaced.as_ref().map(|r| r.name.as_str()),
+        "operator_uid": crate::store::keyring::current_uid(),
+    });
+    let event = audit_db::NewEvent {
+        principal: Some("operator"),
+        ..audit_db::NewEvent::new(audit_db::Kind::Admin, detail)
+    };
+    let (log, head) = audit_db::AuditLog::open_new_chain(
+        &dir.audit_db(),
+        keyring.audit,
+        std::time::Duration::from_secs(10),
+        &event,
+    )?;
+    log.close()?;
+    let head = head.ok_or_else(|| anyhow::anyhow!("the new audit.db already held events"))?;
+    println!(
+        "new audit chain started ({why}); memory.db holds {} entries; head {head}",
+        entries.map_or_else(|| "an unknown number of".into(), |n| n.to_string())
+    );
+    if let Some(r) = &replaced {
+        println!(
+            "the old audit.db (head {}) is kept as {}",
+            r.head(),
+            data.join(&r.name).display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rows in memory.db's entries table, read-only; `None` when it cannot be read.
+fn count_entries(memory_db: &std::path::Path) -> Option<i64> {
+    if !memory_db.exists() {
+        return Some(0);
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        memory_db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .ok()?;
+    conn.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .ok()
 }
 
 fn query_cmd(source: &Source, filter: &Filter, format: Format) -> anyhow::Result<ExitCode> {

@@ -3,8 +3,12 @@
 //! Backup copies both databases with SQLite's online backup API while servers keep running —
 //! memory.db first, then audit.db, so every entry in the copy has its audit event — then
 //! verifies the copy (integrity_check, every seal, the chain) and only then writes a manifest
-//! (file SHA-256s, entry count, audit head). Restore verifies all of that again, refuses a
-//! damaged backup, and renames the files into place. Stop the service before restoring.
+//! (file SHA-256s, entry count, audit head), MAC'd with the audit key. Restore checks the MAC
+//! first — the SHA-256s alone prove nothing, anyone can recompute them — then verifies
+//! everything again (including that each database holds only the schema objects our migrations
+//! create), refuses a damaged backup, keeps the audit.db it replaces beside it, and renames the
+//! files into place. It holds the data dir's lock exclusively throughout, so it refuses while
+//! any session or command runs (see [`crate::datalock`]): stop the service first.
 //!
 //! Every file either command writes is created through [`crate::fsafe`]: exclusively, without
 //! following links, 0600, and in a data dir owned like the dir — root running `restore` must
@@ -16,17 +20,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::{self, AuditLog};
+use crate::datalock::DataLock;
 use crate::fsafe::Dir;
 use crate::store::Store;
-use crate::store::keyring::Keyring;
+use crate::store::keyring::{KeySet, Keyring, SecretKey};
 
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
@@ -58,6 +64,96 @@ struct Manifest {
     files: std::collections::BTreeMap<String, String>,
     entries: u64,
     audit_head: String,
+    /// Id of the audit key the MAC is made with.
+    mac_key: String,
+}
+
+/// Manifest format: 2 added `mac_key` and `mac`.
+const MANIFEST_VERSION: u32 = 2;
+
+/// Domain-separating prefix of the manifest MAC (the audit key also MACs chain hashes).
+const MANIFEST_MAC_TAG: &[u8] = b"memwarden/backup-manifest/v1\n";
+
+/// HMAC-SHA256(audit key, tag ‖ canonical manifest): the manifest as a JSON object without
+/// its `mac` member, object keys sorted at every level, no whitespace. Computed over what was
+/// parsed, so any member — known or not — is covered.
+fn manifest_mac(key: &SecretKey, manifest: &Map<String, Value>) -> Hmac<Sha256> {
+    let mut body = manifest.clone();
+    body.remove("mac");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
+    mac.update(MANIFEST_MAC_TAG);
+    mac.update(canonical_json(&Value::Object(body)).as_bytes());
+    mac
+}
+
+/// Compact JSON with object keys sorted, whatever map type serde_json was built with.
+fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<&String, String> =
+                map.iter().map(|(k, v)| (k, canonical_json(v))).collect();
+            let members: Vec<String> = sorted
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", Value::String((*k).clone())))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Serialises a manifest with its MAC under the active audit key.
+fn sign_manifest(manifest: &Manifest, audit: &KeySet) -> anyhow::Result<String> {
+    let Value::Object(mut map) = serde_json::to_value(manifest)? else {
+        anyhow::bail!("a manifest serialises to a JSON object");
+    };
+    let (_, key) = audit.active();
+    let mac = hex::encode(manifest_mac(key, &map).finalize().into_bytes());
+    map.insert("mac".into(), Value::String(mac));
+    Ok(serde_json::to_string_pretty(&Value::Object(map))?)
+}
+
+/// Parses manifest.json and checks its MAC before believing a word of it. The refusals name
+/// the problem, never a MAC or key value.
+fn read_manifest(text: &str, audit: &KeySet) -> anyhow::Result<Manifest> {
+    let refuse = |why: &str| anyhow::anyhow!("refusing: manifest.json {why}");
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+        return Err(refuse("is not a JSON object"));
+    };
+    let Some(Value::String(mac)) = map.remove("mac") else {
+        return Err(refuse(
+            "carries no MAC (made by a memwarden before manifest version 2, or stripped): \
+             its SHA-256s alone prove nothing, anyone can recompute them",
+        ));
+    };
+    let key_id = match map.get("mac_key") {
+        Some(Value::String(id)) => id.clone(),
+        _ => return Err(refuse("names no MAC key")),
+    };
+    let key = audit.get(&key_id).ok_or_else(|| {
+        refuse(
+            "is MAC'd with an audit key this keyring does not hold (a backup of another data dir?)",
+        )
+    })?;
+    let mac = hex::decode(mac).map_err(|_| refuse("has a malformed MAC"))?;
+    manifest_mac(key, &map).verify_slice(&mac).map_err(|_| {
+        refuse(
+            "has a MAC that does not verify under the audit key: the manifest was changed \
+             after the backup was made, or made with another keyring",
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_value(Value::Object(map))
+        .map_err(|e| anyhow::anyhow!("manifest.json: {e}"))?;
+    anyhow::ensure!(
+        manifest.version == MANIFEST_VERSION,
+        "refusing: manifest.json has version {}, this memwarden reads {MANIFEST_VERSION}",
+        manifest.version
+    );
+    Ok(manifest)
 }
 
 const FILES: [&str; 2] = ["memory.db", "audit.db"];
@@ -180,6 +276,11 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     let out = backup_dir(&args.out)?;
+    // Shared: sessions keep running; a restore cannot swap files under the copy.
+    let _lock = dir.lock_shared()?;
+    if let Some(why) = audit::vanished_chain(&dir.audit_db())? {
+        return Err(audit::AuditError::ChainMissing { why }.into());
+    }
     copy_online(&dir.memory_db(), &out, "memory.db")?;
     copy_online(&dir.audit_db(), &out, "audit.db")?;
     let (entries, audit_head) =
@@ -189,15 +290,16 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
         files.insert(f.to_string(), sha256_of(out.open_file(f)?)?);
     }
     let manifest = Manifest {
-        version: 1,
+        version: MANIFEST_VERSION,
         created_at: crate::tools::format_ms(crate::tools::now_ms()),
         memwarden_version: env!("CARGO_PKG_VERSION").into(),
         files,
         entries,
         audit_head,
+        mac_key: keyring.audit.active().0.to_string(),
     };
     let mut f = out.create_new("manifest.json")?;
-    f.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    f.write_all(sign_manifest(&manifest, &keyring.audit)?.as_bytes())?;
     f.sync_all()?;
     out.sync()?;
     record(
@@ -270,9 +372,15 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     let data = dir.open_dir()?;
+    // Exclusive, before anything is read or staged, until the restore event is written: no
+    // session or command runs meanwhile, and none starts (a session started by socket
+    // activation waits for the lock, then opens the restored files).
+    let _lock = DataLock::exclusive(&data)?;
     let from = &args.from;
-    let manifest: Manifest = serde_json::from_str(&fs::read_to_string(from.join("manifest.json"))?)
-        .map_err(|e| anyhow::anyhow!("manifest.json: {e}"))?;
+    let manifest = read_manifest(
+        &fs::read_to_string(from.join("manifest.json"))?,
+        &keyring.audit,
+    )?;
     // Stale staged files of ours (or links planted under their names) go first.
     remove_staged(&data)?;
     let checked = stage(from, &manifest, &data).and_then(|()| {
@@ -297,6 +405,9 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
+    // The audit.db being replaced is evidence (it may hold events the backup does not): keep
+    // it beside the new one, and name its head in the restore event, which links the two.
+    let replaced = set_aside_audit(&data)?;
     // Each file is replaced whole or not at all, by a rename within the data dir's fd.
     for f in FILES {
         // A WAL left from the old file would be replayed into the new one.
@@ -310,8 +421,87 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     record(
         &dir,
         &keyring,
-        json!({"event": "restore", "entries": entries, "audit_head": head}),
+        json!({
+            "event": "restore",
+            "entries": entries,
+            "audit_head": head,
+            "replaced_audit_head": replaced.as_ref().map(Replaced::head),
+            "replaced_audit_kept_as": replaced.as_ref().map(|r| r.name.as_str()),
+        }),
     )?;
     println!("restored {entries} entries, audit head {head}");
+    if let Some(r) = &replaced {
+        println!(
+            "the replaced audit.db (head {}) is kept as {}",
+            r.head(),
+            data.join(&r.name).display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An audit.db moved aside by `restore` or `audit reset`.
+#[derive(Debug)]
+pub(crate) struct Replaced {
+    /// Its new name in the data dir.
+    pub name: String,
+    /// Its head as SEQ:HASH, or why it could not be read.
+    pub head: Result<String, String>,
+}
+
+impl Replaced {
+    pub fn head(&self) -> String {
+        match &self.head {
+            Ok(h) => h.clone(),
+            Err(e) => format!("unreadable: {e}"),
+        }
+    }
+}
+
+/// Moves the data dir's audit.db (and its WAL) aside as `audit.db.replaced-<time>`, never
+/// deleting it, and folds the WAL in so the kept file stands alone. `None` when there is no
+/// audit.db. Renames stay within the data dir's fd; the file keeps its owner and 0600 mode
+/// (checked by `open_dir`).
+pub(crate) fn set_aside_audit(data: &Dir) -> anyhow::Result<Option<Replaced>> {
+    if data.entry("audit.db")?.is_none() {
+        return Ok(None);
+    }
+    let stamp = crate::tools::format_ms(crate::tools::now_ms()).replace(':', "");
+    let name = format!("audit.db.replaced-{stamp}");
+    for side in ["", "-wal", "-shm", "-journal"] {
+        anyhow::ensure!(
+            data.entry(&format!("{name}{side}"))?.is_none(),
+            "{name}{side} already exists in the data dir; try again in a moment"
+        );
+    }
+    // The WAL first: renamed with its database, SQLite replays it into the kept file.
+    if data.entry("audit.db-wal")?.is_some() {
+        data.rename("audit.db-wal", &format!("{name}-wal"))?;
+    }
+    data.rename("audit.db", &name)?;
+    data.remove("audit.db-shm")?;
+    data.sync()?;
+    let head = fold_wal_and_read_head(&data.join(&name));
+    Ok(Some(Replaced { name, head }))
+}
+
+/// Checkpoints a kept audit.db into a single file and reads its head. Runs no trigger (only a
+/// pragma and a read), whatever the file holds.
+fn fold_wal_and_read_head(path: &Path) -> Result<String, String> {
+    let len = fs::symlink_metadata(path).map_err(|e| e.to_string())?.len();
+    if len == 0 {
+        return Err("empty (0 bytes)".into());
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF;")
+        .map_err(|e| e.to_string())?;
+    let _: String = conn
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    let head = audit::append::head(&conn).map_err(|e| e.to_string())?;
+    Ok(head.to_string())
 }

@@ -35,6 +35,18 @@ fn quick_check(path: &std::path::Path) -> Result<String, String> {
     if r == "ok" { Ok(r) } else { Err(r) }
 }
 
+fn schema_check(
+    path: &std::path::Path,
+    check: impl FnOnce(&Connection) -> Result<(), String>,
+) -> Result<Value, String> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(|e| e.to_string())?;
+    check(&conn).map(|()| json!("only what the migrations create"))
+}
+
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -77,6 +89,29 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     add(
         "audit.db quick_check",
         quick_check(&dir.audit_db()).map(Value::from),
+    );
+    // Only what the migrations create: a stray trigger could drop events or rewrite rows.
+    add(
+        "memory.db schema",
+        schema_check(&dir.memory_db(), |c| {
+            crate::store::migrations::check_schema(c).map_err(|e| e.to_string())
+        }),
+    );
+    add(
+        "audit.db schema",
+        schema_check(&dir.audit_db(), |c| {
+            audit::check_schema(c).map_err(|e| e.to_string())
+        }),
+    );
+    // A missing, emptied or event-less audit.db beside a used memory.db is a chain that
+    // vanished, not a new one (issue 18).
+    add(
+        "audit chain present",
+        match audit::vanished_chain(&dir.audit_db()) {
+            Ok(None) => Ok(json!("ok")),
+            Ok(Some(why)) => Err(audit::AuditError::ChainMissing { why }.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
     );
     let chain = audit::open_ro(&dir.audit_db())
         .map_err(|e| e.to_string())

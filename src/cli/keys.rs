@@ -45,42 +45,49 @@ pub struct ResealArgs {
     pub batch: usize,
 }
 
-/// What a keys command works on, opened under the keyring's lock.
+/// What a keys command works on: opened with the data dir's lock held shared (see
+/// [`crate::datalock`]) and under the keyring's lock.
 struct Opened {
     path: std::path::PathBuf,
     keyring: Keyring,
     store: Store,
     audit: AuditLog,
-    _lock: KeyringLock,
+    _keyring_lock: KeyringLock,
+    _data_lock: crate::datalock::DataLock,
 }
 
 fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let dir = args.open()?;
+    let data_lock = dir.lock_shared()?;
     // The checks on the data dir and keyring run first (nothing is created in a dir that is
-    // refused); then the lock, then the read under it: the keyring read is the one the save
-    // replaces.
+    // refused); then the keyring's lock, then the read under it: the keyring read is the one
+    // the save replaces.
     dir.open_keyring()?;
-    let lock = Keyring::lock(&dir.keyring())?;
+    let keyring_lock = Keyring::lock(&dir.keyring())?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
-    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
+    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
     Ok(Opened {
         path: dir.keyring(),
         keyring,
         store,
         audit,
-        _lock: lock,
+        _keyring_lock: keyring_lock,
+        _data_lock: data_lock,
     })
 }
 
 pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
+    // The locks are bound, not `..`-ed: unbound fields of a temporary drop at once.
     let Opened {
         path,
         mut keyring,
         store,
         mut audit,
-        _lock,
+        _keyring_lock,
+        _data_lock,
     } = open(&args.data_dir)?;
     match &args.command {
         KeysCommand::List => {
@@ -132,7 +139,8 @@ pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
         keyring,
         mut store,
         mut audit,
-        _lock,
+        _keyring_lock,
+        _data_lock,
         ..
     } = open(&args.data_dir)?;
     let active = keyring.entry.active().0.to_string();

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::DataDirArg;
 use crate::audit::{AuditLog, Kind, NewEvent};
+use crate::datalock::DataLock;
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -30,14 +31,17 @@ pub enum ReviewCommand {
     Reject { id: String },
 }
 
-/// The operator's handles on a data dir: the store and the audit log.
-pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog)> {
+/// The operator's handles on a data dir: the store, the audit log, and the data dir's lock held
+/// shared while they are used (see [`crate::datalock`]).
+pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog, DataLock)> {
     let dir = args.open()?;
+    let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
     let options = StoreOptions::default();
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
-    Ok((store, audit))
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    Ok((store, audit, lock))
 }
 
 /// Appends an operator's admin event.
@@ -53,7 +57,7 @@ pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> an
 }
 
 pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
-    let (mut store, mut audit) = open(&args.data_dir)?;
+    let (mut store, mut audit, _lock) = open(&args.data_dir)?;
     let now = crate::tools::now_ms();
     match &args.command {
         ReviewCommand::List => {

@@ -117,6 +117,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         heap_limit: policy.sqlite_heap_limit,
         ..StoreOptions::default()
     };
+    // Held until this session ends: `restore` refuses while any session runs.
+    let _lock = dir.lock_shared()?;
+    // audit.db first: it refuses a vanished chain before memory.db is touched.
+    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
     let mut store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     if dir.keyring().starts_with(dir.root()) {
         // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
@@ -124,7 +128,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // session and cannot change under it.
         store.watch_keyring(&dir.keyring())?;
     }
-    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::new(schemas, store, audit, session, policy.clone());

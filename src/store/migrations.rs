@@ -92,6 +92,8 @@ pub enum MigrationError {
     TooNew { found: i64 },
     #[error("memory.db: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("memory.db: {0}")]
+    Schema(String),
 }
 
 /// Brings the schema to `CURRENT_VERSION`. `after_step` runs inside each step's transaction
@@ -115,4 +117,13 @@ pub fn migrate(
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
+}
+
+/// Refuses a memory.db holding any schema object these migrations did not create (a trigger
+/// could drop or rewrite every insert; see [`crate::sqlite_schema`]).
+pub fn check_schema(conn: &Connection) -> Result<(), MigrationError> {
+    // The expected objects come from the same steps on an empty database (the ledger's
+    // backfill adds rows, never objects).
+    crate::sqlite_schema::check(conn, |c| migrate(c, &|_, _| Ok(())))?
+        .map_err(MigrationError::Schema)
 }

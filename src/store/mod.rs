@@ -436,6 +436,7 @@ impl Store {
             }
             Ok(())
         })?;
+        migrations::check_schema(&conn)?;
         Ok(Self {
             conn,
             keys,
@@ -490,6 +491,7 @@ impl Store {
         if version != migrations::CURRENT_VERSION {
             return Err(migrations::MigrationError::TooNew { found: version }.into());
         }
+        migrations::check_schema(&conn)?;
         Ok(Self {
             conn,
             keys,
@@ -541,27 +543,32 @@ impl Store {
         let (key_id, mac) = self.seal_row(entry);
         let tags =
             serde_json::to_string(&entry.tags).map_err(|e| Error::Internal(e.to_string()))?;
-        tx.prepare_cached(
-            "INSERT INTO entries (id, namespace, content, tags, metadata, status, supersedes, \
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO entries (id, namespace, content, tags, metadata, status, supersedes, \
              principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?
-        .execute(params![
-            entry.id,
-            entry.namespace,
-            entry.content,
-            tags,
-            entry.metadata,
-            entry.status.as_str(),
-            entry.supersedes,
-            entry.principal,
-            entry.session_id,
-            entry.created_at,
-            entry.updated_at,
-            &entry.content_sha256[..],
-            key_id,
-            &mac[..],
-        ])?;
+            )?
+            .execute(params![
+                entry.id,
+                entry.namespace,
+                entry.content,
+                tags,
+                entry.metadata,
+                entry.status.as_str(),
+                entry.supersedes,
+                entry.principal,
+                entry.session_id,
+                entry.created_at,
+                entry.updated_at,
+                &entry.content_sha256[..],
+                key_id,
+                &mac[..],
+            ])?;
+        // A trigger answering RAISE(IGNORE) would make this a silent no-op: fail closed.
+        if inserted != 1 {
+            return Err(Error::Internal(format!("insert touched {inserted} rows")));
+        }
         Ok(())
     }
 
@@ -1103,10 +1110,13 @@ impl Store {
         if n >= i64::from(per_hour) {
             return Ok(false);
         }
-        tx.execute(
+        let inserted = tx.execute(
             "INSERT INTO session_starts (principal, started_at) VALUES (?1, ?2)",
             params![principal, now_ms],
         )?;
+        if inserted != 1 {
+            return Err(Error::Internal(format!("insert touched {inserted} rows")));
+        }
         tx.commit()?;
         Ok(true)
     }
