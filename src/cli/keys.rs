@@ -59,15 +59,14 @@ struct Opened {
 fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     let dir = args.open()?;
     let data_lock = dir.lock_shared()?;
-    // The checks on the data dir and keyring run first (nothing is created in a dir that is
-    // refused); then the keyring's lock, then the read under it: the keyring read is the one
-    // the save replaces.
-    dir.open_keyring()?;
+    // Every check runs first, so nothing is created in a dir that is refused: the data dir and
+    // keyring, then audit.db (it refuses a vanished chain before memory.db is touched). Then
+    // the keyring's lock and the read under it: the keyring read is the one the save replaces.
+    let options = StoreOptions::default();
+    let checked = dir.open_keyring()?;
+    let audit = AuditLog::open(&dir.audit_db(), checked.audit, options.busy_timeout)?;
     let keyring_lock = Keyring::lock(&dir.keyring())?;
     let keyring = dir.open_keyring()?;
-    let options = StoreOptions::default();
-    // audit.db first: it refuses a vanished chain before memory.db is touched.
-    let audit = AuditLog::open(&dir.audit_db(), keyring.audit.clone(), options.busy_timeout)?;
     let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
     Ok(Opened {
         path: dir.keyring(),
