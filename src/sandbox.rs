@@ -50,9 +50,15 @@ impl Status {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
-    #[error("landlock: {0}")]
-    Landlock(#[from] landlock::RulesetError),
-    #[error("--require-sandbox: the landlock filesystem sandbox is not enforced ({0}); refusing to run")]
+    #[error("landlock: {source}{hint}")]
+    Landlock {
+        source: landlock::RulesetError,
+        /// Why, when the kernel said EPERM: usually a seccomp filter refusing one landlock call.
+        hint: &'static str,
+    },
+    #[error(
+        "--require-sandbox: the landlock filesystem sandbox is not enforced ({0}); refusing to run"
+    )]
     Required(Probe),
 }
 
@@ -108,6 +114,28 @@ fn errno_name(errno: i32) -> String {
         _ => return format!("errno {errno}"),
     };
     name.to_string()
+}
+
+impl From<landlock::RulesetError> for SandboxError {
+    fn from(source: landlock::RulesetError) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        let mut eperm = false;
+        while let Some(e) = cause {
+            eperm |= e
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EPERM);
+            cause = e.source();
+        }
+        let hint = if eperm {
+            "; EPERM from a landlock call the kernel offers means a seccomp filter or security \
+             policy refuses it: under systemd, allow it in the unit: \
+             SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self"
+        } else {
+            ""
+        };
+        Self::Landlock { source, hint }
+    }
 }
 
 /// Restricts this thread (and threads it creates later) to `data_dir`.
