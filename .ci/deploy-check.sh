@@ -46,6 +46,14 @@ for k in MemoryMax CPUQuota TasksMax; do
   grep -q "^$k=" "$here/deploy/memwarden.slice" || bad "memwarden.slice sets no $k"
 done
 
+# logrotate: rotation as the service user, and one way to rotate (copytruncate ignores create).
+lr="$here/deploy/memwarden.logrotate"
+if grep -Eq '^\s*su memwarden memwarden\s*$' "$lr" && ! { grep -Eq '^\s*copytruncate' "$lr" && grep -Eq '^\s*create' "$lr"; }; then
+  ok "memwarden.logrotate rotates as memwarden, with create or copytruncate (not both)"
+else
+  bad "memwarden.logrotate: needs su memwarden memwarden, and not both create and copytruncate"
+fi
+
 root="$work/root"
 for run in 1 2; do
   if sh "$here/deploy/install.sh" --root "$root" --binary "$bin" >"$work/install.log" 2>&1; then

@@ -976,3 +976,76 @@ fn backups_are_pruned_to_the_retention_setting() {
         );
     }
 }
+
+#[test]
+fn metrics_out_never_writes_through_a_planted_link() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let root = Root::new();
+    let dir = root.path("var/lib/memwarden-metrics");
+    let victim = root.path("var/lib/memwarden/audit.db");
+    let before = std::fs::read(&victim).unwrap();
+    // Links at the final name, at the old shell's temp name and at likely temp names: the unit
+    // (as its service uid, under its filter) replaces the final one and touches no target.
+    for name in [
+        "memwarden.prom",
+        "memwarden.prom.tmp",
+        ".memwarden.prom.tmp",
+    ] {
+        std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        std::os::unix::fs::lchown(dir.join(name), Some(SVC), Some(SVC)).unwrap();
+    }
+    let unit = Unit::load("memwarden-metrics.service");
+    all_ok(&unit, &run_unit(&unit, &root));
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        before,
+        "audit.db unchanged"
+    );
+    let meta = std::fs::symlink_metadata(dir.join("memwarden.prom")).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced by a file"
+    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    let prom = std::fs::read_to_string(dir.join("memwarden.prom")).unwrap();
+    assert!(prom.contains("# TYPE memwarden_entries gauge"), "{prom}");
+    // A hard link to the victim at the final name: renamed over, the victim keeps its bytes.
+    std::fs::remove_file(dir.join("memwarden.prom")).unwrap();
+    let other = root.path("var/lib/memwarden-metrics/hard-victim");
+    std::fs::write(&other, "kept").unwrap();
+    std::fs::hard_link(&other, dir.join("memwarden.prom")).unwrap();
+    all_ok(&unit, &run_unit(&unit, &root));
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "kept");
+    // The directory itself a link: refused, nothing written.
+    let out = Command::new(common::bin())
+        .args(["metrics", "--data-dir"])
+        .arg(root.path("var/lib/memwarden"))
+        .arg("--out")
+        .arg(root.path("linked/memwarden.prom"))
+        .output()
+        .unwrap();
+    std::os::unix::fs::symlink(root.path("etc/memwarden"), root.path("linked")).unwrap();
+    let out2 = Command::new(common::bin())
+        .args(["metrics", "--data-dir"])
+        .arg(root.path("var/lib/memwarden"))
+        .arg("--out")
+        .arg(root.path("linked/memwarden.prom"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && !out2.status.success());
+    assert!(
+        String::from_utf8_lossy(&out2.stderr).contains("symbolic link"),
+        "{}",
+        text(&out2)
+    );
+    assert!(!root.path("etc/memwarden/memwarden.prom").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && n.len() > ".memwarden.prom.tmp".len())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
