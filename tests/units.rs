@@ -673,7 +673,6 @@ fn session(unit: &Unit, root: &Root) -> Result<String, String> {
             .contains("the unit's own filter lets this through")
             .then_some(id)
     })();
-    drop(exchange);
     // EOF for the server (the reader holds a dup of this socket: shut it, not just close it).
     let _ = w.shutdown(std::net::Shutdown::Both);
     drop((w, reader));
