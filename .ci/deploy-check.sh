@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Checks deploy/: unit files verify, the session unit scores exposure <= 1.0, and install.sh
-# installs twice in a row and uninstalls into a temporary root. Usage: .ci/deploy-check.sh BIN
+# Checks deploy/: unit files verify, EVERY service unit scores exposure <= 1.0, and install.sh
+# installs twice in a row, and uninstall --purge leaves nothing, in a temporary root.
+# Usage: .ci/deploy-check.sh BIN
 set -euo pipefail
 bin=$(realpath "$1")
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +11,7 @@ passed=0; failed=0
 ok() { passed=$((passed+1)); echo "ok: $1"; }
 bad() { failed=$((failed+1)); echo "FAILED: $1"; }
 
-units=(memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer
+units=(memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer
        memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service
        memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer)
 mkdir -p "$work/units"
@@ -23,11 +24,34 @@ else
   bad "systemd-analyze verify"; cat "$work/verify.log"
 fi
 
-# Exposure 1.0 is 10 on the --threshold scale.
-if systemd-analyze security --offline=yes --threshold=10 "$here/deploy/memwarden@.service" >"$work/security.log" 2>&1; then
-  ok "memwarden@.service exposure: $(grep -o 'exposure level for [^:]*: [0-9.]*' "$work/security.log" | awk '{print $NF}') (<= 1.0)"
+# Every unit shipped in deploy/ is listed above (a new one must be added there, and scored).
+for f in "$here"/deploy/*.service "$here"/deploy/*.timer "$here"/deploy/*.socket "$here"/deploy/*.slice; do
+  case " ${units[*]} " in *" $(basename "$f") "*) ;; *) bad "deploy/$(basename "$f") is not checked here" ;; esac
+done
+# Exposure 1.0 is 10 on the --threshold scale. Every service, not just the session unit.
+for f in "$here"/deploy/*.service; do
+  u=$(basename "$f")
+  if systemd-analyze security --offline=yes --threshold=10 "$f" >"$work/security.log" 2>&1; then
+    ok "$u exposure: $(grep -o 'exposure level for [^:]*: [0-9.]*' "$work/security.log" | awk '{print $NF}') (<= 1.0)"
+  else
+    bad "$u exposure above 1.0: $(grep -o 'exposure level for [^:]*: [0-9.]*' "$work/security.log" | awk '{print $NF}')"
+    grep -E '^✗' "$work/security.log" | head -40
+  fi
+done
+# Every session and job runs in memwarden.slice, whose limits bound them together.
+for f in "$here"/deploy/*.service; do
+  grep -qx 'Slice=memwarden.slice' "$f" || bad "$(basename "$f") is not in memwarden.slice"
+done
+for k in MemoryMax CPUQuota TasksMax; do
+  grep -q "^$k=" "$here/deploy/memwarden.slice" || bad "memwarden.slice sets no $k"
+done
+
+# logrotate: rotation as the service user, and one way to rotate (copytruncate ignores create).
+lr="$here/deploy/memwarden.logrotate"
+if grep -Eq '^\s*su memwarden memwarden\s*$' "$lr" && ! { grep -Eq '^\s*copytruncate' "$lr" && grep -Eq '^\s*create' "$lr"; }; then
+  ok "memwarden.logrotate rotates as memwarden, with create or copytruncate (not both)"
 else
-  bad "memwarden@.service exposure above 1.0"; tail -40 "$work/security.log"
+  bad "memwarden.logrotate: needs su memwarden memwarden, and not both create and copytruncate"
 fi
 
 root="$work/root"
@@ -59,11 +83,35 @@ if printf '%s\n' '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"proto
 else
   bad "keyring from \$CREDENTIALS_DIRECTORY"; cat "$work/cred.log"
 fi
-if sh "$here/deploy/install.sh" --root "$root" --uninstall --purge >"$work/uninstall.log" 2>&1 \
-   && [ ! -e "$root/usr/local/bin/memwarden" ] && [ ! -e "$root/var/lib/memwarden" ]; then
-  ok "install.sh --uninstall --purge"
+if [ "$(stat -c '%u %a' "$root/var/lib/memwarden-metrics")" = "$(grep '^memwarden:' "$root/etc/passwd" | cut -d: -f3) 755" ] \
+   && [ -f "$root/etc/systemd/system/memwarden.slice" ]; then
+  ok "metrics dir owned by the service user (0755); memwarden.slice installed"
 else
-  bad "uninstall"; cat "$work/uninstall.log"
+  bad "metrics dir or slice"; ls -la "$root/var/lib" "$root/etc/systemd/system"
+fi
+# Uninstall without --purge keeps the data, and says what it kept.
+mkdir -p "$root/var/backups/memwarden/20200101T000000Z" && echo copy >"$root/var/backups/memwarden/20200101T000000Z/memory.db"
+echo old >"$root/var/lib/memwarden-metrics/memwarden.prom"
+if sh "$here/deploy/install.sh" --root "$root" --uninstall >"$work/uninstall.log" 2>&1 \
+   && [ ! -e "$root/usr/local/bin/memwarden" ] && [ -e "$root/var/lib/memwarden/memory.db" ] \
+   && [ -e "$root/var/backups/memwarden/20200101T000000Z" ] && grep -q "kept.*backups" "$work/uninstall.log"; then
+  ok "install.sh --uninstall keeps data and backups, and says so"
+else
+  bad "uninstall without --purge"; cat "$work/uninstall.log"
+fi
+# --purge removes everything install.sh made, backups, users and groups included: whatever
+# remains of memwarden under the root is a failure (the root's own skeleton may stay).
+sh "$here/deploy/install.sh" --root "$root" --binary "$bin" >"$work/install.log" 2>&1 || { bad "reinstall"; cat "$work/install.log"; }
+if sh "$here/deploy/install.sh" --root "$root" --uninstall --purge >"$work/uninstall.log" 2>&1; then
+  left=$(cd "$root" && find . -name '*memwarden*' | sort)
+  users=$(grep -h 'memwarden' "$root"/etc/passwd "$root"/etc/group 2>/dev/null || true)
+  if [ -z "$left" ] && [ -z "$users" ] && grep -q "backups" "$work/uninstall.log"; then
+    ok "install.sh --uninstall --purge leaves no file, backup, user or group of memwarden"
+  else
+    bad "uninstall --purge left: $left $users"; cat "$work/uninstall.log"
+  fi
+else
+  bad "uninstall --purge"; cat "$work/uninstall.log"
 fi
 echo "deploy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

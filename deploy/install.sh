@@ -3,7 +3,8 @@
 # update the binary and units; existing policy, keyring and data are never overwritten.
 #
 #   deploy/install.sh [--root DIR] [--binary PATH] [--policy FILE]   install or update
-#   deploy/install.sh [--root DIR] --uninstall [--purge]              remove (--purge: data and keys too)
+#   deploy/install.sh [--root DIR] --uninstall [--purge]              remove (--purge: data, backups,
+#                                                                     keys, logs, users and groups too)
 #
 # --root installs into DIR instead of / (for packaging and CI); nothing is started then.
 set -eu
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     --policy) policy=$2; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --purge) purge=1; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -33,6 +34,8 @@ done
 etc="$root/etc/memwarden"
 state="$root/var/lib/memwarden"
 logs="$root/var/log/memwarden"
+backups="$root/var/backups/memwarden"
+metrics="$root/var/lib/memwarden-metrics"
 units="$root/etc/systemd/system"
 bin="$root/usr/local/bin/memwarden"
 live=0
@@ -63,24 +66,42 @@ next_id() { # file: the next free id in the system range, from 990 down
   while cut -d: -f3 "$1" | grep -qx "$id"; do id=$((id - 1)); done
   echo "$id"
 }
+# Every unit install.sh manages; the timers are the ones enabled.
+unit_files="memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service
+  memwarden-purge.timer memwarden-audit-head.service memwarden-audit-head.timer
+  memwarden-metrics.service memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer"
+timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer"
+
+remove_user_and_groups() {
+  if [ -z "$root" ]; then
+    getent passwd memwarden >/dev/null && userdel memwarden
+    for g in memwarden memwarden-agents; do getent group "$g" >/dev/null && groupdel "$g"; done
+  else
+    for f in passwd shadow group gshadow; do
+      [ -f "$root/etc/$f" ] && sed -i -e '/^memwarden:/d' -e '/^memwarden-agents:/d' "$root/etc/$f"
+    done
+  fi
+  return 0
+}
+
 uid_of() { if [ -z "$root" ]; then id -u "$1"; else grep "^$1:" "$root/etc/passwd" | cut -d: -f3; fi; }
 gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^$1:" "$root/etc/group" | cut -d: -f3; fi; }
 
 if [ "$uninstall" = 1 ]; then
   if [ "$live" = 1 ]; then
-    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer 2>/dev/null || true
+    # shellcheck disable=SC2086
+    systemctl disable --now memwarden.socket $timers 2>/dev/null || true
   fi
-  rm -f "$units/memwarden.socket" "$units/memwarden@.service" "$units/memwarden-purge.service" \
-        "$units/memwarden-purge.timer" "$units/memwarden-audit-head.service" \
-        "$units/memwarden-audit-head.timer" "$units/memwarden-metrics.service" \
-        "$units/memwarden-metrics.timer" "$units/memwarden-backup.service" \
-        "$units/memwarden-backup.timer" "$root/etc/logrotate.d/memwarden" "$bin"
+  for u in $unit_files; do rm -f "$units/$u"; done
+  rm -f "$root/etc/logrotate.d/memwarden" "$bin"
   [ "$live" = 1 ] && systemctl daemon-reload
   if [ "$purge" = 1 ]; then
-    rm -rf "$state" "$etc" "$logs"
-    say "removed units, binary, data, policy and keys"
+    # Backups are full copies of every memory: --purge removes them with the data.
+    rm -rf "$state" "$etc" "$logs" "$backups" "$metrics"
+    remove_user_and_groups
+    say "removed units, binary, $state (data), $backups (backups), $metrics, $logs, $etc (policy and keys), the memwarden user and the memwarden and memwarden-agents groups"
   else
-    say "removed units and binary; kept $state and $etc (use --purge to remove them)"
+    say "removed units and binary; kept $state (data), $backups (backups), $metrics, $logs, $etc (policy and keys), the memwarden user and groups (use --purge to remove them)"
   fi
   exit 0
 fi
@@ -97,8 +118,11 @@ gid=$(gid_of memwarden)
 install -d -m 0755 "$etc" "$units" "$root/usr/local/bin" "$root/etc/logrotate.d"
 install -d -m 0700 "$state"
 install -d -m 0750 "$logs"
-install -d -m 0700 "$root/var/backups/memwarden"
-chown "$uid:$gid" "$state" "$logs" "$root/var/backups/memwarden"
+install -d -m 0700 "$backups"
+# The metrics unit's own directory (its StateDirectory=): node_exporter reads it, only the
+# service writes it, and `metrics --out` never follows a link there.
+install -d -m 0755 "$metrics"
+chown "$uid:$gid" "$state" "$logs" "$backups" "$metrics"
 
 install -m 0755 "$binary" "$bin"
 
@@ -126,18 +150,15 @@ fi
 chown -R "$uid:$gid" "$state"
 chmod 0600 "$etc/keyring.toml"
 
-for u in memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer \
-         memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service \
-         memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer; do
+for u in $unit_files; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
 
 if [ "$live" = 1 ]; then
   systemctl daemon-reload
-  install -d -m 0755 /var/lib/node_exporter/textfile_collector
-  systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer \
-    memwarden-metrics.timer memwarden-backup.timer
+  # shellcheck disable=SC2086
+  systemctl enable --now memwarden.socket $timers
   say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
 else
   say "installed into ${root:-/} (systemd not running here: nothing started)"

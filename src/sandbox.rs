@@ -50,12 +50,92 @@ impl Status {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
-    #[error("landlock: {0}")]
-    Landlock(#[from] landlock::RulesetError),
+    #[error("landlock: {source}{hint}")]
+    Landlock {
+        source: landlock::RulesetError,
+        /// Why, when the kernel said EPERM: usually a seccomp filter refusing one landlock call.
+        hint: &'static str,
+    },
     #[error(
-        "--require-sandbox: the landlock filesystem sandbox is not enforced on this kernel ({0}); refusing to run"
+        "--require-sandbox: the landlock filesystem sandbox is not enforced ({0}); refusing to run"
     )]
-    Required(&'static str),
+    Required(Probe),
+}
+
+/// What the kernel answers to a landlock ABI query, made before and independently of the
+/// ruleset: the landlock crate folds every failure into "not enforced", but an `EPERM` from a
+/// seccomp filter (a unit's `SystemCallFilter=` that forgot the landlock calls) is an operator's
+/// configuration to fix, not an old kernel to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Landlock answers with this ABI version.
+    Abi(i64),
+    /// `ENOSYS`: the kernel was built without landlock (or predates 5.13).
+    Missing,
+    /// `EOPNOTSUPP`: compiled in but not enabled at boot (`lsm=` lacks landlock).
+    Disabled,
+    /// `EPERM`/`EACCES`: something between us and the kernel refuses the call — a seccomp filter
+    /// (systemd's `SystemCallFilter=`) or another security policy.
+    Blocked(i32),
+    /// Any other errno.
+    Other(i32),
+    /// A test simulated a kernel without landlock.
+    Simulated,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Abi(v) => write!(f, "the kernel offers landlock ABI {v}"),
+            Self::Missing => f.write_str(
+                "this kernel has no landlock (landlock_create_ruleset: ENOSYS); it needs Linux 5.13 or later built with CONFIG_SECURITY_LANDLOCK",
+            ),
+            Self::Disabled => f.write_str(
+                "landlock is built into this kernel but not enabled (landlock_create_ruleset: EOPNOTSUPP); add landlock to the lsm= boot parameter",
+            ),
+            Self::Blocked(errno) => write!(
+                f,
+                "the landlock system calls are blocked by a seccomp filter or security policy, not missing from the kernel (landlock_create_ruleset: {}); under systemd, allow them in the unit: SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self",
+                errno_name(*errno)
+            ),
+            Self::Other(errno) => write!(f, "landlock_create_ruleset failed: {}", errno_name(*errno)),
+            Self::Simulated => write!(f, "simulated by {SIMULATE_UNSUPPORTED_ENV}"),
+        }
+    }
+}
+
+fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EINVAL => "EINVAL",
+        _ => return format!("errno {errno}"),
+    };
+    name.to_string()
+}
+
+impl From<landlock::RulesetError> for SandboxError {
+    fn from(source: landlock::RulesetError) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        let mut eperm = false;
+        while let Some(e) = cause {
+            eperm |= e
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EPERM);
+            cause = e.source();
+        }
+        let hint = if eperm {
+            "; EPERM from a landlock call the kernel offers means a seccomp filter or security \
+             policy refuses it: under systemd, allow it in the unit: \
+             SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self"
+        } else {
+            ""
+        };
+        Self::Landlock { source, hint }
+    }
 }
 
 /// Restricts this thread (and threads it creates later) to `data_dir`.
@@ -79,16 +159,24 @@ pub fn restrict(data_dir: &Path, require: bool) -> Result<Status, SandboxError> 
         }
     };
     if require && !status.filesystem_enforced() {
-        return Err(SandboxError::Required(status.as_str()));
+        return Err(SandboxError::Required(probe()));
     }
     Ok(status)
 }
 
-/// The kernel's landlock ABI version, or `None` when it has no landlock (or a test simulates
-/// that).
+/// The kernel's landlock ABI version, or `None` when it has no landlock, when something blocks
+/// the call, or when a test simulates that ([`probe`] says which).
 pub fn kernel_abi() -> Option<i64> {
+    match probe() {
+        Probe::Abi(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Asks the kernel for its landlock ABI and classifies the answer (see [`Probe`]).
+pub fn probe() -> Probe {
     if std::env::var_os(SIMULATE_UNSUPPORTED_ENV).is_some() {
-        return None;
+        return Probe::Simulated;
     }
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a null attribute pointer, size 0 and the VERSION flag, the syscall only
@@ -101,5 +189,13 @@ pub fn kernel_abi() -> Option<i64> {
             LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
-    (v > 0).then_some(v)
+    if v > 0 {
+        return Probe::Abi(v);
+    }
+    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+        libc::ENOSYS => Probe::Missing,
+        libc::EOPNOTSUPP => Probe::Disabled,
+        e @ (libc::EPERM | libc::EACCES) => Probe::Blocked(e),
+        e => Probe::Other(e),
+    }
 }

@@ -23,6 +23,50 @@ pub struct HealthArgs {
     pub min_free_mib: u64,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// Replace FILE atomically instead of printing: a fresh temp file in FILE's directory,
+    /// created exclusively without following links, then fsync and rename (mode 0644). A link
+    /// planted at either name is replaced, never written through.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Writes `text` to `path` as [`MetricsArgs::out`] describes.
+fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        anyhow::bail!("--out {}: not a file name", path.display());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let dir = crate::fsafe::Dir::open(parent)?;
+    let tmp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+    let written = dir
+        .create_new(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut f| {
+            // Readable by the collector, which runs as another user.
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            dir.rename(&tmp, name)?;
+            dir.sync()?;
+            Ok(())
+        });
+    if written.is_err() {
+        let _ = dir.remove(&tmp);
+    }
+    written
+}
+
 fn quick_check(path: &std::path::Path) -> Result<String, String> {
     let conn = Connection::open_with_flags(
         path,
@@ -155,14 +199,11 @@ const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
-pub fn metrics(args: &DataDirArg) -> anyhow::Result<ExitCode> {
-    let dir = args.open()?;
+pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data_dir.open()?;
     dir.open_dir()?;
     let audit = audit::open_ro(&dir.audit_db())?;
-    let memory = Connection::open_with_flags(
-        dir.memory_db(),
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
+    let memory = open_memory_ro(&dir.memory_db())?;
     let mut out = String::new();
     fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -279,6 +320,42 @@ pub fn metrics(args: &DataDirArg) -> anyhow::Result<ExitCode> {
             .unwrap_or(0);
         out.push_str(&format!("{name}{{db=\"{db}\"}} {bytes}\n"));
     }
-    print!("{out}");
+    match &args.out {
+        Some(path) => write_atomically(path, &out)?,
+        None => print!("{out}"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// memory.db read-only, also where the data dir is mounted read-only (the metrics unit): with no
+/// -wal file the database file alone is complete, and `immutable` needs no -shm to be created.
+fn open_memory_ro(path: &std::path::Path) -> anyhow::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    // SQLite opens lazily: the first statement is what fails on a read-only directory.
+    let plain = Connection::open_with_flags(path, flags).and_then(|c| {
+        c.query_row("PRAGMA user_version", [], |_| Ok(()))
+            .map(|()| c)
+    });
+    match plain {
+        Ok(conn) => Ok(conn),
+        Err(e) => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            if !path.is_file() || std::fs::symlink_metadata(&wal).is_ok() {
+                return Err(e.into());
+            }
+            let mut uri = String::from("file:");
+            for b in path.to_string_lossy().bytes() {
+                match b {
+                    b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
+                    _ => uri.push(b as char),
+                }
+            }
+            uri.push_str("?mode=ro&immutable=1");
+            Ok(Connection::open_with_flags(
+                uri,
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )?)
+        }
+    }
 }

@@ -62,7 +62,7 @@ pub enum Command {
     /// Check databases, keyring, policy, audit chain, disk and landlock; JSON, exit 1 if unwell.
     Health(health::HealthArgs),
     /// Prometheus text exposition derived from the databases.
-    Metrics(DataDirArg),
+    Metrics(health::MetricsArgs),
 }
 
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.

@@ -19,6 +19,9 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
         "memwarden-sandbox-check-{}",
         uuid::Uuid::new_v4().simple()
     ));
+    // Asked before the sandbox: a seccomp filter answering EPERM is named as such, not taken
+    // for an old kernel.
+    let probe = crate::sandbox::probe();
     let status = crate::sandbox::restrict(&root, false)?;
 
     let mut checks = Vec::new();
@@ -69,7 +72,12 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
             .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
     drop(listener);
-    let report = json!({"sandbox": status.as_str(), "checks": checks, "ok": all_ok});
+    let report = json!({
+        "sandbox": status.as_str(),
+        "landlock": probe.to_string(),
+        "checks": checks,
+        "ok": all_ok,
+    });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if all_ok {
         ExitCode::SUCCESS
