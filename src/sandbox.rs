@@ -14,8 +14,14 @@ use landlock::{
     RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 
-/// Set by tests to simulate a kernel without landlock.
+/// Set by tests to simulate a kernel without landlock. Debug builds only: in a release build an
+/// environment variable must never be able to switch the sandbox off.
 pub const SIMULATE_UNSUPPORTED_ENV: &str = "MEMWARDEN_SIMULATE_NO_LANDLOCK";
+
+/// True when a debug build is told to simulate a kernel without landlock.
+fn simulated() -> bool {
+    cfg!(debug_assertions) && std::env::var_os(SIMULATE_UNSUPPORTED_ENV).is_some()
+}
 
 /// The ABI whose rights we ask for (best effort below it).
 const TARGET_ABI: ABI = ABI::V7;
@@ -140,7 +146,7 @@ impl From<landlock::RulesetError> for SandboxError {
 
 /// Restricts this thread (and threads it creates later) to `data_dir`.
 pub fn restrict(data_dir: &Path, require: bool) -> Result<Status, SandboxError> {
-    let status = if std::env::var_os(SIMULATE_UNSUPPORTED_ENV).is_some() {
+    let status = if simulated() {
         Status::NotEnforced
     } else {
         let fs = AccessFs::from_all(TARGET_ABI);
@@ -175,7 +181,7 @@ pub fn kernel_abi() -> Option<i64> {
 
 /// Asks the kernel for its landlock ABI and classifies the answer (see [`Probe`]).
 pub fn probe() -> Probe {
-    if std::env::var_os(SIMULATE_UNSUPPORTED_ENV).is_some() {
+    if simulated() {
         return Probe::Simulated;
     }
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

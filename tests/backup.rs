@@ -455,3 +455,37 @@ fn a_command_or_a_backup_running_also_stops_restore_and_a_session_waits_for_a_re
     let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
     assert!(ok, "{text}");
 }
+
+/// Issue 18 item 10: restore, run as root, never reads through a link planted in the backup
+/// directory, and never prints a digest of what it read.
+#[test]
+fn restore_never_follows_links_inside_the_backup() {
+    use sha2::{Digest, Sha256};
+    for name in ["memory.db", "audit.db", "manifest.json"] {
+        let dir = TestDir::new();
+        dir.init();
+        let out = dir.tmp.path().join("bk");
+        let made = dir.cli(&["backup", "--out", out.to_str().unwrap()]);
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let secret = dir.tmp.path().join("root-only");
+        std::fs::write(&secret, b"root secret bytes").unwrap();
+        let digest = hex::encode(Sha256::digest(b"root secret bytes"));
+        std::fs::remove_file(out.join(name)).unwrap();
+        std::os::unix::fs::symlink(&secret, out.join(name)).unwrap();
+        let before = std::fs::read(dir.data().join("memory.db")).unwrap();
+        let r = dir.cli(&["restore", "--from", out.to_str().unwrap()]);
+        let said =
+            String::from_utf8_lossy(&r.stdout).to_string() + &String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{name}: {said}");
+        assert!(said.contains("link"), "{name}: {said}");
+        assert!(
+            !said.contains(&digest),
+            "{name}: a digest of the target was printed"
+        );
+        assert_eq!(std::fs::read(dir.data().join("memory.db")).unwrap(), before);
+    }
+}

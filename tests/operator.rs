@@ -352,3 +352,38 @@ async fn verify_reconciles_purged_entries_as_purged() {
     assert!(!said.contains("not applied"), "{said}");
     assert!(!said.contains(&a) && !said.contains(&b), "{said}");
 }
+
+/// The audit-head and metrics units read the state dir read-only while sessions run: the
+/// audit log is read through the live -wal and -shm, not refused.
+#[test]
+fn audit_head_reads_a_live_wal_in_a_read_only_data_dir() {
+    let dir = TestDir::new();
+    let mut s = common::RawSession::start(&dir);
+    // A reader holding a snapshot keeps the WAL from being checkpointed away.
+    let reader = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .unwrap();
+    s.call(1, "memory_store", json!({"content": "x"}));
+    let data = dir.data().display().to_string();
+    let script = format!(
+        "mount --bind -o ro {data} {data} && {} audit head --data-dir {data}",
+        common::bin()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output();
+    let Some(out) = out
+        .ok()
+        .filter(|o| !String::from_utf8_lossy(&o.stderr).contains("mount:"))
+    else {
+        eprintln!("SKIPPED: no mount namespace here");
+        return;
+    };
+    drop(reader);
+    s.finish();
+    assert!(out.status.success(), "{}", text(&out));
+    let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let seq: u64 = head.split(':').next().unwrap().parse().unwrap();
+    assert!(seq >= 3, "{head}: the events in the WAL were read");
+}

@@ -274,11 +274,18 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
         u.push_str(extra);
         u
     };
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let shm_present = std::path::Path::new(&shm).is_file();
     let conn = if dir_writable || !wal_pending {
         // Without a pending WAL, the file alone is the whole database: read it as immutable so
         // no -shm needs creating (a read-only directory allows none).
         let extra = if dir_writable { "" } else { "&immutable=1" };
         Connection::open_with_flags(uri(extra), flags)?
+    } else if shm_present {
+        // A live server's WAL in a directory this process may only read (the audit-head and
+        // metrics units): SQLite reads through the existing -shm without writing it.
+        Connection::open_with_flags(uri(""), flags)?
     } else {
         return Err(AuditError::Open(format!(
             "{} has un-checkpointed changes in its -wal file and its directory is read-only; \
