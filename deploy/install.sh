@@ -68,13 +68,14 @@ gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^
 
 if [ "$uninstall" = 1 ]; then
   if [ "$live" = 1 ]; then
-    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer 2>/dev/null || true
+    systemctl disable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer memwarden-maintain.timer 2>/dev/null || true
   fi
   rm -f "$units/memwarden.socket" "$units/memwarden@.service" "$units/memwarden-purge.service" \
         "$units/memwarden-purge.timer" "$units/memwarden-audit-head.service" \
         "$units/memwarden-audit-head.timer" "$units/memwarden-metrics.service" \
         "$units/memwarden-metrics.timer" "$units/memwarden-backup.service" \
-        "$units/memwarden-backup.timer" "$root/etc/logrotate.d/memwarden" "$bin"
+        "$units/memwarden-backup.timer" "$units/memwarden-maintain.service" \
+        "$units/memwarden-maintain.timer" "$root/etc/logrotate.d/memwarden" "$bin"
   [ "$live" = 1 ] && systemctl daemon-reload
   if [ "$purge" = 1 ]; then
     rm -rf "$state" "$etc" "$logs"
@@ -128,7 +129,8 @@ chmod 0600 "$etc/keyring.toml"
 
 for u in memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer \
          memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service \
-         memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer; do
+         memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer \
+         memwarden-maintain.service memwarden-maintain.timer; do
   install -m 0644 "$here/$u" "$units/$u"
 done
 install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
@@ -137,7 +139,7 @@ if [ "$live" = 1 ]; then
   systemctl daemon-reload
   install -d -m 0755 /var/lib/node_exporter/textfile_collector
   systemctl enable --now memwarden.socket memwarden-purge.timer memwarden-audit-head.timer \
-    memwarden-metrics.timer memwarden-backup.timer
+    memwarden-metrics.timer memwarden-backup.timer memwarden-maintain.timer
   say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
 else
   say "installed into ${root:-/} (systemd not running here: nothing started)"

@@ -8,6 +8,7 @@
 
 pub mod keyring;
 pub mod ledger;
+pub mod maintain;
 pub mod migrations;
 mod read;
 pub mod scope;
