@@ -122,7 +122,10 @@ async fn store_get_list_search_update_delete() {
     assert_eq!(everywhere["results"][0]["memory"]["id"], id.as_str());
     assert_eq!(everywhere["results"][0]["memory"]["namespace"], "ops");
     let elsewhere = client
-        .call("memory_search", json!({"query": "vault", "namespace": "default"}))
+        .call(
+            "memory_search",
+            json!({"query": "vault", "namespace": "default"}),
+        )
         .await
         .ok();
     assert_eq!(

@@ -131,10 +131,9 @@ fn merge_step(conn: &Connection, pages: i64) -> Result<bool> {
 /// `PRAGMA optimize` and a passive checkpoint on any of our databases.
 pub fn optimize_and_checkpoint(conn: &Connection) -> Result<(i64, i64)> {
     conn.execute_batch("PRAGMA optimize")?;
-    let (log, copied): (i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get(1)?, r.get(2)?))
-        })?;
+    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?;
     Ok((log, copied))
 }
 

@@ -738,12 +738,10 @@ impl Store {
         if let Ok(raw) = &raw {
             access(&raw.namespace, raw.created_at)?;
         }
-        raw.ok()
-            .and_then(|raw| self.verified(raw))
-            .ok_or_else(|| {
-                withheld_log(id);
-                Error::Integrity
-            })
+        raw.ok().and_then(|raw| self.verified(raw)).ok_or_else(|| {
+            withheld_log(id);
+            Error::Integrity
+        })
     }
 
     /// One entry by id. Active and superseded versions are readable (history); deleted and

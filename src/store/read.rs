@@ -9,8 +9,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::scope::{self, RowRange, Scope};
 use super::{
-    COLUMN_COUNT, COLUMNS, Checked, Filter, FtsQuery, Hit, Hits, MatchRow, Matched, Page,
-    RawRow, SEARCH_WINDOW, Store, fts_error, withheld_log,
+    COLUMN_COUNT, COLUMNS, Checked, Filter, FtsQuery, Hit, Hits, MatchRow, Matched, Page, RawRow,
+    SEARCH_WINDOW, Store, fts_error, withheld_log,
 };
 use crate::error::{Error, Result};
 
@@ -116,8 +116,9 @@ impl Store {
         {
             return Ok(rowid);
         }
-        let ms = scope::uuid_ms(after)
-            .ok_or_else(|| Error::InvalidArgument("cursor: not a cursor from memory_list".into()))?;
+        let ms = scope::uuid_ms(after).ok_or_else(|| {
+            Error::InvalidArgument("cursor: not a cursor from memory_list".into())
+        })?;
         Ok(scope::first_rowid_at(&self.conn, ms)?.unwrap_or(i64::MAX))
     }
 
@@ -306,7 +307,12 @@ impl Store {
     /// The row id of the scope's `window`-th newest match, or `None` when there are fewer.
     /// FTS5 walks its doclists newest first and stops there, touching neither `entries` nor
     /// the ranking.
-    fn window_start(&self, match_expr: &str, range: RowRange, window: usize) -> Result<Option<i64>> {
+    fn window_start(
+        &self,
+        match_expr: &str,
+        range: RowRange,
+        window: usize,
+    ) -> Result<Option<i64>> {
         self.conn
             .prepare_cached(
                 "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 \
