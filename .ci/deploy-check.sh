@@ -13,7 +13,8 @@ bad() { failed=$((failed+1)); echo "FAILED: $1"; }
 
 units=(memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer
        memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service
-       memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer)
+       memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer
+       memwarden-maintain.service memwarden-maintain.timer)
 mkdir -p "$work/units"
 for u in "${units[@]}"; do cp "$here/deploy/$u" "$work/units/"; done
 # verify needs ExecStart to exist: point it at the binary under test.

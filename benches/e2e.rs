@@ -10,6 +10,7 @@
 //! verdict per target, and writes `target/bench-e2e.json`.
 
 mod common;
+mod multitenant;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -512,6 +513,16 @@ fn verdict(ok: bool) -> &'static str {
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / test discovery: nothing to list.
+    }
+    if std::env::var("MEMWARDEN_BENCH_CASE").as_deref() == Ok("multitenant") {
+        let total = std::env::var("MEMWARDEN_BENCH_MT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let rows = multitenant::run(total).await;
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-multitenant.json");
+        std::fs::write(&out, serde_json::to_string_pretty(&rows).unwrap()).ok();
+        return;
     }
     let max: usize = std::env::var("MEMWARDEN_BENCH_MAX")
         .ok()

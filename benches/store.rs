@@ -124,7 +124,7 @@ fn bench_store_ops(c: &mut Criterion) {
             })
         });
         let filter = Filter {
-            namespace: "default".into(),
+            scope: memwarden::store::Scope::only(["default".to_string()]),
             ..Default::default()
         };
         let mut rng = common::Rng::new(5);

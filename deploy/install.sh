@@ -69,8 +69,10 @@ next_id() { # file: the next free id in the system range, from 990 down
 # Every unit install.sh manages; the timers are the ones enabled.
 unit_files="memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service
   memwarden-purge.timer memwarden-audit-head.service memwarden-audit-head.timer
-  memwarden-metrics.service memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer"
-timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer"
+  memwarden-metrics.service memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer
+  memwarden-maintain.service memwarden-maintain.timer"
+timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer
+  memwarden-maintain.timer"
 
 remove_user_and_groups() {
   if [ -z "$root" ]; then

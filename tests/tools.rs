@@ -114,14 +114,24 @@ async fn store_get_list_search_update_delete() {
             .contains("«vault»")
     );
     assert_eq!(found["withheld"], 0);
-    let elsewhere = client
+    // Without a namespace, search covers every namespace the principal may read.
+    let everywhere = client
         .call("memory_search", json!({"query": "vault"}))
+        .await
+        .ok();
+    assert_eq!(everywhere["results"][0]["memory"]["id"], id.as_str());
+    assert_eq!(everywhere["results"][0]["memory"]["namespace"], "ops");
+    let elsewhere = client
+        .call(
+            "memory_search",
+            json!({"query": "vault", "namespace": "default"}),
+        )
         .await
         .ok();
     assert_eq!(
         elsewhere["results"],
         json!([]),
-        "default namespace holds nothing"
+        "the default namespace holds nothing"
     );
 
     // Tag filter on search and list.

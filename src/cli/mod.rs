@@ -7,6 +7,7 @@ pub mod connect;
 pub mod health;
 pub mod init;
 pub mod keys;
+pub mod maintain;
 pub mod policy;
 pub mod purge;
 pub mod review;
@@ -47,6 +48,8 @@ pub enum Command {
     Review(review::ReviewArgs),
     /// Apply the policy's retention: delete old entries and old tombstones.
     Purge(purge::PurgeArgs),
+    /// Merge the full-text index, optimize and checkpoint both databases, while servers run.
+    Maintain(maintain::MaintainArgs),
     /// Apply serve's sandbox, try what it forbids, and report each attempt.
     SandboxCheck(DataDirArg),
     /// Bridge stdin/stdout to the hardened service's unix socket.
@@ -124,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(args) => policy::run(&args),
         Command::Review(args) => review::run(&args),
         Command::Purge(args) => purge::run(&args),
+        Command::Maintain(args) => maintain::run(&args),
         Command::SandboxCheck(args) => sandbox_check::run(&args),
         Command::Connect(args) => connect::run(&args),
         Command::Keys(args) => keys::run(&args),

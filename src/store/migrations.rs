@@ -73,6 +73,67 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_by_entry ON ledger (entry_id, kind);
 "#,
+    r#"
+-- Scope inside the index (issue 13): a search or list costs what the caller's scope holds, not
+-- what the store holds. The old index and its triggers go; the new one is built below.
+DROP TRIGGER entries_fts_insert;
+DROP TRIGGER entries_fts_delete;
+DROP TRIGGER entries_fts_update;
+DROP TABLE entries_fts;
+
+-- Row ids in creation order, so that since/until become row-id ranges the index can use. Rows
+-- written by concurrent servers could commit out of order; they trade row ids (the set of ids
+-- stays, only the rows out of place move). Writers keep the order from here on (Store::stamp).
+CREATE TEMP TABLE renumber AS
+    WITH by_age AS (SELECT rowid AS old, row_number() OVER (ORDER BY created_at, rowid) AS k
+                    FROM entries),
+         slots AS (SELECT rowid AS slot, row_number() OVER (ORDER BY rowid) AS k FROM entries)
+    SELECT by_age.old AS old, slots.slot AS new FROM by_age JOIN slots USING (k)
+    WHERE by_age.old != slots.slot;
+UPDATE entries SET rowid = -r.new FROM temp.renumber AS r WHERE r.old = entries.rowid;
+UPDATE entries SET rowid = -rowid WHERE rowid < 0;
+DROP TABLE temp.renumber;
+
+-- One token for the namespace and one per tag, each a single unicode61 token ('z' escapes the
+-- characters that would split it: zz z, zu _, zd ., zc :, zh -). Tags are stored as a JSON array
+-- of strings that never need JSON escapes. store/scope.rs builds the same tokens.
+ALTER TABLE entries ADD COLUMN scope TEXT GENERATED ALWAYS AS (
+    'n' || replace(replace(replace(replace(replace(namespace,
+        'z', 'zz'), '_', 'zu'), '.', 'zd'), ':', 'zc'), '-', 'zh')
+    || CASE WHEN tags = '[]' THEN '' ELSE ' t' || replace(
+        replace(replace(replace(replace(replace(substr(tags, 3, length(tags) - 4),
+            'z', 'zz'), '_', 'zu'), '.', 'zd'), ':', 'zc'), '-', 'zh'),
+        '","', ' t') END
+) VIRTUAL;
+
+CREATE VIRTUAL TABLE entries_fts USING fts5 (
+    content, tags, scope,
+    content = 'entries', content_rowid = 'rowid',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO entries_fts (rowid, content, tags, scope)
+    SELECT rowid, content, tags, scope FROM entries WHERE status = 'active';
+CREATE TRIGGER entries_fts_insert AFTER INSERT ON entries WHEN new.status = 'active' BEGIN
+    INSERT INTO entries_fts (rowid, content, tags, scope)
+        VALUES (new.rowid, new.content, new.tags, new.scope);
+END;
+CREATE TRIGGER entries_fts_delete AFTER DELETE ON entries WHEN old.status = 'active' BEGIN
+    INSERT INTO entries_fts (entries_fts, rowid, content, tags, scope)
+        VALUES ('delete', old.rowid, old.content, old.tags, old.scope);
+END;
+CREATE TRIGGER entries_fts_update AFTER UPDATE ON entries BEGIN
+    INSERT INTO entries_fts (entries_fts, rowid, content, tags, scope)
+        SELECT 'delete', old.rowid, old.content, old.tags, old.scope WHERE old.status = 'active';
+    INSERT INTO entries_fts (rowid, content, tags, scope)
+        SELECT new.rowid, new.content, new.tags, new.scope WHERE new.status = 'active';
+END;
+
+-- List: one namespace's active rows newest first ((namespace, status, rowid)); every namespace's
+-- for a "*" scope ((status, rowid)); since/until to row ids (created_at grows with rowid).
+CREATE INDEX entries_scope ON entries (namespace, status);
+CREATE INDEX entries_by_status ON entries (status);
+CREATE INDEX entries_created ON entries (created_at);
+"#,
 ];
 
 /// The version that creates the ledger; its records for rows already retired are sealed in the

@@ -8,7 +8,10 @@
 
 pub mod keyring;
 pub mod ledger;
+pub mod maintain;
 pub mod migrations;
+mod read;
+pub mod scope;
 pub mod seal;
 
 use std::path::Path;
@@ -21,6 +24,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use keyring::KeySet;
+pub use scope::Scope;
 use seal::SealedFields;
 
 /// Lifecycle of an entry (DESIGN.md §6).
@@ -117,7 +121,8 @@ pub struct Changes {
 /// Filters shared by search and list.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    pub namespace: String,
+    /// The namespaces read.
+    pub scope: Scope,
     /// Entries must carry every one of these tags.
     pub tags: Vec<String>,
     /// Inclusive lower bound on created_at (unix ms).
@@ -169,8 +174,8 @@ fn fts_error(e: rusqlite::Error) -> Error {
 /// words each candidate holds, so without a bound a query on a common word costs time linear in
 /// the store; the bound keeps search flat from a thousand entries to millions, at the price of
 /// not reaching some-words matches older than the window (entries holding every word are
-/// reached at any age). The window counts matches in the whole store and widens when the
-/// caller's scope leaves fewer than a page of them.
+/// reached at any age). The window counts matches inside the caller's scope only (namespaces,
+/// tags, times), so what other namespaces hold never moves it.
 pub const SEARCH_WINDOW: usize = 500;
 
 /// A row that verified, or the id (or rowid label) of one that did not.
@@ -413,6 +418,9 @@ pub struct Store {
     /// The keyring file the keys came from, and the version read, when the store should follow
     /// rotations while it runs (see [`Store::refresh_keys`]).
     key_source: Option<(std::path::PathBuf, keyring::FileStamp)>,
+    /// Set when a read met a row sealed with a key id this store does not hold (see
+    /// [`Store::take_unknown_key`]).
+    unknown_key: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -442,6 +450,7 @@ impl Store {
             keys,
             quota: Quota::default(),
             key_source: None,
+            unknown_key: Default::default(),
         })
     }
 
@@ -475,6 +484,41 @@ impl Store {
         Ok(())
     }
 
+    /// A read row, verified; notes a key id this store does not hold.
+    fn verified(&self, raw: RawRow) -> Option<Entry> {
+        if self.keys.get(&raw.key_id).is_none() {
+            self.unknown_key.set(true);
+        }
+        raw.verify(&self.keys)
+    }
+
+    /// Whether a read since the last call met a row sealed with a key id this store does not
+    /// hold (and forgets it). A session open across `keys rotate` + `reseal` can meet rows
+    /// sealed with a key newer than its keyring before the file's change is seen.
+    pub fn take_unknown_key(&self) -> bool {
+        self.unknown_key.replace(false)
+    }
+
+    /// Rereads a followed keyring whatever its stamp says. True when it now holds a key id the
+    /// store did not have, so a read that met an unknown key id is worth running again.
+    pub fn reload_keys(&mut self) -> Result<bool> {
+        let Some((path, _)) = &self.key_source else {
+            return Ok(false);
+        };
+        let path = path.clone();
+        let stamp = keyring::FileStamp::of(&path)
+            .map_err(|_| Error::Unavailable("keyring vanished".into()))?;
+        let fresh = keyring::Keyring::load(&path)
+            .map_err(|_| Error::Unavailable("keyring unreadable".into()))?;
+        let known = self.keys.ids();
+        let new = fresh.entry.ids().iter().any(|id| !known.contains(id));
+        tracing::info!(target: "memwarden::security", event = "keyring_reloaded", new_keys = new,
+            "a row named a key id this session did not hold: keyring reread");
+        self.keys = fresh.entry;
+        self.key_source = Some((path, stamp));
+        Ok(new)
+    }
+
     /// Sets the per-namespace quotas checked on every insert.
     pub fn set_quota(&mut self, quota: Quota) {
         self.quota = quota;
@@ -497,6 +541,7 @@ impl Store {
             keys,
             quota: Quota::default(),
             key_source: None,
+            unknown_key: Default::default(),
         })
     }
 
@@ -604,8 +649,10 @@ impl Store {
         now_ms: i64,
         before_commit: impl FnOnce(&Entry) -> Result<()>,
     ) -> Result<Entry> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let (created_at, id) = Self::stamp(&tx, now_ms)?;
         let entry = Entry {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             content_sha256: seal::content_sha256(&new.content),
             namespace: new.namespace,
             content: new.content,
@@ -615,15 +662,33 @@ impl Store {
             supersedes: None,
             principal: author.principal.to_string(),
             session_id: author.session_id.to_string(),
-            created_at: now_ms,
-            updated_at: now_ms,
+            created_at,
+            updated_at: created_at,
         };
-        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         self.check_quota(&tx, &entry.namespace, entry.content.len())?;
         self.insert_row(&tx, &entry)?;
         before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
+    }
+
+    /// The creation time and id of a row about to be inserted in `tx` (which holds the write
+    /// lock): now, or the newest row's time when the clock is behind it (another server's write
+    /// committed first, or the clock stepped back). So row ids grow with `created_at` and
+    /// since/until are row-id ranges (see [`scope`]). The id is a UUIDv7 of that same
+    /// millisecond, so ids sort the same way.
+    fn stamp(tx: &Connection, now_ms: i64) -> Result<(i64, String)> {
+        let newest: Option<i64> = tx
+            .prepare_cached("SELECT created_at FROM entries ORDER BY rowid DESC LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let at = newest.map_or(now_ms, |n| n.max(now_ms)).max(0);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (at / 1000) as u64,
+            ((at % 1000) * 1_000_000) as u32,
+        );
+        Ok((at, uuid::Uuid::new_v7(ts).to_string()))
     }
 
     /// Refuses an insert that would take the namespace over its quota. Counted inside the
@@ -680,12 +745,10 @@ impl Store {
         if let Ok(raw) = &raw {
             access(&raw.namespace, raw.created_at)?;
         }
-        raw.ok()
-            .and_then(|raw| raw.verify(&self.keys))
-            .ok_or_else(|| {
-                withheld_log(id);
-                Error::Integrity
-            })
+        raw.ok().and_then(|raw| self.verified(raw)).ok_or_else(|| {
+            withheld_log(id);
+            Error::Integrity
+        })
     }
 
     /// One entry by id. Active and superseded versions are readable (history); deleted and
@@ -721,8 +784,9 @@ impl Store {
             Status::Deleted | Status::Quarantined => return Err(Error::NotFound),
         }
         let content = changes.content.unwrap_or_else(|| old.content.clone());
+        let (created_at, new_id) = Self::stamp(&tx, now_ms)?;
         let new = Entry {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id,
             namespace: old.namespace.clone(),
             content_sha256: seal::content_sha256(&content),
             content,
@@ -735,8 +799,8 @@ impl Store {
             supersedes: Some(old.id.clone()),
             principal: author.principal.to_string(),
             session_id: author.session_id.to_string(),
-            created_at: now_ms,
-            updated_at: now_ms,
+            created_at,
+            updated_at: created_at,
         };
         // The old version stays until purge: the new one adds a row and all of its content.
         self.check_quota(&tx, &new.namespace, new.content.len())?;
@@ -772,291 +836,6 @@ impl Store {
         before_commit(&entry)?;
         tx.commit()?;
         Ok(entry)
-    }
-
-    /// Appends the filter's conditions to `sql` and its values to `args`.
-    fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<rusqlite::types::Value>) {
-        use rusqlite::types::Value;
-        args.push(Value::Text(filter.namespace.clone()));
-        sql.push_str(&format!(
-            " AND entries.namespace = ?{} AND entries.status = 'active'",
-            args.len()
-        ));
-        if let Some(since) = filter.since {
-            args.push(Value::Integer(since));
-            sql.push_str(&format!(" AND entries.created_at >= ?{}", args.len()));
-        }
-        if let Some(until) = filter.until {
-            args.push(Value::Integer(until));
-            sql.push_str(&format!(" AND entries.created_at < ?{}", args.len()));
-        }
-        for tag in &filter.tags {
-            args.push(Value::Text(tag.clone()));
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM json_each(entries.tags) WHERE json_each.value = ?{})",
-                args.len()
-            ));
-        }
-    }
-
-    /// Newest first, `limit` at most, continuing below `after` (an entry id) when given.
-    pub fn list(&self, filter: &Filter, after: Option<&str>, limit: usize) -> Result<Page> {
-        use rusqlite::types::Value;
-        let mut sql = format!("SELECT {COLUMNS} FROM entries WHERE 1");
-        let mut args = Vec::new();
-        Self::push_filter(filter, &mut sql, &mut args);
-        if let Some(after) = after {
-            args.push(Value::Text(after.to_string()));
-            sql.push_str(&format!(" AND entries.id < ?{}", args.len()));
-        }
-        // One more than asked tells whether another page exists.
-        args.push(Value::Integer(limit as i64 + 1));
-        sql.push_str(&format!(" ORDER BY entries.id DESC LIMIT ?{}", args.len()));
-
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-        let mut page = Page::default();
-        let mut seen = 0usize;
-        let mut last_id = None;
-        while let Some(row) = rows.next()? {
-            seen += 1;
-            if seen > limit {
-                page.next_after = last_id;
-                break;
-            }
-            let (id, verified) = match RawRow::read(row) {
-                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
-                Err(label) => (label, None),
-            };
-            match verified {
-                Some(entry) => page.entries.push(entry),
-                None => {
-                    withheld_log(&id);
-                    page.withheld += 1;
-                    page.withheld_ids.push(id.clone());
-                    page.withheld_at.push(page.entries.len());
-                }
-            }
-            last_id = Some(id);
-        }
-        Ok(page)
-    }
-
-    /// Full-text search. Entries holding every word come first, newest first; then, while there
-    /// is room, entries holding some of the words, the best scored by `word_scores` first (newest
-    /// first among equals), drawn from the newest [`SEARCH_WINDOW`] of them. Neither group's cost
-    /// grows with the store: the first reads only the rows it returns, the second a bounded
-    /// window. The expressions must already be safe FTS5 (see `tools::search::fts_query`).
-    pub fn search(&self, query: &FtsQuery, filter: &Filter, limit: usize) -> Result<Hits> {
-        let mut hits = Hits::default();
-        // Row ids already answered (served or withheld), so the second group skips them.
-        let mut seen = std::collections::HashSet::new();
-        // Every match holds every word, so recency orders them. (bm25 would need each word's
-        // document count, which FTS5 finds by reading the word's whole doclist on every query.)
-        let rows = self.newest_matches(&query.all, filter, limit)?;
-        Self::collect(Self::tag(rows, Matched::All), limit, &mut seen, &mut hits);
-        if let Some(any) = &query.any
-            && hits.hits.len() < limit
-        {
-            let need = limit - hits.hits.len();
-            let mut window = SEARCH_WINDOW.max(need);
-            let rows = loop {
-                let oldest = self.window_start(any, window)?.unwrap_or(i64::MIN);
-                let mut ranked = self.word_scores(&query.words, oldest)?;
-                ranked.retain(|rowid| !seen.contains(rowid));
-                // The best `need` first; only when the scope drops some of them, the rest.
-                let (best, rest) = ranked.split_at(need.min(ranked.len()));
-                let mut rows = self.matches_among(any, oldest, best, filter)?;
-                if rows.len() < need && !rest.is_empty() {
-                    rows.extend(self.matches_among(any, oldest, rest, filter)?);
-                }
-                // The window counts matches across the whole store, so the caller's scope (its
-                // namespace, tags, times) may leave fewer than asked: widen it until it holds
-                // enough, or every match.
-                if rows.len() >= need || oldest == i64::MIN {
-                    break rows;
-                }
-                window = window.saturating_mul(8);
-            };
-            Self::collect(Self::tag(rows, Matched::Some), limit, &mut seen, &mut hits);
-        }
-        Ok(hits)
-    }
-
-    /// Row ids of the matches from `oldest` on, best first: each scores the sum of the weights
-    /// of the words it holds, a word weighing more the fewer of these matches hold it (bm25's
-    /// inverse document frequency, counted in the window rather than the whole store); newest
-    /// first among equal scores. Reads FTS5 alone.
-    fn word_scores(&self, words: &[String], oldest: i64) -> Result<Vec<i64>> {
-        let mut held: std::collections::HashMap<i64, Vec<usize>> = Default::default();
-        let mut counts = vec![0usize; words.len()];
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 AND rowid >= ?2 \
-                 ORDER BY rowid DESC",
-            )
-            .map_err(fts_error)?;
-        for (i, word) in words.iter().enumerate() {
-            let mut rows = stmt.query(params![word, oldest]).map_err(fts_error)?;
-            while let Some(row) = rows.next().map_err(fts_error)? {
-                held.entry(row.get(0).map_err(fts_error)?)
-                    .or_default()
-                    .push(i);
-                counts[i] += 1;
-            }
-        }
-        let n = held.len() as f64;
-        let weight: Vec<f64> = counts
-            .iter()
-            .map(|&c| ((n - c as f64 + 0.5) / (c as f64 + 0.5) + 1.0).ln())
-            .collect();
-        let mut scored: Vec<(f64, i64)> = held
-            .into_iter()
-            .map(|(rowid, words)| (words.iter().map(|&i| weight[i]).sum(), rowid))
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        Ok(scored.into_iter().map(|(_, rowid)| rowid).collect())
-    }
-
-    /// Rows of one group, each verified hit marked with the words it holds.
-    fn tag(rows: Vec<(i64, MatchRow)>, matched: Matched) -> Vec<(i64, Checked<Hit>)> {
-        rows.into_iter()
-            .map(|(rowid, row)| {
-                let hit = row.map(|(entry, snippet)| Hit {
-                    entry,
-                    snippet,
-                    matched,
-                });
-                (rowid, hit)
-            })
-            .collect()
-    }
-
-    /// Appends `rows` not seen before to `hits`, up to `limit` served.
-    fn collect(
-        rows: Vec<(i64, Checked<Hit>)>,
-        limit: usize,
-        seen: &mut std::collections::HashSet<i64>,
-        hits: &mut Hits,
-    ) {
-        for (rowid, row) in rows {
-            if hits.hits.len() >= limit {
-                break;
-            }
-            if !seen.insert(rowid) {
-                continue;
-            }
-            match row {
-                Ok(hit) => hits.hits.push(hit),
-                Err(id) => {
-                    withheld_log(&id);
-                    hits.withheld += 1;
-                    hits.withheld_ids.push(id);
-                }
-            }
-        }
-    }
-
-    /// The row id of the `window`-th newest match, or `None` when there are fewer. FTS5 walks
-    /// its doclists newest first and stops there, touching neither `entries` nor the ranking.
-    fn window_start(&self, match_expr: &str, window: usize) -> Result<Option<i64>> {
-        self.conn
-            .prepare_cached(
-                "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 \
-                 ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(params![match_expr, window as i64 - 1], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(fts_error)
-    }
-
-    /// Up to `fetch` matches in scope, newest first, each with its snippet and verified
-    /// (`Err(id)` when the row fails its check). FTS5 hands matches over newest first, so SQLite
-    /// stops after `fetch` rows in scope and computes snippet() for those alone.
-    fn newest_matches(
-        &self,
-        match_expr: &str,
-        filter: &Filter,
-        fetch: usize,
-    ) -> Result<Vec<(i64, MatchRow)>> {
-        use rusqlite::types::Value;
-        let mut args = vec![Value::Text(match_expr.to_string())];
-        let mut sql = Self::match_sql(filter, &mut args);
-        args.push(Value::Integer(fetch as i64));
-        sql.push_str(&format!(
-            " ORDER BY entries_fts.rowid DESC LIMIT ?{}",
-            args.len()
-        ));
-        self.read_matches(&sql, args)
-    }
-
-    /// The matches among `rowids` (all from row id `oldest` on) that are in scope, in the order
-    /// of `rowids`. One query: FTS5 walks the matches from `oldest` on and only those listed
-    /// are joined to their row and get a snippet. (Asking for one row id at a time costs more:
-    /// FTS5 then evaluates the whole expression for each.)
-    fn matches_among(
-        &self,
-        match_expr: &str,
-        oldest: i64,
-        rowids: &[i64],
-        filter: &Filter,
-    ) -> Result<Vec<(i64, MatchRow)>> {
-        use rusqlite::types::Value;
-        let mut args = vec![Value::Text(match_expr.to_string())];
-        let mut sql = Self::match_sql(filter, &mut args);
-        args.push(Value::Integer(oldest));
-        sql.push_str(&format!(" AND entries_fts.rowid >= ?{}", args.len()));
-        args.push(Value::Text(
-            serde_json::to_string(rowids).map_err(|e| Error::Internal(e.to_string()))?,
-        ));
-        // The unary + keeps SQLite from handing the list to FTS5 as one lookup per row id.
-        sql.push_str(&format!(
-            " AND +entries_fts.rowid IN (SELECT value FROM json_each(?{}))",
-            args.len()
-        ));
-        let mut rows = self.read_matches(&sql, args)?;
-        let position: std::collections::HashMap<i64, usize> =
-            rowids.iter().enumerate().map(|(i, &r)| (r, i)).collect();
-        rows.sort_by_key(|(rowid, _)| position.get(rowid).copied());
-        Ok(rows)
-    }
-
-    /// The SELECT of a match with its snippet and row id; `?1` is the expression, pushed first.
-    fn match_sql(filter: &Filter, args: &mut Vec<rusqlite::types::Value>) -> String {
-        let mut sql = format!(
-            "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), \
-             entries.rowid FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
-             WHERE entries_fts MATCH ?1"
-        );
-        Self::push_filter(filter, &mut sql, args);
-        sql
-    }
-
-    fn read_matches(
-        &self,
-        sql: &str,
-        args: Vec<rusqlite::types::Value>,
-    ) -> Result<Vec<(i64, MatchRow)>> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(fts_error)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(args))
-            .map_err(fts_error)?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(fts_error)? {
-            let rowid: i64 = row.get(COLUMN_COUNT + 1).map_err(fts_error)?;
-            let snippet: String = row.get(COLUMN_COUNT).unwrap_or_default();
-            let (id, verified) = match RawRow::read(row) {
-                Ok(raw) => (raw.id.clone(), raw.verify(&self.keys)),
-                Err(label) => (label, None),
-            };
-            // With an external-content index, snippet() reads the text from this very row of
-            // `entries`, so it is cut from the content that just verified.
-            out.push((rowid, verified.map(|entry| (entry, snippet)).ok_or(id)));
-        }
-        Ok(out)
     }
 
     /// Checks every row's seal and its status against its ledger records, and walks the

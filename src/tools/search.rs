@@ -48,11 +48,15 @@ struct Output<'a> {
 pub fn fts_query(query: &str) -> Option<FtsQuery> {
     // FTS5 reads its expression as a C string, so a NUL would end it mid-literal: control
     // characters separate words like whitespace does.
+    // A word repeated in another case is one word: the index folds case, and counting it
+    // twice would weigh it twice in the some-words ranking.
     let mut terms: Vec<String> = Vec::new();
+    let mut folded: Vec<String> = Vec::new();
     for word in query.split(|c: char| c.is_whitespace() || c.is_control()) {
-        let term = format!("\"{}\"", word.replace('"', "\"\""));
-        if !word.is_empty() && !terms.contains(&term) {
-            terms.push(term);
+        let key = word.to_lowercase();
+        if !word.is_empty() && !folded.contains(&key) {
+            terms.push(format!("\"{}\"", word.replace('"', "\"\"")));
+            folded.push(key);
         }
     }
     match terms.len() {
@@ -133,6 +137,9 @@ mod tests {
         assert_eq!((one.all.as_str(), one.any), (r#""x""#, None));
         let two = fts_query("a b a").unwrap();
         assert_eq!(two.all, r#""a" AND "b""#);
+        let cased = fts_query("Deploy key DEPLOY deploy").unwrap();
+        assert_eq!(cased.words, [r#""Deploy""#, r#""key""#]);
+        assert_eq!(cased.any.as_deref(), Some(r#""Deploy" OR "key""#));
         assert_eq!(two.any.as_deref(), Some(r#""a" OR "b""#));
         assert_eq!(
             any(r#"say "hi" NEAR(x"#),
