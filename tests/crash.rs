@@ -39,11 +39,14 @@ fn kill_9_during_stores_loses_nothing_acknowledged() {
         let mut stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let acks = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
         let reader = {
             let acks = acks.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
+                    // The first line answers initialize: the stores start now.
+                    let _ = ready_tx.send(());
                     let v: Value = serde_json::from_str(&line).unwrap();
                     if let Some(id) = v["result"]["structuredContent"]["id"].as_str()
                         && v["result"]["isError"] == false
@@ -67,11 +70,13 @@ fn kill_9_during_stores_loses_nothing_acknowledged() {
             let _ = stdin.flush();
             stdin
         });
-        // A random moment: from before the first store to well into the stream.
+        // A random moment: from before the first store to well into the stream, counted from
+        // the handshake's answer (start-up time varies with the build and the machine's load).
+        let _ = ready.recv_timeout(Duration::from_secs(10));
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_micros(2_000 + seed % 200_000));
+        std::thread::sleep(Duration::from_micros(seed % 200_000));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let _ = writer.join();
