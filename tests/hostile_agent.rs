@@ -430,20 +430,24 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_client_that_does_not_read_cannot_grow_the_server() {
+/// Sends `count` copies of a request (by `line(id)`) without reading, then reads every reply;
+/// returns the server's peak RSS while the client was not reading, and at the end (KiB).
+fn flood_without_reading(line: fn(u64) -> String, count: u64) -> (u64, u64) {
     let dir = TestDir::new();
     let mut s = raw(&dir, &policy(""));
+    // Twenty 4 KB memories: each list reply is about 180 KB (the text block repeats the JSON).
+    for i in 0..20 {
+        let stored = s.call(i + 1, "memory_store", json!({"content": "x".repeat(4000)}));
+        assert_eq!(code(&stored), "ok");
+    }
     let pid = s.child.id();
     let mut stdin = s.stdin.take().unwrap();
-    const PINGS: u64 = 100_000;
     // Write without reading, from another thread: once the server stops reading, the writes
     // block, which is the point.
     let writer = std::thread::spawn(move || {
         let mut sent = 0;
-        for i in 0..PINGS {
-            let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n");
-            if stdin.write_all(line.as_bytes()).is_err() {
+        for i in 0..count {
+            if stdin.write_all(line(i + 10).as_bytes()).is_err() {
                 break;
             }
             sent += 1;
@@ -458,25 +462,63 @@ fn a_client_that_does_not_read_cannot_grow_the_server() {
         !writer.is_finished(),
         "the server kept reading although nobody read its replies"
     );
-    // Now read everything: every ping is answered, in order, and the writer finishes.
+    // Now read everything: every request is answered, and the writer finishes.
     let mut answered = 0;
-    let mut line = String::new();
-    while answered < PINGS {
-        line.clear();
-        if s.stdout.read_line(&mut line).unwrap() == 0 {
+    let mut reply = String::new();
+    while answered < count {
+        reply.clear();
+        if s.stdout.read_line(&mut reply).unwrap() == 0 {
             break;
         }
         answered += 1;
     }
-    assert_eq!(writer.join().unwrap(), PINGS);
-    assert_eq!(answered, PINGS);
+    assert_eq!(writer.join().unwrap(), count);
+    assert_eq!(answered, count);
     let peak = rss_kib(pid);
     s.finish();
-    assert!(
-        peak_while_blocked < 80 * 1024,
-        "peak RSS {peak_while_blocked} KiB while blocked"
-    );
-    assert!(peak < 80 * 1024, "peak RSS {peak} KiB");
+    (peak_while_blocked, peak)
+}
+
+#[test]
+fn a_client_that_does_not_read_cannot_grow_the_server() {
+    // The review's case (100,000 pings: 470 MB), and lists and tools/list whose replies are
+    // large (unbounded, these would queue about 100 MB and 200 MB of replies).
+    let floods: [(&str, fn(u64) -> String, u64); 3] = [
+        (
+            "ping",
+            |i| format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n"),
+            100_000,
+        ),
+        (
+            "list",
+            |i| {
+                // Padded with JSON whitespace, so the requests outgrow the pipe's buffer.
+                format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"memory_list\",\"arguments\":{{}}}}{:2000}}}\n",
+                    ""
+                )
+            },
+            600,
+        ),
+        (
+            "tools/list",
+            |i| format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/list\"}}\n"),
+            20_000,
+        ),
+    ];
+    for (what, line, count) in floods {
+        let started = std::time::Instant::now();
+        let (blocked, peak) = flood_without_reading(line, count);
+        eprintln!(
+            "{what}: {count} requests, peak RSS {blocked} KiB blocked, {peak} KiB at the end, {:?}",
+            started.elapsed()
+        );
+        assert!(
+            blocked < 80 * 1024,
+            "{what}: peak RSS {blocked} KiB while blocked"
+        );
+        assert!(peak < 80 * 1024, "{what}: peak RSS {peak} KiB");
+    }
 }
 
 // --- item 11: keyed argument digests ---------------------------------------------------------
