@@ -876,11 +876,8 @@ where
         let mut audit = server.inner.audit.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(log) = audit.as_mut()
             && !server.inner.audit_failed.load(Ordering::SeqCst)
-            && let Err(e) = log.checkpoint(
-                Some(&session.id),
-                Some(session.principal.name()),
-                now_ms(),
-            )
+            && let Err(e) =
+                log.checkpoint(Some(&session.id), Some(session.principal.name()), now_ms())
         {
             tracing::warn!(target: "memwarden::security", event = "audit_checkpoint", error = %e,
                 "signing the session-end audit checkpoint failed");

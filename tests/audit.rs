@@ -464,7 +464,11 @@ async fn query_filters_and_formats() {
         "local",
     ]))
     .unwrap();
-    assert_eq!(all.len(), 10, "(5 + 3) events and a checkpoint at each session end");
+    assert_eq!(
+        all.len(),
+        10,
+        "(5 + 3) events and a checkpoint at each session end"
+    );
     let ckpts = q(&["--format", "csv", "--kind", "checkpoint"]);
     assert_eq!(ckpts.lines().count(), 3);
     let csv = q(&["--format", "csv", "--kind", "call"]);

@@ -377,15 +377,8 @@ impl AuditLog {
             return Ok(None);
         }
         let prev = head(&tx)?;
-        let (_, note) = Self::insert_checkpoint(
-            &tx,
-            &self.keys,
-            ck,
-            &prev,
-            session_id,
-            principal,
-            now_ms,
-        )?;
+        let (_, note) =
+            Self::insert_checkpoint(&tx, &self.keys, ck, &prev, session_id, principal, now_ms)?;
         tx.commit()?;
         log_checkpoint(&note);
         Ok(Some(note))
@@ -413,9 +406,7 @@ impl AuditLog {
         // shorter than that needs no checkpoint yet).
         let lower = ck.last_seq.unwrap_or(0).max(seq - every).max(0);
         let found: Option<i64> = tx
-            .prepare_cached(
-                "SELECT max(seq) FROM events WHERE seq > ?1 AND kind = 'checkpoint'",
-            )?
+            .prepare_cached("SELECT max(seq) FROM events WHERE seq > ?1 AND kind = 'checkpoint'")?
             .query_row([lower], |r| r.get(0))?;
         let last = found.unwrap_or(lower);
         ck.last_seq = Some(last);
@@ -447,7 +438,9 @@ impl AuditLog {
         let hash: [u8; 32] = hex::decode(&prev.hash)
             .ok()
             .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
+            .ok_or_else(|| {
+                AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq))
+            })?;
         let cp = Checkpoint {
             origin,
             size: prev.seq as u64,
@@ -496,7 +489,6 @@ fn log_checkpoint(note: &str) {
 }
 
 impl AuditLog {
-
     fn append_inner(
         &mut self,
         event: &NewEvent<'_>,

@@ -322,7 +322,9 @@ fn check_external(
             }));
         }
         let hash: Option<String> = conn
-            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| r.get(0))
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
             .optional()?;
         if hash.as_deref() != Some(cp.hash_hex().as_str()) {
             return Ok(Some(Damage {

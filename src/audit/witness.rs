@@ -81,8 +81,17 @@ mod tests {
             decide(Some(&kept), &cp("a", 11, 2)),
             Ok(Decision::Extends { from: 10 })
         );
-        assert!(matches!(decide(Some(&kept), &cp("a", 10, 2)), Err(Refusal::Fork { seq: 10 })));
-        assert!(matches!(decide(Some(&kept), &cp("a", 9, 1)), Err(Refusal::Rollback { .. })));
-        assert!(matches!(decide(Some(&kept), &cp("b", 11, 1)), Err(Refusal::OtherLog { .. })));
+        assert!(matches!(
+            decide(Some(&kept), &cp("a", 10, 2)),
+            Err(Refusal::Fork { seq: 10 })
+        ));
+        assert!(matches!(
+            decide(Some(&kept), &cp("a", 9, 1)),
+            Err(Refusal::Rollback { .. })
+        ));
+        assert!(matches!(
+            decide(Some(&kept), &cp("b", 11, 1)),
+            Err(Refusal::OtherLog { .. })
+        ));
     }
 }

@@ -262,8 +262,8 @@ const MAX_INPUT_BYTES: u64 = 64 * 1024;
 /// Reads a small text file an auditor was handed (a public key file, a checkpoint), bounded.
 pub(crate) fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
     let mut text = String::new();
     file.take(MAX_INPUT_BYTES + 1)
         .read_to_string(&mut text)
