@@ -329,9 +329,12 @@ impl Verifiers {
     }
 }
 
+/// One signature line: the key name and the decoded key id ‖ signature.
+pub type NoteSignature<'a> = (&'a str, Vec<u8>);
+
 /// Splits a signed note into its text (with the final newline) and its signatures (key name,
 /// decoded key id ‖ signature), checking the C2SP syntax.
-pub fn split_note(note: &str) -> Result<(&str, Vec<(&str, Vec<u8>)>), NoteError> {
+pub fn split_note(note: &str) -> Result<(&str, Vec<NoteSignature<'_>>), NoteError> {
     let bad = |s: &str| NoteError::Malformed(s.to_string());
     if note.len() > MAX_NOTE_BYTES {
         return Err(bad("larger than 16 KiB"));
