@@ -8,7 +8,7 @@ secs=${1:-30}
 shift || true
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(request_line tool_args policy_parse seal_roundtrip audit_verify fts_query rules_normalize json_message)
+[ ${#targets[@]} -gt 0 ] || targets=(request_line tool_args policy_parse seal_roundtrip audit_verify checkpoint_note fts_query rules_normalize json_message)
 export RUSTC_BOOTSTRAP=1
 passed=0; failed=0
 for t in "${targets[@]}"; do

@@ -871,13 +871,19 @@ where
                    "seconds": session.started.elapsed().as_secs_f64()}),
         ));
     }
-    let head = server
-        .inner
-        .audit
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|log| log.head());
+    // The session's last signed checkpoint covers its session_end event (see audit::checkpoint).
+    let head = {
+        let mut audit = server.inner.audit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = audit.as_mut()
+            && !server.inner.audit_failed.load(Ordering::SeqCst)
+            && let Err(e) =
+                log.checkpoint(Some(&session.id), Some(session.principal.name()), now_ms())
+        {
+            tracing::warn!(target: "memwarden::security", event = "audit_checkpoint", error = %e,
+                "signing the session-end audit checkpoint failed");
+        }
+        audit.as_ref().map(|log| log.head())
+    };
     match head {
         Some(Ok(head)) => tracing::info!(target: "memwarden::security", event = "audit_head",
             session = %session.id, seq = head.seq, hash = %head.hash,

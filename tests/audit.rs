@@ -71,7 +71,14 @@ async fn every_call_and_every_refusal_leaves_exactly_one_event() {
     let all = events(&dir);
     // A new data dir's chain opens with its chain_start event (issue 18 item 3).
     assert_eq!(all[0]["detail"]["event"], "chain_start");
-    let all = all[1..].to_vec();
+    // The session ends with a signed checkpoint of its session_end event (issue 17).
+    assert_eq!(all.last().unwrap()["kind"], "checkpoint");
+    assert_eq!(all.last().unwrap()["detail"]["size"], all.len() as u64 - 1);
+    let all: Vec<Value> = all[1..]
+        .iter()
+        .filter(|e| e["kind"] != "checkpoint")
+        .cloned()
+        .collect();
     assert_eq!(all.first().unwrap()["kind"], "session_start");
     assert_eq!(all.last().unwrap()["kind"], "session_end");
     assert_eq!(all.last().unwrap()["detail"]["calls"], 11);
@@ -176,7 +183,7 @@ async fn no_content_query_metadata_or_key_reaches_audit_db_or_logs() {
         .filter(|l| l.contains(" = \"") && !l.starts_with("active"))
         .map(|l| l.split('"').nth(1).unwrap().to_string())
         .collect();
-    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.len(), 3, "entry, audit and audit signing keys");
     for blob in &blobs {
         assert!(!contains(blob, b"AUDITLEAK"), "a secret string leaked");
         for k in &keys {
@@ -276,10 +283,10 @@ async fn tampering_is_detected_and_named_by_seq() {
     let older = Auditor::from(&dir.data());
     let older_head = older.head();
     session_with_calls(&dir, 4).await;
-    // chain_start + 2 sessions × (start + 4 calls + end) = 13 events.
+    // chain_start + 2 sessions × (start + 4 calls + end + checkpoint) = 15 events.
     let clean = Auditor::from(&dir.data());
     let head = clean.head();
-    assert!(head.starts_with("13:"), "{head}");
+    assert!(head.starts_with("15:"), "{head}");
     let (ok, out) = clean.verify(&["--expect-head", &head]);
     assert!(ok, "clean copy passes: {out}");
     assert!(out.contains("MACs verified"), "{out}");
@@ -308,13 +315,13 @@ async fn tampering_is_detected_and_named_by_seq() {
     {
         let c = a.conn();
         let (prev, ts): (String, String) = c
-            .query_row("SELECT hash, ts FROM events WHERE seq = 13", [], |r| {
+            .query_row("SELECT hash, ts FROM events WHERE seq = 15", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
         let detail = r#"{"event":"nothing to see"}"#;
         let row = memwarden::audit::append::RowFields {
-            seq: 14,
+            seq: 16,
             ts: &ts,
             kind: "admin",
             session_id: None,
@@ -328,13 +335,13 @@ async fn tampering_is_detected_and_named_by_seq() {
         let hash = memwarden::audit::append::chain_hash(&hex_decode(&prev), &row);
         let hash_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         c.execute(
-            "INSERT INTO events (seq, ts, kind, principal, detail, prev_hash, hash, key_id, mac) VALUES (14, ?1, 'admin', 'root', ?2, ?3, ?4, 'a1', ?5)",
+            "INSERT INTO events (seq, ts, kind, principal, detail, prev_hash, hash, key_id, mac) VALUES (16, ?1, 'admin', 'root', ?2, ?3, ?4, 'a1', ?5)",
             rusqlite::params![ts, detail, prev, hash_hex, "00".repeat(32)],
         ).unwrap();
     }
     let (ok, out) = a.verify(&[]);
     assert!(
-        !ok && out.contains("FAILED at seq 14") && out.contains("MAC"),
+        !ok && out.contains("FAILED at seq 16") && out.contains("MAC"),
         "{out}"
     );
 
@@ -370,7 +377,7 @@ async fn tampering_is_detected_and_named_by_seq() {
     assert!(ok, "a clean prefix links");
     let (ok, out) = a.verify(&["--expect-head", &head]);
     assert!(
-        !ok && out.contains("FAILED at seq 13") && out.contains("ends at 9"),
+        !ok && out.contains("FAILED at seq 15") && out.contains("ends at 9"),
         "{out}"
     );
 
@@ -379,7 +386,7 @@ async fn tampering_is_detected_and_named_by_seq() {
     assert!(ok);
     let (ok, out) = older.verify(&["--expect-head", &head]);
     assert!(
-        !ok && out.contains("FAILED at seq 13") && out.contains("older copy"),
+        !ok && out.contains("FAILED at seq 15") && out.contains("older copy"),
         "{out}"
     );
     // And the older head is a prefix of the newer chain.
@@ -444,7 +451,7 @@ async fn query_filters_and_formats() {
     let session = json_out[0]["session_id"].as_str().unwrap();
     let one: Vec<Value> =
         serde_json::from_str(&q(&["--format", "json", "--session", session])).unwrap();
-    assert_eq!(one.len(), 5, "start + 3 calls + end");
+    assert_eq!(one.len(), 6, "start + 3 calls + end + checkpoint");
     let none: Vec<Value> =
         serde_json::from_str(&q(&["--format", "json", "--since", "2999-01-01T00:00:00Z"])).unwrap();
     assert!(none.is_empty());
@@ -457,7 +464,13 @@ async fn query_filters_and_formats() {
         "local",
     ]))
     .unwrap();
-    assert_eq!(all.len(), 8, "5 + 3 events");
+    assert_eq!(
+        all.len(),
+        10,
+        "(5 + 3) events and a checkpoint at each session end"
+    );
+    let ckpts = q(&["--format", "csv", "--kind", "checkpoint"]);
+    assert_eq!(ckpts.lines().count(), 3);
     let csv = q(&["--format", "csv", "--kind", "call"]);
     assert_eq!(csv.lines().count(), 5);
     assert!(csv.starts_with("seq,ts,kind,"));

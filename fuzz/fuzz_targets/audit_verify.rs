@@ -2,14 +2,17 @@
 //! the server's own append code) is the template; the input is a list of byte edits and cuts
 //! applied to it. Invariants: nothing panics, and whenever the full check (MACs with the key,
 //! and the head kept elsewhere) passes, the events read back are exactly the template's: no
-//! edit, cut, reorder or lost row of the chain goes unreported.
+//! edit, cut, reorder or lost row of the chain goes unreported. The template holds signed
+//! checkpoint events (every 3 events), checked with the public key alone as an auditor would:
+//! the same invariant holds for that check, and a cut below a checkpoint kept elsewhere fails.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use memwarden::audit::{self, AuditLog, Head, Kind, NewEvent};
+use memwarden::audit::checkpoint::{Checkpoint, VerifierKey, Verifiers};
+use memwarden::audit::{self, AuditLog, CheckpointPolicy, Head, Kind, NewEvent};
 use memwarden::store::keyring::{KeySet, Keyring};
 use rusqlite::Connection;
 use serde_json::json;
@@ -19,6 +22,9 @@ struct Template {
     keys: KeySet,
     head: Head,
     rows: Vec<String>,
+    verifiers: Verifiers,
+    /// The template's last checkpoint, as an auditor keeps it.
+    kept: Checkpoint,
 }
 
 /// Every column of every event, in seq order, as text.
@@ -43,8 +49,18 @@ fn template() -> &'static Template {
     T.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.db");
-        let keys = Keyring::generate().expect("keys").audit;
-        let mut log = AuditLog::open(&path, keys.clone(), Duration::from_secs(1)).expect("open");
+        let ring = Keyring::generate().expect("keys");
+        let keys = ring.audit;
+        let signer = ring.audit_signing.expect("signing key").signers().remove(0);
+        let verifiers =
+            Verifiers::from_keys(vec![VerifierKey::parse(&signer.vkey()).expect("vkey")]);
+        let policy = CheckpointPolicy {
+            every_events: 3,
+            every: Duration::from_secs(3600),
+        };
+        let mut log = AuditLog::open(&path, keys.clone(), Duration::from_secs(1))
+            .expect("open")
+            .with_checkpoints(signer, policy);
         for (i, kind) in [Kind::SessionStart, Kind::Call, Kind::Call, Kind::Security]
             .into_iter()
             .chain([Kind::Call, Kind::Admin, Kind::SessionEnd])
@@ -57,6 +73,11 @@ fn template() -> &'static Template {
             };
             log.append(&event, 1_764_000_000_000 + i as i64).expect("append");
         }
+        let note = log
+            .checkpoint(None, None, 1_764_000_100_000)
+            .expect("checkpoint")
+            .expect("a checkpoint at the end");
+        let kept = verifiers.open(&note).expect("own checkpoint verifies").0;
         log.close().expect("close");
         let bytes = std::fs::read(&path).expect("read");
         let conn = audit::open_ro(&path).expect("open_ro");
@@ -67,6 +88,8 @@ fn template() -> &'static Template {
             keys,
             head,
             rows,
+            verifiers,
+            kept,
         }
     })
 }
@@ -95,10 +118,36 @@ fuzz_target!(|data: &[u8]| {
     let _ = audit::verify::verify(&conn, None, None);
     let _ = audit::append::head(&conn);
     let full = audit::verify::verify(&conn, Some(&t.keys), Some(&t.head));
+    // What an auditor without any secret checks: links, checkpoint signatures, and the
+    // checkpoint kept elsewhere.
+    let public = audit::verify::verify_with(
+        &conn,
+        &audit::verify::Checks {
+            verifiers: Some(&t.verifiers),
+            external: std::slice::from_ref(&t.kept),
+            ..Default::default()
+        },
+    );
     if bytes == t.bytes {
         assert!(
             matches!(&full, Ok(r) if r.damage.is_none()),
             "the untouched template must verify: {full:?}"
+        );
+        assert!(
+            matches!(&public, Ok(r) if r.damage.is_none() && r.checkpoints >= 3),
+            "the untouched template must verify with the public key: {public:?}"
+        );
+    }
+    // Passing with the public key means every event up to the kept checkpoint is as written
+    // (what follows it is signed by nobody yet).
+    if let Ok(report) = public
+        && report.damage.is_none()
+    {
+        let read = rows(&conn).expect("verify read these rows, so can we");
+        let covered = t.kept.size as usize;
+        assert!(
+            read.len() >= covered && read[..covered] == t.rows[..covered],
+            "the public-key check passed on a chain whose signed part differs"
         );
     }
     if let Ok(report) = full

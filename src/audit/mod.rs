@@ -5,15 +5,17 @@
 //! Appends from concurrent processes serialise on `BEGIN IMMEDIATE`, so the chain never forks.
 
 pub mod append;
+pub mod checkpoint;
 pub mod query;
 pub mod verify;
+pub mod witness;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-pub use append::{AuditLog, Head, NewEvent};
+pub use append::{AuditLog, CheckpointPolicy, Head, NewEvent};
 
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +25,18 @@ pub enum Kind {
     SessionEnd,
     Security,
     Admin,
+    /// A signed checkpoint of the event before it (see [`checkpoint`]).
+    Checkpoint,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Self::SessionStart,
         Self::Call,
         Self::SessionEnd,
         Self::Security,
         Self::Admin,
+        Self::Checkpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +46,7 @@ impl Kind {
             Self::SessionEnd => "session_end",
             Self::Security => "security",
             Self::Admin => "admin",
+            Self::Checkpoint => "checkpoint",
         }
     }
 

@@ -1,10 +1,13 @@
 //! Checking the chain offline: linkage and hashes without any key, MACs with the audit key,
-//! and the head against one kept elsewhere (the only way to see a cut tail or an old copy).
+//! checkpoint signatures with the public key alone, and heads or signed checkpoints kept
+//! elsewhere (the only way to see a cut tail, an old copy, or a history rewritten by someone
+//! who holds the audit key).
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::append::{GENESIS, RowFields, chain_hash, head, verify_mac};
-use super::{AuditError, Head};
+use super::checkpoint::{Checkpoint, Verifiers, origin_of};
+use super::{AuditError, Head, Kind};
 use crate::store::keyring::KeySet;
 
 /// The first thing found wrong.
@@ -31,6 +34,10 @@ pub enum DamageKind {
     Truncated { head: i64 },
     /// The event at the expected head's seq has another hash: the chain was rewritten.
     HeadMismatch,
+    /// A checkpoint event that does not verify or does not sign the event before it.
+    BadCheckpoint(String),
+    /// A checkpoint kept elsewhere names another log (origin).
+    OtherLog { theirs: String, ours: String },
 }
 
 impl std::fmt::Display for Damage {
@@ -65,6 +72,12 @@ impl std::fmt::Display for Damage {
                 f,
                 "seq {seq} does not have the expected hash: the chain was rewritten"
             ),
+            DamageKind::BadCheckpoint(why) => write!(f, "seq {seq}: checkpoint event: {why}"),
+            DamageKind::OtherLog { theirs, ours } => write!(
+                f,
+                "the checkpoint for seq {seq} is of log {theirs}, this log is {ours}: another \
+                 log's checkpoint, or this log was rewritten from its first event"
+            ),
         }
     }
 }
@@ -77,6 +90,26 @@ pub struct Report {
     /// Whether MACs were checked (a key was given).
     pub macs_checked: bool,
     pub damage: Option<Damage>,
+    /// Checkpoint events whose signatures were checked (with public keys given).
+    pub checkpoints: u64,
+    /// The newest checkpoint event checked: its seq and the seq it signs.
+    pub last_checkpoint: Option<(i64, i64)>,
+    /// The log's origin (from event 1), as its checkpoints name it.
+    pub origin: Option<String>,
+}
+
+/// What to check besides links and hashes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Checks<'a> {
+    /// The audit keys: MACs are checked.
+    pub keys: Option<&'a KeySet>,
+    /// A head kept elsewhere.
+    pub expect: Option<&'a Head>,
+    /// Trusted public keys: every checkpoint event's signature is checked.
+    pub verifiers: Option<&'a Verifiers>,
+    /// Signed checkpoints kept elsewhere (already opened with `verifiers`): each must match
+    /// the log at its seq.
+    pub external: &'a [Checkpoint],
 }
 
 /// Walks the whole chain in seq order. `keys` enables MAC checks; `expect` checks the head.
@@ -85,6 +118,51 @@ pub fn verify(
     keys: Option<&KeySet>,
     expect: Option<&Head>,
 ) -> Result<Report, AuditError> {
+    verify_with(
+        conn,
+        &Checks {
+            keys,
+            expect,
+            ..Checks::default()
+        },
+    )
+}
+
+/// Checks one checkpoint event at `seq`: a note signed by a trusted key, naming this log,
+/// seq - 1 and the hash of the event before it (`prev_hash`, already checked as a link).
+fn check_checkpoint_event(
+    detail: &str,
+    seq: i64,
+    prev_hash: &str,
+    origin: &str,
+    verifiers: &Verifiers,
+) -> Result<(), String> {
+    let detail: serde_json::Value =
+        serde_json::from_str(detail).map_err(|_| "its detail is not JSON".to_string())?;
+    let note = detail
+        .get("note")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| "it holds no note".to_string())?;
+    let (cp, _) = verifiers.open(note).map_err(|e| e.to_string())?;
+    if cp.origin != origin {
+        return Err(format!("it names log {}, this log is {origin}", cp.origin));
+    }
+    if cp.size != (seq - 1) as u64 || cp.hash_hex() != prev_hash {
+        return Err(format!(
+            "it signs seq {} with another hash than the event before it (seq {})",
+            cp.size,
+            seq - 1
+        ));
+    }
+    Ok(())
+}
+
+/// Walks the whole chain in seq order and makes every check `checks` asks for.
+pub fn verify_with(conn: &Connection, checks: &Checks<'_>) -> Result<Report, AuditError> {
+    let (keys, expect) = (checks.keys, checks.expect);
+    let mut origin: Option<String> = None;
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint = None;
     let mut stmt = conn.prepare(
         "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, prev_hash, \
          hash, key_id, mac FROM events ORDER BY seq",
@@ -160,6 +238,20 @@ pub fn verify(
                 break;
             }
         }
+        if seq == 1 {
+            origin = Some(origin_of(&stored_hash));
+        }
+        if let Some(verifiers) = checks.verifiers
+            && kind == Kind::Checkpoint.as_str()
+        {
+            let ours = origin.as_deref().unwrap_or_default();
+            if let Err(why) = check_checkpoint_event(&detail, seq, &stored_prev, ours, verifiers) {
+                damage = found(DamageKind::BadCheckpoint(why));
+                break;
+            }
+            checkpoints += 1;
+            last_checkpoint = Some((seq, seq - 1));
+        }
         prev_hash = stored_hash;
         expected_seq += 1;
     }
@@ -189,12 +281,59 @@ pub fn verify(
             }
         }
     }
+    if damage.is_none() {
+        damage = check_external(conn, checks.external, &head, origin.as_deref())?;
+    }
     Ok(Report {
         events,
         head,
         macs_checked: keys.is_some(),
         damage,
+        checkpoints,
+        last_checkpoint,
+        origin,
     })
+}
+
+/// Each checkpoint kept elsewhere must name this log and match it at its seq: a log rewritten
+/// (even with every hash and MAC recomputed) or cut below that seq fails here, named by seq.
+fn check_external(
+    conn: &Connection,
+    external: &[Checkpoint],
+    head: &Head,
+    origin: Option<&str>,
+) -> Result<Option<Damage>, AuditError> {
+    for cp in external {
+        let seq = i64::try_from(cp.size).unwrap_or(i64::MAX);
+        let ours = origin.unwrap_or("(an empty log)");
+        if cp.origin != ours {
+            return Ok(Some(Damage {
+                seq,
+                kind: DamageKind::OtherLog {
+                    theirs: cp.origin.clone(),
+                    ours: ours.to_string(),
+                },
+            }));
+        }
+        if seq > head.seq {
+            return Ok(Some(Damage {
+                seq,
+                kind: DamageKind::Truncated { head: head.seq },
+            }));
+        }
+        let hash: Option<String> = conn
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if hash.as_deref() != Some(cp.hash_hex().as_str()) {
+            return Ok(Some(Damage {
+                seq,
+                kind: DamageKind::HeadMismatch,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether `text` is exactly `len` lowercase hex digits, the only spelling the log writes.

@@ -157,17 +157,47 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.to_string()),
         },
     );
+    // The keyring's own signing keys check the checkpoints' signatures (an auditor uses the
+    // public key file instead: `audit verify --public-key`).
+    let signing = keyring.as_ref().ok().and_then(|k| k.audit_signing.as_ref());
+    let verifiers = signing.map(|s| {
+        audit::checkpoint::Verifiers::from_keys(
+            s.signers()
+                .iter()
+                .filter_map(|s| audit::checkpoint::VerifierKey::parse(&s.vkey()).ok())
+                .collect(),
+        )
+    });
     let chain = audit::open_ro(&dir.audit_db())
         .map_err(|e| e.to_string())
         .and_then(|conn| {
-            let keys = keyring.as_ref().ok().map(|k| &k.audit);
-            audit::verify::verify(&conn, keys, None).map_err(|e| e.to_string())
+            let checks = audit::verify::Checks {
+                keys: keyring.as_ref().ok().map(|k| &k.audit),
+                verifiers: verifiers.as_ref(),
+                ..audit::verify::Checks::default()
+            };
+            audit::verify::verify_with(&conn, &checks).map_err(|e| e.to_string())
         })
         .and_then(|report| match report.damage {
-            None => Ok(json!({"head": report.head.to_string(), "events": report.events, "macs_checked": report.macs_checked})),
+            None => Ok(
+                json!({"head": report.head.to_string(), "events": report.events,
+                "macs_checked": report.macs_checked, "checkpoints": report.checkpoints,
+                "last_checkpoint_seq": report.last_checkpoint.map(|(at, _)| at)}),
+            ),
             Some(d) => Err(d.to_string()),
         });
     add("audit chain", chain);
+    // A keyring made before checkpoints existed keeps working, unsigned: a warning, not a
+    // failure.
+    if keyring.is_ok() {
+        let detail = match signing {
+            Some(s) => json!({"active": s.active().0}),
+            None => json!({"warning": "the keyring has no audit signing key: no checkpoints \
+                are signed, so a history rewritten with the audit key goes unseen; run \
+                `memwarden keys rotate --audit-signing`"}),
+        };
+        add("audit signing key", Ok(detail));
+    }
     let min = args.min_free_mib * 1024 * 1024;
     add(
         "free disk",

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::AuditLog;
-use crate::store::keyring::{Keyring, KeyringLock};
+use crate::store::keyring::{KeySet, Keyring, KeyringLock};
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,13 @@ pub enum KeysCommand {
     List,
     /// Add a new entry key and make it active. Running local-mode sessions pick it up at their
     /// next call; hardened-mode sessions read their credential at start.
-    Rotate,
+    Rotate {
+        /// Rotate (or, in a keyring made before checkpoints existed, create) the audit signing
+        /// key instead, and add its public key to audit-signing.pub. Sessions sign with it from
+        /// their next start; the old public key keeps verifying old checkpoints.
+        #[arg(long)]
+        audit_signing: bool,
+    },
     /// Remove an entry key that no row uses any more.
     Retire { key_id: String },
 }
@@ -96,7 +102,45 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
                 println!("{id}{active}: {rows} rows");
             }
         }
-        KeysCommand::Rotate => {
+        KeysCommand::Rotate {
+            audit_signing: true,
+        } => {
+            let old = keyring
+                .audit_signing
+                .as_ref()
+                .map(|s| s.active().0.to_string());
+            let new = match keyring.audit_signing.as_mut() {
+                Some(set) => set.rotate("s")?,
+                None => {
+                    keyring.audit_signing = Some(KeySet::generate("s1")?);
+                    "s1".to_string()
+                }
+            };
+            keyring.save(&path)?;
+            let vkeys: Vec<String> = keyring
+                .audit_signing
+                .iter()
+                .flat_map(|s| s.signers())
+                .map(|s| s.vkey())
+                .collect();
+            let written = args
+                .data_dir
+                .open()
+                .and_then(|d| Ok(d.open_dir()?))
+                .and_then(|data| super::audit::write_public_keys(&data, &vkeys));
+            admin_event(
+                &mut audit,
+                json!({"event": "key_rotate", "set": "audit_signing", "from": old, "to": new}),
+            )?;
+            written?;
+            println!(
+                "audit signing key {new} is active from each session's next start; its public key \
+                 is in audit-signing.pub (`memwarden audit public-key` prints them all)"
+            );
+        }
+        KeysCommand::Rotate {
+            audit_signing: false,
+        } => {
             let old = keyring.entry.active().0.to_string();
             let new = keyring.entry.rotate("e")?;
             keyring.save(&path)?;

@@ -121,6 +121,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let _lock = dir.lock_shared()?;
     // audit.db first: it refuses a vanished chain before memory.db is touched.
     let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
+    let audit = crate::audit::append::with_signing_key(
+        audit,
+        keyring.audit_signing.as_ref(),
+        policy.checkpoints,
+    );
     let mut store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     if dir.keyring().starts_with(dir.root()) {
         // A keyring in the data dir can be rotated while this session runs (`keys rotate`,

@@ -97,6 +97,8 @@ pub struct Policy {
     pub retention: Retention,
     pub rules: Rules,
     pub principals: BTreeMap<String, Grant>,
+    /// When the server signs audit checkpoints (`[audit]`).
+    pub checkpoints: crate::audit::CheckpointPolicy,
 }
 
 impl Policy {
@@ -135,7 +137,16 @@ pub(crate) struct RawPolicy {
     retention: RawRetention,
     #[serde(default)]
     rules: RawRules,
+    #[serde(default)]
+    audit: RawAudit,
     principals: BTreeMap<String, RawPrincipal>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_every_events: Option<u64>,
+    checkpoint_every_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +404,16 @@ impl RawPolicy {
             },
             rules,
             principals,
+            checkpoints: {
+                let default = crate::audit::CheckpointPolicy::default();
+                crate::audit::CheckpointPolicy {
+                    every_events: self
+                        .audit
+                        .checkpoint_every_events
+                        .unwrap_or(default.every_events),
+                    every: secs(self.audit.checkpoint_every_seconds).unwrap_or(default.every),
+                }
+            },
         })
     }
 }

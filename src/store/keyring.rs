@@ -90,6 +90,11 @@ struct RawKeyring {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     entry: Option<RawSection>,
     audit: RawSection,
+    /// Ed25519 seeds that sign audit checkpoints. Absent in keyrings made before checkpoints
+    /// existed: such a data dir keeps working, writes no checkpoints, and `health` says so
+    /// until `keys rotate --audit-signing` adds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audit_signing: Option<RawSection>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +112,26 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// A set holding one fresh key `id`, active.
+    pub fn generate(id: &str) -> Result<Self, KeyringError> {
+        Ok(Self {
+            active: id.to_string(),
+            keys: BTreeMap::from([(id.to_string(), SecretKey::generate()?)]),
+        })
+    }
+
+    /// Checkpoint signers for every key of an `audit_signing` set, the active one first. The
+    /// keyring checks that each is a 32-byte seed.
+    pub fn signers(&self) -> Vec<crate::audit::checkpoint::Signer> {
+        self.ids()
+            .iter()
+            .filter_map(|id| {
+                let seed: &[u8; 32] = self.keys.get(id)?.bytes().try_into().ok()?;
+                Some(crate::audit::checkpoint::Signer::new(id, seed))
+            })
+            .collect()
+    }
+
     /// Adds a fresh key under `<prefix><n>`, n one past the highest in the keyring, and makes it
     /// active; returns the id. An id is never reused after its key is retired: rows in an old
     /// backup name the retired key by id, and must not be checked against a different key.
@@ -185,11 +210,13 @@ impl FileStamp {
 /// The largest keyring file read (thousands of rotations fit).
 const MAX_KEYRING_BYTES: u64 = 1 << 20;
 
-/// Entry keys and audit keys.
+/// Entry keys, audit keys and (from keyrings made since checkpoints exist) the audit signing
+/// keys.
 #[derive(Debug, Clone)]
 pub struct Keyring {
     pub entry: KeySet,
     pub audit: KeySet,
+    pub audit_signing: Option<KeySet>,
 }
 
 fn valid_key_id(id: &str) -> bool {
@@ -200,17 +227,13 @@ fn valid_key_id(id: &str) -> bool {
 }
 
 impl Keyring {
-    /// A fresh keyring: one entry key `e1`, one audit key `a1`.
+    /// A fresh keyring: one entry key `e1`, one audit key `a1`, one audit signing key `s1`.
     pub fn generate() -> Result<Self, KeyringError> {
-        let set = |id: &str| -> Result<KeySet, KeyringError> {
-            Ok(KeySet {
-                active: id.to_string(),
-                keys: BTreeMap::from([(id.to_string(), SecretKey::generate()?)]),
-            })
-        };
+        let set = KeySet::generate;
         Ok(Self {
             entry: set("e1")?,
             audit: set("a1")?,
+            audit_signing: Some(set("s1")?),
         })
     }
 
@@ -277,6 +300,7 @@ impl Keyring {
         let raw = RawKeyring {
             entry: Some(section(&self.entry)),
             audit: section(&self.audit),
+            audit_signing: self.audit_signing.as_ref().map(section),
         };
         let text = toml::to_string(&raw).map_err(|e| KeyringError::Format {
             path: path.display().to_string(),
@@ -367,6 +391,10 @@ impl Keyring {
         Ok(Self {
             entry: Self::section(entry, "entry", shown)?,
             audit: Self::section(raw.audit, "audit", shown)?,
+            audit_signing: raw
+                .audit_signing
+                .map(|s| Self::section(s, "audit_signing", shown))
+                .transpose()?,
         })
     }
 
@@ -387,8 +415,9 @@ impl Keyring {
                 })
                 .unwrap_or_default();
             format(format!(
-                "not a valid keyring{at}: expected [entry] and [audit] sections, each with \
-                 `active = \"<key id>\"` and a [*.keys] table of `<key id> = \"<hex>\"`"
+                "not a valid keyring{at}: expected [entry] and [audit] sections (and optionally \
+                 [audit_signing]), each with `active = \"<key id>\"` and a [*.keys] table of \
+                 `<key id> = \"<hex>\"`"
             ))
         })?;
         Ok(raw)
@@ -408,6 +437,14 @@ impl Keyring {
                 path: shown.to_string(),
                 reason: format!("{name}.keys.{id}: not hex"),
             })?;
+            if name == "audit_signing" && bytes.len() != MIN_KEY_BYTES {
+                return Err(KeyringError::Format {
+                    path: shown.to_string(),
+                    reason: format!(
+                        "{name}.keys.{id}: an Ed25519 seed is exactly {MIN_KEY_BYTES} bytes"
+                    ),
+                });
+            }
             if bytes.len() < MIN_KEY_BYTES {
                 return Err(KeyringError::ShortKey {
                     path: shown.to_string(),
