@@ -479,11 +479,14 @@ fn flood_without_reading(line: fn(u64) -> String, count: u64) -> (u64, u64) {
     (peak_while_blocked, peak)
 }
 
+/// What to send, how to write request `i`, how many.
+type Flood = (&'static str, fn(u64) -> String, u64);
+
 #[test]
 fn a_client_that_does_not_read_cannot_grow_the_server() {
     // The review's case (100,000 pings: 470 MB), and lists and tools/list whose replies are
     // large (unbounded, these would queue about 100 MB and 200 MB of replies).
-    let floods: [(&str, fn(u64) -> String, u64); 3] = [
+    let floods: [Flood; 3] = [
         (
             "ping",
             |i| format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"ping\"}}\n"),
