@@ -169,12 +169,8 @@ fn a_session_ended_by_the_rate_gate_ends_once() {
         "ended once"
     );
     assert_eq!(of_kind(&all, "session_end").len(), 1);
-    assert_eq!(
-        all.last().unwrap()["detail"]["reason"],
-        "rate_limited",
-        "{}",
-        all.last().unwrap()
-    );
+    let end = of_kind(&all, "session_end")[0];
+    assert_eq!(end["detail"]["reason"], "rate_limited", "{end}");
 }
 
 // --- item 6: agent text never reaches a log or an error whole --------------------------------
