@@ -52,8 +52,14 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(cp.body(), text, "a body parses only in its one spelling");
         }
         if let Ok((cp, _)) = t.verifiers.open(&text) {
-            assert!(text.starts_with(&cp.body()), "the signed text is the canonical body");
-            assert_eq!(cp, t.checkpoint, "only the template's text carries our signature");
+            assert!(
+                text.starts_with(&cp.body()),
+                "the signed text is the canonical body"
+            );
+            assert_eq!(
+                cp, t.checkpoint,
+                "only the template's text carries our signature"
+            );
         }
         return;
     }
@@ -67,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok((cp, by)) = t.verifiers.open(&note) {
-        assert_eq!(cp, t.checkpoint, "an edited note verified with other content");
+        assert_eq!(
+            cp, t.checkpoint,
+            "an edited note verified with other content"
+        );
         assert_eq!(by, "memwarden/audit-key/s1");
         assert!(note.starts_with(&t.checkpoint.body()));
     }

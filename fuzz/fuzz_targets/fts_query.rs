@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(q) = memwarden::tools::search::fts_query(&query) {
         let c = db().lock().expect("lock");
-        for expr in std::iter::once(&q.all).chain(q.any.as_ref()).chain(&q.words) {
+        for expr in std::iter::once(&q.all)
+            .chain(q.any.as_ref())
+            .chain(&q.words)
+        {
             let r: rusqlite::Result<i64> =
                 c.query_row("SELECT count(*) FROM t WHERE t MATCH ?1", [expr], |r| {
                     r.get(0)

@@ -51,13 +51,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let written = serde_json::to_vec(&value).unwrap();
-    assert!(!has_duplicate_keys(&written), "a serde_json message was flagged");
+    assert!(
+        !has_duplicate_keys(&written),
+        "a serde_json message was flagged"
+    );
     // Whatever serde_json made of the input, a repeated member is caught.
     let mut repeated = String::new();
     let mut done = false;
     write_with_repeat(&value, &mut repeated, &mut done);
     if done {
-        assert!(has_duplicate_keys(repeated.as_bytes()), "a repeated key went unseen");
+        assert!(
+            has_duplicate_keys(repeated.as_bytes()),
+            "a repeated key went unseen"
+        );
     }
     let _ = flagged;
 });

@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
     // Redaction with the secrets pack, split at a byte the input picks, over content and
     // metadata: never panics, and what it leaves is valid UTF-8 by construction (String).
     let split = data.first().map_or(0, |&b| b as usize) % (text.len() + 1);
-    let split = (0..=split).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let split = (0..=split)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
     let mut content = text[..split].to_string();
     let mut meta = serde_json::json!({ &text[split..]: &text[split..] })
         .as_object()
