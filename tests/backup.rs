@@ -164,18 +164,8 @@ fn fix_hashes_and_mac(dir: &TestDir, out: &std::path::Path) {
     std::fs::write(out.join("manifest.json"), m.to_string()).unwrap();
 }
 
-/// Every file in the data dir with its bytes: "nothing changed" means all of it.
 fn snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir.data())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+    common::data_snapshot(dir)
 }
 
 fn tamper(path: &std::path::Path, sql: &str) {

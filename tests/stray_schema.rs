@@ -17,23 +17,8 @@ fn tamper(path: &std::path::Path, sql: &str) {
     db.close().unwrap();
 }
 
-/// Every file in the data dir with its bytes, but for SQLite's shared-memory index and empty
-/// WAL files (a read-only open of a WAL database creates them).
 fn snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir.data())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .filter(|(name, bytes)| {
-            let scratch = name.ends_with("-shm") || (name.ends_with("-wal") && bytes.is_empty());
-            !scratch
-        })
-        .collect()
+    common::data_snapshot(dir)
 }
 
 /// Names the files whose bytes differ (never dumps them).

@@ -12,22 +12,8 @@ fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
-/// The data dir's files and their bytes, but for SQLite's -shm and empty -wal files.
 fn snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir.data())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .filter(|(n, b)| {
-            let scratch = n.ends_with("-shm") || (n.ends_with("-wal") && b.is_empty());
-            !scratch
-        })
-        .collect()
+    common::data_snapshot(dir)
 }
 
 fn changed(

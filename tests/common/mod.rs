@@ -333,3 +333,22 @@ pub fn audit_events(dir: &TestDir) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Every file in the data dir with its bytes, but for SQLite's shared-memory index and empty
+/// WAL files (a read-only open of a WAL database creates them): what "nothing changed" compares.
+pub fn data_snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir.data())
+        .expect("data dir")
+        .map(|e| e.expect("entry"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .filter(|(name, bytes)| {
+            let scratch = name.ends_with("-shm") || (name.ends_with("-wal") && bytes.is_empty());
+            !scratch
+        })
+        .collect()
+}
