@@ -54,7 +54,12 @@ async fn backup_while_four_writers_run_then_restore() {
     let (ok, text) = run(&dir, &["restore", "--from", &out_s]);
     assert!(ok, "{text}");
     assert_eq!(dir.row_count() as u64, backed_up);
-    assert!(dir.cli(&["verify"]).status.success());
+    let verify = dir.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     assert!(dir.cli(&["audit", "verify"]).status.success());
     let client = dir.connect().await;
     client.store("after restore").await;

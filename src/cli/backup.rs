@@ -172,23 +172,52 @@ fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Copies a live database into `out/name` with SQLite's online backup API. The file is created
-/// empty by us first (exclusive, no-follow, 0600); SQLite only opens it, without following links.
-fn copy_online(from: &Path, out: &Dir, name: &str) -> anyhow::Result<()> {
-    let src = Connection::open_with_flags(
-        from,
+/// A read snapshot of a live database, held open until dropped.
+fn snapshot_of(path: &Path, table: &str) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
-    src.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // A read transaction pins the snapshot (WAL: writers go on; this connection sees none of
+    // their commits until it ends). Our own table name, never input.
+    conn.execute_batch(&format!("BEGIN; SELECT count(*) FROM {table};"))?;
+    Ok(conn)
+}
+
+/// Read snapshots of memory.db and audit.db taken at one moment with no write in flight:
+/// every write holds memory.db's write lock from before its audit event until its commit
+/// (audit before commit), so holding that lock while both snapshots are pinned means the
+/// audit copy records exactly the writes the memory copy holds. Writers wait only for the
+/// pinning (milliseconds), not for the copy.
+fn consistent_snapshots(
+    memory: &Path,
+    audit_db: &Path,
+) -> anyhow::Result<(Connection, Connection)> {
+    let lock = Connection::open_with_flags(
+        memory,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    lock.busy_timeout(Duration::from_secs(10))?;
+    lock.execute_batch("BEGIN IMMEDIATE")?;
+    let pinned = snapshot_of(audit_db, "events")
+        .and_then(|audit| Ok((snapshot_of(memory, "entries")?, audit)));
+    lock.execute_batch("ROLLBACK")?;
+    pinned
+}
+
+/// Copies a pinned snapshot into `out/name` with SQLite's online backup API, in one step inside
+/// the snapshot's read transaction. The file is created empty by us first (exclusive,
+/// no-follow, 0600); SQLite only opens it, without following links.
+fn copy_online(src: &Connection, out: &Dir, name: &str) -> anyhow::Result<()> {
     drop(out.create_new(name)?);
     let mut dst = Connection::open_with_flags(
         out.join(name),
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     {
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        // Small steps let writers in between; a step that meets a write restarts cleanly.
-        backup.run_to_completion(256, Duration::from_millis(1), None)?;
+        let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
+        backup.run_to_completion(i32::MAX, Duration::from_millis(1), None)?;
     }
     // A self-contained file: no WAL beside it.
     let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
@@ -281,8 +310,10 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     if let Some(why) = audit::vanished_chain(&dir.audit_db())? {
         return Err(audit::AuditError::ChainMissing { why }.into());
     }
-    copy_online(&dir.memory_db(), &out, "memory.db")?;
-    copy_online(&dir.audit_db(), &out, "audit.db")?;
+    let (memory, audit_snapshot) = consistent_snapshots(&dir.memory_db(), &dir.audit_db())?;
+    copy_online(&memory, &out, "memory.db")?;
+    copy_online(&audit_snapshot, &out, "audit.db")?;
+    drop((memory, audit_snapshot));
     let (entries, audit_head) =
         verify_copy(&out.join("memory.db"), &out.join("audit.db"), &keyring)?;
     let mut files = std::collections::BTreeMap::new();
