@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use memwarden::audit::append::{GENESIS, RowFields, chain_hash, chain_mac};
 use memwarden::audit::checkpoint::{Checkpoint, VerifierKey, Verifiers, origin_of};
 use memwarden::audit::{self, AuditLog, CheckpointPolicy, Kind, NewEvent};
-use memwarden::store::keyring::Keyring;
+use memwarden::keys::Keyring;
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -27,7 +27,7 @@ fn appends(n: usize, every: Option<u64>) -> (Vec<Duration>, Vec<Duration>) {
     let ring = Keyring::generate().unwrap();
     let mut log = AuditLog::open(&path, ring.audit.clone(), Duration::from_secs(5)).unwrap();
     if let Some(every) = every {
-        let signer = ring.audit_signing.unwrap().signers().remove(0);
+        let signer = memwarden::audit::checkpoint::signers(&ring.audit_signing.unwrap()).remove(0);
         log = log.with_checkpoints(
             signer,
             CheckpointPolicy {
@@ -71,7 +71,8 @@ fn build_log(path: &std::path::Path, n: i64, ring: &Keyring) {
     let conn = audit::open_rw(path, Duration::from_secs(5)).unwrap();
     conn.execute_batch("BEGIN").unwrap();
     let (key_id, key) = ring.audit.active();
-    let signer = ring.audit_signing.as_ref().unwrap().signers().remove(0);
+    let signer =
+        memwarden::audit::checkpoint::signers(ring.audit_signing.as_ref().unwrap()).remove(0);
     let mut prev = GENESIS;
     let mut origin = String::new();
     let mut stmt = conn
@@ -184,7 +185,8 @@ fn main() {
     }
 
     let ring = Keyring::generate().unwrap();
-    let signer = ring.audit_signing.as_ref().unwrap().signers().remove(0);
+    let signer =
+        memwarden::audit::checkpoint::signers(ring.audit_signing.as_ref().unwrap()).remove(0);
     let cp = Checkpoint {
         origin: origin_of(&"ab".repeat(32)),
         size: 123_456,

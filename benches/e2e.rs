@@ -118,9 +118,7 @@ fn floor(rows: usize, vocab: &[String], same_schema: bool, with_audit: bool) -> 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("floor.db");
     if same_schema {
-        let keys = memwarden::store::keyring::Keyring::generate()
-            .unwrap()
-            .entry;
+        let keys = memwarden::keys::Keyring::generate().unwrap().entry;
         memwarden::store::Store::open(&path, keys, Default::default()).unwrap();
     }
     let mut conn = rusqlite::Connection::open(&path).unwrap();
@@ -566,9 +564,7 @@ async fn main() {
     // The audit append alone, as the server does it (same code, same pragmas).
     let append_p50 = {
         let dir = tempfile::tempdir().unwrap();
-        let keys = memwarden::store::keyring::Keyring::generate()
-            .unwrap()
-            .audit;
+        let keys = memwarden::keys::Keyring::generate().unwrap().audit;
         let mut log = memwarden::audit::AuditLog::open(
             &dir.path().join("audit.db"),
             keys,

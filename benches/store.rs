@@ -6,7 +6,7 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use memwarden::store::keyring::{KeySet, Keyring, SecretKey};
+use memwarden::keys::{KeySet, Keyring, SecretKey};
 use memwarden::store::seal::{self, SealedFields};
 use memwarden::store::{Author, Filter, NewEntry, Status, Store, StoreOptions, Synchronous};
 

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::audit::{AuditError, AuditLog};
-use crate::fsafe::{Dir, FsError, Kind};
-use crate::store::keyring::{Keyring, KeyringError, current_uid};
+use crate::fsafe::{Dir, FsError, Kind, current_uid};
+use crate::keys::{Keyring, KeyringError};
 use crate::store::{OpenError, Store, StoreOptions};
 
 /// Size limits a call runs under. These are DESIGN.md §5's defaults; a policy may set others

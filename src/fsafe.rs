@@ -290,7 +290,7 @@ impl Dir {
         // SAFETY: a fresh fd that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         // Root working on the service user's directory must leave files the service can open.
-        if crate::store::keyring::current_uid() == 0 && self.meta.uid != 0 {
+        if current_uid() == 0 && self.meta.uid != 0 {
             // SAFETY: valid fd.
             check(unsafe { libc::fchown(file.as_raw_fd(), self.meta.uid, self.meta.gid) })
                 .map_err(|e| FsError::io(&path, e))?;
@@ -345,7 +345,7 @@ impl Dir {
         let file = self.open_regular(name, libc::O_RDWR | libc::O_CREAT)?;
         let path = self.join(name);
         // Root locking the service user's directory leaves a lock file the service can open.
-        if crate::store::keyring::current_uid() == 0 && self.meta.uid != 0 {
+        if current_uid() == 0 && self.meta.uid != 0 {
             // SAFETY: valid fd.
             check(unsafe { libc::fchown(file.as_raw_fd(), self.meta.uid, self.meta.gid) })
                 .map_err(|e| FsError::io(&path, e))?;
@@ -515,4 +515,10 @@ mod tests {
         assert!(created && d.names().unwrap().is_empty());
         assert_eq!(d.meta().mode, 0o700);
     }
+}
+
+/// The effective uid of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -44,7 +44,7 @@ pub fn open_log_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     if !meta.file_type().is_file() {
         return Err(refuse("is not a regular file".into()));
     }
-    let uid = crate::store::keyring::current_uid();
+    let uid = crate::fsafe::current_uid();
     if meta.uid() != uid {
         return Err(refuse(format!(
             "is owned by uid {}, not by this process (uid {uid}): refusing to append to another \

@@ -11,36 +11,8 @@ use rmcp::model::JsonObject;
 use serde_json::Value;
 
 use crate::agent_text::Describer;
+use crate::catalog::ToolName;
 use crate::error::Error;
-use crate::tools::ToolName;
-
-/// Input and output schema text of each tool, in `ToolName::ALL` order.
-const SOURCES: [(&str, &str); 6] = [
-    (
-        include_str!("../schema/tools/memory_store.json"),
-        include_str!("../schema/output/memory_store.json"),
-    ),
-    (
-        include_str!("../schema/tools/memory_get.json"),
-        include_str!("../schema/output/memory_get.json"),
-    ),
-    (
-        include_str!("../schema/tools/memory_search.json"),
-        include_str!("../schema/output/memory_search.json"),
-    ),
-    (
-        include_str!("../schema/tools/memory_list.json"),
-        include_str!("../schema/output/memory_list.json"),
-    ),
-    (
-        include_str!("../schema/tools/memory_update.json"),
-        include_str!("../schema/output/memory_update.json"),
-    ),
-    (
-        include_str!("../schema/tools/memory_delete.json"),
-        include_str!("../schema/output/memory_delete.json"),
-    ),
-];
 
 /// One tool's schemas, parsed and compiled.
 pub struct ToolSchema {
@@ -146,11 +118,12 @@ fn parse_object(tool: &'static str, text: &str) -> Result<JsonObject, SchemaDefe
 impl Schemas {
     /// Parses and compiles every embedded schema (draft 2020-12, formats checked).
     pub fn load() -> Result<Self, SchemaDefect> {
-        let mut tools = Vec::with_capacity(SOURCES.len());
-        for (name, (input, output)) in ToolName::ALL.iter().zip(SOURCES) {
+        let mut tools = Vec::with_capacity(ToolName::ALL.len());
+        for name in ToolName::ALL {
             let tool = name.as_str();
-            let input = parse_object(tool, input)?;
-            let output = parse_object(tool, output)?;
+            let source = name.schema_source();
+            let input = parse_object(tool, source.input)?;
+            let output = parse_object(tool, source.output)?;
             let validator = jsonschema::options()
                 .with_draft(jsonschema::Draft::Draft202012)
                 .should_validate_formats(true)
@@ -173,7 +146,8 @@ impl Schemas {
 
     /// The schemas of one tool.
     pub fn get(&self, tool: ToolName) -> &ToolSchema {
-        &self.tools[tool as usize]
+        // `load` walks ToolName::ALL, whose positions are the tools' indexes.
+        &self.tools[tool.index()]
     }
 
     /// Checks raw arguments against the tool's input schema; the first failure is reported with

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, Implementation,
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_text::Describer;
 use crate::audit::{AuditLog, Kind, NewEvent, Outcome};
+use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::error::{Error, ErrorCode};
 use crate::policy::limits::Decision;
@@ -84,13 +85,6 @@ struct Call {
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn tool_list(schemas: &Schemas, grant: &Grant) -> Vec<Tool> {
@@ -550,7 +544,7 @@ impl Server {
         let client = &request.client_info;
         let detail = json!({
             "pid": std::process::id(),
-            "uid": crate::store::keyring::current_uid(),
+            "uid": crate::fsafe::current_uid(),
             // clientInfo is agent text: kept only as plain names.
             "client": {"name": self.inner.describer.label(&client.name),
                        "version": self.inner.describer.label(&client.version)},

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::TestDir;
 use memwarden::audit::append::{RowFields, chain_hash, chain_mac};
-use memwarden::store::keyring::SecretKey;
+use memwarden::keys::SecretKey;
 
 /// An auditor's workspace: a copy of audit.db and the public key file, never the keyring.
 struct Auditor {

@@ -175,7 +175,7 @@ async fn corruption_at_500_places_never_serves_a_bad_row_or_panics() {
 
 #[test]
 fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
-    if memwarden::store::keyring::current_uid() != 0 {
+    if memwarden::fsafe::current_uid() != 0 {
         eprintln!("SKIPPED: mounting a small tmpfs needs root");
         return;
     }

@@ -46,7 +46,7 @@ fn a_link_at_the_log_path_is_never_followed() {
 
 #[test]
 fn another_users_file_a_fifo_or_a_directory_is_refused() {
-    if memwarden::store::keyring::current_uid() != 0 {
+    if memwarden::fsafe::current_uid() != 0 {
         eprintln!("skipped: needs root to make a file another uid owns");
         return;
     }
@@ -84,7 +84,7 @@ fn a_new_log_is_private_and_an_own_log_is_appended_to() {
         0o600,
         "0640 narrowed by umask 077"
     );
-    assert_eq!(meta.uid(), memwarden::store::keyring::current_uid());
+    assert_eq!(meta.uid(), memwarden::fsafe::current_uid());
     let first = std::fs::read_to_string(&log).unwrap();
     assert!(
         first.lines().count() > 0 && first.lines().all(|l| l.starts_with('{')),

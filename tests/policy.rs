@@ -858,14 +858,14 @@ fn idle_timeout_ends_the_session() {
 /// Seals rows with past timestamps through the library, with the data dir's own keyring.
 fn insert_old(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> String {
     use memwarden::store::{Author, NewEntry, Status, Store, StoreOptions};
-    let ring = memwarden::store::keyring::Keyring::load(&dir.data().join("keyring.toml")).unwrap();
+    let ring = memwarden::keys::Keyring::load(&dir.data().join("keyring.toml")).unwrap();
     let mut store = Store::open(
         &dir.data().join("memory.db"),
         ring.entry,
         StoreOptions::default(),
     )
     .unwrap();
-    let then = memwarden::tools::now_ms() - age_ms;
+    let then = memwarden::clock::now_ms() - age_ms;
     let author = Author {
         principal: "local",
         session_id: "old",

@@ -24,7 +24,7 @@ impl Drop for Activator {
 }
 
 fn missing_prerequisite() -> Option<&'static str> {
-    if memwarden::store::keyring::current_uid() != 0 {
+    if memwarden::fsafe::current_uid() != 0 {
         return Some("needs root to connect as other uids");
     }
     for tool in ["systemd-socket-activate", "setpriv"] {

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use memwarden::store::keyring::Keyring;
+use memwarden::keys::Keyring;
 use memwarden::store::{Author, NewEntry, Status, Store, StoreOptions, Synchronous};
 use serde_json::{Value, json};
 
@@ -237,7 +237,7 @@ async fn read_cases(
     );
     // A one-hour window in the middle of the load (rows are 60 ms apart).
     let mid = 1_764_000_000_000i64 + (total as i64 / 2) * 60;
-    let fmt = |ms: i64| memwarden::tools::format_ms(ms);
+    let fmt = |ms: i64| memwarden::clock::format_ms(ms);
     let window = json!({"since": fmt(mid), "until": fmt(mid + 600_000)});
     let mut a = window.clone();
     a["query"] = json!(COMMON);

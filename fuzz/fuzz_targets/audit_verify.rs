@@ -13,7 +13,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use memwarden::audit::checkpoint::{Checkpoint, VerifierKey, Verifiers};
 use memwarden::audit::{self, AuditLog, CheckpointPolicy, Head, Kind, NewEvent};
-use memwarden::store::keyring::{KeySet, Keyring};
+use memwarden::keys::{KeySet, Keyring};
 use rusqlite::Connection;
 use serde_json::json;
 
@@ -51,7 +51,7 @@ fn template() -> &'static Template {
         let path = dir.path().join("audit.db");
         let ring = Keyring::generate().expect("keys");
         let keys = ring.audit;
-        let signer = ring.audit_signing.expect("signing key").signers().remove(0);
+        let signer = memwarden::audit::checkpoint::signers(&ring.audit_signing.expect("signing key")).remove(0);
         let verifiers =
             Verifiers::from_keys(vec![VerifierKey::parse(&signer.vkey()).expect("vkey")]);
         let policy = CheckpointPolicy {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memwarden::store::keyring::SecretKey;
+use memwarden::keys::SecretKey;
 use memwarden::store::seal::{self, SealedFields};
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{Checkpoint, Signer};
 use super::{AuditError, Kind, Outcome};
 use crate::canon::Canon;
-use crate::store::keyring::{KeySet, SecretKey};
+use crate::keys::{KeySet, SecretKey};
 
 /// Domain-separating version tag of the chain hash.
 pub const AUDIT_TAG_V1: &[u8] = b"memwarden/audit/v1";
@@ -184,7 +184,7 @@ fn insert(
     now_ms: i64,
     prev: &Head,
 ) -> Result<Head, AuditError> {
-    let ts = crate::tools::format_ms(now_ms);
+    let ts = crate::clock::format_ms(now_ms);
     let detail = event.detail.to_string();
     let (key_id, key) = keys.active();
     let prev_hash = hex::decode(&prev.hash)
@@ -292,7 +292,7 @@ impl AuditLog {
                 Kind::Admin,
                 serde_json::json!({"event": "chain_start", "why": "new data dir"}),
             );
-            log.append_first(&event, crate::tools::now_ms())?;
+            log.append_first(&event, crate::clock::now_ms())?;
         }
         Ok(log)
     }
@@ -310,7 +310,7 @@ impl AuditLog {
             keys,
             checkpoints: None,
         };
-        let head = log.append_first(first, crate::tools::now_ms())?;
+        let head = log.append_first(first, crate::clock::now_ms())?;
         Ok((log, head))
     }
 
@@ -332,7 +332,7 @@ impl AuditLog {
             policy,
             origin: None,
             last_seq: None,
-            last_ms: crate::tools::now_ms(),
+            last_ms: crate::clock::now_ms(),
         });
         self
     }
@@ -471,7 +471,7 @@ pub fn with_signing_key(
     signing: Option<&KeySet>,
     policy: CheckpointPolicy,
 ) -> AuditLog {
-    match signing.and_then(|s| s.signers().into_iter().next()) {
+    match signing.and_then(|s| super::checkpoint::signers(s).into_iter().next()) {
         Some(signer) => log.with_checkpoints(signer, policy),
         None => {
             tracing::warn!(target: "memwarden::security", event = "audit_unsigned",

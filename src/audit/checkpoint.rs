@@ -177,6 +177,18 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// Checkpoint signers for every key of an `audit_signing` key set, the active one first. The
+/// keyring checks that each is a 32-byte seed.
+pub fn signers(keys: &crate::keys::KeySet) -> Vec<Signer> {
+    keys.ids()
+        .iter()
+        .filter_map(|id| {
+            let seed: &[u8; 32] = keys.get(id)?.bytes().try_into().ok()?;
+            Some(Signer::new(id, seed))
+        })
+        .collect()
+}
+
 impl Signer {
     /// From the keyring's 32-byte seed for signing key `key_id`.
     pub fn new(key_id: &str, seed: &[u8; 32]) -> Self {

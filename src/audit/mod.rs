@@ -13,7 +13,7 @@ pub mod witness;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 pub use append::{AuditLog, CheckpointPolicy, Head, NewEvent};
 
@@ -132,7 +132,7 @@ pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditE
         | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
-    crate::store::set_wal(&conn, busy_timeout)?;
+    crate::sqlite_file::set_wal(&conn, busy_timeout)?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
     migrate(&mut conn)?;
     check_schema(&conn)?;
@@ -193,19 +193,10 @@ pub fn vanished_chain(audit_db: &Path) -> Result<Option<String>, AuditError> {
 
 /// Brings the schema to `CURRENT_VERSION`, one `BEGIN IMMEDIATE` step at a time.
 fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
-    loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if !(0..=CURRENT_VERSION).contains(&version) {
-            return Err(AuditError::TooNew { found: version });
-        }
-        let Some(step) = MIGRATIONS.get(version as usize) else {
-            return Ok(());
-        };
-        tx.execute_batch(step)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
-        tx.commit()?;
-    }
+    crate::sqlite_file::migrate(conn, &MIGRATIONS, &|_, _| Ok(())).map_err(|e| match e {
+        crate::sqlite_file::MigrateError::TooNew { found } => AuditError::TooNew { found },
+        crate::sqlite_file::MigrateError::Sqlite(e) => e.into(),
+    })
 }
 
 /// Refuses an audit.db holding any schema object the migrations did not create: a trigger on

@@ -102,8 +102,8 @@ pub fn events(
 fn normalise_time(t: &Option<String>) -> Result<Option<String>, AuditError> {
     t.as_deref()
         .map(|s| {
-            crate::tools::parse_time("time", s)
-                .map(crate::tools::format_ms)
+            crate::clock::parse_time("time", s)
+                .map(crate::clock::format_ms)
                 .map_err(|_| AuditError::Open(format!("{s:?} is not an RFC 3339 date-time")))
         })
         .transpose()

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::append::{GENESIS, RowFields, chain_hash, head, verify_mac};
 use super::checkpoint::{Checkpoint, Verifiers, origin_of};
 use super::{AuditError, Head, Kind};
-use crate::store::keyring::KeySet;
+use crate::keys::KeySet;
 
 /// The first thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::audit::checkpoint::{Checkpoint, Verifiers};
 use crate::audit::query::{self, Event, Filter};
 use crate::audit::verify::{self, parse_head};
 use crate::audit::{self as audit_db, append::head};
-use crate::store::keyring::Keyring;
+use crate::keys::Keyring;
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -198,7 +198,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<ExitCode> {
                      --audit-signing`"
                 );
             };
-            for signer in signing.signers() {
+            for signer in crate::audit::checkpoint::signers(&signing) {
                 println!("{}", signer.vkey());
             }
             Ok(ExitCode::SUCCESS)
@@ -454,7 +454,7 @@ fn reset_cmd(args: &super::DataDirArg, confirmed: bool) -> anyhow::Result<ExitCo
         "memory_entries": entries,
         "replaced_audit_head": replaced.as_ref().map(super::backup::Replaced::head),
         "replaced_audit_kept_as": replaced.as_ref().map(|r| r.name.as_str()),
-        "operator_uid": crate::store::keyring::current_uid(),
+        "operator_uid": crate::fsafe::current_uid(),
     });
     let event = audit_db::NewEvent {
         principal: Some("operator"),

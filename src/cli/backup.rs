@@ -31,8 +31,8 @@ use super::review::admin_event;
 use crate::audit::{self, AuditLog};
 use crate::datalock::DataLock;
 use crate::fsafe::Dir;
+use crate::keys::{KeySet, Keyring, SecretKey};
 use crate::store::Store;
-use crate::store::keyring::{KeySet, Keyring, SecretKey};
 
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
@@ -280,7 +280,7 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
         return Ok(dir);
     }
     let meta = dir.meta();
-    let uid = crate::store::keyring::current_uid();
+    let uid = crate::fsafe::current_uid();
     let shown = out.display();
     anyhow::ensure!(
         meta.uid == uid,
@@ -322,7 +322,7 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     }
     let manifest = Manifest {
         version: MANIFEST_VERSION,
-        created_at: crate::tools::format_ms(crate::tools::now_ms()),
+        created_at: crate::clock::format_ms(crate::clock::now_ms()),
         memwarden_version: env!("CARGO_PKG_VERSION").into(),
         files,
         entries,
@@ -506,7 +506,7 @@ pub(crate) fn set_aside_audit(data: &Dir) -> anyhow::Result<Option<Replaced>> {
     if data.entry("audit.db")?.is_none() {
         return Ok(None);
     }
-    let stamp = crate::tools::format_ms(crate::tools::now_ms()).replace(':', "");
+    let stamp = crate::clock::format_ms(crate::clock::now_ms()).replace(':', "");
     let name = format!("audit.db.replaced-{stamp}");
     for side in ["", "-wal", "-shm", "-journal"] {
         anyhow::ensure!(

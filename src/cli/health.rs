@@ -162,7 +162,7 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     let signing = keyring.as_ref().ok().and_then(|k| k.audit_signing.as_ref());
     let verifiers = signing.map(|s| {
         audit::checkpoint::Verifiers::from_keys(
-            s.signers()
+            audit::checkpoint::signers(s)
                 .iter()
                 .filter_map(|s| audit::checkpoint::VerifierKey::parse(&s.vkey()).ok())
                 .collect(),

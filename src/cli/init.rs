@@ -11,7 +11,10 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     dir.check()?;
     let keyring = dir.open_keyring()?;
     if let Some(signing) = &keyring.audit_signing {
-        let vkeys: Vec<String> = signing.signers().iter().map(|s| s.vkey()).collect();
+        let vkeys: Vec<String> = crate::audit::checkpoint::signers(signing)
+            .iter()
+            .map(|s| s.vkey())
+            .collect();
         let data = dir.open_dir()?;
         super::audit::write_public_keys(&data, &vkeys)?;
         println!(

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::admin_event;
 use crate::audit::AuditLog;
-use crate::store::keyring::{KeySet, Keyring, KeyringLock};
+use crate::keys::{KeySet, Keyring, KeyringLock};
 use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, clap::Args)]
@@ -120,7 +120,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             let vkeys: Vec<String> = keyring
                 .audit_signing
                 .iter()
-                .flat_map(|s| s.signers())
+                .flat_map(crate::audit::checkpoint::signers)
                 .map(|s| s.vkey())
                 .collect();
             let written = args

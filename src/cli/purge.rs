@@ -20,7 +20,7 @@ pub struct PurgeArgs {
 pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     let policy = args.policy.load()?;
     let (mut store, mut audit, _lock) = open(&args.data_dir)?;
-    let now = crate::tools::now_ms();
+    let now = crate::clock::now_ms();
     let before = |d: Option<std::time::Duration>| d.map(|d| now - d.as_millis() as i64);
     let older_than = before(policy.retention.max_age);
     let tombstones_before = before(policy.retention.deleted_retention);

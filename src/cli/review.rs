@@ -47,18 +47,18 @@ pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog, DataLo
 /// Appends an operator's admin event.
 pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> anyhow::Result<()> {
     let mut detail = detail;
-    detail["operator_uid"] = json!(crate::store::keyring::current_uid());
+    detail["operator_uid"] = json!(crate::fsafe::current_uid());
     let event = NewEvent {
         principal: Some("operator"),
         ..NewEvent::new(Kind::Admin, detail)
     };
-    audit.append(&event, crate::tools::now_ms())?;
+    audit.append(&event, crate::clock::now_ms())?;
     Ok(())
 }
 
 pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
     let (mut store, mut audit, _lock) = open(&args.data_dir)?;
-    let now = crate::tools::now_ms();
+    let now = crate::clock::now_ms();
     match &args.command {
         ReviewCommand::List => {
             let held = store.quarantined()?;
@@ -67,7 +67,7 @@ pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}  {}  ns={}  by={}  {} bytes",
                     e.id,
-                    crate::tools::format_ms(e.created_at),
+                    crate::clock::format_ms(e.created_at),
                     e.namespace,
                     e.principal,
                     e.content.len()

@@ -93,7 +93,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // spawned us over a socketpair, as Node-based clients do) could have written our launch
     // command anyway, so its --principal stands.
     let peer = crate::principal::peer_of(0);
-    let own_uid = crate::store::keyring::current_uid();
+    let own_uid = crate::fsafe::current_uid();
     let principal = match peer.filter(|p| p.uid != own_uid) {
         Some(peer) => {
             let p = Principal::for_peer(peer, policy.principal_for_uid(peer.uid));

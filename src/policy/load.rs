@@ -114,7 +114,7 @@ fn judge(meta: &Meta, want: Kind) -> Result<(), String> {
         });
     }
     if meta.uid != 0 {
-        let uid = crate::store::keyring::current_uid();
+        let uid = crate::fsafe::current_uid();
         let who = if meta.uid == uid {
             format!("owned by uid {uid}, this process's")
         } else {
@@ -346,7 +346,7 @@ mod tests {
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(open_checked(&link).is_err());
         // A root-owned 0644 file in root-owned 0755 directories, as install.sh makes them.
-        if crate::store::keyring::current_uid() == 0
+        if crate::fsafe::current_uid() == 0
             && std::fs::symlink_metadata("/etc/passwd").is_ok_and(|m| m.file_type().is_file())
         {
             assert!(open_checked(Path::new("/etc/passwd")).is_ok());

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::catalog::ToolName;
 use crate::config::Limits;
 use crate::store::Synchronous;
-use crate::tools::ToolName;
 pub use limits::{RateLimiter, Rates};
 pub use load::{PolicyError, load_file, parse};
 use rules::{Action, Field, Rule, Rules};

@@ -17,8 +17,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::keyring::{KeySet, SecretKey};
 use crate::canon::Canon;
+use crate::keys::{KeySet, SecretKey};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -4,7 +4,9 @@
 //! fresh file serialise and exactly one of them creates the schema. A file newer than this binary
 //! is refused rather than guessed at.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
+
+use crate::sqlite_file::MigrateError;
 
 /// Migrations in order; index + 1 is the `user_version` after it runs.
 const MIGRATIONS: &[&str] = &[
@@ -163,21 +165,10 @@ pub fn migrate(
     conn: &mut Connection,
     after_step: &dyn Fn(&Connection, i64) -> rusqlite::Result<()>,
 ) -> Result<(), MigrationError> {
-    loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if !(0..=CURRENT_VERSION).contains(&version) {
-            return Err(MigrationError::TooNew { found: version });
-        }
-        let Some(step) = MIGRATIONS.get(version as usize) else {
-            return Ok(());
-        };
-        tx.execute_batch(step)?;
-        after_step(&tx, version + 1)?;
-        // PRAGMA takes no parameters; the value is our own integer, never input.
-        tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
-        tx.commit()?;
-    }
+    crate::sqlite_file::migrate(conn, &MIGRATIONS, after_step).map_err(|e| match e {
+        MigrateError::TooNew { found } => MigrationError::TooNew { found },
+        MigrateError::Sqlite(e) => MigrationError::Sqlite(e),
+    })
 }
 
 /// Refuses a memory.db holding any schema object these migrations did not create (a trigger

@@ -6,7 +6,6 @@
 //! count it as withheld). Writes run in `BEGIN IMMEDIATE` so concurrent server processes on one file
 //! serialise instead of failing half-way. Only parameterized statements touch input values.
 
-pub mod keyring;
 pub mod ledger;
 pub mod maintain;
 pub mod migrations;
@@ -23,7 +22,7 @@ use rusqlite::{
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use keyring::KeySet;
+use crate::keys::{self as keyring, KeySet};
 pub use scope::Scope;
 use seal::SealedFields;
 
@@ -382,27 +381,6 @@ fn withheld_log(id: &str) {
     tracing::warn!(target: "memwarden::security", event = "integrity_failure", id, "entry failed verification and was withheld");
 }
 
-/// Switches a connection to WAL, which lets readers run beside one writer.
-///
-/// On a fresh file another process may hold the lock while it creates the schema, and SQLite
-/// answers a journal-mode change with SQLITE_BUSY without consulting the busy handler: retry
-/// until the busy timeout.
-pub fn set_wal(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Sorted, de-duplicated tags: the one order the seal and the index see.
 pub fn normalize_tags(mut tags: Vec<String>) -> Vec<String> {
     tags.sort();
@@ -553,7 +531,7 @@ impl Store {
                 r.get(0)
             })?;
         }
-        set_wal(conn, options.busy_timeout)?;
+        crate::sqlite_file::set_wal(conn, options.busy_timeout)?;
         let sync = match options.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",

@@ -8,8 +8,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use super::keyring::SecretKey;
 use crate::canon::Canon;
+use crate::keys::SecretKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
