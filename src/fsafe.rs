@@ -466,6 +466,12 @@ pub fn first_symlink(path: &Path) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The effective uid of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,10 +521,4 @@ mod tests {
         assert!(created && d.names().unwrap().is_empty());
         assert_eq!(d.meta().mode, 0o700);
     }
-}
-
-/// The effective uid of this process.
-pub fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }

@@ -193,7 +193,7 @@ pub fn vanished_chain(audit_db: &Path) -> Result<Option<String>, AuditError> {
 
 /// Brings the schema to `CURRENT_VERSION`, one `BEGIN IMMEDIATE` step at a time.
 fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
-    crate::sqlite_file::migrate(conn, &MIGRATIONS, &|_, _| Ok(())).map_err(|e| match e {
+    crate::sqlite_file::migrate(conn, MIGRATIONS, &|_, _| Ok(())).map_err(|e| match e {
         crate::sqlite_file::MigrateError::TooNew { found } => AuditError::TooNew { found },
         crate::sqlite_file::MigrateError::Sqlite(e) => e.into(),
     })

@@ -165,7 +165,7 @@ pub fn migrate(
     conn: &mut Connection,
     after_step: &dyn Fn(&Connection, i64) -> rusqlite::Result<()>,
 ) -> Result<(), MigrationError> {
-    crate::sqlite_file::migrate(conn, &MIGRATIONS, after_step).map_err(|e| match e {
+    crate::sqlite_file::migrate(conn, MIGRATIONS, after_step).map_err(|e| match e {
         MigrateError::TooNew { found } => MigrationError::TooNew { found },
         MigrateError::Sqlite(e) => MigrationError::Sqlite(e),
     })
