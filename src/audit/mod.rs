@@ -6,6 +6,7 @@
 
 pub mod append;
 pub mod checkpoint;
+pub mod inspect;
 pub mod query;
 pub mod verify;
 pub mod witness;

@@ -5,12 +5,12 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 use super::DataDirArg;
 use super::serve::PolicyArgs;
 use crate::audit;
+use crate::store::sqlite::inspect;
 
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
@@ -67,30 +67,6 @@ fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     written
 }
 
-fn quick_check(path: &std::path::Path) -> Result<String, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    let r: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if r == "ok" { Ok(r) } else { Err(r) }
-}
-
-fn schema_check(
-    path: &std::path::Path,
-    check: impl FnOnce(&Connection) -> Result<(), String>,
-) -> Result<Value, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    check(&conn).map(|()| json!("only what the migrations create"))
-}
-
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -128,24 +104,21 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     );
     add(
         "memory.db quick_check",
-        quick_check(&dir.memory_db()).map(Value::from),
+        inspect::quick_check(&dir.memory_db()).map(Value::from),
     );
     add(
         "audit.db quick_check",
-        quick_check(&dir.audit_db()).map(Value::from),
+        audit::inspect::quick_check(&dir.audit_db()).map(Value::from),
     );
     // Only what the migrations create: a stray trigger could drop events or rewrite rows.
+    let only_migrations = |()| json!("only what the migrations create");
     add(
         "memory.db schema",
-        schema_check(&dir.memory_db(), |c| {
-            crate::store::migrations::check_schema(c).map_err(|e| e.to_string())
-        }),
+        inspect::schema_check(&dir.memory_db()).map(only_migrations),
     );
     add(
         "audit.db schema",
-        schema_check(&dir.audit_db(), |c| {
-            audit::check_schema(c).map_err(|e| e.to_string())
-        }),
+        audit::inspect::schema_check(&dir.audit_db()).map(only_migrations),
     );
     // A missing, emptied or event-less audit.db beside a used memory.db is a chain that
     // vanished, not a new one (issue 18).
@@ -229,112 +202,39 @@ const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// Prometheus text for the series the databases hold.
 pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     dir.open_dir()?;
-    let audit = audit::open_ro(&dir.audit_db())?;
-    let memory = open_memory_ro(&dir.memory_db())?;
+    let stats = audit::inspect::stats(&dir.audit_db())?;
+    let statuses = inspect::rows_by_status(&dir.memory_db()).map_err(anyhow::Error::msg)?;
     let mut out = String::new();
-    fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    }
-    let label = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-
-    let name = family(
-        &mut out,
-        "memwarden_calls_total",
-        "counter",
-        "Tool calls by tool and outcome.",
-    );
-    let mut lines = String::new();
-    let mut stmt = audit.prepare(
-        "SELECT coalesce(tool, 'unknown'), outcome, count(*) FROM events WHERE kind = 'call' GROUP BY 1, 2 ORDER BY 1, 2",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })? {
-        let (tool, outcome, n) = row?;
-        let _ = writeln!(
-            lines,
-            "{name}{{tool=\"{}\",outcome=\"{}\"}} {n}",
-            label(&tool),
-            label(&outcome)
-        );
-    }
-    out.push_str(&lines);
-
-    let name = family(
-        &mut out,
-        "memwarden_call_duration_seconds",
-        "histogram",
-        "Tool call latency inside the server.",
-    );
-    let mut durations: Vec<f64> = audit
-        .prepare("SELECT json_extract(detail, '$.duration_us') FROM events WHERE kind = 'call' AND json_extract(detail, '$.duration_us') IS NOT NULL")?
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .filter_map(Result::ok)
-        .map(|us| us as f64 / 1e6)
-        .collect();
-    durations.sort_by(f64::total_cmp);
-    for le in BUCKETS {
-        let n = durations.partition_point(|d| *d <= le);
-        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
-    }
-    out.push_str(&format!(
-        "{name}_bucket{{le=\"+Inf\"}} {}\n",
-        durations.len()
-    ));
-    out.push_str(&format!("{name}_sum {}\n", durations.iter().sum::<f64>()));
-    out.push_str(&format!("{name}_count {}\n", durations.len()));
-
+    call_series(&mut out, &stats);
     let name = family(
         &mut out,
         "memwarden_sessions_total",
         "counter",
         "Sessions started.",
     );
-    let n: i64 = audit.query_row(
-        "SELECT count(*) FROM events WHERE kind = 'session_start'",
-        [],
-        |r| r.get(0),
-    )?;
-    out.push_str(&format!("{name} {n}\n"));
-
+    let _ = writeln!(out, "{name} {}", stats.sessions);
     let name = family(
         &mut out,
         "memwarden_security_events_total",
         "counter",
         "Security events by kind.",
     );
-    let mut stmt = audit.prepare(
-        "SELECT coalesce(json_extract(detail, '$.event'), 'unknown'), count(*) FROM events WHERE kind = 'security' GROUP BY 1 ORDER BY 1",
-    )?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (event, n) = row?;
-        out.push_str(&format!("{name}{{event=\"{}\"}} {n}\n", label(&event)));
+    for (event, n) in &stats.security {
+        let _ = writeln!(out, "{name}{{event=\"{}\"}} {n}", label(event));
     }
-
     let name = family(
         &mut out,
         "memwarden_entries",
         "gauge",
         "Stored entries by status.",
     );
-    let mut stmt = memory.prepare("SELECT status, count(*) FROM entries GROUP BY 1 ORDER BY 1")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (status, n) = row?;
-        out.push_str(&format!("{name}{{status=\"{}\"}} {n}\n", label(&status)));
+    for (status, n) in &statuses {
+        let _ = writeln!(out, "{name}{{status=\"{}\"}} {n}", label(status));
     }
-
     let name = family(
         &mut out,
         "memwarden_db_bytes",
@@ -348,7 +248,7 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
         bytes += std::fs::metadata(std::path::PathBuf::from(wal))
             .map(|m| m.len())
             .unwrap_or(0);
-        out.push_str(&format!("{name}{{db=\"{db}\"}} {bytes}\n"));
+        let _ = writeln!(out, "{name}{{db=\"{db}\"}} {bytes}");
     }
     match &args.out {
         Some(path) => write_atomically(path, &out)?,
@@ -357,35 +257,52 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// memory.db read-only, also where the data dir is mounted read-only (the metrics unit): with no
-/// -wal file the database file alone is complete, and `immutable` needs no -shm to be created.
-fn open_memory_ro(path: &std::path::Path) -> anyhow::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    // SQLite opens lazily: the first statement is what fails on a read-only directory.
-    let plain = Connection::open_with_flags(path, flags).and_then(|c| {
-        c.query_row("PRAGMA user_version", [], |_| Ok(()))
-            .map(|()| c)
-    });
-    match plain {
-        Ok(conn) => Ok(conn),
-        Err(e) => {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            if !path.is_file() || std::fs::symlink_metadata(&wal).is_ok() {
-                return Err(e.into());
-            }
-            let mut uri = String::from("file:");
-            for b in path.to_string_lossy().bytes() {
-                match b {
-                    b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
-                    _ => uri.push(b as char),
-                }
-            }
-            uri.push_str("?mode=ro&immutable=1");
-            Ok(Connection::open_with_flags(
-                uri,
-                flags | OpenFlags::SQLITE_OPEN_URI,
-            )?)
-        }
+/// Starts a metric family: its HELP and TYPE lines; returns its name.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name.to_string()
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Calls by tool and outcome, and the call-latency histogram.
+fn call_series(out: &mut String, stats: &audit::inspect::Stats) {
+    let name = family(
+        out,
+        "memwarden_calls_total",
+        "counter",
+        "Tool calls by tool and outcome.",
+    );
+    for (tool, outcome, n) in &stats.calls {
+        let _ = writeln!(
+            out,
+            "{name}{{tool=\"{}\",outcome=\"{}\"}} {n}",
+            label(tool),
+            label(outcome)
+        );
     }
+    let name = family(
+        out,
+        "memwarden_call_duration_seconds",
+        "histogram",
+        "Tool call latency inside the server.",
+    );
+    let mut durations: Vec<f64> = stats
+        .durations_us
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    for le in BUCKETS {
+        let n = durations.partition_point(|d| *d <= le);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", durations.len());
+    let _ = writeln!(out, "{name}_sum {}", durations.iter().sum::<f64>());
+    let _ = writeln!(out, "{name}_count {}", durations.len());
 }

@@ -126,7 +126,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         keyring.audit_signing.as_ref(),
         policy.checkpoints,
     );
-    let mut store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     if dir.keyring().starts_with(dir.root()) {
         // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
         // `keys retire`): follow it. A credential handed over by systemd is a copy made for this
