@@ -87,3 +87,51 @@ pub fn optimize_and_checkpoint(path: &Path) -> Result<(i64, i64), AuditError> {
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(crate::sqlite_file::optimize_and_checkpoint(&conn)?)
 }
+
+/// The chain head of an audit.db file (one without a WAL beside it, e.g. a kept copy).
+pub fn head(path: &Path) -> Result<super::append::Head, AuditError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    super::append::head(&conn)
+}
+
+/// One audited agent write, or operator reject (for reconciling the store with the log).
+#[derive(Debug, Clone)]
+pub struct AuditedWrite {
+    /// `memory_store`, `memory_update`, `memory_delete` or `review_reject`.
+    pub tool: String,
+    /// The entry the write created (store, update).
+    pub created: Option<String>,
+    /// The entry it retired (update, delete, reject).
+    pub target: Option<String>,
+    /// No later event of its session went through the store: it may be the one a crash left.
+    pub last: bool,
+}
+
+/// Every audited write, in the log's order.
+pub fn audited_writes(path: &Path) -> Result<Vec<AuditedWrite>, AuditError> {
+    let conn = super::open_ro(path)?;
+    // An ok call or the session's end after the write means the process lived past its commit.
+    let mut stmt = conn.prepare(
+        "SELECT tool, json_extract(detail, '$.created'), json_extract(detail, '$.ids[0]'), \
+         NOT EXISTS (SELECT 1 FROM events AS later WHERE later.session_id = events.session_id \
+             AND later.seq > events.seq \
+             AND (later.kind = 'session_end' OR (later.kind = 'call' AND later.outcome = 'ok'))) \
+         FROM events WHERE kind = 'call' AND outcome = 'ok' \
+         AND tool IN ('memory_store', 'memory_update', 'memory_delete') \
+         UNION ALL \
+         SELECT 'review_reject', NULL, json_extract(detail, '$.id'), 0 FROM events \
+         WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'review_reject'",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AuditedWrite {
+            tool: r.get(0)?,
+            created: r.get(1)?,
+            target: r.get(2)?,
+            last: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

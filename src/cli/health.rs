@@ -76,53 +76,103 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Checks the data dir, both databases, the chain, the keyring, the disk and the kernel; prints
+/// the findings as JSON and exits non-zero when any failed.
 pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
-    let mut checks = Vec::new();
-    let mut ok = true;
-    let mut add = |name: &str, result: Result<Value, String>| {
-        let (pass, detail) = match result {
-            Ok(v) => (true, v),
-            Err(e) => (false, json!(e)),
-        };
-        ok &= pass;
-        checks.push(json!({"check": name, "ok": pass, "detail": detail}));
-    };
+    let mut report = Report::default();
     let dir = args.data_dir.open()?;
     // A data dir others can read, or a linked database, is refused before anything opens it.
     dir.open_dir()?;
     let keyring = dir.open_keyring().map_err(|e| e.to_string());
-    add(
+    report.add(
         "keyring",
         keyring.as_ref().map(|_| json!("ok")).map_err(Clone::clone),
     );
-    add(
+    report.add(
         "policy",
         args.policy
             .load()
             .map(|p| json!({"source": p.source, "sha256": p.sha256}))
             .map_err(|e| e.to_string()),
     );
-    add(
+    database_checks(&mut report, &dir);
+    chain_checks(&mut report, &dir, keyring.as_ref().ok());
+    let min = args.min_free_mib * 1024 * 1024;
+    report.add(
+        "free disk",
+        match free_bytes(dir.root()) {
+            Some(b) if b >= min => Ok(json!({"bytes": b})),
+            Some(b) => Err(format!("{b} bytes free, below {min}")),
+            None => Err("statvfs failed".into()),
+        },
+    );
+    report.add(
+        "landlock",
+        crate::sandbox::kernel_abi()
+            .map(|abi| json!({"abi": abi}))
+            .ok_or_else(|| "this kernel does not support landlock".to_string()),
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"ok": report.ok, "checks": report.checks}))?
+    );
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The checks so far, and whether all passed.
+struct Report {
+    checks: Vec<Value>,
+    ok: bool,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            checks: Vec::new(),
+            ok: true,
+        }
+    }
+}
+
+impl Report {
+    fn add(&mut self, name: &str, result: Result<Value, String>) {
+        let (pass, detail) = match result {
+            Ok(v) => (true, v),
+            Err(e) => (false, json!(e)),
+        };
+        self.ok &= pass;
+        self.checks
+            .push(json!({"check": name, "ok": pass, "detail": detail}));
+    }
+}
+
+/// Both files' integrity and schema, and whether the chain beside a used store is there.
+fn database_checks(report: &mut Report, dir: &crate::config::DataDir) {
+    report.add(
         "memory.db quick_check",
         inspect::quick_check(&dir.memory_db()).map(Value::from),
     );
-    add(
+    report.add(
         "audit.db quick_check",
         audit::inspect::quick_check(&dir.audit_db()).map(Value::from),
     );
     // Only what the migrations create: a stray trigger could drop events or rewrite rows.
     let only_migrations = |()| json!("only what the migrations create");
-    add(
+    report.add(
         "memory.db schema",
         inspect::schema_check(&dir.memory_db()).map(only_migrations),
     );
-    add(
+    report.add(
         "audit.db schema",
         audit::inspect::schema_check(&dir.audit_db()).map(only_migrations),
     );
     // A missing, emptied or event-less audit.db beside a used memory.db is a chain that
     // vanished, not a new one (issue 18).
-    add(
+    report.add(
         "audit chain present",
         match audit::vanished_chain(&dir.audit_db()) {
             Ok(None) => Ok(json!("ok")),
@@ -130,9 +180,17 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.to_string()),
         },
     );
+}
+
+/// The chain verified with the keyring's keys, and the signing key's presence.
+fn chain_checks(
+    report: &mut Report,
+    dir: &crate::config::DataDir,
+    keyring: Option<&crate::keys::Keyring>,
+) {
     // The keyring's own signing keys check the checkpoints' signatures (an auditor uses the
     // public key file instead: `audit verify --public-key`).
-    let signing = keyring.as_ref().ok().and_then(|k| k.audit_signing.as_ref());
+    let signing = keyring.and_then(|k| k.audit_signing.as_ref());
     let verifiers = signing.map(|s| {
         audit::checkpoint::Verifiers::from_keys(
             audit::checkpoint::signers(s)
@@ -145,7 +203,7 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| e.to_string())
         .and_then(|conn| {
             let checks = audit::verify::Checks {
-                keys: keyring.as_ref().ok().map(|k| &k.audit),
+                keys: keyring.map(|k| &k.audit),
                 verifiers: verifiers.as_ref(),
                 ..audit::verify::Checks::default()
             };
@@ -159,42 +217,18 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             ),
             Some(d) => Err(d.to_string()),
         });
-    add("audit chain", chain);
+    report.add("audit chain", chain);
     // A keyring made before checkpoints existed keeps working, unsigned: a warning, not a
     // failure.
-    if keyring.is_ok() {
+    if keyring.is_some() {
         let detail = match signing {
             Some(s) => json!({"active": s.active().0}),
             None => json!({"warning": "the keyring has no audit signing key: no checkpoints \
                 are signed, so a history rewritten with the audit key goes unseen; run \
                 `memwarden keys rotate --audit-signing`"}),
         };
-        add("audit signing key", Ok(detail));
+        report.add("audit signing key", Ok(detail));
     }
-    let min = args.min_free_mib * 1024 * 1024;
-    add(
-        "free disk",
-        match free_bytes(dir.root()) {
-            Some(b) if b >= min => Ok(json!({"bytes": b})),
-            Some(b) => Err(format!("{b} bytes free, below {min}")),
-            None => Err("statvfs failed".into()),
-        },
-    );
-    add(
-        "landlock",
-        crate::sandbox::kernel_abi()
-            .map(|abi| json!({"abi": abi}))
-            .ok_or_else(|| "this kernel does not support landlock".to_string()),
-    );
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({"ok": ok, "checks": checks}))?
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 /// Upper bounds of the call-latency histogram, in seconds.

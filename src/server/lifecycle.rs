@@ -105,50 +105,60 @@ where
     // rmcp cancels the token it is given when the transport closes; hand it a child so that
     // `shutdown` itself only ever reports our own signal.
     let service_token = shutdown.child_token();
-    let inner_end = server.state.end.clone();
+    let session_end = server.state.end.clone();
     let watcher_token = service_token.clone();
     let watcher = tokio::spawn(async move {
-        inner_end.cancelled().await;
+        session_end.cancelled().await;
         watcher_token.cancel();
     });
     let clock = tokio::spawn(session_clock(server.clone()));
-    let reason = match handler.serve_with_ct(transport, service_token).await {
+    let handshake = match handler.serve_with_ct(transport, service_token).await {
         Ok(running) => {
             let _ = running.waiting().await;
-            if server.shared.audit_failed() {
-                EndReason::AuditFailed
-            } else if shutdown.is_cancelled() {
-                EndReason::Shutdown
-            } else {
-                EndReason::Closed
-            }
+            true
         }
         // The error's text can quote the whole first message (content included): log none of it.
         Err(_) => {
             tracing::info!("session ended before initialize completed");
-            if server.shared.audit_failed() {
-                EndReason::AuditFailed
-            } else if shutdown.is_cancelled() {
-                EndReason::Shutdown
-            } else {
-                EndReason::NoHandshake
-            }
+            false
         }
     };
     watcher.abort();
     clock.abort();
     // Every reply queued so far reaches the client before the session is recorded as over.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    let own_reason = *server
+    let reason = end_reason(&server, &shutdown, handshake);
+    record_end(&server, reason);
+    reason
+}
+
+/// Why the session ended: the audit log's failure above all, then the server's own reason
+/// (rate gate, timeouts), then what the transport saw.
+fn end_reason(server: &Server, shutdown: &CancellationToken, handshake: bool) -> EndReason {
+    let seen = if server.shared.audit_failed() {
+        EndReason::AuditFailed
+    } else if shutdown.is_cancelled() {
+        EndReason::Shutdown
+    } else if handshake {
+        EndReason::Closed
+    } else {
+        EndReason::NoHandshake
+    };
+    let own = *server
         .state
         .end_reason
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let reason = match (reason, own_reason) {
+    match (seen, own) {
         (EndReason::AuditFailed, _) => EndReason::AuditFailed,
         (_, Some(own)) => own,
-        (reason, None) => reason,
-    };
+        (seen, None) => seen,
+    }
+}
+
+/// Records the session's end: its event, a signed checkpoint over it, and the chain head in the
+/// log.
+fn record_end(server: &Server, reason: EndReason) {
     let session = server.session();
     let (calls, refused) = session.counts();
     if server.state.started_logged.load(Ordering::SeqCst) {
@@ -188,5 +198,4 @@ where
         seconds = session.started.elapsed().as_secs_f64(),
         "session ended"
     );
-    reason
 }

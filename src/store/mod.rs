@@ -18,6 +18,8 @@ pub mod rows;
 pub mod scope;
 pub mod seal;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 mod verifier;
 mod write;
 

@@ -2,6 +2,8 @@
 //! migration runner (numbered steps, `PRAGMA user_version`, one `BEGIN IMMEDIATE` per step).
 //! The stray-object check beside it is [`crate::sqlite_schema`].
 
+pub mod snapshot;
+
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
