@@ -34,6 +34,7 @@ use crate::fsafe::Dir;
 use crate::keys::{KeySet, Keyring, SecretKey};
 use crate::store::Store;
 
+/// `memwarden backup`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
@@ -44,6 +45,7 @@ pub struct BackupArgs {
     pub out: PathBuf,
 }
 
+/// `memwarden restore`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -243,6 +245,7 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
     Ok(dir)
 }
 
+/// Writes a verified, consistent backup of both databases.
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
@@ -352,6 +355,7 @@ impl Read for Tee<'_> {
     }
 }
 
+/// Verifies a backup and puts it in place, keeping the replaced audit log.
 pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
@@ -432,6 +436,7 @@ pub(crate) struct Replaced {
 }
 
 impl Replaced {
+    /// The kept audit log's chain head, or why it could not be read.
     pub fn head(&self) -> String {
         match &self.head {
             Ok(h) => h.clone(),

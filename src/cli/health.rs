@@ -12,6 +12,7 @@ use super::serve::PolicyArgs;
 use crate::audit;
 use crate::store::sqlite::inspect;
 
+/// `memwarden health`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
     #[command(flatten)]
@@ -23,6 +24,7 @@ pub struct HealthArgs {
     pub min_free_mib: u64,
 }
 
+/// `memwarden metrics`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct MetricsArgs {
     #[command(flatten)]

@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::keys::{KeySet, Keyring, KeyringLock};
 use crate::store::{Store, StoreOptions};
 
+/// `memwarden keys`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
     #[command(flatten)]
@@ -25,6 +26,7 @@ pub struct KeysArgs {
     pub command: KeysCommand,
 }
 
+/// What `memwarden keys` does.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// List entry key ids (active first) and how many rows each seals.
@@ -42,6 +44,7 @@ pub enum KeysCommand {
     Retire { key_id: String },
 }
 
+/// `memwarden reseal`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ResealArgs {
     #[command(flatten)]
@@ -187,6 +190,7 @@ fn rotate_signing(
     Ok(())
 }
 
+/// Moves every row and ledger record to the active key, in batches.
 pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
     // Under the lock: no key can be retired while rows move to the active one.
     let Opened {

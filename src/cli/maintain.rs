@@ -10,6 +10,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::{admin_event, open};
 
+/// `memwarden maintain`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct MaintainArgs {
     #[command(flatten)]

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditLog;
 use std::sync::Arc;
 
 use crate::config::DataDir;
@@ -20,8 +19,9 @@ use crate::principal::Principal;
 use crate::schema::Schemas;
 use crate::server::{self, Server, Shared, StartFacts};
 use crate::session::Session;
-use crate::store::{Store, StoreOptions};
+use crate::store::StoreOptions;
 
+/// `memwarden serve`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -172,13 +172,12 @@ fn open_shared(dir: &DataDir, policy: &Arc<Policy>) -> anyhow::Result<Shared> {
         heap_limit: policy.sqlite_heap_limit,
         ..StoreOptions::default()
     };
-    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
+    let (store, audit) = dir.open_databases(&keyring, options)?;
     let audit = crate::audit::append::with_signing_key(
         audit,
         keyring.audit_signing.as_ref(),
         policy.checkpoints,
     );
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
     if dir.keyring().starts_with(dir.root()) {
         // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
         // `keys retire`): follow it. A credential handed over by systemd is a copy made for this

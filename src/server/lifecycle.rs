@@ -36,6 +36,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// The reason as the session_end event records it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "client_closed",

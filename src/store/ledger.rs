@@ -162,6 +162,7 @@ pub struct Record {
 }
 
 impl Record {
+    /// The fields its chain hash covers.
     pub fn fields(&self) -> Fields<'_> {
         Fields {
             seq: self.seq,

@@ -6,6 +6,7 @@ use super::{CallContext, CallRecord, Done, to_json};
 use crate::clock::format_ms;
 use crate::error::Result;
 
+/// memory_delete's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {

@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::{CallContext, CallRecord, MemoryView, to_json};
 use crate::error::Result;
 
+/// memory_get's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {

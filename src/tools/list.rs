@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 /// Page size when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
 
+/// memory_list's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {

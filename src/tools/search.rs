@@ -15,6 +15,7 @@ use crate::store::{Matched, Query};
 /// Results when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
 
+/// memory_search's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {

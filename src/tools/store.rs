@@ -8,6 +8,7 @@ use crate::clock::format_ms;
 use crate::error::Result;
 use crate::store::NewEntry;
 
+/// memory_store's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
