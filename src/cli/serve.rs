@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::DataDir;
 use crate::policy::Policy;
@@ -114,6 +115,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(|| {
+            if !SANDBOX_APPLIED.load(Ordering::SeqCst) {
+                THREAD_BEFORE_SANDBOX.store(true, Ordering::SeqCst);
+            }
+        })
         .build()?;
     runtime.block_on(async move {
         // Pipes (how MCP clients launch us) go through the non-blocking pipe driver, on their
@@ -125,6 +131,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // (and tokio's blocking stdio) are all started later, from this thread, and inherit the
         // restriction.
         let status = crate::sandbox::restrict(&data_root, require_sandbox)?;
+        SANDBOX_APPLIED.store(true, Ordering::SeqCst);
+        // Landlock binds the thread that asks and the threads it starts later: a runtime thread
+        // started before this point would run tool calls unrestricted. Refuse rather than serve.
+        anyhow::ensure!(
+            !THREAD_BEFORE_SANDBOX.load(Ordering::SeqCst),
+            "a runtime thread started before the sandbox was applied: refusing to serve"
+        );
         tracing::info!(target: "memwarden::security", event = "sandbox", status = status.as_str(), "sandbox applied");
         facts.sandbox = status.as_str().to_string();
         let shutdown = CancellationToken::new();
@@ -138,6 +151,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
 }
+
+/// Set once the sandbox is applied to the runtime's thread.
+static SANDBOX_APPLIED: AtomicBool = AtomicBool::new(false);
+/// Set when a runtime thread (a blocking-pool thread, which runs tool calls) started before it.
+static THREAD_BEFORE_SANDBOX: AtomicBool = AtomicBool::new(false);
 
 /// Who is calling: over a unix socket from another uid (the hardened install), the kernel says
 /// — the peer's uid through the policy. A peer with our own uid (an MCP client that spawned us

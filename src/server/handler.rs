@@ -155,7 +155,13 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        match self.server.session_started(&request, &self.facts) {
+        // The session start touches the store and the audit log: a blocking thread, as calls.
+        let (server, facts, started) = (self.server.clone(), self.facts.clone(), request.clone());
+        let recorded =
+            tokio::task::spawn_blocking(move || server.session_started(&started, &facts))
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("session start panicked".into())));
+        match recorded {
             Ok(()) => self.negotiate_initialize(&request),
             Err(err @ Error::RateLimited { .. }) => {
                 self.server.end_session(EndReason::RateLimited);
