@@ -20,8 +20,11 @@ use crate::fsafe::{Kind, Meta};
 #[derive(Debug, thiserror::Error)]
 #[error("policy {file}: {key}: {reason}")]
 pub struct PolicyError {
+    /// The policy file, or "built-in".
     pub file: String,
+    /// The key path of the problem, e.g. `rules.custom[0].pattern`.
     pub key: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
