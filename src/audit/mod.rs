@@ -5,7 +5,9 @@
 //! Appends from concurrent processes serialise on `BEGIN IMMEDIATE`, so the chain never forks.
 
 pub mod append;
+mod chain;
 pub mod checkpoint;
+mod checkpointer;
 pub mod query;
 pub mod verify;
 pub mod witness;
