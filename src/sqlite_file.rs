@@ -2,9 +2,10 @@
 //! migration runner (numbered steps, `PRAGMA user_version`, one `BEGIN IMMEDIATE` per step).
 //! The stray-object check beside it is [`crate::sqlite_schema`].
 
+use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// Switches a connection to WAL, which lets readers run beside one writer.
 ///
@@ -67,4 +68,13 @@ pub fn migrate(
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
+}
+
+/// Rows in `table` of the database at `path`, opened read-only without following links;
+/// `None` when it cannot be read. `table` is one of our table names, never input.
+pub fn count_rows(path: &Path, table: &'static str) -> Option<i64> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .ok()
 }

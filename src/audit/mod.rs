@@ -9,6 +9,7 @@ mod chain;
 pub mod checkpoint;
 mod checkpointer;
 pub mod query;
+mod reader;
 pub mod verify;
 pub mod witness;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use append::{AuditLog, CheckpointPolicy, Head, NewEvent};
+pub use reader::AuditReader;
 
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
