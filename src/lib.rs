@@ -5,7 +5,7 @@
 //! (DESIGN.md §3).
 //!
 //! 0. Before the first byte: [`cli::serve`] checks the data dir and keyring ([`config`],
-//!    [`store::keyring`]), loads and compiles the operator's [`policy`], opens both databases,
+//!    [`keys`]), loads and compiles the operator's [`policy`], opens both databases,
 //!    decides the [`principal`] (the socket peer's uid, or `--principal`) and restricts itself
 //!    with landlock ([`sandbox`]).
 //! 1. **[`transport`]** reads one request line, refusing any line over the policy's cap

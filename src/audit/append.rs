@@ -1,6 +1,6 @@
 //! Appending events: [`AuditLog`] opens a data dir's audit.db (refusing to restart a vanished
 //! chain) and appends. Each append runs in `BEGIN IMMEDIATE`: read the head, link to it
-//! ([`super::chain`]), insert, sign a checkpoint when one is due ([`super::checkpointer`]),
+//! (`chain`), insert, sign a checkpoint when one is due (`checkpointer`),
 //! commit — one writer at a time across every process on the file. Nothing here reads events
 //! back for anyone but the chain itself.
 
@@ -24,17 +24,24 @@ pub use super::checkpointer::CheckpointPolicy;
 /// One event to append.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
+    /// What the event records.
     pub kind: Kind,
+    /// The session it belongs to, if any.
     pub session_id: Option<&'a str>,
+    /// Who acted, if known.
     pub principal: Option<&'a str>,
+    /// The tool called, if any.
     pub tool: Option<&'a str>,
+    /// How the call ended, for calls.
     pub outcome: Option<Outcome>,
+    /// The error code, when the call failed.
     pub code: Option<&'a str>,
     /// Ids, sizes, hashes, durations. Never content, metadata values, queries or keys.
     pub detail: Value,
 }
 
 impl<'a> NewEvent<'a> {
+    /// An event of `kind` with `detail` and no session, principal, tool or outcome.
     pub fn new(kind: Kind, detail: Value) -> Self {
         Self {
             kind,

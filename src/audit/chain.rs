@@ -24,15 +24,25 @@ pub const GENESIS: [u8; 32] = [0; 32];
 /// The row fields that the chain hash covers, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub struct RowFields<'a> {
+    /// Position in the chain, from 1.
     pub seq: i64,
+    /// UTC RFC 3339 with milliseconds.
     pub ts: &'a str,
+    /// The event kind's name ([`super::Kind::as_str`]).
     pub kind: &'a str,
+    /// The session it belongs to, if any.
     pub session_id: Option<&'a str>,
+    /// Who acted, if known.
     pub principal: Option<&'a str>,
+    /// The tool called, if any.
     pub tool: Option<&'a str>,
+    /// How the call ended ([`super::Outcome::as_str`]), for calls.
     pub outcome: Option<&'a str>,
+    /// The error code, when the call failed.
     pub code: Option<&'a str>,
+    /// The detail object, as stored (JSON text).
     pub detail: &'a str,
+    /// The audit key the MAC is made with.
     pub key_id: &'a str,
 }
 
@@ -74,7 +84,9 @@ pub fn verify_mac(key: &SecretKey, hash: &[u8], mac: &[u8]) -> bool {
 /// The last event of the chain: what an operator keeps elsewhere to detect truncation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// Its seq (0 for an empty log).
     pub seq: i64,
+    /// Its chain hash, lowercase hex (the genesis hash for an empty log).
     pub hash: String,
 }
 

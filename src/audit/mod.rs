@@ -34,6 +34,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in a fixed order.
     pub const ALL: [Kind; 6] = [
         Self::SessionStart,
         Self::Call,
@@ -43,6 +44,7 @@ impl Kind {
         Self::Checkpoint,
     ];
 
+    /// The name stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SessionStart => "session_start",
@@ -54,6 +56,7 @@ impl Kind {
         }
     }
 
+    /// The kind stored as `s`, if any.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -71,6 +74,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The name stored in the `outcome` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",

@@ -1,7 +1,7 @@
 //! Checking the chain offline: linkage and hashes without any key, MACs with the audit key,
 //! checkpoint signatures with the public key alone, and heads or signed checkpoints kept
 //! elsewhere (the only way to see a cut tail, an old copy, or a history rewritten by someone
-//! who holds the audit key).
+//! who holds the audit key). It only reads: what it finds is reported, never repaired.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -15,9 +15,11 @@ use crate::keys::KeySet;
 pub struct Damage {
     /// The first seq at which the chain does not hold.
     pub seq: i64,
+    /// What is wrong there.
     pub kind: DamageKind,
 }
 
+/// The ways a chain can fail to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DamageKind {
     /// A seq is missing: events were deleted (or the log does not start at 1).
@@ -85,10 +87,13 @@ impl std::fmt::Display for Damage {
 /// What verification found.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Events read (up to the first damage).
     pub events: u64,
+    /// The log's last event.
     pub head: Head,
     /// Whether MACs were checked (a key was given).
     pub macs_checked: bool,
+    /// The first thing found wrong; `None` when every check held.
     pub damage: Option<Damage>,
     /// Checkpoint events whose signatures were checked (with public keys given).
     pub checkpoints: u64,

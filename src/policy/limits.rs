@@ -1,6 +1,6 @@
 //! Per-session rate limits: calls per minute with a burst, write bytes per minute, and the
 //! cooldown that follows repeated refusals. Pure arithmetic over a clock the caller passes in,
-//! so tests need no sleeping.
+//! so tests need no sleeping: it never reads the clock or sleeps itself.
 
 use serde::Deserialize;
 
