@@ -22,9 +22,10 @@ use crate::audit::query::Filter;
 pub use files::PUBLIC_KEY_FILE;
 pub(crate) use files::write_public_keys;
 
-// No `///` on the clap types below that have none: clap turns doc comments into help text.
+/// `memwarden audit`: one of the auditor's subcommands.
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
+    /// The subcommand.
     #[command(subcommand)]
     pub command: AuditCommand,
 }
@@ -32,6 +33,7 @@ pub struct AuditArgs {
 /// Where the audit database is.
 #[derive(Debug, clap::Args)]
 pub struct Source {
+    /// The data dir whose audit.db to read.
     #[command(flatten)]
     pub data_dir: super::DataDirArg,
     /// An audit.db file (for example an auditor's copy); overrides --data-dir.
@@ -69,6 +71,7 @@ pub enum ExportFormat {
     Jsonl,
 }
 
+/// The auditor's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the chain: linkage and hashes always, MACs with the audit key; exit 0 only if all hold.
