@@ -10,7 +10,7 @@ use super::files::{MAX_INPUT_BYTES, read_checkpoint, read_verifiers, replace_fil
 use crate::audit::AuditReader;
 use crate::audit::checkpoint::{Checkpoint, Verifiers};
 use crate::audit::verify::{Checks, Damage};
-use crate::audit::witness::{Decision, decide};
+use crate::audit::witness::{Acceptance, decide};
 use crate::fsafe::Dir;
 
 /// `memwarden audit witness`: see [`crate::audit::witness`]. The state file is read and
@@ -48,15 +48,15 @@ pub(super) fn witness_cmd(
         None => "; history NOT checked (no --db)",
     };
     match decision {
-        Decision::Same => {
+        Acceptance::Same => {
             println!("unchanged: {} at seq {}", new.origin, new.size);
             return Ok(ExitCode::SUCCESS);
         }
-        Decision::First => println!(
+        Acceptance::First => println!(
             "accepted the first checkpoint of {} at seq {}{checked}",
             new.origin, new.size
         ),
-        Decision::Extends { from } => println!(
+        Acceptance::Extends { from } => println!(
             "accepted: {} from seq {from} to seq {}{checked}",
             new.origin, new.size
         ),
