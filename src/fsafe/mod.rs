@@ -10,6 +10,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -106,6 +107,11 @@ pub enum Kind {
 }
 
 impl Meta {
+    /// `fstat` of an open file or directory.
+    pub fn of_fd(fd: &impl AsRawFd) -> io::Result<Self> {
+        Ok(Self::from_stat(&fstat(fd.as_raw_fd())?))
+    }
+
     fn from_stat(st: &libc::stat) -> Self {
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => Kind::File,
