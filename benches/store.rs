@@ -75,8 +75,8 @@ fn populated(n: usize) -> (tempfile::TempDir, Store, KeySet, Vec<String>, Vec<St
                         status: Status::Active,
                     },
                     1_764_000_000_000 + i as i64,
-                    |_| Ok(()),
                 )
+                .and_then(|w| w.commit_unaudited())
                 .unwrap();
             ids.push(e.id);
         }
@@ -110,17 +110,19 @@ fn bench_store_ops(c: &mut Criterion) {
                 },
                 |e| {
                     store
-                        .insert(author, e, 1_800_000_000_000, |_| Ok(()))
+                        .insert(author, e, 1_800_000_000_000)
+                        .and_then(|w| w.commit_unaudited())
                         .unwrap()
                 },
                 BatchSize::SmallInput,
             )
         });
         let mut i = 0usize;
+        let everything = memwarden::store::Visibility::everything();
         group.bench_function("get", |b| {
             b.iter(|| {
                 i = (i + 7919) % ids.len();
-                black_box(store.get(&ids[i], &|_, _| Ok(())).unwrap())
+                black_box(store.get(&ids[i], &everything).unwrap())
             })
         });
         let filter = Filter {
@@ -135,7 +137,7 @@ fn bench_store_ops(c: &mut Criterion) {
                     vocab[rng.below(vocab.len())],
                     vocab[rng.below(vocab.len())]
                 );
-                let q = memwarden::tools::search::fts_query(&q).unwrap();
+                let q = memwarden::store::Query::parse(&q).unwrap();
                 black_box(store.search(&q, &filter, 20).unwrap())
             })
         });

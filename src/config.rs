@@ -117,6 +117,7 @@ pub enum DataDirError {
 }
 
 impl DataDir {
+    /// The data dir at `root`, its keyring inside it.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
@@ -130,18 +131,22 @@ impl DataDir {
         self
     }
 
+    /// The directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Its memory.db.
     pub fn memory_db(&self) -> PathBuf {
         self.root.join(MEMORY_DB)
     }
 
+    /// Its audit.db.
     pub fn audit_db(&self) -> PathBuf {
         self.root.join(AUDIT_DB)
     }
 
+    /// Its keyring: the external one when given, else `keyring.toml` inside.
     pub fn keyring(&self) -> PathBuf {
         self.external_keyring
             .clone()
@@ -241,19 +246,26 @@ impl DataDir {
         }
         self.check_entries(&dir)?;
         let ring = Keyring::load(&self.keyring())?;
-        // audit.db first: its chain_start event is in before memory.db's first byte, which is
-        // how a later open tells a new data dir from a vanished chain (audit::memory_used).
-        drop(AuditLog::open(
-            &self.audit_db(),
-            ring.audit.clone(),
-            StoreOptions::default().busy_timeout,
-        )?);
-        drop(Store::open(
-            &self.memory_db(),
-            ring.entry.clone(),
-            StoreOptions::default(),
-        )?);
+        drop(self.open_databases(&ring, StoreOptions::default())?);
         Ok(())
+    }
+
+    /// Opens both databases with `keyring`'s keys: audit.db first, so its chain_start event is
+    /// in before a new memory.db's first byte (which is how a later open tells a new data dir
+    /// from a vanished chain, `audit::memory_used`), and a vanished chain is refused before
+    /// memory.db is touched.
+    pub fn open_databases(
+        &self,
+        keyring: &Keyring,
+        options: StoreOptions,
+    ) -> Result<(Store, AuditLog), DataDirError> {
+        let audit = AuditLog::open(
+            &self.audit_db(),
+            keyring.audit.clone(),
+            options.busy_timeout,
+        )?;
+        let store = Store::open(&self.memory_db(), keyring.entry.clone(), options)?;
+        Ok((store, audit))
     }
 
     /// The directory itself: a real directory (not a link), ours (or we are root), and no

@@ -144,29 +144,5 @@ impl Error {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    /// Busy, locked, full, read-only, I/O and corruption failures are environmental: the store
-    /// cannot serve now (the operator's `health` and `verify` say why). Anything else from
-    /// SQLite is a bug on our side.
-    fn from(err: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode as C;
-        match err.sqlite_error_code() {
-            Some(
-                C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::DiskFull
-                | C::ReadOnly
-                | C::SystemIoFailure
-                | C::CannotOpen
-                | C::OutOfMemory
-                | C::FileLockingProtocolFailed
-                | C::DatabaseCorrupt
-                | C::NotADatabase,
-            ) => Self::Unavailable(format!("sqlite: {err}")),
-            _ => Self::Internal(format!("sqlite: {err}")),
-        }
-    }
-}
-
 /// Result alias for tool-call paths.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

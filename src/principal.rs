@@ -31,6 +31,7 @@ impl Principal {
         }
     }
 
+    /// The principal's name, as the policy knows it.
     pub fn name(&self) -> &str {
         &self.0
     }

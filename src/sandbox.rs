@@ -38,6 +38,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status as logs and the audit log show it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::FullyEnforced => "landlock: fully enforced",

@@ -19,6 +19,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A new session of `principal`, with a fresh id.
     pub fn new(principal: Principal) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),

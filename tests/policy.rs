@@ -881,12 +881,15 @@ fn insert_old(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> Strin
                 status: Status::Active,
             },
             then,
-            |_| Ok(()),
         )
+        .unwrap()
+        .commit_unaudited()
         .unwrap();
     if deleted {
         store
-            .delete(&e.id, then, &|_, _| Ok(()), |_| Ok(()))
+            .delete(&e.id, then, &memwarden::store::Visibility::everything())
+            .unwrap()
+            .commit_unaudited()
             .unwrap();
     }
     e.id

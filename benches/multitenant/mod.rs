@@ -85,8 +85,8 @@ fn load(dir: &Path, total: usize, small_ns: usize, vocab: &[String]) {
                     status: Status::Active,
                 },
                 1_764_000_000_000 + (i as i64) * 60,
-                |_| Ok(()),
             )
+            .and_then(|w| w.commit_unaudited())
             .unwrap();
     }
     println!(

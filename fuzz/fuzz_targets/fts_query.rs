@@ -26,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     if query.chars().count() > 512 {
         return;
     }
-    if let Some(q) = memwarden::tools::search::fts_query(&query) {
+    if let Some(q) = memwarden::store::Query::parse(&query) {
+        let q = memwarden::store::sqlite::fts::expressions(&q);
         let c = db().lock().expect("lock");
         for expr in std::iter::once(&q.all)
             .chain(q.any.as_ref())

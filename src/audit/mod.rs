@@ -8,6 +8,7 @@ pub mod append;
 mod chain;
 pub mod checkpoint;
 mod checkpointer;
+pub mod inspect;
 pub mod query;
 mod reader;
 pub mod verify;

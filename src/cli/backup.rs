@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::sqlite_file::snapshot::{self, Snapshots};
 use hmac::{Hmac, KeyInit, Mac};
-use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -34,6 +34,7 @@ use crate::fsafe::Dir;
 use crate::keys::{KeySet, Keyring, SecretKey};
 use crate::store::Store;
 
+/// `memwarden backup`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
@@ -44,6 +45,7 @@ pub struct BackupArgs {
     pub out: PathBuf,
 }
 
+/// `memwarden restore`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
@@ -172,68 +174,10 @@ fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// A read snapshot of a live database, held open until dropped.
-fn snapshot_of(path: &Path, table: &str) -> anyhow::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // A read transaction pins the snapshot (WAL: writers go on; this connection sees none of
-    // their commits until it ends). Our own table name, never input.
-    conn.execute_batch(&format!("BEGIN; SELECT count(*) FROM {table};"))?;
-    Ok(conn)
-}
-
-/// Read snapshots of memory.db and audit.db taken at one moment with no write in flight:
-/// every write holds memory.db's write lock from before its audit event until its commit
-/// (audit before commit), so holding that lock while both snapshots are pinned means the
-/// audit copy records exactly the writes the memory copy holds. Writers wait only for the
-/// pinning (milliseconds), not for the copy.
-fn consistent_snapshots(
-    memory: &Path,
-    audit_db: &Path,
-) -> anyhow::Result<(Connection, Connection)> {
-    let lock = Connection::open_with_flags(
-        memory,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
-    lock.busy_timeout(Duration::from_secs(10))?;
-    lock.execute_batch("BEGIN IMMEDIATE")?;
-    let pinned = snapshot_of(audit_db, "events")
-        .and_then(|audit| Ok((snapshot_of(memory, "entries")?, audit)));
-    lock.execute_batch("ROLLBACK")?;
-    pinned
-}
-
-/// Copies a pinned snapshot into `out/name` with SQLite's online backup API, in one step inside
-/// the snapshot's read transaction. The file is created empty by us first (exclusive,
-/// no-follow, 0600); SQLite only opens it, without following links.
-fn copy_online(src: &Connection, out: &Dir, name: &str) -> anyhow::Result<()> {
-    drop(out.create_new(name)?);
-    let mut dst = Connection::open_with_flags(
-        out.join(name),
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )?;
-    {
-        let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
-        backup.run_to_completion(i32::MAX, Duration::from_millis(1), None)?;
-    }
-    // A self-contained file: no WAL beside it.
-    let _: String = dst.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
-    dst.close().map_err(|(_, e)| e)?;
-    Ok(())
-}
-
 /// Everything that must hold for a pair of database copies; returns (entries, audit head).
 fn verify_copy(memory: &Path, audit_db: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
     for (f, path) in [("memory.db", memory), ("audit.db", audit_db)] {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-        )?;
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        anyhow::ensure!(check == "ok", "{f}: integrity_check says {check}");
+        snapshot::integrity_check(path).map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
     }
     let store = Store::open_read_only(memory, keyring.entry.clone())?;
     let report = store.verify_all()?;
@@ -301,6 +245,7 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
     Ok(dir)
 }
 
+/// Writes a verified, consistent backup of both databases.
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
@@ -310,10 +255,10 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     if let Some(why) = audit::vanished_chain(&dir.audit_db())? {
         return Err(audit::AuditError::ChainMissing { why }.into());
     }
-    let (memory, audit_snapshot) = consistent_snapshots(&dir.memory_db(), &dir.audit_db())?;
-    copy_online(&memory, &out, "memory.db")?;
-    copy_online(&audit_snapshot, &out, "audit.db")?;
-    drop((memory, audit_snapshot));
+    let snapshots =
+        Snapshots::pin(&dir.memory_db(), &dir.audit_db()).map_err(anyhow::Error::from_boxed)?;
+    snapshots.copy_to(&out).map_err(anyhow::Error::from_boxed)?;
+    drop(snapshots);
     let (entries, audit_head) =
         verify_copy(&out.join("memory.db"), &out.join("audit.db"), &keyring)?;
     let mut files = std::collections::BTreeMap::new();
@@ -410,6 +355,7 @@ impl Read for Tee<'_> {
     }
 }
 
+/// Verifies a backup and puts it in place, keeping the replaced audit log.
 pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
@@ -490,6 +436,7 @@ pub(crate) struct Replaced {
 }
 
 impl Replaced {
+    /// The kept audit log's chain head, or why it could not be read.
     pub fn head(&self) -> String {
         match &self.head {
             Ok(h) => h.clone(),
@@ -525,23 +472,10 @@ pub(crate) fn set_aside_audit(data: &Dir) -> anyhow::Result<Option<Replaced>> {
     Ok(Some(Replaced { name, head }))
 }
 
-/// Checkpoints a kept audit.db into a single file and reads its head. Runs no trigger (only a
-/// pragma and a read), whatever the file holds.
+/// Checkpoints a kept audit.db into a single file and reads its head.
 fn fold_wal_and_read_head(path: &Path) -> Result<String, String> {
-    let len = fs::symlink_metadata(path).map_err(|e| e.to_string())?.len();
-    if len == 0 {
-        return Err("empty (0 bytes)".into());
-    }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    conn.execute_batch("PRAGMA trusted_schema = OFF;")
-        .map_err(|e| e.to_string())?;
-    let _: String = conn
-        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let head = audit::append::head(&conn).map_err(|e| e.to_string())?;
-    Ok(head.to_string())
+    crate::sqlite_file::snapshot::fold_wal(path)?;
+    audit::inspect::head(path)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `memwarden connect`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
     /// The service's socket, e.g. /run/memwarden/mcp.sock.
@@ -65,6 +66,7 @@ fn first_answer(
     }
 }
 
+/// Bridges stdio to a server socket.
 pub fn run(args: &ConnectArgs) -> anyhow::Result<ExitCode> {
     let stream = UnixStream::connect(&args.socket)
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.socket.display()))?;

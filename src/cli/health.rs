@@ -5,13 +5,14 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 use super::DataDirArg;
 use super::serve::PolicyArgs;
 use crate::audit;
+use crate::store::sqlite::inspect;
 
+/// `memwarden health`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
     #[command(flatten)]
@@ -23,6 +24,7 @@ pub struct HealthArgs {
     pub min_free_mib: u64,
 }
 
+/// `memwarden metrics`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct MetricsArgs {
     #[command(flatten)]
@@ -67,30 +69,6 @@ fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     written
 }
 
-fn quick_check(path: &std::path::Path) -> Result<String, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    let r: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if r == "ok" { Ok(r) } else { Err(r) }
-}
-
-fn schema_check(
-    path: &std::path::Path,
-    check: impl FnOnce(&Connection) -> Result<(), String>,
-) -> Result<Value, String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    check(&conn).map(|()| json!("only what the migrations create"))
-}
-
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -100,56 +78,103 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Checks the data dir, both databases, the chain, the keyring, the disk and the kernel; prints
+/// the findings as JSON and exits non-zero when any failed.
 pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
-    let mut checks = Vec::new();
-    let mut ok = true;
-    let mut add = |name: &str, result: Result<Value, String>| {
-        let (pass, detail) = match result {
-            Ok(v) => (true, v),
-            Err(e) => (false, json!(e)),
-        };
-        ok &= pass;
-        checks.push(json!({"check": name, "ok": pass, "detail": detail}));
-    };
+    let mut report = Report::default();
     let dir = args.data_dir.open()?;
     // A data dir others can read, or a linked database, is refused before anything opens it.
     dir.open_dir()?;
     let keyring = dir.open_keyring().map_err(|e| e.to_string());
-    add(
+    report.add(
         "keyring",
         keyring.as_ref().map(|_| json!("ok")).map_err(Clone::clone),
     );
-    add(
+    report.add(
         "policy",
         args.policy
             .load()
             .map(|p| json!({"source": p.source, "sha256": p.sha256}))
             .map_err(|e| e.to_string()),
     );
-    add(
-        "memory.db quick_check",
-        quick_check(&dir.memory_db()).map(Value::from),
+    database_checks(&mut report, &dir);
+    chain_checks(&mut report, &dir, keyring.as_ref().ok());
+    let min = args.min_free_mib * 1024 * 1024;
+    report.add(
+        "free disk",
+        match free_bytes(dir.root()) {
+            Some(b) if b >= min => Ok(json!({"bytes": b})),
+            Some(b) => Err(format!("{b} bytes free, below {min}")),
+            None => Err("statvfs failed".into()),
+        },
     );
-    add(
+    report.add(
+        "landlock",
+        crate::sandbox::kernel_abi()
+            .map(|abi| json!({"abi": abi}))
+            .ok_or_else(|| "this kernel does not support landlock".to_string()),
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"ok": report.ok, "checks": report.checks}))?
+    );
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The checks so far, and whether all passed.
+struct Report {
+    checks: Vec<Value>,
+    ok: bool,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            checks: Vec::new(),
+            ok: true,
+        }
+    }
+}
+
+impl Report {
+    fn add(&mut self, name: &str, result: Result<Value, String>) {
+        let (pass, detail) = match result {
+            Ok(v) => (true, v),
+            Err(e) => (false, json!(e)),
+        };
+        self.ok &= pass;
+        self.checks
+            .push(json!({"check": name, "ok": pass, "detail": detail}));
+    }
+}
+
+/// Both files' integrity and schema, and whether the chain beside a used store is there.
+fn database_checks(report: &mut Report, dir: &crate::config::DataDir) {
+    report.add(
+        "memory.db quick_check",
+        inspect::quick_check(&dir.memory_db()).map(Value::from),
+    );
+    report.add(
         "audit.db quick_check",
-        quick_check(&dir.audit_db()).map(Value::from),
+        audit::inspect::quick_check(&dir.audit_db()).map(Value::from),
     );
     // Only what the migrations create: a stray trigger could drop events or rewrite rows.
-    add(
+    let only_migrations = |()| json!("only what the migrations create");
+    report.add(
         "memory.db schema",
-        schema_check(&dir.memory_db(), |c| {
-            crate::store::migrations::check_schema(c).map_err(|e| e.to_string())
-        }),
+        inspect::schema_check(&dir.memory_db()).map(only_migrations),
     );
-    add(
+    report.add(
         "audit.db schema",
-        schema_check(&dir.audit_db(), |c| {
-            audit::check_schema(c).map_err(|e| e.to_string())
-        }),
+        audit::inspect::schema_check(&dir.audit_db()).map(only_migrations),
     );
     // A missing, emptied or event-less audit.db beside a used memory.db is a chain that
     // vanished, not a new one (issue 18).
-    add(
+    report.add(
         "audit chain present",
         match audit::vanished_chain(&dir.audit_db()) {
             Ok(None) => Ok(json!("ok")),
@@ -157,9 +182,17 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.to_string()),
         },
     );
+}
+
+/// The chain verified with the keyring's keys, and the signing key's presence.
+fn chain_checks(
+    report: &mut Report,
+    dir: &crate::config::DataDir,
+    keyring: Option<&crate::keys::Keyring>,
+) {
     // The keyring's own signing keys check the checkpoints' signatures (an auditor uses the
     // public key file instead: `audit verify --public-key`).
-    let signing = keyring.as_ref().ok().and_then(|k| k.audit_signing.as_ref());
+    let signing = keyring.and_then(|k| k.audit_signing.as_ref());
     let verifiers = signing.map(|s| {
         audit::checkpoint::Verifiers::from_keys(
             audit::checkpoint::signers(s)
@@ -172,7 +205,7 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| e.to_string())
         .and_then(|conn| {
             let checks = audit::verify::Checks {
-                keys: keyring.as_ref().ok().map(|k| &k.audit),
+                keys: keyring.map(|k| &k.audit),
                 verifiers: verifiers.as_ref(),
                 ..audit::verify::Checks::default()
             };
@@ -186,42 +219,18 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             ),
             Some(d) => Err(d.to_string()),
         });
-    add("audit chain", chain);
+    report.add("audit chain", chain);
     // A keyring made before checkpoints existed keeps working, unsigned: a warning, not a
     // failure.
-    if keyring.is_ok() {
+    if keyring.is_some() {
         let detail = match signing {
             Some(s) => json!({"active": s.active().0}),
             None => json!({"warning": "the keyring has no audit signing key: no checkpoints \
                 are signed, so a history rewritten with the audit key goes unseen; run \
                 `memwarden keys rotate --audit-signing`"}),
         };
-        add("audit signing key", Ok(detail));
+        report.add("audit signing key", Ok(detail));
     }
-    let min = args.min_free_mib * 1024 * 1024;
-    add(
-        "free disk",
-        match free_bytes(dir.root()) {
-            Some(b) if b >= min => Ok(json!({"bytes": b})),
-            Some(b) => Err(format!("{b} bytes free, below {min}")),
-            None => Err("statvfs failed".into()),
-        },
-    );
-    add(
-        "landlock",
-        crate::sandbox::kernel_abi()
-            .map(|abi| json!({"abi": abi}))
-            .ok_or_else(|| "this kernel does not support landlock".to_string()),
-    );
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({"ok": ok, "checks": checks}))?
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 /// Upper bounds of the call-latency histogram, in seconds.
@@ -229,112 +238,39 @@ const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// Prometheus text for the series the databases hold.
 pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     dir.open_dir()?;
-    let audit = audit::open_ro(&dir.audit_db())?;
-    let memory = open_memory_ro(&dir.memory_db())?;
+    let stats = audit::inspect::stats(&dir.audit_db())?;
+    let statuses = inspect::rows_by_status(&dir.memory_db()).map_err(anyhow::Error::msg)?;
     let mut out = String::new();
-    fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    }
-    let label = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-
-    let name = family(
-        &mut out,
-        "memwarden_calls_total",
-        "counter",
-        "Tool calls by tool and outcome.",
-    );
-    let mut lines = String::new();
-    let mut stmt = audit.prepare(
-        "SELECT coalesce(tool, 'unknown'), outcome, count(*) FROM events WHERE kind = 'call' GROUP BY 1, 2 ORDER BY 1, 2",
-    )?;
-    for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })? {
-        let (tool, outcome, n) = row?;
-        let _ = writeln!(
-            lines,
-            "{name}{{tool=\"{}\",outcome=\"{}\"}} {n}",
-            label(&tool),
-            label(&outcome)
-        );
-    }
-    out.push_str(&lines);
-
-    let name = family(
-        &mut out,
-        "memwarden_call_duration_seconds",
-        "histogram",
-        "Tool call latency inside the server.",
-    );
-    let mut durations: Vec<f64> = audit
-        .prepare("SELECT json_extract(detail, '$.duration_us') FROM events WHERE kind = 'call' AND json_extract(detail, '$.duration_us') IS NOT NULL")?
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .filter_map(Result::ok)
-        .map(|us| us as f64 / 1e6)
-        .collect();
-    durations.sort_by(f64::total_cmp);
-    for le in BUCKETS {
-        let n = durations.partition_point(|d| *d <= le);
-        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
-    }
-    out.push_str(&format!(
-        "{name}_bucket{{le=\"+Inf\"}} {}\n",
-        durations.len()
-    ));
-    out.push_str(&format!("{name}_sum {}\n", durations.iter().sum::<f64>()));
-    out.push_str(&format!("{name}_count {}\n", durations.len()));
-
+    call_series(&mut out, &stats);
     let name = family(
         &mut out,
         "memwarden_sessions_total",
         "counter",
         "Sessions started.",
     );
-    let n: i64 = audit.query_row(
-        "SELECT count(*) FROM events WHERE kind = 'session_start'",
-        [],
-        |r| r.get(0),
-    )?;
-    out.push_str(&format!("{name} {n}\n"));
-
+    let _ = writeln!(out, "{name} {}", stats.sessions);
     let name = family(
         &mut out,
         "memwarden_security_events_total",
         "counter",
         "Security events by kind.",
     );
-    let mut stmt = audit.prepare(
-        "SELECT coalesce(json_extract(detail, '$.event'), 'unknown'), count(*) FROM events WHERE kind = 'security' GROUP BY 1 ORDER BY 1",
-    )?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (event, n) = row?;
-        out.push_str(&format!("{name}{{event=\"{}\"}} {n}\n", label(&event)));
+    for (event, n) in &stats.security {
+        let _ = writeln!(out, "{name}{{event=\"{}\"}} {n}", label(event));
     }
-
     let name = family(
         &mut out,
         "memwarden_entries",
         "gauge",
         "Stored entries by status.",
     );
-    let mut stmt = memory.prepare("SELECT status, count(*) FROM entries GROUP BY 1 ORDER BY 1")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (status, n) = row?;
-        out.push_str(&format!("{name}{{status=\"{}\"}} {n}\n", label(&status)));
+    for (status, n) in &statuses {
+        let _ = writeln!(out, "{name}{{status=\"{}\"}} {n}", label(status));
     }
-
     let name = family(
         &mut out,
         "memwarden_db_bytes",
@@ -348,7 +284,7 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
         bytes += std::fs::metadata(std::path::PathBuf::from(wal))
             .map(|m| m.len())
             .unwrap_or(0);
-        out.push_str(&format!("{name}{{db=\"{db}\"}} {bytes}\n"));
+        let _ = writeln!(out, "{name}{{db=\"{db}\"}} {bytes}");
     }
     match &args.out {
         Some(path) => write_atomically(path, &out)?,
@@ -357,35 +293,52 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// memory.db read-only, also where the data dir is mounted read-only (the metrics unit): with no
-/// -wal file the database file alone is complete, and `immutable` needs no -shm to be created.
-fn open_memory_ro(path: &std::path::Path) -> anyhow::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    // SQLite opens lazily: the first statement is what fails on a read-only directory.
-    let plain = Connection::open_with_flags(path, flags).and_then(|c| {
-        c.query_row("PRAGMA user_version", [], |_| Ok(()))
-            .map(|()| c)
-    });
-    match plain {
-        Ok(conn) => Ok(conn),
-        Err(e) => {
-            let mut wal = path.as_os_str().to_owned();
-            wal.push("-wal");
-            if !path.is_file() || std::fs::symlink_metadata(&wal).is_ok() {
-                return Err(e.into());
-            }
-            let mut uri = String::from("file:");
-            for b in path.to_string_lossy().bytes() {
-                match b {
-                    b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
-                    _ => uri.push(b as char),
-                }
-            }
-            uri.push_str("?mode=ro&immutable=1");
-            Ok(Connection::open_with_flags(
-                uri,
-                flags | OpenFlags::SQLITE_OPEN_URI,
-            )?)
-        }
+/// Starts a metric family: its HELP and TYPE lines; returns its name.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name.to_string()
+}
+
+/// A label value, escaped as the exposition format requires.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Calls by tool and outcome, and the call-latency histogram.
+fn call_series(out: &mut String, stats: &audit::inspect::Stats) {
+    let name = family(
+        out,
+        "memwarden_calls_total",
+        "counter",
+        "Tool calls by tool and outcome.",
+    );
+    for (tool, outcome, n) in &stats.calls {
+        let _ = writeln!(
+            out,
+            "{name}{{tool=\"{}\",outcome=\"{}\"}} {n}",
+            label(tool),
+            label(outcome)
+        );
     }
+    let name = family(
+        out,
+        "memwarden_call_duration_seconds",
+        "histogram",
+        "Tool call latency inside the server.",
+    );
+    let mut durations: Vec<f64> = stats
+        .durations_us
+        .iter()
+        .map(|&us| us as f64 / 1e6)
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    for le in BUCKETS {
+        let n = durations.partition_point(|d| *d <= le);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", durations.len());
+    let _ = writeln!(out, "{name}_sum {}", durations.iter().sum::<f64>());
+    let _ = writeln!(out, "{name}_count {}", durations.len());
 }

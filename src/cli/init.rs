@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use super::DataDirArg;
 
+/// Creates a data dir: keyring, both databases, the checkpoint public keys.
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let dir = args.open()?;
     dir.init()?;

@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::keys::{KeySet, Keyring, KeyringLock};
 use crate::store::{Store, StoreOptions};
 
+/// `memwarden keys`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
     #[command(flatten)]
@@ -25,6 +26,7 @@ pub struct KeysArgs {
     pub command: KeysCommand,
 }
 
+/// What `memwarden keys` does.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// List entry key ids (active first) and how many rows each seals.
@@ -42,6 +44,7 @@ pub enum KeysCommand {
     Retire { key_id: String },
 }
 
+/// `memwarden reseal`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ResealArgs {
     #[command(flatten)]
@@ -84,6 +87,7 @@ fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
     })
 }
 
+/// Lists, rotates or retires keys; every change is an admin event.
 pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
     // The locks are bound, not `..`-ed: unbound fields of a temporary drop at once.
     let Opened {
@@ -104,40 +108,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
         }
         KeysCommand::Rotate {
             audit_signing: true,
-        } => {
-            let old = keyring
-                .audit_signing
-                .as_ref()
-                .map(|s| s.active().0.to_string());
-            let new = match keyring.audit_signing.as_mut() {
-                Some(set) => set.rotate("s")?,
-                None => {
-                    keyring.audit_signing = Some(KeySet::generate("s1")?);
-                    "s1".to_string()
-                }
-            };
-            keyring.save(&path)?;
-            let vkeys: Vec<String> = keyring
-                .audit_signing
-                .iter()
-                .flat_map(crate::audit::checkpoint::signers)
-                .map(|s| s.vkey())
-                .collect();
-            let written = args
-                .data_dir
-                .open()
-                .and_then(|d| Ok(d.open_dir()?))
-                .and_then(|data| super::audit::write_public_keys(&data, &vkeys));
-            admin_event(
-                &mut audit,
-                json!({"event": "key_rotate", "set": "audit_signing", "from": old, "to": new}),
-            )?;
-            written?;
-            println!(
-                "audit signing key {new} is active from each session's next start; its public key \
-                 is in audit-signing.pub (`memwarden audit public-key` prints them all)"
-            );
-        }
+        } => rotate_signing(args, &path, &mut keyring, &mut audit)?,
         KeysCommand::Rotate {
             audit_signing: false,
         } => {
@@ -176,6 +147,50 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Rotates (or first creates) the audit signing key and writes the public keys beside the
+/// databases.
+fn rotate_signing(
+    args: &KeysArgs,
+    path: &std::path::Path,
+    keyring: &mut crate::keys::Keyring,
+    audit: &mut crate::audit::AuditLog,
+) -> anyhow::Result<()> {
+    let old = keyring
+        .audit_signing
+        .as_ref()
+        .map(|s| s.active().0.to_string());
+    let new = match keyring.audit_signing.as_mut() {
+        Some(set) => set.rotate("s")?,
+        None => {
+            keyring.audit_signing = Some(KeySet::generate("s1")?);
+            "s1".to_string()
+        }
+    };
+    keyring.save(path)?;
+    let vkeys: Vec<String> = keyring
+        .audit_signing
+        .iter()
+        .flat_map(crate::audit::checkpoint::signers)
+        .map(|s| s.vkey())
+        .collect();
+    let written = args
+        .data_dir
+        .open()
+        .and_then(|d| Ok(d.open_dir()?))
+        .and_then(|data| super::audit::write_public_keys(&data, &vkeys));
+    admin_event(
+        audit,
+        json!({"event": "key_rotate", "set": "audit_signing", "from": old, "to": new}),
+    )?;
+    written?;
+    println!(
+        "audit signing key {new} is active from each session's next start; its public key \
+         is in audit-signing.pub (`memwarden audit public-key` prints them all)"
+    );
+    Ok(())
+}
+
+/// Moves every row and ledger record to the active key, in batches.
 pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
     // Under the lock: no key can be retired while rows move to the active one.
     let Opened {

@@ -26,11 +26,13 @@ use clap::{Parser, Subcommand};
     version,
     about = "A secure, sandboxed memory store for AI agents, over MCP (stdio)."
 )]
+/// The command line.
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a data dir: 0700 dir, 0600 keyring, memory.db.
@@ -71,6 +73,7 @@ pub enum Command {
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
 const CREDENTIAL_NAME: &str = "keyring";
 
+/// Where the data dir is (and, optionally, a keyring kept outside it).
 #[derive(Debug, clap::Args)]
 pub struct DataDirArg {
     /// Keyring kept outside the data dir [default: $CREDENTIALS_DIRECTORY/keyring when
@@ -92,6 +95,7 @@ impl DataDirArg {
             .with_keyring(self.keyring_file.clone().or(credential)))
     }
 
+    /// The data dir's path: the flag, else the default under the user's data home.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.data_dir {
             return Ok(dir.clone());

@@ -7,12 +7,14 @@ use clap::Subcommand;
 
 use crate::policy::Access;
 
+/// `memwarden policy`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct PolicyCmd {
     #[command(subcommand)]
     pub command: PolicyCommand,
 }
 
+/// What `memwarden policy` does.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate FILE against the policy schema, compile it, and print a summary (exit 0 or 1).
@@ -22,6 +24,7 @@ pub enum PolicyCommand {
     },
 }
 
+/// Checks or prints a policy.
 pub fn run(args: &PolicyCmd) -> anyhow::Result<ExitCode> {
     let PolicyCommand::Check { file } = &args.command;
     let text = match std::fs::read_to_string(file) {

@@ -9,6 +9,7 @@ use super::DataDirArg;
 use super::review::{admin_event, open};
 use super::serve::PolicyArgs;
 
+/// `memwarden purge`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct PurgeArgs {
     #[command(flatten)]
@@ -17,6 +18,7 @@ pub struct PurgeArgs {
     pub policy: PolicyArgs,
 }
 
+/// Applies the policy's retention, recording each removal in the ledger.
 pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     let policy = args.policy.load()?;
     let (mut store, mut audit, _lock) = open(&args.data_dir)?;

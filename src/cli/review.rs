@@ -11,6 +11,7 @@ use crate::audit::{AuditLog, Kind, NewEvent};
 use crate::datalock::DataLock;
 use crate::store::{Store, StoreOptions};
 
+/// `memwarden review`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ReviewArgs {
     #[command(flatten)]
@@ -19,6 +20,7 @@ pub struct ReviewArgs {
     pub command: ReviewCommand,
 }
 
+/// What `memwarden review` does.
 #[derive(Debug, Subcommand)]
 pub enum ReviewCommand {
     /// List quarantined memories.
@@ -37,10 +39,7 @@ pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog, DataLo
     let dir = args.open()?;
     let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
-    let options = StoreOptions::default();
-    // audit.db first: it refuses a vanished chain before memory.db is touched.
-    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
-    let store = Store::open(&dir.memory_db(), keyring.entry, options)?;
+    let (store, audit) = dir.open_databases(&keyring, StoreOptions::default())?;
     Ok((store, audit, lock))
 }
 
@@ -56,6 +55,7 @@ pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> an
     Ok(())
 }
 
+/// Lists, shows, approves or rejects quarantined entries.
 pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
     let (mut store, mut audit, _lock) = open(&args.data_dir)?;
     let now = crate::clock::now_ms();

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::DataDirArg;
 
+/// Applies the sandbox and reports what it blocks.
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let root = args.resolve()?;
     let (dir, _) = crate::fsafe::Dir::create(&root)?;

@@ -11,16 +11,17 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::AuditLog;
 use std::sync::Arc;
 
+use crate::config::DataDir;
 use crate::policy::Policy;
 use crate::principal::Principal;
 use crate::schema::Schemas;
-use crate::server::{self, Server, StartFacts};
+use crate::server::{self, Server, Shared, StartFacts};
 use crate::session::Session;
-use crate::store::{Store, StoreOptions};
+use crate::store::StoreOptions;
 
+/// `memwarden serve`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -81,61 +82,27 @@ impl PolicyArgs {
     }
 }
 
+/// Serves one session over stdin/stdout (or the socket systemd passed as both).
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }
-    let keyring = dir.open_keyring()?;
     let policy = Arc::new(args.policy.load()?);
-    // Who is calling: over a unix socket from another uid (the hardened install), the kernel
-    // says — the peer's uid through the policy. A peer with our own uid (an MCP client that
-    // spawned us over a socketpair, as Node-based clients do) could have written our launch
-    // command anyway, so its --principal stands.
     let peer = crate::principal::peer_of(0);
-    let own_uid = crate::fsafe::current_uid();
-    let principal = match peer.filter(|p| p.uid != own_uid) {
-        Some(peer) => {
-            let p = Principal::for_peer(peer, policy.principal_for_uid(peer.uid));
-            if p.name() != args.principal {
-                tracing::info!(peer_uid = peer.uid, principal = %p, flag = %args.principal,
-                    "stdin is a unix socket: the principal comes from the peer uid, not --principal");
-            }
-            p
-        }
-        None => Principal::from_flag(&args.principal)?,
-    };
+    let principal = principal_of(args, &policy, peer)?;
     let relaxing_flags = args.policy.relaxing_flags();
     tracing::info!(target: "memwarden::security", event = "policy", source = %policy.source,
         sha256 = %policy.sha256, relaxing_flags = ?relaxing_flags, "policy loaded");
     if !policy.principals.contains_key(principal.name()) {
         tracing::warn!(principal = %principal, "the principal is not in the policy: it gets no tools");
     }
-    let schemas = Schemas::load()?;
-    let options = StoreOptions {
-        synchronous: policy.synchronous,
-        heap_limit: policy.sqlite_heap_limit,
-        ..StoreOptions::default()
-    };
     // Held until this session ends: `restore` refuses while any session runs.
     let _lock = dir.lock_shared()?;
-    // audit.db first: it refuses a vanished chain before memory.db is touched.
-    let audit = AuditLog::open(&dir.audit_db(), keyring.audit, options.busy_timeout)?;
-    let audit = crate::audit::append::with_signing_key(
-        audit,
-        keyring.audit_signing.as_ref(),
-        policy.checkpoints,
-    );
-    let mut store = Store::open(&dir.memory_db(), keyring.entry, options)?;
-    if dir.keyring().starts_with(dir.root()) {
-        // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
-        // `keys retire`): follow it. A credential handed over by systemd is a copy made for this
-        // session and cannot change under it.
-        store.watch_keyring(&dir.keyring())?;
-    }
+    let shared = Arc::new(open_shared(&dir, &policy)?);
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
-    let server = Server::new(schemas, store, audit, session, policy.clone());
+    let server = Server::for_session(shared.clone(), session);
     let mut facts = StartFacts {
         policy_sha256: Some(policy.sha256.clone()),
         sandbox: String::new(),
@@ -148,15 +115,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let closer = server.clone();
     runtime.block_on(async move {
         // Pipes (how MCP clients launch us) go through the non-blocking pipe driver, on their
         // own open file descriptions; anything else falls back to tokio's blocking stdio.
         // This reopens them through /proc, so it comes before the sandbox.
         let (read, write) = rmcp::transport::io::stdio_pipes();
         // Everything is open: give up the rest of the filesystem, TCP, signals and abstract
-        // sockets. This runtime runs every task on this thread, and threads it starts later
-        // inherit the restriction.
+        // sockets. No thread has been started yet: the blocking threads that run tool calls
+        // (and tokio's blocking stdio) are all started later, from this thread, and inherit the
+        // restriction.
         let status = crate::sandbox::restrict(&data_root, require_sandbox)?;
         tracing::info!(target: "memwarden::security", event = "sandbox", status = status.as_str(), "sandbox applied");
         facts.sandbox = status.as_str().to_string();
@@ -165,11 +132,59 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         server::run(server, facts, read, write, shutdown).await;
         anyhow::Ok(())
     })?;
-    closer.close();
+    shared.close();
     // With the blocking fallback, stdin is read on a thread that may sit in read(2) forever after
     // a SIGTERM: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who is calling: over a unix socket from another uid (the hardened install), the kernel says
+/// — the peer's uid through the policy. A peer with our own uid (an MCP client that spawned us
+/// over a socketpair, as Node-based clients do) could have written our launch command anyway,
+/// so its --principal stands.
+fn principal_of(
+    args: &ServeArgs,
+    policy: &Policy,
+    peer: Option<crate::principal::Peer>,
+) -> anyhow::Result<Principal> {
+    let own_uid = crate::fsafe::current_uid();
+    Ok(match peer.filter(|p| p.uid != own_uid) {
+        Some(peer) => {
+            let p = Principal::for_peer(peer, policy.principal_for_uid(peer.uid));
+            if p.name() != args.principal {
+                tracing::info!(peer_uid = peer.uid, principal = %p, flag = %args.principal,
+                    "stdin is a unix socket: the principal comes from the peer uid, not --principal");
+            }
+            p
+        }
+        None => Principal::from_flag(&args.principal)?,
+    })
+}
+
+/// What the process shares between sessions: the schemas, both databases (audit.db first: it
+/// refuses a vanished chain before memory.db is touched) and the policy.
+fn open_shared(dir: &DataDir, policy: &Arc<Policy>) -> anyhow::Result<Shared> {
+    let keyring = dir.open_keyring()?;
+    let schemas = Schemas::load()?;
+    let options = StoreOptions {
+        synchronous: policy.synchronous,
+        heap_limit: policy.sqlite_heap_limit,
+        ..StoreOptions::default()
+    };
+    let (store, audit) = dir.open_databases(&keyring, options)?;
+    let audit = crate::audit::append::with_signing_key(
+        audit,
+        keyring.audit_signing.as_ref(),
+        policy.checkpoints,
+    );
+    if dir.keyring().starts_with(dir.root()) {
+        // A keyring in the data dir can be rotated while this session runs (`keys rotate`,
+        // `keys retire`): follow it. A credential handed over by systemd is a copy made for this
+        // session and cannot change under it.
+        store.watch_keyring(&dir.keyring())?;
+    }
+    Ok(Shared::new(schemas, store, audit, policy.clone()))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Dropping the guard stops watching.

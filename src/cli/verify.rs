@@ -15,43 +15,9 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use super::DataDirArg;
+use crate::audit::inspect::AuditedWrite as Write;
 use crate::store::ledger::Kind;
 use crate::store::{Store, VerifyReport};
-
-/// One audited agent write, or operator reject.
-struct Write {
-    tool: String,
-    /// The entry the write created (store, update).
-    created: Option<String>,
-    /// The entry it retired (update, delete, reject).
-    target: Option<String>,
-    /// No later event of its session went through the store: it may be the one a crash left.
-    last: bool,
-}
-
-fn audited_writes(audit: &rusqlite::Connection) -> rusqlite::Result<Vec<Write>> {
-    // An ok call or the session's end after the write means the process lived past its commit.
-    let mut stmt = audit.prepare(
-        "SELECT tool, json_extract(detail, '$.created'), json_extract(detail, '$.ids[0]'), \
-         NOT EXISTS (SELECT 1 FROM events AS later WHERE later.session_id = events.session_id \
-             AND later.seq > events.seq \
-             AND (later.kind = 'session_end' OR (later.kind = 'call' AND later.outcome = 'ok'))) \
-         FROM events WHERE kind = 'call' AND outcome = 'ok' \
-         AND tool IN ('memory_store', 'memory_update', 'memory_delete') \
-         UNION ALL \
-         SELECT 'review_reject', NULL, json_extract(detail, '$.id'), 0 FROM events \
-         WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'review_reject'",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Write {
-            tool: r.get(0)?,
-            created: r.get(1)?,
-            target: r.get(2)?,
-            last: r.get(3)?,
-        })
-    })?;
-    rows.collect()
-}
 
 /// Findings of the reconciliation with the audit log.
 #[derive(Default)]
@@ -143,6 +109,7 @@ fn section(items: &[String], ok: &str, failed: &str) -> bool {
     true
 }
 
+/// Verifies memory.db and reconciles it with the audit log; exit 1 on any finding.
 pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     let dir = args.open()?;
     let keyring = dir.open_keyring()?;
@@ -182,8 +149,7 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
         "entries are superseded or deleted without their ledger record (one was removed)",
     );
 
-    let audit = crate::audit::open_ro(&dir.audit_db())?;
-    let writes = audited_writes(&audit)?;
+    let writes = crate::audit::inspect::audited_writes(&dir.audit_db())?;
     let created: HashSet<&str> = writes.iter().filter_map(|w| w.created.as_deref()).collect();
     let mut unaudited: Vec<&String> = report
         .statuses

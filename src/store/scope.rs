@@ -1,17 +1,12 @@
-//! The caller's scope as index lookups: FTS5 scope tokens, the scoped MATCH expressions, and
-//! since/until as row-id ranges.
-//!
-//! Every entry's `scope` column (a generated column, migration 4) holds one token for its
-//! namespace and one per tag, indexed by `entries_fts` beside the text. A search or a tag filter
-//! ANDs the caller's scope tokens into the MATCH expression, so FTS5 walks only the scope's
-//! matches (seeking through the others' doclists); nothing outside the scope is read, counted or
-//! ranked. Row ids grow with `created_at` (migration 4 and `Store::stamp`), so since/until are a
-//! row-id range FTS5 and the B-tree indexes apply directly. Rows are still checked against the
-//! whole filter after the lookup: a damaged index can hide a row, never show a foreign one.
+//! What a caller may see and touch: the namespaces of a read ([`Scope`]) and the whole of a
+//! principal's view ([`Visibility`]: its namespace rights and its read window). Every id-taking
+//! store call checks a row against a `Visibility` before looking at its seal, and every search
+//! and list runs inside a `Scope` derived from one, so the two can never disagree.
 
-use rusqlite::{Connection, OptionalExtension};
+use std::collections::BTreeMap;
 
-use super::Filter;
+use super::model::Filter;
+use crate::error::{Error, Result};
 
 /// Which namespaces a read covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,152 +46,169 @@ impl Scope {
     }
 }
 
-/// The character escapes of migration 4's `scope` column, which keep a namespace or tag one
-/// unicode61 token: letters and digits stand for themselves, `z` and the separators become `z`
-/// plus a letter. Injective, so distinct names never share a token.
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for c in name.chars() {
-        match c {
-            'z' => out.push_str("zz"),
-            '_' => out.push_str("zu"),
-            '.' => out.push_str("zd"),
-            ':' => out.push_str("zc"),
-            '-' => out.push_str("zh"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The index token of a namespace, as an FTS5 string literal (names are `[a-z0-9_.-]`, tags
-/// `[a-z0-9_.:-]`, so no quote can occur; it is doubled anyway).
-fn literal(prefix: char, name: &str) -> String {
-    format!("\"{prefix}{}\"", escape(name).replace('"', "\"\""))
-}
-
-/// The part of a MATCH expression that restricts to the filter's namespaces and tags, or `None`
-/// when nothing restricts (a `"*"` scope without tags).
-pub fn scope_expr(filter: &Filter) -> Option<String> {
-    let mut parts = Vec::new();
-    if let Scope::Only(namespaces) = &filter.scope {
-        let tokens: Vec<String> = namespaces.iter().map(|n| literal('n', n)).collect();
-        parts.push(format!("scope : ({})", tokens.join(" OR ")));
-    }
-    for tag in &filter.tags {
-        parts.push(format!("scope : {}", literal('t', tag)));
-    }
-    (!parts.is_empty()).then(|| parts.join(" AND "))
-}
-
-/// `words` (a safe expression of quoted literals) looked for in the text columns only, within
-/// the filter's scope.
-pub fn scoped(words: &str, filter: &Filter) -> String {
-    match scope_expr(filter) {
-        Some(scope) => format!("{{content tags}} : ({words}) AND {scope}"),
-        None => format!("{{content tags}} : ({words})"),
-    }
-}
-
-/// The row ids a time filter spans: `lo <= rowid < hi`. `None` when no row can match.
+/// What a principal may do in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowRange {
-    pub lo: i64,
-    pub hi: i64,
+pub enum Rights {
+    /// Read only.
+    Read,
+    /// Read and write.
+    ReadWrite,
 }
 
-impl RowRange {
-    pub const ALL: Self = Self {
-        lo: i64::MIN,
-        hi: i64::MAX,
-    };
+/// The namespace `"*"` in a set of rights: every namespace not named on its own.
+pub const ANY_NAMESPACE: &str = "*";
 
-    /// Narrowed to row ids below `below`.
-    pub fn below(self, below: i64) -> Self {
+/// The refusal of a write to a namespace the caller may only read. It does not repeat the
+/// namespace: the agent knows what it sent, and nothing it sent is echoed.
+pub fn not_writable() -> Error {
+    Error::Forbidden("the namespace is not writable by this principal".into())
+}
+
+/// The refusal of a read of a namespace the caller may not read.
+pub fn not_readable() -> Error {
+    Error::Forbidden("the namespace is not readable by this principal".into())
+}
+
+/// A caller's view of the store: its rights per namespace (`"*"` for the rest) and its read
+/// window. A row outside it is "not found", whatever the row holds.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
+    rights: BTreeMap<String, Rights>,
+    /// Rows created before this (unix ms) are invisible: the policy's read window.
+    read_from: Option<i64>,
+}
+
+impl Visibility {
+    /// A view with these rights (`"*"` covering every namespace not named) and read window.
+    pub fn new(rights: impl IntoIterator<Item = (String, Rights)>, read_from: Option<i64>) -> Self {
         Self {
-            hi: self.hi.min(below),
-            ..self
+            rights: rights.into_iter().collect(),
+            read_from,
         }
     }
 
-    pub fn is_empty(self) -> bool {
-        self.lo >= self.hi
+    /// Everything, read and write (the operator's view).
+    pub fn everything() -> Self {
+        Self::new([(ANY_NAMESPACE.to_string(), Rights::ReadWrite)], None)
     }
-}
 
-/// The first row id created at or after `ms`, or `None` when every row is older. One index
-/// probe (`entries_created`); exact because row ids grow with `created_at`.
-pub fn first_rowid_at(conn: &Connection, ms: i64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT rowid FROM entries WHERE created_at >= ?1 ORDER BY created_at, rowid LIMIT 1",
-    )?
-    .query_row([ms], |r| r.get(0))
-    .optional()
-}
-
-/// The row-id range of the filter's since/until.
-pub fn row_range(conn: &Connection, filter: &Filter) -> rusqlite::Result<RowRange> {
-    let mut range = RowRange::ALL;
-    if let Some(since) = filter.since {
-        range.lo = first_rowid_at(conn, since)?.unwrap_or(i64::MAX);
+    /// The rights in `namespace`: its own, else the `"*"` ones.
+    pub fn rights(&self, namespace: &str) -> Option<Rights> {
+        self.rights
+            .get(namespace)
+            .or_else(|| self.rights.get(ANY_NAMESPACE))
+            .copied()
     }
-    if let Some(until) = filter.until {
-        range.hi = first_rowid_at(conn, until)?.unwrap_or(i64::MAX);
-    }
-    Ok(range)
-}
 
-/// The unix-ms timestamp of a UUIDv7 in hyphenated form (its first 48 bits).
-pub fn uuid_ms(id: &str) -> Option<i64> {
-    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
-    i64::from_str_radix(&hex, 16).ok()
+    /// Whether the caller may read `namespace`.
+    pub fn can_read(&self, namespace: &str) -> bool {
+        self.rights(namespace).is_some()
+    }
+
+    /// Whether the caller may write `namespace`.
+    pub fn can_write(&self, namespace: &str) -> bool {
+        self.rights(namespace) == Some(Rights::ReadWrite)
+    }
+
+    /// Whether a row of `namespace` created at `created_at` is visible at all.
+    pub fn sees(&self, namespace: &str, created_at: i64) -> bool {
+        self.can_read(namespace) && self.read_from.is_none_or(|from| created_at >= from)
+    }
+
+    /// A row the caller cannot see is "not found" (ids leak nothing).
+    pub fn check_read(&self, namespace: &str, created_at: i64) -> Result<()> {
+        if self.sees(namespace, created_at) {
+            Ok(())
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Invisible → not found; visible but read-only → forbidden.
+    pub fn check_write(&self, namespace: &str, created_at: i64) -> Result<()> {
+        self.check_read(namespace, created_at)?;
+        if self.can_write(namespace) {
+            Ok(())
+        } else {
+            Err(not_writable())
+        }
+    }
+
+    /// The namespaces a read covers: `named` (forbidden unless readable), or every namespace
+    /// the caller may read.
+    pub fn scope(&self, named: Option<String>) -> Result<Scope> {
+        match named {
+            Some(ns) if self.can_read(&ns) => Ok(Scope::only([ns])),
+            Some(_) => Err(not_readable()),
+            None if self.rights.contains_key(ANY_NAMESPACE) => Ok(Scope::All),
+            None => Ok(Scope::only(self.rights.keys().cloned())),
+        }
+    }
+
+    /// A search or list filter inside this view: the scope of `named`, the read window
+    /// narrowing `since` (never widening it).
+    pub fn filter(
+        &self,
+        named: Option<String>,
+        tags: Vec<String>,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Filter> {
+        let since = match (since, self.read_from) {
+            (Some(s), Some(w)) => Some(s.max(w)),
+            (s, w) => s.or(w),
+        };
+        Ok(Filter {
+            scope: self.scope(named)?,
+            tags,
+            since,
+            until,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_are_injective_and_one_word() {
-        assert_eq!(escape("a_b.c:d-z"), "azubzdczcdzhzz");
-        assert_ne!(escape("a-b"), escape("azhb"));
-        assert_ne!(escape("zh"), escape("-"));
-        for name in ["ops", "a_b.c-d", "x:y", "zz"] {
-            assert!(escape(name).chars().all(|c| c.is_ascii_alphanumeric()));
-        }
+    fn view() -> Visibility {
+        Visibility::new(
+            [
+                ("*".to_string(), Rights::Read),
+                ("mine".to_string(), Rights::ReadWrite),
+            ],
+            Some(100),
+        )
     }
 
     #[test]
-    fn scope_expressions() {
-        let f = Filter {
-            scope: Scope::only(["b".to_string(), "a".to_string(), "a".to_string()]),
-            tags: vec!["x-1".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            scope_expr(&f).unwrap(),
-            r#"scope : ("na" OR "nb") AND scope : "txzh1""#
-        );
-        assert_eq!(
-            scoped(r#""w""#, &f),
-            r#"{content tags} : ("w") AND scope : ("na" OR "nb") AND scope : "txzh1""#
-        );
-        let all = Filter {
-            scope: Scope::All,
-            ..Default::default()
-        };
-        assert_eq!(scope_expr(&all), None);
+    fn rights_fall_back_to_the_wildcard() {
+        let v = view();
+        assert!(v.can_write("mine") && !v.can_write("other") && v.can_read("other"));
+        assert!(matches!(
+            v.check_write("other", 200),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(matches!(v.check_read("mine", 99), Err(Error::NotFound)));
+        assert!(v.check_write("mine", 100).is_ok());
+        assert_eq!(v.scope(None).unwrap(), Scope::All);
+    }
+
+    #[test]
+    fn scopes_and_windows() {
+        let v = Visibility::new([("a".to_string(), Rights::Read)], Some(50));
+        assert_eq!(v.scope(None).unwrap(), Scope::only(["a".to_string()]));
+        assert!(matches!(
+            v.scope(Some("b".into())),
+            Err(Error::Forbidden(_))
+        ));
+        let f = v.filter(None, vec![], Some(10), None).unwrap();
+        assert_eq!(f.since, Some(50));
+        let f = v.filter(None, vec![], Some(70), None).unwrap();
+        assert_eq!(f.since, Some(70));
         assert!(Scope::only(["b".to_string(), "a".to_string()]).covers("a"));
         assert!(!Scope::only(["b".to_string()]).covers("a"));
         assert!(Scope::default().is_empty());
-    }
-
-    #[test]
-    fn uuid_timestamps() {
-        assert_eq!(
-            uuid_ms("0190c9a2-8b3c-7d1e-9f00-000000000000"),
-            Some(0x0190_c9a2_8b3c)
-        );
-        assert_eq!(uuid_ms("xyz"), None);
+        assert!(!Visibility::default().can_read("a"));
     }
 }

@@ -1,11 +1,12 @@
 //! memory_delete: tombstone a memory. Its content stays until the operator purges it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::{CallContext, format_ms, to_json};
+use super::{CallContext, CallRecord, Done, to_json};
+use crate::clock::format_ms;
 use crate::error::Result;
 
+/// memory_delete's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -19,17 +20,19 @@ struct Output<'a> {
     deleted_at: String,
 }
 
-pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    // First, so an integrity failure is recorded against the id.
-    ctx.record.ids.push(p.id.clone());
-    let access = ctx.write_access();
-    let (record, audit) = (&mut *ctx.record, ctx.audit);
-    let entry = ctx.store.delete(&p.id, ctx.now_ms, &access, |_| {
-        record.audit_write(audit, &[], None)
-    })?;
-    to_json(&Output {
+/// Tombstones the entry; the result goes back once the delete commits with its event.
+pub fn apply<'c>(
+    p: Params,
+    ctx: &'c mut CallContext<'_>,
+    record: &mut CallRecord,
+) -> Result<Done<'c>> {
+    record.ids.push(p.id.clone());
+    let pending = ctx.store.delete(&p.id, ctx.now_ms, &ctx.view)?;
+    let entry = pending.entry();
+    let output = to_json(&Output {
         id: &entry.id,
         status: entry.status.as_str(),
         deleted_at: format_ms(entry.updated_at),
-    })
+    })?;
+    Ok(Done::Write(output, Box::new(pending)))
 }

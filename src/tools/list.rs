@@ -3,12 +3,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
+use super::{CallContext, CallRecord, MemoryView, deserialize_limit, to_json};
 use crate::error::{Error, Result};
 
 /// Page size when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
 
+/// memory_list's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -42,14 +43,9 @@ fn encode_cursor(id: &str) -> Option<String> {
         .map(|u| u.simple().to_string())
 }
 
-pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let filter = filter(
-        ctx,
-        p.namespace,
-        p.tags,
-        p.since.as_deref(),
-        p.until.as_deref(),
-    )?;
+/// A page of the caller's memories, newest first.
+pub fn apply(p: Params, ctx: &mut CallContext<'_>, record: &mut CallRecord) -> Result<Value> {
+    let filter = ctx.filter(p.namespace, p.tags, p.since.as_deref(), p.until.as_deref())?;
     let after = p.cursor.as_deref().map(decode_cursor).transpose()?;
     let limit = ctx.page_size(p.limit, DEFAULT_LIMIT)?;
     let page = ctx.store.list(&filter, after.as_deref(), limit)?;
@@ -77,10 +73,10 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         .filter(|&(_, &at)| at < memories.len() || memories.len() == page.entries.len())
         .map(|(id, _)| id.clone())
         .collect();
-    ctx.record.results = Some(memories.len());
-    ctx.record.ids = memories.iter().map(|m| m.id().to_string()).collect();
+    record.results = Some(memories.len());
+    record.ids = memories.iter().map(|m| m.id().to_string()).collect();
     let count = withheld.len();
-    ctx.record.withheld = withheld;
+    record.withheld = withheld;
     to_json(&Output {
         memories,
         next_cursor: next_after.as_deref().and_then(encode_cursor),

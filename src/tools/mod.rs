@@ -1,9 +1,12 @@
-//! The six agent tools: their names, the context a call runs in, and how results are rendered.
+//! The six agent tools: the context a call runs in, what it records, and what it produces.
 //!
 //! Each tool lives in its own file with its parameter type (serde, `deny_unknown_fields`) and its
 //! `apply`. By the time `apply` runs, the arguments have passed the tool's JSON Schema; the tool
-//! enforces what a schema cannot (byte sizes, cursors, time order) and calls the store. Nothing
-//! here decides who the caller is: that arrives in [`CallContext`].
+//! enforces what a schema cannot (byte sizes, cursors, time order), applies the policy (content
+//! rules, namespace rights through the caller's [`Visibility`]) and calls the store. A read
+//! produces its result; a write produces its result and its still-open [`PendingWrite`], which
+//! the server commits together with the call's audit event. Nothing here decides who the caller
+//! is (that arrives in [`CallContext`]) or writes to the audit log.
 
 pub mod delete;
 pub mod get;
@@ -11,36 +14,47 @@ pub mod list;
 pub mod search;
 pub mod store;
 pub mod update;
+mod view;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use crate::catalog::ToolName;
-pub use crate::clock::{format_ms, now_ms, parse_time};
+use crate::clock::parse_time;
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::policy::Grant;
 use crate::policy::rules::{Rules, Verdict};
-use crate::store::{Author, Entry, Scope, Status, Store};
+use crate::policy::{Access, Grant};
+use crate::store::scope::not_writable;
+use crate::store::{Author, Entry, Filter, PendingWrite, Rights, Status, Store, Visibility};
+pub use view::MemoryView;
 
 /// Everything a tool call may use, decided by the server.
 pub struct CallContext<'a> {
+    /// The store, for this call.
     pub store: &'a mut Store,
+    /// Who is calling.
     pub author: Author<'a>,
+    /// The principal's size and page limits.
     pub limits: &'a Limits,
-    /// What this principal may do.
-    pub grant: &'a Grant,
+    /// The principal's default namespace (writes without one go there).
+    pub default_namespace: &'a str,
     /// Content rules applied to every write.
     pub rules: &'a Rules,
-    /// Entries created before this (unix ms) are invisible: the policy's read window.
-    pub window_start: Option<i64>,
+    /// What the principal may see and touch: namespace rights and the read window.
+    pub view: Visibility,
+    /// The call's time, unix ms.
     pub now_ms: i64,
-    /// What the call touched, for its audit event.
-    pub record: &'a mut CallRecord,
-    /// Appends this call's "ok" audit event. Write tools call it inside their store transaction,
-    /// before commit (DESIGN.md §3); the server calls it for reads.
-    pub audit: &'a dyn Fn(&CallRecord) -> Result<()>,
+}
+
+/// What a tool produced.
+pub enum Done<'s> {
+    /// A read's result: audited, then sent.
+    Read(Value),
+    /// A write's result and its open transaction: committed with the call's audit event, then
+    /// the result is sent. Dropping it rolls the write back.
+    Write(Value, Box<PendingWrite<'s>>),
 }
 
 /// What a call touched: ids and sizes, never content, metadata values or queries.
@@ -75,84 +89,61 @@ pub struct CallRecord {
     /// Rows withheld because they failed verification (a security event records them).
     #[serde(skip)]
     pub withheld: Vec<String>,
-    /// Set once the call's event is in the log, so it is never recorded twice.
-    #[serde(skip)]
-    pub audited: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// The bytes an entry holds: content, metadata and tags.
-pub(crate) fn entry_bytes(entry: &Entry) -> u64 {
-    let tags: usize = entry.tags.iter().map(String::len).sum();
-    (entry.content.len() + entry.metadata.as_ref().map_or(0, String::len) + tags) as u64
-}
-
-/// An entry's fields as stored, as JSON text, for the argument digest.
-pub(crate) fn stored_args(entry: &Entry) -> String {
-    serde_json::json!({
-        "namespace": entry.namespace,
-        "content": entry.content,
-        "tags": entry.tags,
-        "metadata": entry.metadata,
-        "supersedes": entry.supersedes,
-    })
-    .to_string()
-}
-
 impl CallRecord {
-    /// Runs the audit hook from inside a write transaction.
-    /// `written` is the entry the write adds, if it adds one: its bytes are charged and its
-    /// stored fields digested.
-    pub(crate) fn audit_write(
-        &mut self,
-        audit: &dyn Fn(&CallRecord) -> Result<()>,
-        touched: &[&str],
-        written: Option<&Entry>,
-    ) -> Result<()> {
-        self.ids.extend(touched.iter().map(|s| s.to_string()));
-        if let Some(entry) = written {
-            self.written_bytes = entry_bytes(entry);
-            self.stored_args = Some(stored_args(entry));
-        }
-        audit(self)?;
-        self.audited = true;
-        Ok(())
+    /// Records the new entry a write adds: its id, its bytes (charged to the write budget) and
+    /// its stored fields (digested into the event).
+    fn created(&mut self, entry: &Entry) {
+        let tags: usize = entry.tags.iter().map(String::len).sum();
+        self.ids.push(entry.id.clone());
+        self.created = Some(entry.id.clone());
+        self.written_bytes =
+            (entry.content.len() + entry.metadata.as_ref().map_or(0, String::len) + tags) as u64;
+        self.stored_args = Some(
+            serde_json::json!({
+                "namespace": entry.namespace,
+                "content": entry.content,
+                "tags": entry.tags,
+                "metadata": entry.metadata,
+                "supersedes": entry.supersedes,
+            })
+            .to_string(),
+        );
     }
+}
+
+/// The caller's view of the store: its grant's namespace rights and its read window.
+pub fn visibility(grant: &Grant, read_from: Option<i64>) -> Visibility {
+    let rights = grant.namespaces.iter().map(|(ns, access)| {
+        let rights = match access {
+            Access::Read => Rights::Read,
+            Access::ReadWrite => Rights::ReadWrite,
+        };
+        (ns.clone(), rights)
+    });
+    Visibility::new(rights, read_from)
 }
 
 /// Parses validated arguments into a tool's parameter type and runs it.
-///
-/// A call that met a row sealed with a key id the session does not hold (a `keys rotate` +
-/// `reseal` while it was open) rereads the keyring once and, if that brought a new key, runs
-/// again: the row is fine and must not be answered with INTEGRITY. A write that succeeded has
-/// committed and is never run twice.
-pub fn call(tool: ToolName, args: Value, ctx: &mut CallContext<'_>) -> Result<Value> {
-    ctx.store.take_unknown_key();
-    let first = call_once(tool, args.clone(), ctx);
-    let worth_retry = match &first {
-        Err(Error::Integrity) => true,
-        Ok(_) => !tool.writes() && !ctx.record.withheld.is_empty(),
-        Err(_) => false,
-    };
-    if worth_retry && ctx.store.take_unknown_key() && ctx.store.reload_keys()? {
-        *ctx.record = CallRecord::default();
-        return call_once(tool, args, ctx);
-    }
-    first
-}
-
-fn call_once(tool: ToolName, args: Value, ctx: &mut CallContext<'_>) -> Result<Value> {
-    match tool {
-        ToolName::Store => store::apply(parse(args)?, ctx),
-        ToolName::Get => get::apply(parse(args)?, ctx),
-        ToolName::Search => search::apply(parse(args)?, ctx),
-        ToolName::List => list::apply(parse(args)?, ctx),
-        ToolName::Update => update::apply(parse(args)?, ctx),
-        ToolName::Delete => delete::apply(parse(args)?, ctx),
-    }
+pub fn call<'c>(
+    tool: ToolName,
+    args: Value,
+    ctx: &'c mut CallContext<'_>,
+    record: &mut CallRecord,
+) -> Result<Done<'c>> {
+    Ok(match tool {
+        ToolName::Store => store::apply(parse(args)?, ctx, record)?,
+        ToolName::Get => Done::Read(get::apply(parse(args)?, ctx, record)?),
+        ToolName::Search => Done::Read(search::apply(parse(args)?, ctx, record)?),
+        ToolName::List => Done::Read(list::apply(parse(args)?, ctx, record)?),
+        ToolName::Update => update::apply(parse(args)?, ctx, record)?,
+        ToolName::Delete => delete::apply(parse(args)?, ctx, record)?,
+    })
 }
 
 /// serde after the schema: a mismatch here means schema and type disagree. Reported as an
@@ -194,147 +185,27 @@ fn metadata_text(
     Ok(Some(text))
 }
 
-/// A memory as agents see it: the verified fields plus provenance they cannot forge.
-#[derive(Serialize)]
-pub struct MemoryView<'a> {
-    id: &'a str,
-    namespace: &'a str,
-    content: &'a str,
-    tags: &'a [String],
-    metadata: Option<Value>,
-    status: Status,
-    supersedes: Option<&'a str>,
-    author: AuthorView<'a>,
-    created_at: String,
-    updated_at: String,
-    content_sha256: String,
-    /// Always true: unverified rows are never rendered.
-    verified: bool,
-    /// Tells the reading model that `content` is data, not instructions.
-    content_trust: &'static str,
-}
-
-#[derive(Serialize)]
-struct AuthorView<'a> {
-    principal: &'a str,
-    session_id: &'a str,
-}
-
-impl<'a> MemoryView<'a> {
-    pub fn new(entry: &'a Entry) -> Result<Self> {
-        let metadata = match &entry.metadata {
-            None => None,
-            Some(text) => Some(
-                serde_json::from_str(text)
-                    .map_err(|e| Error::Internal(format!("stored metadata: {e}")))?,
-            ),
-        };
-        Ok(Self {
-            id: &entry.id,
-            namespace: &entry.namespace,
-            content: &entry.content,
-            tags: &entry.tags,
-            metadata,
-            status: entry.status,
-            supersedes: entry.supersedes.as_deref(),
-            author: AuthorView {
-                principal: &entry.principal,
-                session_id: &entry.session_id,
-            },
-            created_at: format_ms(entry.created_at),
-            updated_at: format_ms(entry.updated_at),
-            content_sha256: hex::encode(entry.content_sha256),
-            verified: true,
-            content_trust: "untrusted",
-        })
-    }
-
-    pub fn id(&self) -> &str {
-        self.id
-    }
-
-    /// Its size as JSON (escapes included), for response byte bounds.
-    fn serialized_len(&self) -> Result<usize> {
-        serde_json::to_vec(self)
-            .map(|v| v.len())
-            .map_err(|e| Error::Internal(format!("render: {e}")))
-    }
-}
-
-impl<'a> CallContext<'a> {
-    /// The namespace a call works in: the one it names, or the principal's default.
-    fn namespace(&self, named: Option<String>) -> String {
-        named.unwrap_or_else(|| self.grant.default_namespace.clone())
-    }
-
-    /// Refuses a write to a namespace this principal may not write. The message does not repeat
-    /// the namespace: the agent knows what it sent, and nothing it sent is echoed.
-    fn check_write(&self, namespace: &str) -> Result<()> {
-        if self.grant.can_write(namespace) {
-            Ok(())
+impl CallContext<'_> {
+    /// The namespace a write goes to: the one it names, or the principal's default. Refused
+    /// unless the principal may write it.
+    fn write_namespace(&self, named: Option<String>) -> Result<String> {
+        let namespace = named.unwrap_or_else(|| self.default_namespace.to_string());
+        if self.view.can_write(&namespace) {
+            Ok(namespace)
         } else {
-            Err(Error::Forbidden(
-                "the namespace is not writable by this principal".into(),
-            ))
+            Err(not_writable())
         }
     }
 
-    /// Whether a row is visible at all: in a namespace the principal may read, and inside its
-    /// read window. Every tool that takes an id applies this (DESIGN.md §5).
-    fn visible(grant: &Grant, window_start: Option<i64>, ns: &str, created_at: i64) -> bool {
-        grant.can_read(ns) && window_start.is_none_or(|start| created_at >= start)
-    }
-
-    /// Row-level access for reads: a row the principal cannot see is "not found".
-    fn read_access(&self) -> impl Fn(&str, i64) -> Result<()> + use<'a> {
-        let (grant, window_start) = (self.grant, self.window_start);
-        move |ns: &str, created_at: i64| {
-            if Self::visible(grant, window_start, ns, created_at) {
-                Ok(())
-            } else {
-                Err(Error::NotFound)
-            }
-        }
-    }
-
-    /// Row-level access for writes: invisible → not found; read-only → forbidden.
-    fn write_access(&self) -> impl Fn(&str, i64) -> Result<()> + use<'a> {
-        let (grant, window_start) = (self.grant, self.window_start);
-        move |ns: &str, created_at: i64| {
-            if !Self::visible(grant, window_start, ns, created_at) {
-                Err(Error::NotFound)
-            } else if !grant.can_write(ns) {
-                Err(Error::Forbidden(
-                    "the namespace is not writable by this principal".into(),
-                ))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    /// Records which rules fired (names only) and returns the status the write gets.
-    fn settle(&mut self, verdict: &Verdict) -> crate::store::Status {
-        self.record.rules = verdict
-            .quarantined_by
-            .iter()
-            .chain(&verdict.redacted_by)
-            .cloned()
-            .collect();
-        if verdict.quarantined_by.is_empty() {
-            crate::store::Status::Active
-        } else {
-            crate::store::Status::Quarantined
-        }
-    }
-
-    /// Checks tag count and applies the content rules to a write, in place.
+    /// Checks the tag count and applies the content rules to a write, in place; records which
+    /// rules fired (names only) and returns the status the write gets.
     fn police(
         &self,
+        record: &mut CallRecord,
         content: &mut String,
         tags: &mut Vec<String>,
         metadata: &mut Option<serde_json::Map<String, Value>>,
-    ) -> Result<Verdict> {
+    ) -> Result<(Verdict, Status)> {
         if tags.len() > self.limits.tags_max {
             return Err(Error::InvalidArgument(format!(
                 "at most {} tags are allowed",
@@ -345,7 +216,18 @@ impl<'a> CallContext<'a> {
         if let Some(rule) = verdict.rejected_by {
             return Err(Error::ContentRejected { rule });
         }
-        Ok(verdict)
+        record.rules = verdict
+            .quarantined_by
+            .iter()
+            .chain(&verdict.redacted_by)
+            .cloned()
+            .collect();
+        let status = if verdict.quarantined_by.is_empty() {
+            Status::Active
+        } else {
+            Status::Quarantined
+        };
+        Ok((verdict, status))
     }
 
     /// The page size asked for, within the policy's maximum.
@@ -359,48 +241,27 @@ impl<'a> CallContext<'a> {
         }
         Ok(n)
     }
-}
 
-/// Filters shared by search and list, checked and resolved against the context.
-fn filter(
-    ctx: &CallContext<'_>,
-    namespace: Option<String>,
-    tags: Vec<String>,
-    since: Option<&str>,
-    until: Option<&str>,
-) -> Result<crate::store::Filter> {
-    let since = since.map(|s| parse_time("since", s)).transpose()?;
-    let until = until.map(|s| parse_time("until", s)).transpose()?;
-    if let (Some(s), Some(u)) = (since, until)
-        && s >= u
-    {
-        return Err(Error::InvalidArgument(
-            "since must be earlier than until".into(),
-        ));
-    }
-    // A named namespace must be readable; none means every namespace the principal may read
-    // (writes without one still go to the default namespace).
-    let scope = match namespace {
-        Some(namespace) if ctx.grant.can_read(&namespace) => Scope::only([namespace]),
-        Some(_) => {
-            return Err(Error::Forbidden(
-                "the namespace is not readable by this principal".into(),
+    /// Filters shared by search and list, checked and resolved against the caller's view: a
+    /// named namespace must be readable; none means every namespace the caller may read.
+    fn filter(
+        &self,
+        namespace: Option<String>,
+        tags: Vec<String>,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Filter> {
+        let since = since.map(|s| parse_time("since", s)).transpose()?;
+        let until = until.map(|s| parse_time("until", s)).transpose()?;
+        if let (Some(s), Some(u)) = (since, until)
+            && s >= u
+        {
+            return Err(Error::InvalidArgument(
+                "since must be earlier than until".into(),
             ));
         }
-        None if ctx.grant.namespaces.contains_key("*") => Scope::All,
-        None => Scope::only(ctx.grant.namespaces.keys().cloned()),
-    };
-    // The read window narrows `since`; it never widens it.
-    let since = match (since, ctx.window_start) {
-        (Some(s), Some(w)) => Some(s.max(w)),
-        (s, w) => s.or(w),
-    };
-    Ok(crate::store::Filter {
-        scope,
-        tags,
-        since,
-        until,
-    })
+        self.view.filter(namespace, tags, since, until)
+    }
 }
 
 /// `limit` may arrive as 20 or 20.0 (both are JSON Schema integers); the schema has checked the

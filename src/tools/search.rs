@@ -1,21 +1,21 @@
 //! memory_search: full-text search where the query is only ever plain words.
 //!
-//! Every whitespace-separated word becomes one FTS5 string literal (`"` doubled inside). Entries
-//! holding every word come first, newest first, then entries holding some (the literals AND-ed,
-//! then OR-ed), those holding more and rarer words first (see [`crate::store::Store::search`]).
-//! So `NEAR(`, `*`, `col:`, `-x`, quotes and SQL in a query are text to look for, never syntax,
-//! and the whole expression is bound as one SQL parameter.
+//! The query is split into words ([`Query::parse`]); each backend looks each word up as text,
+//! never as syntax (SQLite: one FTS5 string literal per word, bound as one parameter, see
+//! `store::sqlite::fts`). Entries holding every word come first, newest first, then entries
+//! holding some, those holding more and rarer words first (see [`crate::store::rank`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CallContext, MemoryView, deserialize_limit, filter, to_json};
+use super::{CallContext, CallRecord, MemoryView, deserialize_limit, to_json};
 use crate::error::{Error, Result};
-use crate::store::{FtsQuery, Matched};
+use crate::store::{Matched, Query};
 
 /// Results when the caller gives no limit.
 pub const DEFAULT_LIMIT: usize = 20;
 
+/// memory_search's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -44,44 +44,9 @@ struct Output<'a> {
     truncated: bool,
 }
 
-/// The FTS5 expressions for a plain-words query, or `None` when it has no words.
-pub fn fts_query(query: &str) -> Option<FtsQuery> {
-    // FTS5 reads its expression as a C string, so a NUL would end it mid-literal: control
-    // characters separate words like whitespace does.
-    // A word repeated in another case is one word: the index folds case, and counting it
-    // twice would weigh it twice in the some-words ranking.
-    let mut terms: Vec<String> = Vec::new();
-    let mut folded: Vec<String> = Vec::new();
-    for word in query.split(|c: char| c.is_whitespace() || c.is_control()) {
-        let key = word.to_lowercase();
-        if !word.is_empty() && !folded.contains(&key) {
-            terms.push(format!("\"{}\"", word.replace('"', "\"\"")));
-            folded.push(key);
-        }
-    }
-    match terms.len() {
-        0 => None,
-        1 => Some(FtsQuery {
-            all: terms[0].clone(),
-            any: None,
-            words: terms,
-        }),
-        _ => Some(FtsQuery {
-            all: terms.join(" AND "),
-            any: Some(terms.join(" OR ")),
-            words: terms,
-        }),
-    }
-}
-
-pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let filter = filter(
-        ctx,
-        p.namespace,
-        p.tags,
-        p.since.as_deref(),
-        p.until.as_deref(),
-    )?;
+/// The caller's memories holding the query's words, best first.
+pub fn apply(p: Params, ctx: &mut CallContext<'_>, record: &mut CallRecord) -> Result<Value> {
+    let filter = ctx.filter(p.namespace, p.tags, p.since.as_deref(), p.until.as_deref())?;
     let limit = ctx.page_size(p.limit, DEFAULT_LIMIT)?;
     let chars = p.query.chars().count();
     if chars > ctx.limits.query_chars {
@@ -90,7 +55,7 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
             ctx.limits.query_chars
         )));
     }
-    let hits = match fts_query(&p.query) {
+    let hits = match Query::parse(&p.query) {
         Some(query) => ctx.store.search(&query, &filter, limit)?,
         None => Default::default(),
     };
@@ -111,43 +76,12 @@ pub fn apply(p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
             matched: hit.matched,
         });
     }
-    ctx.record.results = Some(results.len());
-    ctx.record.ids = results.iter().map(|h| h.memory.id().to_string()).collect();
-    ctx.record.withheld = hits.withheld_ids.clone();
+    record.results = Some(results.len());
+    record.ids = results.iter().map(|h| h.memory.id().to_string()).collect();
+    record.withheld = hits.withheld_ids.clone();
     to_json(&Output {
         results,
         withheld: hits.withheld,
         truncated,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fts_query;
-
-    fn any(q: &str) -> String {
-        fts_query(q).and_then(|f| f.any).unwrap_or_default()
-    }
-
-    #[test]
-    fn every_word_is_one_quoted_literal() {
-        assert_eq!(fts_query("  "), None);
-        assert_eq!(fts_query("\u{0}\t"), None);
-        let one = fts_query("x\u{0}x").unwrap();
-        assert_eq!((one.all.as_str(), one.any), (r#""x""#, None));
-        let two = fts_query("a b a").unwrap();
-        assert_eq!(two.all, r#""a" AND "b""#);
-        let cased = fts_query("Deploy key DEPLOY deploy").unwrap();
-        assert_eq!(cased.words, [r#""Deploy""#, r#""key""#]);
-        assert_eq!(cased.any.as_deref(), Some(r#""Deploy" OR "key""#));
-        assert_eq!(two.any.as_deref(), Some(r#""a" OR "b""#));
-        assert_eq!(
-            any(r#"say "hi" NEAR(x"#),
-            r#""say" OR """hi""" OR "NEAR(x""#
-        );
-        assert_eq!(
-            any("'; DROP TABLE entries; --"),
-            r#""';" OR "DROP" OR "TABLE" OR "entries;" OR "--""#
-        );
-    }
 }

@@ -3,10 +3,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
+use super::{CallContext, CallRecord, Done, check_bytes, metadata_text, to_json};
+use crate::clock::format_ms;
 use crate::error::Result;
 use crate::store::NewEntry;
 
+/// memory_store's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -28,39 +30,36 @@ struct Output<'a> {
     redacted_by: Vec<String>,
 }
 
-pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    let namespace = ctx.namespace(p.namespace.take());
-    ctx.check_write(&namespace)?;
+/// Stores a new memory; the result goes back once it commits with its event.
+pub fn apply<'c>(
+    mut p: Params,
+    ctx: &'c mut CallContext<'_>,
+    record: &mut CallRecord,
+) -> Result<Done<'c>> {
+    let namespace = ctx.write_namespace(p.namespace.take())?;
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
-    let verdict = ctx.police(&mut p.content, &mut p.tags, &mut p.metadata)?;
-    // Redaction markers can be longer than what they replace.
+    let (verdict, status) = ctx.police(record, &mut p.content, &mut p.tags, &mut p.metadata)?;
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
     let metadata = metadata_text(p.metadata, ctx.limits)?;
-    ctx.record.content_bytes = Some(p.content.len());
-    ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
-    let status = ctx.settle(&verdict);
-    let (record, audit) = (&mut *ctx.record, ctx.audit);
-    let entry = ctx.store.insert(
-        ctx.author,
-        NewEntry {
-            namespace,
-            content: p.content,
-            tags: p.tags,
-            metadata,
-            status,
-        },
-        ctx.now_ms,
-        |entry| {
-            record.created = Some(entry.id.clone());
-            record.audit_write(audit, &[&entry.id], Some(entry))
-        },
-    )?;
-    to_json(&Output {
+    record.content_bytes = Some(p.content.len());
+    record.metadata_bytes = metadata.as_ref().map(String::len);
+    let new = NewEntry {
+        namespace,
+        content: p.content,
+        tags: p.tags,
+        metadata,
+        status,
+    };
+    let pending = ctx.store.insert(ctx.author, new, ctx.now_ms)?;
+    let entry = pending.entry();
+    record.created(entry);
+    let output = to_json(&Output {
         id: &entry.id,
         namespace: &entry.namespace,
         status: entry.status.as_str(),
         created_at: format_ms(entry.created_at),
         content_sha256: hex::encode(entry.content_sha256),
         redacted_by: verdict.redacted_by,
-    })
+    })?;
+    Ok(Done::Write(output, Box::new(pending)))
 }

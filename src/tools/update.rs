@@ -3,10 +3,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CallContext, check_bytes, format_ms, metadata_text, to_json};
+use super::{CallContext, CallRecord, Done, check_bytes, metadata_text, to_json};
+use crate::clock::format_ms;
 use crate::error::Result;
 use crate::store::Changes;
 
+/// memory_update's arguments.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -27,42 +29,40 @@ struct Output<'a> {
     redacted_by: Vec<String>,
 }
 
-pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
-    // First, so an integrity failure on the old version is recorded against it.
-    ctx.record.ids.push(p.id.clone());
+/// Writes a new version; the result goes back once it commits with its event.
+pub fn apply<'c>(
+    mut p: Params,
+    ctx: &'c mut CallContext<'_>,
+    record: &mut CallRecord,
+) -> Result<Done<'c>> {
+    record.ids.push(p.id.clone());
     if let Some(content) = &p.content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
     }
-    // The rules see only what changes; unchanged fields were policed when they were written.
     let mut content = p.content.take().unwrap_or_default();
-    // `"tags": []` clears the tags; only an absent `tags` keeps the old ones.
     let tags_given = p.tags.is_some();
     let mut tag_list = p.tags.take().unwrap_or_default();
-    let verdict = ctx.police(&mut content, &mut tag_list, &mut p.metadata)?;
+    let (verdict, status) = ctx.police(record, &mut content, &mut tag_list, &mut p.metadata)?;
     let tags = tags_given.then_some(tag_list);
     let content = (!content.is_empty()).then_some(content);
     if let Some(content) = &content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
     }
     let metadata = metadata_text(p.metadata, ctx.limits)?;
-    ctx.record.content_bytes = content.as_ref().map(String::len);
-    ctx.record.metadata_bytes = metadata.as_ref().map(String::len);
-    let status = ctx.settle(&verdict);
+    record.content_bytes = content.as_ref().map(String::len);
+    record.metadata_bytes = metadata.as_ref().map(String::len);
     let changes = Changes {
         content,
         tags,
         metadata,
         status: Some(status),
     };
-    let access = ctx.write_access();
-    let (record, audit) = (&mut *ctx.record, ctx.audit);
-    let entry = ctx
+    let pending = ctx
         .store
-        .update(ctx.author, &p.id, changes, ctx.now_ms, &access, |entry| {
-            record.created = Some(entry.id.clone());
-            record.audit_write(audit, &[&entry.id], Some(entry))
-        })?;
-    to_json(&Output {
+        .update(ctx.author, &p.id, changes, ctx.now_ms, &ctx.view)?;
+    let entry = pending.entry();
+    record.created(entry);
+    let output = to_json(&Output {
         id: &entry.id,
         supersedes: entry.supersedes.as_deref().unwrap_or_default(),
         namespace: &entry.namespace,
@@ -70,5 +70,6 @@ pub fn apply(mut p: Params, ctx: &mut CallContext<'_>) -> Result<Value> {
         created_at: format_ms(entry.created_at),
         content_sha256: hex::encode(entry.content_sha256),
         redacted_by: verdict.redacted_by,
-    })
+    })?;
+    Ok(Done::Write(output, Box::new(pending)))
 }

@@ -5,31 +5,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::Store;
-use crate::error::Result;
+use super::Sqlite;
+use crate::store::backend::{IndexShape, MaintainReport};
 
 /// The FTS5 structure record's row id in `entries_fts_data`.
 const STRUCTURE_ROWID: i64 = 10;
-
-/// How the full-text index is laid out: levels and segments (fewer segments, fewer doclists to
-/// merge per term on every query).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct FtsShape {
-    pub levels: u64,
-    pub segments: u64,
-}
-
-/// What one `merge` pass did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct MergeReport {
-    pub before: FtsShape,
-    pub after: FtsShape,
-    /// Write transactions taken.
-    pub steps: u64,
-    /// The longest of them, in ms (lock held, commit included).
-    pub longest_step_ms: f64,
-    pub total_ms: f64,
-}
 
 /// SQLite's varint (as FTS5 writes it): big-endian 7-bit groups, the 9th byte whole.
 fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
@@ -50,19 +30,19 @@ fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
 
 /// Levels and segments from FTS5's structure record: a 4-byte cookie, an optional 4-byte
 /// version-2 marker, then varints nLevel and nSegment.
-fn decode_shape(data: &[u8]) -> Option<FtsShape> {
+fn decode_shape(data: &[u8]) -> Option<IndexShape> {
     let mut at = 4;
     if data.get(4..8) == Some(&[0xff, 0x00, 0x00, 0x01]) {
         at = 8;
     }
     let levels = varint(data, &mut at)?;
     let segments = varint(data, &mut at)?;
-    Some(FtsShape { levels, segments })
+    Some(IndexShape { levels, segments })
 }
 
-impl Store {
+impl Sqlite {
     /// The full-text index's current shape.
-    pub fn fts_shape(&self) -> Result<FtsShape> {
+    pub fn fts_shape(&self) -> IndexShape {
         let data: Vec<u8> = self
             .conn
             .query_row(
@@ -71,16 +51,22 @@ impl Store {
                 |r| r.get(0),
             )
             .unwrap_or_default();
-        Ok(decode_shape(&data).unwrap_or_default())
+        decode_shape(&data).unwrap_or_default()
     }
 
-    /// Merges the index's segments towards one, `pages` leaf pages per write transaction,
-    /// sizing each step so it holds the write lock about `lock_target` and resting as long
-    /// between steps so waiting writers get the lock. Stops when a step does no work.
-    pub fn merge_fts(&mut self, lock_target: Duration) -> Result<MergeReport> {
+    /// Merges the index's segments towards one, sizing each write transaction so it holds the
+    /// write lock about `lock_target` and resting as long between steps so waiting writers get
+    /// the lock; stops when a step does no work. Then `PRAGMA optimize` and a passive WAL
+    /// checkpoint.
+    pub(super) fn merge_and_checkpoint(
+        &mut self,
+        lock_target: Duration,
+    ) -> rusqlite::Result<MaintainReport> {
         let started = Instant::now();
-        let mut report = MergeReport {
-            before: self.fts_shape()?,
+        let before = self.fts_shape();
+        let mut report = MaintainReport {
+            segments_before: before.segments,
+            levels_before: before.levels,
             ..Default::default()
         };
         let mut pages: i64 = 16;
@@ -101,22 +87,20 @@ impl Store {
             }
             std::thread::sleep(took.max(Duration::from_millis(5)));
         }
-        report.after = self.fts_shape()?;
+        let after = self.fts_shape();
+        report.segments_after = after.segments;
+        report.levels_after = after.levels;
         report.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        (report.log_frames, report.log_copied) =
+            crate::sqlite_file::optimize_and_checkpoint(&self.conn)?;
         Ok(report)
-    }
-
-    /// `PRAGMA optimize` (statistics for the planner) and a passive WAL checkpoint, which never
-    /// waits for readers or writers. Returns the checkpoint's (log frames, frames copied).
-    pub fn optimize_and_checkpoint(&self) -> Result<(i64, i64)> {
-        optimize_and_checkpoint(&self.conn)
     }
 }
 
 /// One `merge` step in its own write transaction. A negative page count lets FTS5 merge
 /// segments of any levels (an incremental 'optimize'); a change count below 2 means the step
 /// found nothing to merge (FTS5's documented test).
-fn merge_step(conn: &Connection, pages: i64) -> Result<bool> {
+fn merge_step(conn: &Connection, pages: i64) -> rusqlite::Result<bool> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let before = tx.total_changes();
     tx.execute(
@@ -126,15 +110,6 @@ fn merge_step(conn: &Connection, pages: i64) -> Result<bool> {
     let changed = tx.total_changes() - before;
     tx.commit()?;
     Ok(changed >= 2)
-}
-
-/// `PRAGMA optimize` and a passive checkpoint on any of our databases.
-pub fn optimize_and_checkpoint(conn: &Connection) -> Result<(i64, i64)> {
-    conn.execute_batch("PRAGMA optimize")?;
-    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
-    })?;
-    Ok((log, copied))
 }
 
 #[cfg(test)]
@@ -147,14 +122,14 @@ mod tests {
         let rec = [0, 0, 0, 7, 0xff, 0, 0, 1, 2, 0x82, 0x2c, 9];
         assert_eq!(
             decode_shape(&rec),
-            Some(FtsShape {
+            Some(IndexShape {
                 levels: 2,
                 segments: 300
             })
         );
         assert_eq!(
             decode_shape(&[0, 0, 0, 1, 3, 5]),
-            Some(FtsShape {
+            Some(IndexShape {
                 levels: 3,
                 segments: 5
             })

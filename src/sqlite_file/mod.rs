@@ -2,10 +2,14 @@
 //! migration runner (numbered steps, `PRAGMA user_version`, one `BEGIN IMMEDIATE` per step).
 //! The stray-object check beside it is [`crate::sqlite_schema`].
 
+pub mod snapshot;
+
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::error::Error;
 
 /// Switches a connection to WAL, which lets readers run beside one writer.
 ///
@@ -68,6 +72,50 @@ pub fn migrate(
         tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))?;
         tx.commit()?;
     }
+}
+
+/// `PRAGMA optimize` and a passive checkpoint on any of our databases.
+pub fn optimize_and_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.execute_batch("PRAGMA optimize")?;
+    let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })?;
+    Ok((log, copied))
+}
+
+/// The error a call gets when SQLite fails. Busy, locked, full, read-only, I/O and corruption failures are environmental: the store
+/// cannot serve now (the operator's `health` and `verify` say why). Anything else from
+/// SQLite is a bug on our side.
+pub fn storage_error(err: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    match err.sqlite_error_code() {
+        Some(
+            C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::DiskFull
+            | C::ReadOnly
+            | C::SystemIoFailure
+            | C::CannotOpen
+            | C::OutOfMemory
+            | C::FileLockingProtocolFailed
+            | C::DatabaseCorrupt
+            | C::NotADatabase,
+        ) => Error::Unavailable(format!("sqlite: {err}")),
+        _ => Error::Internal(format!("sqlite: {err}")),
+    }
+}
+
+/// `PRAGMA quick_check` on a file opened read-only: `Ok("ok")`, or what SQLite found.
+pub fn quick_check(path: &std::path::Path) -> Result<String, String> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(|e| e.to_string())?;
+    let r: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if r == "ok" { Ok(r) } else { Err(r) }
 }
 
 /// Rows in `table` of the database at `path`, opened read-only without following links;

@@ -1,0 +1,202 @@
+//! One session's life: serving it until the client closes, a signal, a timeout or the audit
+//! log ends it; then recording why it ended and signing a checkpoint over its last event.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::Server;
+use super::handler::{Handler, SessionGate, StartFacts};
+use crate::audit::{Kind, NewEvent};
+use crate::clock::now_ms;
+use crate::transport::LineTransport;
+use rmcp::ServiceExt;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed its side (stdin EOF).
+    Closed,
+    /// The shutdown token fired (SIGTERM / SIGINT).
+    Shutdown,
+    /// The client went away before finishing `initialize`.
+    NoHandshake,
+    /// audit.db could not be written: the session was ended (fail closed).
+    AuditFailed,
+    /// The rate gate ended it (too many cooldowns, or too many new sessions).
+    RateLimited,
+    /// No call for the policy's idle timeout.
+    IdleTimeout,
+    /// Older than the policy's maximum session age.
+    MaxAge,
+}
+
+impl EndReason {
+    /// The reason as the session_end event records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "client_closed",
+            Self::Shutdown => "shutdown",
+            Self::NoHandshake => "no_handshake",
+            Self::AuditFailed => "audit_failed",
+            Self::RateLimited => "rate_limited",
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxAge => "max_age",
+        }
+    }
+}
+
+/// Ends the session when it has been idle, or alive, for longer than the policy allows.
+async fn session_clock(server: Server) {
+    let limits = server.shared.policy.sessions;
+    if limits.idle_timeout.is_none() && limits.max_age.is_none() {
+        return;
+    }
+    let tick = [limits.idle_timeout, limits.max_age]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Duration::from_secs(1), |d| d / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let idle_ms =
+            (now_ms() as u64).saturating_sub(server.state.last_activity.load(Ordering::Relaxed));
+        if let Some(idle) = limits.idle_timeout
+            && idle_ms >= idle.as_millis() as u64
+        {
+            tracing::info!(session = %server.session().id, "idle timeout: ending the session");
+            server.end_session(EndReason::IdleTimeout);
+            return;
+        }
+        if let Some(max) = limits.max_age
+            && server.session().started.elapsed() >= max
+        {
+            tracing::info!(session = %server.session().id, "maximum session age: ending the session");
+            server.end_session(EndReason::MaxAge);
+            return;
+        }
+    }
+}
+
+/// Serves one MCP session over `read`/`write` until the client closes, `shutdown` fires or the
+/// audit log fails. Records the session's end and logs the chain head before returning.
+pub async fn run<R, W>(
+    server: Server,
+    facts: StartFacts,
+    read: R,
+    write: W,
+    shutdown: CancellationToken,
+) -> EndReason
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let max_line = server.state.limits.request_line_bytes;
+    let gate = SessionGate(server.clone());
+    let (transport, writer) = LineTransport::new(read, write, max_line, gate);
+    let handler = Handler {
+        server: server.clone(),
+        facts: Arc::new(facts),
+    };
+    // rmcp cancels the token it is given when the transport closes; hand it a child so that
+    // `shutdown` itself only ever reports our own signal.
+    let service_token = shutdown.child_token();
+    let session_end = server.state.end.clone();
+    let watcher_token = service_token.clone();
+    let watcher = tokio::spawn(async move {
+        session_end.cancelled().await;
+        watcher_token.cancel();
+    });
+    let clock = tokio::spawn(session_clock(server.clone()));
+    let handshake = match handler.serve_with_ct(transport, service_token).await {
+        Ok(running) => {
+            let _ = running.waiting().await;
+            true
+        }
+        // The error's text can quote the whole first message (content included): log none of it.
+        Err(_) => {
+            tracing::info!("session ended before initialize completed");
+            false
+        }
+    };
+    watcher.abort();
+    clock.abort();
+    // Every reply queued so far reaches the client before the session is recorded as over.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let reason = end_reason(&server, &shutdown, handshake);
+    record_end(&server, reason);
+    reason
+}
+
+/// Why the session ended: the audit log's failure above all, then the server's own reason
+/// (rate gate, timeouts), then what the transport saw.
+fn end_reason(server: &Server, shutdown: &CancellationToken, handshake: bool) -> EndReason {
+    let seen = if server.shared.audit_failed() {
+        EndReason::AuditFailed
+    } else if shutdown.is_cancelled() {
+        EndReason::Shutdown
+    } else if handshake {
+        EndReason::Closed
+    } else {
+        EndReason::NoHandshake
+    };
+    let own = *server
+        .state
+        .end_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match (seen, own) {
+        (EndReason::AuditFailed, _) => EndReason::AuditFailed,
+        (_, Some(own)) => own,
+        (seen, None) => seen,
+    }
+}
+
+/// Records the session's end: its event, a signed checkpoint over it, and the chain head in the
+/// log.
+fn record_end(server: &Server, reason: EndReason) {
+    let session = server.session();
+    let (calls, refused) = session.counts();
+    if server.state.started_logged.load(Ordering::SeqCst) {
+        let _ = server.append(NewEvent::new(
+            Kind::SessionEnd,
+            json!({"reason": reason.as_str(), "calls": calls, "refused": refused,
+                   "seconds": session.started.elapsed().as_secs_f64()}),
+        ));
+    }
+    // The session's last signed checkpoint covers its session_end event (see audit::checkpoint).
+    let head = {
+        let mut audit = server.shared.audit();
+        if let Some(log) = audit.as_mut()
+            && !server.shared.audit_failed()
+            && let Err(e) =
+                log.checkpoint(Some(&session.id), Some(session.principal.name()), now_ms())
+        {
+            tracing::warn!(target: "memwarden::security", event = "audit_checkpoint", error = %e,
+                "signing the session-end audit checkpoint failed");
+        }
+        audit.as_ref().map(|log| log.head())
+    };
+    match head {
+        Some(Ok(head)) => tracing::info!(target: "memwarden::security", event = "audit_head",
+            session = %session.id, seq = head.seq, hash = %head.hash,
+            "audit chain head at session end: keep it to detect truncation"),
+        _ => {
+            tracing::warn!(target: "memwarden::security", event = "audit_head", "audit chain head unavailable")
+        }
+    }
+    tracing::info!(
+        session = %session.id,
+        principal = %session.principal,
+        reason = reason.as_str(),
+        calls,
+        refused,
+        seconds = session.started.elapsed().as_secs_f64(),
+        "session ended"
+    );
+}

@@ -1,0 +1,254 @@
+//! The MCP server: what a process shares, what one session owns, the gates every call passes,
+//! and one session's lifetime.
+//!
+//! A call goes: rate gate (one token, whatever the call holds) → tool gate (a tool we know,
+//! granted) → schema gate (raw arguments against the published schema, then serde) → the tool →
+//! a structured result, with exactly one call event in the audit log ([`call`]). Schema failures
+//! are JSON-RPC -32602 errors; every other refusal is a tool result with `isError: true` and
+//! `{code, message}` ([`handler`]). [`lifecycle`] runs a session and records its end.
+//!
+//! [`Shared`] is what every session of a process uses: schemas, the store, the audit log, the
+//! policy, and the fail-closed latch (once an audit append fails, every session refuses every
+//! call). A [`Server`] is one session's handle: the shared part plus the session's own identity,
+//! grant, rate buckets and counters. Store and audit calls block, so calls run on blocking
+//! threads, one at a time per session. The server takes its I/O and its shutdown token as
+//! parameters, so tests can drive it over in-memory pipes and production over stdio or a socket.
+
+mod call;
+mod handler;
+mod lifecycle;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rmcp::model::Tool;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent_text::Describer;
+use crate::audit::{AuditError, AuditLog, NewEvent};
+use crate::clock::now_ms;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::policy::{Grant, Policy, RateLimiter};
+use crate::schema::Schemas;
+use crate::session::Session;
+use crate::store::{Quota, Store};
+pub use handler::{Handler, StartFacts};
+pub use lifecycle::{EndReason, run};
+
+/// What every session of one process shares.
+pub struct Shared {
+    schemas: Schemas,
+    /// `None` once closed. Lock order: store, then audit — never the other way.
+    store: Mutex<Option<Store>>,
+    /// `None` once closed.
+    audit: Mutex<Option<AuditLog>>,
+    /// Set when an append failed: from then on every session refuses every call (fail closed).
+    audit_failed: AtomicBool,
+    policy: Arc<Policy>,
+    /// Names agent text in the audit log and logs (keyed by the audit key).
+    describer: Describer,
+    /// Keyed digest of each call's arguments (keyed by the audit key).
+    args_digest: Describer,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The shared state over an open store and audit log; the store gets the policy's quotas.
+    pub fn new(schemas: Schemas, mut store: Store, audit: AuditLog, policy: Arc<Policy>) -> Self {
+        store.set_quota(Quota {
+            max_entries: policy.limits.namespace_max_entries,
+            max_bytes: policy.limits.namespace_max_bytes,
+        });
+        let describer = audit.describer(b"memwarden/agent-text/v1");
+        let args_digest = audit.describer(b"memwarden/args/v1");
+        Self {
+            schemas,
+            store: Mutex::new(Some(store)),
+            audit: Mutex::new(Some(audit)),
+            audit_failed: AtomicBool::new(false),
+            policy,
+            describer,
+            args_digest,
+        }
+    }
+
+    /// The store, locked. A panic while holding the lock would poison it; the store's
+    /// transactions roll back on drop, so the store itself is still consistent.
+    fn store(&self) -> MutexGuard<'_, Option<Store>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The audit log, locked (after the store, when both are held).
+    fn audit(&self) -> MutexGuard<'_, Option<AuditLog>> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an append has failed in any session of this process.
+    pub fn audit_failed(&self) -> bool {
+        self.audit_failed.load(Ordering::SeqCst)
+    }
+
+    /// Appends one event, or trips the latch when the log cannot take it.
+    fn append(&self, event: &NewEvent<'_>) -> Result<(), AuditError> {
+        if self.audit_failed() {
+            return Err(AuditError::Open("failed earlier in this process".into()));
+        }
+        let result = match self.audit().as_mut() {
+            Some(log) => log.append(event, now_ms()).map(drop),
+            None => Err(AuditError::Open("closed".into())),
+        };
+        if result.is_err() {
+            self.trip();
+        }
+        result
+    }
+
+    /// Trips the fail-closed latch.
+    fn trip(&self) {
+        self.audit_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes both databases (checkpointing their WALs); later calls answer UNAVAILABLE.
+    pub fn close(&self) {
+        if let Some(store) = self.store().take()
+            && let Err(e) = store.close()
+        {
+            tracing::warn!(error = %e, "closing memory.db failed");
+        }
+        if let Some(audit) = self.audit().take()
+            && let Err(e) = audit.close()
+        {
+            tracing::warn!(error = %e, "closing audit.db failed");
+        }
+    }
+}
+
+/// What one session owns.
+struct SessionState {
+    session: Session,
+    grant: Grant,
+    limits: Limits,
+    /// The tools this principal is granted, as listed.
+    tools: Vec<Tool>,
+    rate: Mutex<RateLimiter>,
+    /// Cancelled to end the session from inside (audit failure, rate gate, timeouts).
+    end: CancellationToken,
+    /// Why the server itself ended the session, when it did.
+    end_reason: Mutex<Option<EndReason>>,
+    started_logged: AtomicBool,
+    schema_refusals: AtomicU64,
+    /// Unix ms of the last call, for the idle timeout.
+    last_activity: AtomicU64,
+    /// Held while a call runs: one call at a time per session, as the agent sent them.
+    calls: tokio::sync::Mutex<()>,
+}
+
+/// One session's handle on the server: the process's shared state and the session's own.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+    state: Arc<SessionState>,
+}
+
+impl Server {
+    /// A process serving one session (the stdio and socket-activated case).
+    pub fn new(
+        schemas: Schemas,
+        store: Store,
+        audit: AuditLog,
+        session: Session,
+        policy: Arc<Policy>,
+    ) -> Self {
+        Self::for_session(
+            Arc::new(Shared::new(schemas, store, audit, policy)),
+            session,
+        )
+    }
+
+    /// A new session on shared state.
+    pub fn for_session(shared: Arc<Shared>, session: Session) -> Self {
+        let grant = shared.policy.grant(session.principal.name());
+        let tools = handler::tool_list(&shared.schemas, &grant);
+        let limits = shared.policy.limits.clone();
+        let now = now_ms() as u64;
+        let rate = RateLimiter::new(&shared.policy.rates, now);
+        Self {
+            state: Arc::new(SessionState {
+                session,
+                grant,
+                limits,
+                tools,
+                rate: Mutex::new(rate),
+                end: CancellationToken::new(),
+                end_reason: Mutex::new(None),
+                started_logged: AtomicBool::new(false),
+                schema_refusals: AtomicU64::new(0),
+                last_activity: AtomicU64::new(now),
+                calls: tokio::sync::Mutex::new(()),
+            }),
+            shared,
+        }
+    }
+
+    /// The session this handle serves.
+    pub fn session(&self) -> &Session {
+        &self.state.session
+    }
+
+    /// Closes both databases (see [`Shared::close`]).
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Appends one event of this session. On failure the session is lost: every later call is
+    /// refused and the session ends shortly (after the current reply is written).
+    fn append<'a>(&'a self, mut event: NewEvent<'a>) -> Result<(), Error> {
+        event.session_id = Some(&self.state.session.id);
+        event.principal = Some(self.state.session.principal.name());
+        self.shared
+            .append(&event)
+            .map_err(|e| self.audit_lost(Error::Audit(e.to_string())))
+    }
+
+    /// The audit log could not be written: log it, end the session, pass the error on.
+    fn audit_lost(&self, err: Error) -> Error {
+        self.shared.trip();
+        tracing::error!(target: "memwarden::security", event = "audit_unwritable", error = %err,
+            "audit.db cannot be written: refusing every call and ending the session");
+        self.end_soon();
+        err
+    }
+
+    /// Ends the session from inside, shortly (so the current reply is written first).
+    fn end_session(&self, reason: EndReason) {
+        self.state
+            .end_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.end_soon();
+    }
+
+    fn end_soon(&self) {
+        let end = self.state.end.clone();
+        tokio::spawn(async move {
+            // Let the refusal reach the client first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            end.cancel();
+        });
+    }
+
+    /// Marks the session active now (for the idle timeout).
+    fn touch(&self) {
+        self.state
+            .last_activity
+            .store(now_ms() as u64, Ordering::Relaxed);
+    }
+}
