@@ -10,10 +10,9 @@
 //! without a deadline.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::fsafe::{Dir, FsError};
+use crate::fsafe::{Dir, FsError, LockFile, LockMode, Wait};
 
 /// Name of the lock file in the data dir.
 pub const LOCK_FILE: &str = "memwarden.lock";
@@ -49,74 +48,45 @@ pub enum LockError {
     },
 }
 
-/// Opens the lock file without following links, creating it (0600, owned like the dir) if
-/// missing.
-fn open(dir: &Dir) -> Result<File, FsError> {
-    match dir.open_file(LOCK_FILE) {
-        Ok(f) => Ok(f),
-        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => {
-            match dir.create_new(LOCK_FILE) {
-                Ok(f) => Ok(f),
-                // Another process created it in between.
-                Err(e) if e.io_kind() == Some(std::io::ErrorKind::AlreadyExists) => {
-                    dir.open_file(LOCK_FILE)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// One non-blocking attempt; `Ok(false)` when another process holds a conflicting lock.
-fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
-    // SAFETY: a valid fd owned by `file`.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EWOULDBLOCK) => Ok(false),
-        _ => Err(e),
-    }
-}
-
 impl DataLock {
     /// Shares the lock with other sessions and commands, waiting up to `wait` for a restore
     /// or reset in progress to finish.
     pub fn shared(dir: &Dir, wait: Duration) -> Result<Self, LockError> {
-        let file = open(dir)?;
-        let io = |source| LockError::Io {
-            path: dir.join(LOCK_FILE).display().to_string(),
-            source,
-        };
-        let started = Instant::now();
-        loop {
-            if try_flock(&file, libc::LOCK_SH).map_err(io)? {
-                return Ok(Self { _file: file });
-            }
-            if started.elapsed() >= wait {
-                return Err(LockError::Replacing {
-                    path: dir.path().display().to_string(),
-                    waited: wait,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let lock = dir.lock_file(LOCK_FILE)?;
+        if !lock
+            .acquire(LockMode::Shared, Wait::Upto(wait))
+            .map_err(|e| io(&lock, e))?
+        {
+            return Err(LockError::Replacing {
+                path: dir.path().display().to_string(),
+                waited: wait,
+            });
         }
+        Ok(Self {
+            _file: lock.into_file(),
+        })
     }
 
     /// Takes the lock alone, or refuses at once: something is using the data dir.
     pub fn exclusive(dir: &Dir) -> Result<Self, LockError> {
-        let file = open(dir)?;
-        let held = try_flock(&file, libc::LOCK_EX).map_err(|source| LockError::Io {
-            path: dir.join(LOCK_FILE).display().to_string(),
-            source,
-        })?;
-        if !held {
+        let lock = dir.lock_file(LOCK_FILE)?;
+        if !lock
+            .acquire(LockMode::Exclusive, Wait::Never)
+            .map_err(|e| io(&lock, e))?
+        {
             return Err(LockError::InUse {
                 path: dir.path().display().to_string(),
             });
         }
-        Ok(Self { _file: file })
+        Ok(Self {
+            _file: lock.into_file(),
+        })
+    }
+}
+
+fn io(lock: &LockFile, source: std::io::Error) -> LockError {
+    LockError::Io {
+        path: lock.path().display().to_string(),
+        source,
     }
 }

@@ -65,7 +65,7 @@ pub fn key_name(key_id: &str) -> String {
     format!("{KEY_NAME_PREFIX}{key_id}")
 }
 
-/// C2SP key ID: SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4].
+/// C2SP key ID: `SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]`.
 pub fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
@@ -78,6 +78,7 @@ pub fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
 /// A checkpoint's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log it is of (`memwarden/audit-log/<id>`, from event 1's hash).
     pub origin: String,
     /// The seq of the event it signs (the number of events up to and including it).
     pub size: u64,
@@ -232,7 +233,9 @@ impl Signer {
 /// One public key an auditor trusts.
 #[derive(Debug, Clone)]
 pub struct VerifierKey {
+    /// The key name the signature lines carry.
     pub name: String,
+    /// The C2SP key hash that picks this key for a signature line.
     pub key_hash: [u8; 4],
     key: VerifyingKey,
 }

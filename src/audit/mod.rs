@@ -5,9 +5,12 @@
 //! Appends from concurrent processes serialise on `BEGIN IMMEDIATE`, so the chain never forks.
 
 pub mod append;
+mod chain;
 pub mod checkpoint;
+mod checkpointer;
 pub mod inspect;
 pub mod query;
+mod reader;
 pub mod verify;
 pub mod witness;
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use append::{AuditLog, CheckpointPolicy, Head, NewEvent};
+pub use reader::AuditReader;
 
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in a fixed order.
     pub const ALL: [Kind; 6] = [
         Self::SessionStart,
         Self::Call,
@@ -40,6 +45,7 @@ impl Kind {
         Self::Checkpoint,
     ];
 
+    /// The name stored in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SessionStart => "session_start",
@@ -51,6 +57,7 @@ impl Kind {
         }
     }
 
+    /// The kind stored as `s`, if any.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -68,6 +75,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The name stored in the `outcome` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -209,7 +217,47 @@ pub fn check_schema(conn: &Connection) -> Result<(), AuditError> {
 /// Opens audit.db for reading only, as an auditor would: a copy, possibly in a read-only
 /// directory, without memory.db. Never writes, never creates.
 pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    check_ro_file(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_pending = std::fs::metadata(&wal)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    let dir_writable = path.parent().map(dir_writable).unwrap_or(false);
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let shm_present = std::path::Path::new(&shm).is_file();
+    let conn = if dir_writable || !wal_pending {
+        // Without a pending WAL, the file alone is the whole database: read it as immutable so
+        // no -shm needs creating (a read-only directory allows none).
+        let extra = if dir_writable { "" } else { "&immutable=1" };
+        Connection::open_with_flags(ro_uri(path, extra), flags)?
+    } else if shm_present {
+        // A live server's WAL in a directory this process may only read (the audit-head and
+        // metrics units): SQLite reads through the existing -shm without writing it.
+        Connection::open_with_flags(ro_uri(path, ""), flags)?
+    } else {
+        return Err(AuditError::Open(format!(
+            "{} has un-checkpointed changes in its -wal file and its directory is read-only; \
+             copy it to a writable directory (with the -wal file) first",
+            path.display()
+        )));
+    };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != CURRENT_VERSION {
+        return Err(AuditError::TooNew { found: version });
+    }
+    check_schema(&conn)?;
+    Ok(conn)
+}
+
+/// Refuses, with a clear message, what [`open_ro`] cannot read: a path through a link, no
+/// file, an empty file.
+fn check_ro_file(path: &Path) -> Result<(), AuditError> {
     // SQLite refuses the link anyway (SQLITE_OPEN_NOFOLLOW); name it. A copy handed to an
     // auditor may have any mode: only data dirs are held to 0600 (config::DataDir::open_dir).
     if let Ok(Some(link)) = crate::fsafe::first_symlink(path) {
@@ -232,69 +280,38 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
             path.display()
         )));
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal_pending = std::fs::metadata(&wal)
-        .map(|m| m.len() > 0)
-        .unwrap_or(false);
-    let dir_writable = path
-        .parent()
-        .map(|d| {
-            let probe = d.join(format!(
-                ".memwarden-probe-{}",
-                uuid::Uuid::new_v4().simple()
-            ));
-            // Exclusive and no-follow: the probe never writes through anything already there.
-            let ok = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(&probe)
-                .is_ok();
-            let _ = std::fs::remove_file(&probe);
-            ok
-        })
-        .unwrap_or(false);
-    let uri = |extra: &str| {
-        let mut u = String::from("file:");
-        for b in path.to_string_lossy().bytes() {
-            match b {
-                b'?' | b'#' | b'%' => u.push_str(&format!("%{b:02X}")),
-                _ => u.push(b as char),
-            }
+    Ok(())
+}
+
+/// Whether this process may create files in `dir` (SQLite's -shm), by creating one.
+fn dir_writable(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(format!(
+        ".memwarden-probe-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    // Exclusive and no-follow: the probe never writes through anything already there.
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The read-only `file:` URI of `path`, with `extra` query parameters.
+fn ro_uri(path: &Path, extra: &str) -> String {
+    let mut u = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' => u.push_str(&format!("%{b:02X}")),
+            _ => u.push(b as char),
         }
-        u.push_str("?mode=ro");
-        u.push_str(extra);
-        u
-    };
-    let mut shm = path.as_os_str().to_owned();
-    shm.push("-shm");
-    let shm_present = std::path::Path::new(&shm).is_file();
-    let conn = if dir_writable || !wal_pending {
-        // Without a pending WAL, the file alone is the whole database: read it as immutable so
-        // no -shm needs creating (a read-only directory allows none).
-        let extra = if dir_writable { "" } else { "&immutable=1" };
-        Connection::open_with_flags(uri(extra), flags)?
-    } else if shm_present {
-        // A live server's WAL in a directory this process may only read (the audit-head and
-        // metrics units): SQLite reads through the existing -shm without writing it.
-        Connection::open_with_flags(uri(""), flags)?
-    } else {
-        return Err(AuditError::Open(format!(
-            "{} has un-checkpointed changes in its -wal file and its directory is read-only; \
-             copy it to a writable directory (with the -wal file) first",
-            path.display()
-        )));
-    };
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version != CURRENT_VERSION {
-        return Err(AuditError::TooNew { found: version });
     }
-    check_schema(&conn)?;
-    Ok(conn)
+    u.push_str("?mode=ro");
+    u.push_str(extra);
+    u
 }

@@ -14,30 +14,48 @@ pub struct Filter {
     pub since: Option<String>,
     /// RFC 3339, exclusive.
     pub until: Option<String>,
+    /// Only this principal's events.
     pub principal: Option<String>,
+    /// Only this session's events.
     pub session: Option<String>,
+    /// Only calls of this tool.
     pub tool: Option<String>,
+    /// Only this outcome (`ok`, `denied`, `error`).
     pub outcome: Option<String>,
+    /// Only this kind of event.
     pub kind: Option<String>,
+    /// At most this many events.
     pub limit: Option<u64>,
 }
 
 /// One event as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// Position in the chain.
     pub seq: i64,
+    /// UTC RFC 3339 with milliseconds.
     pub ts: String,
+    /// The event kind.
     pub kind: String,
+    /// The session it belongs to, if any.
     pub session_id: Option<String>,
+    /// Who acted, if known.
     pub principal: Option<String>,
+    /// The tool called, if any.
     pub tool: Option<String>,
+    /// How the call ended, for calls.
     pub outcome: Option<String>,
+    /// The error code, when the call failed.
     pub code: Option<String>,
+    /// The detail object (the stored text when it is not JSON).
     pub detail: serde_json::Value,
+    /// The hash it links to (export only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prev_hash: Option<String>,
+    /// Its chain hash (export only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Its MAC (export only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! Checking the chain offline: linkage and hashes without any key, MACs with the audit key,
 //! checkpoint signatures with the public key alone, and heads or signed checkpoints kept
 //! elsewhere (the only way to see a cut tail, an old copy, or a history rewritten by someone
-//! who holds the audit key).
+//! who holds the audit key). It only reads: what it finds is reported, never repaired.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -15,9 +15,11 @@ use crate::keys::KeySet;
 pub struct Damage {
     /// The first seq at which the chain does not hold.
     pub seq: i64,
+    /// What is wrong there.
     pub kind: DamageKind,
 }
 
+/// The ways a chain can fail to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DamageKind {
     /// A seq is missing: events were deleted (or the log does not start at 1).
@@ -85,10 +87,13 @@ impl std::fmt::Display for Damage {
 /// What verification found.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Events read (up to the first damage).
     pub events: u64,
+    /// The log's last event.
     pub head: Head,
     /// Whether MACs were checked (a key was given).
     pub macs_checked: bool,
+    /// The first thing found wrong; `None` when every check held.
     pub damage: Option<Damage>,
     /// Checkpoint events whose signatures were checked (with public keys given).
     pub checkpoints: u64,
@@ -159,139 +164,196 @@ fn check_checkpoint_event(
 
 /// Walks the whole chain in seq order and makes every check `checks` asks for.
 pub fn verify_with(conn: &Connection, checks: &Checks<'_>) -> Result<Report, AuditError> {
-    let (keys, expect) = (checks.keys, checks.expect);
-    let mut origin: Option<String> = None;
-    let mut checkpoints = 0u64;
-    let mut last_checkpoint = None;
+    let mut walk = Walk::new(*checks);
+    let mut damage = None;
     let mut stmt = conn.prepare(
         "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, prev_hash, \
          hash, key_id, mac FROM events ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
-    let mut expected_seq = 1i64;
-    let mut prev_hash = hex::encode(GENESIS);
-    let mut events = 0u64;
-    let mut damage = None;
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let ts: String = r.get(1)?;
-        let kind: String = r.get(2)?;
-        let session_id: Option<String> = r.get(3)?;
-        let principal: Option<String> = r.get(4)?;
-        let tool: Option<String> = r.get(5)?;
-        let outcome: Option<String> = r.get(6)?;
-        let code: Option<String> = r.get(7)?;
-        let detail: String = r.get(8)?;
-        let stored_prev: String = r.get(9)?;
-        let stored_hash: String = r.get(10)?;
-        let key_id: String = r.get(11)?;
-        let mac: String = r.get(12)?;
-        events += 1;
-        let found = |kind| Some(Damage { seq, kind });
-        if seq != expected_seq {
-            damage = found(DamageKind::Gap {
-                expected: expected_seq,
-            });
+        let row = StoredRow::read(r)?;
+        let seq = row.seq;
+        if let Some(kind) = walk.step(row) {
+            damage = Some(Damage { seq, kind });
             break;
         }
-        if stored_prev != prev_hash {
-            damage = found(DamageKind::BrokenLink);
-            break;
-        }
-        let row = RowFields {
-            seq,
-            ts: &ts,
-            kind: &kind,
-            session_id: session_id.as_deref(),
-            principal: principal.as_deref(),
-            tool: tool.as_deref(),
-            outcome: outcome.as_deref(),
-            code: code.as_deref(),
-            detail: &detail,
-            key_id: &key_id,
-        };
-        let Ok(prev_bytes) = hex::decode(&stored_prev) else {
-            damage = found(DamageKind::BrokenLink);
-            break;
-        };
-        let hash = chain_hash(&prev_bytes, &row);
-        if hex::encode(hash) != stored_hash {
-            damage = found(DamageKind::Altered);
-            break;
-        }
-        // The MAC is written as 64 lowercase hex digits; any other spelling of the same bytes
-        // (upper case) is an edit that decoding alone would let through.
-        if !is_lower_hex(&mac, 64) {
-            damage = found(DamageKind::BadMac);
-            break;
-        }
-        if let Some(keys) = keys {
-            let Some(key) = keys.get(&key_id) else {
-                damage = found(DamageKind::UnknownKey(key_id));
-                break;
-            };
-            let mac_ok = hex::decode(&mac)
-                .map(|m| verify_mac(key, &hash, &m))
-                .unwrap_or(false);
-            if !mac_ok {
-                damage = found(DamageKind::BadMac);
-                break;
-            }
-        }
-        if seq == 1 {
-            origin = Some(origin_of(&stored_hash));
-        }
-        if let Some(verifiers) = checks.verifiers
-            && kind == Kind::Checkpoint.as_str()
-        {
-            let ours = origin.as_deref().unwrap_or_default();
-            if let Err(why) = check_checkpoint_event(&detail, seq, &stored_prev, ours, verifiers) {
-                damage = found(DamageKind::BadCheckpoint(why));
-                break;
-            }
-            checkpoints += 1;
-            last_checkpoint = Some((seq, seq - 1));
-        }
-        prev_hash = stored_hash;
-        expected_seq += 1;
     }
     drop(rows);
     let head = head(conn)?;
     if damage.is_none()
-        && let Some(expect) = expect
+        && let Some(expect) = checks.expect
     {
-        if head.seq < expect.seq {
-            damage = Some(Damage {
-                seq: expect.seq,
-                kind: DamageKind::Truncated { head: head.seq },
-            });
-        } else {
-            let hash: Option<String> = conn
-                .query_row(
-                    "SELECT hash FROM events WHERE seq = ?1",
-                    [expect.seq],
-                    |r| r.get(0),
-                )
-                .ok();
-            if hash.as_deref() != Some(expect.hash.as_str()) {
-                damage = Some(Damage {
-                    seq: expect.seq,
-                    kind: DamageKind::HeadMismatch,
-                });
-            }
-        }
+        damage = check_expected_head(conn, &head, expect);
     }
     if damage.is_none() {
-        damage = check_external(conn, checks.external, &head, origin.as_deref())?;
+        damage = check_external(conn, checks.external, &head, walk.origin.as_deref())?;
     }
     Ok(Report {
-        events,
+        events: walk.events,
         head,
-        macs_checked: keys.is_some(),
+        macs_checked: checks.keys.is_some(),
         damage,
-        checkpoints,
-        last_checkpoint,
-        origin,
+        checkpoints: walk.checkpoints,
+        last_checkpoint: walk.last_checkpoint,
+        origin: walk.origin,
+    })
+}
+
+/// One event as stored, every column the chain covers.
+struct StoredRow {
+    seq: i64,
+    ts: String,
+    kind: String,
+    session_id: Option<String>,
+    principal: Option<String>,
+    tool: Option<String>,
+    outcome: Option<String>,
+    code: Option<String>,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+    key_id: String,
+    mac: String,
+}
+
+impl StoredRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: r.get(0)?,
+            ts: r.get(1)?,
+            kind: r.get(2)?,
+            session_id: r.get(3)?,
+            principal: r.get(4)?,
+            tool: r.get(5)?,
+            outcome: r.get(6)?,
+            code: r.get(7)?,
+            detail: r.get(8)?,
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+            key_id: r.get(11)?,
+            mac: r.get(12)?,
+        })
+    }
+
+    /// The fields the chain hash covers.
+    fn fields(&self) -> RowFields<'_> {
+        RowFields {
+            seq: self.seq,
+            ts: &self.ts,
+            kind: &self.kind,
+            session_id: self.session_id.as_deref(),
+            principal: self.principal.as_deref(),
+            tool: self.tool.as_deref(),
+            outcome: self.outcome.as_deref(),
+            code: self.code.as_deref(),
+            detail: &self.detail,
+            key_id: &self.key_id,
+        }
+    }
+}
+
+/// What the walk has seen so far, in seq order.
+struct Walk<'a> {
+    checks: Checks<'a>,
+    expected_seq: i64,
+    /// The hash of the event before the next one (genesis first).
+    prev_hash: String,
+    events: u64,
+    origin: Option<String>,
+    checkpoints: u64,
+    last_checkpoint: Option<(i64, i64)>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(checks: Checks<'a>) -> Self {
+        Self {
+            checks,
+            expected_seq: 1,
+            prev_hash: hex::encode(GENESIS),
+            events: 0,
+            origin: None,
+            checkpoints: 0,
+            last_checkpoint: None,
+        }
+    }
+
+    /// Checks the next event: its seq, its link, its hash, its MAC, and (with verifiers) a
+    /// checkpoint's signature. The first thing wrong, if any; the walk stops there.
+    fn step(&mut self, row: StoredRow) -> Option<DamageKind> {
+        self.events += 1;
+        let seq = row.seq;
+        if seq != self.expected_seq {
+            return Some(DamageKind::Gap {
+                expected: self.expected_seq,
+            });
+        }
+        if row.prev_hash != self.prev_hash {
+            return Some(DamageKind::BrokenLink);
+        }
+        let Ok(prev_bytes) = hex::decode(&row.prev_hash) else {
+            return Some(DamageKind::BrokenLink);
+        };
+        let hash = chain_hash(&prev_bytes, &row.fields());
+        if hex::encode(hash) != row.hash {
+            return Some(DamageKind::Altered);
+        }
+        // The MAC is written as 64 lowercase hex digits; any other spelling of the same bytes
+        // (upper case) is an edit that decoding alone would let through.
+        if !is_lower_hex(&row.mac, 64) {
+            return Some(DamageKind::BadMac);
+        }
+        if let Some(keys) = self.checks.keys {
+            let Some(key) = keys.get(&row.key_id) else {
+                return Some(DamageKind::UnknownKey(row.key_id));
+            };
+            let mac_ok = hex::decode(&row.mac)
+                .map(|m| verify_mac(key, &hash, &m))
+                .unwrap_or(false);
+            if !mac_ok {
+                return Some(DamageKind::BadMac);
+            }
+        }
+        if seq == 1 {
+            self.origin = Some(origin_of(&row.hash));
+        }
+        if let Some(verifiers) = self.checks.verifiers
+            && row.kind == Kind::Checkpoint.as_str()
+        {
+            let ours = self.origin.as_deref().unwrap_or_default();
+            if let Err(why) =
+                check_checkpoint_event(&row.detail, seq, &row.prev_hash, ours, verifiers)
+            {
+                return Some(DamageKind::BadCheckpoint(why));
+            }
+            self.checkpoints += 1;
+            self.last_checkpoint = Some((seq, seq - 1));
+        }
+        self.prev_hash = row.hash;
+        self.expected_seq += 1;
+        None
+    }
+}
+
+/// A head kept elsewhere must be in the log, with the same hash: a shorter log was cut (or is
+/// an older copy), another hash means a rewritten history.
+fn check_expected_head(conn: &Connection, head: &Head, expect: &Head) -> Option<Damage> {
+    if head.seq < expect.seq {
+        return Some(Damage {
+            seq: expect.seq,
+            kind: DamageKind::Truncated { head: head.seq },
+        });
+    }
+    let hash: Option<String> = conn
+        .query_row(
+            "SELECT hash FROM events WHERE seq = ?1",
+            [expect.seq],
+            |r| r.get(0),
+        )
+        .ok();
+    (hash.as_deref() != Some(expect.hash.as_str())).then_some(Damage {
+        seq: expect.seq,
+        kind: DamageKind::HeadMismatch,
     })
 }
 

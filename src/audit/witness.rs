@@ -6,7 +6,7 @@ use super::checkpoint::Checkpoint;
 
 /// What the witness does with a new checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum Acceptance {
     /// Nothing kept yet: keep this one.
     First,
     /// The same checkpoint as the one kept (same seq and hash).
@@ -17,7 +17,7 @@ pub enum Decision {
 
 /// Why the witness refused a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum Rejection {
     #[error("the checkpoint is of log {new}, the kept one of log {kept}")]
     OtherLog { kept: String, new: String },
     #[error(
@@ -33,30 +33,30 @@ pub enum Refusal {
 }
 
 /// Decides on `new` given the `kept` checkpoint.
-pub fn decide(kept: Option<&Checkpoint>, new: &Checkpoint) -> Result<Decision, Refusal> {
+pub fn decide(kept: Option<&Checkpoint>, new: &Checkpoint) -> Result<Acceptance, Rejection> {
     let Some(kept) = kept else {
-        return Ok(Decision::First);
+        return Ok(Acceptance::First);
     };
     if kept.origin != new.origin {
-        return Err(Refusal::OtherLog {
+        return Err(Rejection::OtherLog {
             kept: kept.origin.clone(),
             new: new.origin.clone(),
         });
     }
     if new.size < kept.size {
-        return Err(Refusal::Rollback {
+        return Err(Rejection::Rollback {
             kept: kept.size,
             new: new.size,
         });
     }
     if new.size == kept.size {
         return if new.hash == kept.hash {
-            Ok(Decision::Same)
+            Ok(Acceptance::Same)
         } else {
-            Err(Refusal::Fork { seq: new.size })
+            Err(Rejection::Fork { seq: new.size })
         };
     }
-    Ok(Decision::Extends { from: kept.size })
+    Ok(Acceptance::Extends { from: kept.size })
 }
 
 #[cfg(test)]
@@ -75,23 +75,23 @@ mod tests {
     #[test]
     fn extends_only() {
         let kept = cp("a", 10, 1);
-        assert_eq!(decide(None, &kept), Ok(Decision::First));
-        assert_eq!(decide(Some(&kept), &cp("a", 10, 1)), Ok(Decision::Same));
+        assert_eq!(decide(None, &kept), Ok(Acceptance::First));
+        assert_eq!(decide(Some(&kept), &cp("a", 10, 1)), Ok(Acceptance::Same));
         assert_eq!(
             decide(Some(&kept), &cp("a", 11, 2)),
-            Ok(Decision::Extends { from: 10 })
+            Ok(Acceptance::Extends { from: 10 })
         );
         assert!(matches!(
             decide(Some(&kept), &cp("a", 10, 2)),
-            Err(Refusal::Fork { seq: 10 })
+            Err(Rejection::Fork { seq: 10 })
         ));
         assert!(matches!(
             decide(Some(&kept), &cp("a", 9, 1)),
-            Err(Refusal::Rollback { .. })
+            Err(Rejection::Rollback { .. })
         ));
         assert!(matches!(
             decide(Some(&kept), &cp("b", 11, 1)),
-            Err(Refusal::OtherLog { .. })
+            Err(Rejection::OtherLog { .. })
         ));
     }
 }

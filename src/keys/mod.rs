@@ -33,6 +33,7 @@ impl SecretKey {
         Ok(Self(bytes))
     }
 
+    /// The key bytes; never to be logged or stored.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
@@ -178,11 +179,15 @@ pub(crate) const MAX_KEYRING_BYTES: u64 = 1 << 20;
 /// keys.
 #[derive(Debug, Clone)]
 pub struct Keyring {
+    /// Keys that seal entries in memory.db.
     pub entry: KeySet,
+    /// Keys that MAC audit events.
     pub audit: KeySet,
+    /// Ed25519 seeds that sign audit checkpoints, when the keyring has them.
     pub audit_signing: Option<KeySet>,
 }
 
+/// Whether `id` may name a key: 1 to 32 ASCII letters, digits, `-` or `_`.
 pub(crate) fn valid_key_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
         && id

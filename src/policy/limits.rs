@@ -1,6 +1,6 @@
 //! Per-session rate limits: calls per minute with a burst, write bytes per minute, and the
 //! cooldown that follows repeated refusals. Pure arithmetic over a clock the caller passes in,
-//! so tests need no sleeping.
+//! so tests need no sleeping: it never reads the clock or sleeps itself.
 
 use serde::Deserialize;
 
@@ -8,12 +8,19 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rates {
+    /// Calls admitted per minute, refilled continuously.
     pub calls_per_minute: Option<u32>,
+    /// Calls admitted at once (default: `calls_per_minute`).
     pub burst: Option<u32>,
+    /// Bytes writes may add per minute.
     pub write_bytes_per_minute: Option<u64>,
+    /// Consecutive refusals that start a cooldown.
     pub cooldown_after_refusals: Option<u32>,
+    /// How long a cooldown lasts.
     pub cooldown_seconds: Option<u64>,
+    /// Cooldowns after which the session ends.
     pub end_session_after_cooldowns: Option<u32>,
+    /// Sessions a principal may start per hour.
     pub sessions_per_hour: Option<u32>,
 }
 
@@ -73,6 +80,18 @@ impl Bucket {
     }
 }
 
+/// Where a session stands with the cooldown, said outright rather than read off a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Calls are admitted by the buckets; refusals count toward a cooldown.
+    Open,
+    /// A cooldown began and lasts until this instant (ms); every call is refused until then,
+    /// and refusals meanwhile do not count.
+    Cooling { until_ms: u64 },
+    /// The session has been ended: every later call is refused, and the end is reported once.
+    Ended,
+}
+
 /// One session's rate state.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -80,14 +99,12 @@ pub struct RateLimiter {
     calls: Option<Bucket>,
     bytes: Option<Bucket>,
     consecutive_refusals: u32,
-    cooldown_until: u64,
     cooldowns: u32,
-    /// Set once the session has been ended: every later call is refused, and the end is
-    /// reported only once.
-    ended: bool,
+    phase: Phase,
 }
 
 impl RateLimiter {
+    /// A fresh session's state at `now_ms`: full buckets, no refusals.
     pub fn new(rates: &Rates, now_ms: u64) -> Self {
         let calls = rates.calls_per_minute.map(|per_min| {
             let burst = rates.burst.unwrap_or(per_min).max(1);
@@ -101,29 +118,39 @@ impl RateLimiter {
             calls,
             bytes,
             consecutive_refusals: 0,
-            cooldown_until: 0,
             cooldowns: 0,
-            ended: false,
+            phase: Phase::Open,
         }
     }
 
     /// True once a decision has ended the session.
     pub fn ended(&self) -> bool {
-        self.ended
+        self.phase == Phase::Ended
+    }
+
+    /// The phase at `now_ms`: a cooldown whose time is up is over.
+    fn phase(&mut self, now_ms: u64) -> Phase {
+        if let Phase::Cooling { until_ms } = self.phase
+            && now_ms >= until_ms
+        {
+            self.phase = Phase::Open;
+        }
+        self.phase
     }
 
     /// Admits one call (any request, valid or not), spending a token from the calls bucket.
     /// Runs before any other work on the call, so a flood of invalid calls costs the agent the
     /// same as a flood of valid ones. A call that is not admitted counts as a refusal.
     pub fn admit(&mut self, now_ms: u64) -> Decision {
-        if self.ended {
-            return Decision::Ended;
-        }
-        if now_ms < self.cooldown_until {
-            return Decision::Cooldown {
-                retry_after_ms: self.cooldown_until - now_ms,
-                started: false,
-            };
+        match self.phase(now_ms) {
+            Phase::Ended => return Decision::Ended,
+            Phase::Cooling { until_ms } => {
+                return Decision::Cooldown {
+                    retry_after_ms: until_ms - now_ms,
+                    started: false,
+                };
+            }
+            Phase::Open => {}
         }
         let Some(b) = &mut self.calls else {
             return Decision::Allow;
@@ -166,7 +193,7 @@ impl RateLimiter {
     /// Counts one refused call (for any reason: rate, schema, grant, policy). Returns the
     /// cooldown or end it triggers, if this refusal is the one that does.
     pub fn refused(&mut self, now_ms: u64) -> Option<Decision> {
-        if self.ended || now_ms < self.cooldown_until {
+        if self.phase(now_ms) != Phase::Open {
             return None;
         }
         self.consecutive_refusals += 1;
@@ -184,10 +211,12 @@ impl RateLimiter {
         if let Some(end) = self.rates.end_session_after_cooldowns
             && self.cooldowns >= end
         {
-            self.ended = true;
+            self.phase = Phase::Ended;
             return Some(Decision::End);
         }
-        self.cooldown_until = now_ms + secs * 1000;
+        self.phase = Phase::Cooling {
+            until_ms: now_ms + secs * 1000,
+        };
         Some(Decision::Cooldown {
             retry_after_ms: secs * 1000,
             started: true,

@@ -20,8 +20,11 @@ use crate::fsafe::{Kind, Meta};
 #[derive(Debug, thiserror::Error)]
 #[error("policy {file}: {key}: {reason}")]
 pub struct PolicyError {
+    /// The policy file, or "built-in".
     pub file: String,
+    /// The key path of the problem, e.g. `rules.custom[0].pattern`.
     pub key: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -136,26 +139,6 @@ fn judge(meta: &Meta, want: Kind) -> Result<(), String> {
     ))
 }
 
-fn fstat_meta(fd: &impl AsRawFd) -> std::io::Result<Meta> {
-    // SAFETY: `st` is a writable stat buffer; the fd is open.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let kind = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => Kind::File,
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFLNK => Kind::Symlink,
-        _ => Kind::Other,
-    };
-    Ok(Meta {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode & 0o7777,
-        kind,
-    })
-}
-
 /// Opens a policy file by walking its path from `/`, one component at a time, each opened
 /// relative to the last without following links and judged by fstat of what was opened — so
 /// the components checked are the ones the file is read through, and no rename between check
@@ -177,7 +160,7 @@ fn open_checked(path: &Path) -> Result<File, (String, String)> {
     // SAFETY: a fresh fd that nothing else owns.
     let mut dir = unsafe { OwnedFd::from_raw_fd(rc) };
     let judged = |at: &Path, fd: &OwnedFd, want| {
-        let meta = fstat_meta(fd).map_err(|e| io(at, e))?;
+        let meta = Meta::of_fd(fd).map_err(|e| io(at, e))?;
         judge(&meta, want).map_err(|why| (at.display().to_string(), why))
     };
     judged(&at, &dir, Kind::Dir)?;

@@ -29,12 +29,14 @@ pub struct Unit {
     pub at: u32,
     /// Original byte range (start inclusive, end exclusive), on char boundaries.
     pub start: u32,
+    /// End of the original byte range (exclusive).
     pub end: u32,
 }
 
 /// A normalised string and its map back to the original.
 #[derive(Debug, Clone, Default)]
 pub struct Normalized {
+    /// The normalised text.
     pub text: String,
     /// One unit per char of `text`, in order; original ranges never go backwards.
     pub units: Vec<Unit>,

@@ -11,7 +11,7 @@ mod cross;
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub enum RuleAction {
     Redact,
     Quarantine,
     Reject,
@@ -29,9 +29,13 @@ pub enum Field {
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// Pack-qualified (`secrets.aws_key`) or custom name; named in refusals.
     pub name: String,
+    /// The compiled pattern.
     pub regex: Regex,
-    pub action: Action,
+    /// What a match does.
+    pub action: RuleAction,
+    /// The fields a match must lie within.
     pub fields: Vec<Field>,
 }
 
@@ -86,11 +90,14 @@ pub struct Verdict {
     /// The first reject rule that matched, or the first redact rule whose match could not be
     /// mapped back to stored text (fail closed).
     pub rejected_by: Option<String>,
+    /// The quarantine rules that matched: the entry is stored for review.
     pub quarantined_by: Vec<String>,
+    /// The redact rules whose matches were replaced.
     pub redacted_by: Vec<String>,
 }
 
 impl Rules {
+    /// Compiles the rules' patterns into one set.
     pub fn new(rules: Vec<Rule>) -> Result<Self, regex::Error> {
         let set = if rules.is_empty() {
             None
@@ -100,10 +107,12 @@ impl Rules {
         Ok(Self { rules, set })
     }
 
+    /// True when there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
+    /// The number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -128,78 +137,35 @@ impl Rules {
         let Some(set) = &self.set else {
             return verdict;
         };
-        // A clean write costs one normalisation of each string, without maps, and one or two
-        // passes of the set.
-        let write = cross::Write::new(content, tags, metadata.as_ref(), false);
-        let plain = write.view(false, false);
-        let mut matched: Vec<usize> = set.matches(&plain.text).into_iter().collect();
-        let joined = plain.text.contains('\n').then(|| write.view(true, false));
-        if let Some(j) = &joined {
-            matched.extend(set.matches(&j.text).iter());
-            matched.sort_unstable();
-            matched.dedup();
-        }
+        let (matched, joined) = candidates(set, content, tags, metadata.as_ref());
         if matched.is_empty() {
             return verdict;
         }
         // Something matched: normalise again, keeping the maps back to the original.
         let write = cross::Write::new(content, tags, metadata.as_ref(), true);
         let mut views = vec![write.view(false, true)];
-        if joined.is_some() {
+        if joined {
             views.push(write.view(true, true));
         }
-        let mut edits: Vec<(u32, u32, u32, usize)> = Vec::new();
+        let mut edits: Vec<Edit> = Vec::new();
         for i in matched {
             let rule = &self.rules[i];
-            let mut hit = false;
-            let mut unmapped = false;
-            let mut plain: Vec<(u32, u32, u32)> = Vec::new();
-            for (v, view) in views.iter().enumerate() {
-                for (from, to) in view.runs(&rule.fields) {
-                    for m in rule.regex.find_iter(&view.text[from..to]) {
-                        if rule.action != Action::Redact {
-                            hit = true;
-                            continue;
-                        }
-                        if m.start() == m.end() {
-                            continue;
-                        }
-                        let spans = view.spans(from + m.start(), from + m.end());
-                        if v > 0
-                            && spans
-                                .iter()
-                                .any(|s| plain.iter().any(|p| p.0 == s.0 && p.1 < s.2 && s.1 < p.2))
-                        {
-                            // The joined view ran this match past a real line end.
-                            continue;
-                        }
-                        if spans.is_empty() {
-                            unmapped = true;
-                        }
-                        hit = true;
-                        if v == 0 {
-                            plain.extend(&spans);
-                        }
-                        edits.extend(spans.into_iter().map(|(seg, a, b)| (seg, a, b, i)));
-                    }
-                }
-            }
-            if !hit {
+            let Some(hit) = find_hit(rule, i, &views, &mut edits) else {
                 continue;
-            }
+            };
             match rule.action {
-                Action::Reject => {
+                RuleAction::Reject => {
                     verdict.rejected_by = Some(rule.name.clone());
                     return verdict;
                 }
                 // A match made only of what the view adds (separators, a number's text) has
                 // no stored bytes to redact: refuse the write rather than store it.
-                Action::Redact if unmapped => {
+                RuleAction::Redact if hit == Hit::Unmapped => {
                     verdict.rejected_by = Some(rule.name.clone());
                     return verdict;
                 }
-                Action::Redact => verdict.redacted_by.push(rule.name.clone()),
-                Action::Quarantine => verdict.quarantined_by.push(rule.name.clone()),
+                RuleAction::Redact => verdict.redacted_by.push(rule.name.clone()),
+                RuleAction::Quarantine => verdict.quarantined_by.push(rule.name.clone()),
             }
         }
         if !edits.is_empty() {
@@ -208,6 +174,78 @@ impl Rules {
         }
         verdict
     }
+}
+
+/// One redaction: (segment, start, end, rule index).
+type Edit = (u32, u32, u32, usize);
+
+/// How a rule matched a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hit {
+    /// Every match lies on stored bytes (or the rule does not redact).
+    Mapped,
+    /// Some match of a redact rule covers only text the view adds.
+    Unmapped,
+}
+
+/// The indices of the rules whose patterns match somewhere, and whether a joined view was
+/// needed. A clean write costs one normalisation of each string, without maps, and one or
+/// two passes of the set.
+fn candidates(
+    set: &RegexSet,
+    content: &str,
+    tags: &[String],
+    metadata: Option<&serde_json::Map<String, Value>>,
+) -> (Vec<usize>, bool) {
+    let write = cross::Write::new(content, tags, metadata, false);
+    let plain = write.view(false, false);
+    let mut matched: Vec<usize> = set.matches(&plain.text).into_iter().collect();
+    let joined = plain.text.contains('\n').then(|| write.view(true, false));
+    if let Some(j) = &joined {
+        matched.extend(set.matches(&j.text).iter());
+        matched.sort_unstable();
+        matched.dedup();
+    }
+    (matched, joined.is_some())
+}
+
+/// Runs rule `i` over the mapped views, within the fields it applies to. `None` when it does
+/// not match there; a redact rule adds its spans to `edits`.
+fn find_hit(rule: &Rule, i: usize, views: &[cross::View], edits: &mut Vec<Edit>) -> Option<Hit> {
+    let mut hit = None;
+    let mut plain: Vec<(u32, u32, u32)> = Vec::new();
+    for (v, view) in views.iter().enumerate() {
+        for (from, to) in view.runs(&rule.fields) {
+            for m in rule.regex.find_iter(&view.text[from..to]) {
+                if rule.action != RuleAction::Redact {
+                    hit = Some(Hit::Mapped);
+                    continue;
+                }
+                if m.start() == m.end() {
+                    continue;
+                }
+                let spans = view.spans(from + m.start(), from + m.end());
+                if v > 0
+                    && spans
+                        .iter()
+                        .any(|s| plain.iter().any(|p| p.0 == s.0 && p.1 < s.2 && s.1 < p.2))
+                {
+                    // The joined view ran this match past a real line end.
+                    continue;
+                }
+                if spans.is_empty() {
+                    hit = Some(Hit::Unmapped);
+                } else if hit.is_none() {
+                    hit = Some(Hit::Mapped);
+                }
+                if v == 0 {
+                    plain.extend(&spans);
+                }
+                edits.extend(spans.into_iter().map(|(seg, a, b)| (seg, a, b, i)));
+            }
+        }
+    }
+    hit
 }
 
 #[cfg(test)]
@@ -226,7 +264,7 @@ mod tests {
         assert!(pack("nope").is_none());
     }
 
-    fn rule(name: &str, pattern: &str, action: Action, fields: &[Field]) -> Rule {
+    fn rule(name: &str, pattern: &str, action: RuleAction, fields: &[Field]) -> Rule {
         Rule {
             name: name.into(),
             regex: Regex::new(pattern).unwrap(),
@@ -238,12 +276,12 @@ mod tests {
     #[test]
     fn reject_beats_quarantine_beats_redact() {
         let rules = Rules::new(vec![
-            rule("r", "bad", Action::Reject, &[Field::Content]),
-            rule("q", "odd", Action::Quarantine, &[Field::Content]),
+            rule("r", "bad", RuleAction::Reject, &[Field::Content]),
+            rule("q", "odd", RuleAction::Quarantine, &[Field::Content]),
             rule(
                 "x",
                 "[0-9]{4}",
-                Action::Redact,
+                RuleAction::Redact,
                 &[Field::Content, Field::Tags, Field::Metadata],
             ),
         ])
@@ -272,7 +310,7 @@ mod tests {
     }
 
     /// The secrets pack as a policy would compile it.
-    fn secrets(action: Action) -> Rules {
+    fn secrets(action: RuleAction) -> Rules {
         Rules::new(
             pack("secrets")
                 .unwrap()
@@ -297,7 +335,7 @@ mod tests {
 
     #[test]
     fn redaction_takes_the_whole_secret() {
-        let rules = secrets(Action::Redact);
+        let rules = secrets(RuleAction::Redact);
         let body = "MIIEowIBAAKCAQEAx\nq7Y+zz/Abc==";
         for kind in ["RSA ", "EC ", "DSA ", "OPENSSH ", "ENCRYPTED ", "", "PGP "] {
             let block = if kind == "PGP " { " BLOCK" } else { "" };
@@ -344,7 +382,7 @@ mod tests {
 
     #[test]
     fn metadata_keys_are_scanned_and_redact_their_entry() {
-        let rules = secrets(Action::Redact);
+        let rules = secrets(RuleAction::Redact);
         let mut m = meta(serde_json::json!({
             "password": "hunter2 hunter2",
             "db": {"api_key": 12345678},
@@ -376,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_secret_split_across_fields_is_seen_whole() {
-        let rules = secrets(Action::Reject);
+        let rules = secrets(RuleAction::Reject);
         for (content, value) in [
             ("AKIAIOSFOD", "NN7EXAMPLE"),
             ("NN7EXAMPLE", "AKIAIOSFOD"),
@@ -393,7 +431,7 @@ mod tests {
         let only = Rules::new(vec![rule(
             "k",
             "AKIA[A-Z0-9]{16}",
-            Action::Reject,
+            RuleAction::Reject,
             &[Field::Content],
         )])
         .unwrap();
@@ -411,7 +449,7 @@ mod tests {
         let rules = Rules::new(vec![rule(
             "n",
             ": 1234",
-            Action::Redact,
+            RuleAction::Redact,
             &[Field::Metadata],
         )])
         .unwrap();
@@ -422,7 +460,7 @@ mod tests {
 
     #[test]
     fn evasions_are_matched_and_redacted_in_the_original() {
-        let rules = secrets(Action::Redact);
+        let rules = secrets(RuleAction::Redact);
         for evasive in [
             "AKIA\u{200B}IOSFODNN7EXAMPLE",
             "AKI\u{410}IOSFODNN7EXAMPLE",

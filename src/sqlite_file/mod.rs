@@ -4,9 +4,10 @@
 
 pub mod snapshot;
 
+use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::Error;
 
@@ -115,4 +116,13 @@ pub fn quick_check(path: &std::path::Path) -> Result<String, String> {
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
     if r == "ok" { Ok(r) } else { Err(r) }
+}
+
+/// Rows in `table` of the database at `path`, opened read-only without following links;
+/// `None` when it cannot be read. `table` is one of our table names, never input.
+pub fn count_rows(path: &Path, table: &'static str) -> Option<i64> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .ok()
 }

@@ -54,6 +54,7 @@ enum Leaf {
 
 /// A view: text to match, with (when asked for) one unit per char mapping it back.
 pub(super) struct View {
+    /// The text the rules run over.
     pub text: String,
     units: Vec<(u32, u32, u32, u32)>,
     /// (field, from, to) of each region, in order.

@@ -31,30 +31,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-/// JSON-RPC "Parse error".
-const PARSE_ERROR: i64 = -32700;
-/// JSON-RPC "Invalid Request".
-const INVALID_REQUEST: i64 = -32600;
-/// JSON-RPC "Method not found".
-const METHOD_NOT_FOUND: i64 = -32601;
-/// JSON-RPC "Invalid params".
-const INVALID_PARAMS: i64 = -32602;
-/// MCP's "server not initialized".
-const NOT_INITIALIZED: i64 = -32002;
+mod checks;
+
+use checks::INVALID_REQUEST;
+pub use checks::has_duplicate_keys;
+
 /// Lines waiting for the writer; a full queue stops reading.
 const QUEUE: usize = 64;
 /// Requests read whose reply has not been written yet; at this many, reading stops.
 pub const MAX_IN_FLIGHT: usize = 8;
-
-/// The requests this server serves; any other method is answered here.
-const REQUESTS: [&str; 4] = ["initialize", "ping", "tools/list", "tools/call"];
-/// The notifications a client may send us; others are dropped here.
-const NOTIFICATIONS: [&str; 4] = [
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-];
 
 /// What the transport refused, for the server's audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +73,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The refusal's name in the audit log.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OversizeLine => "oversize_line",
@@ -165,62 +151,6 @@ fn line_of(message: &impl serde::Serialize) -> std::io::Result<Vec<u8>> {
 /// The key a request id is tracked under.
 fn id_key(id: &Value) -> String {
     id.to_string()
-}
-
-/// Checks that no object in a JSON text repeats a key, at any depth. serde_json keeps the last
-/// of two equal keys; a validator and a consumer that disagree on which one counts is how
-/// smuggling starts, so such a message is refused whole.
-pub fn has_duplicate_keys(bytes: &[u8]) -> bool {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    use std::collections::HashSet;
-
-    struct Check;
-    impl<'de> DeserializeSeed<'de> for Check {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Check {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Check)?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut keys = HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
-                if !keys.insert(key) {
-                    return Err(serde::de::Error::custom("duplicate key"));
-                }
-                map.next_value_seed(Check)?;
-            }
-            Ok(())
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    Check.deserialize(&mut de).is_err()
 }
 
 impl<R, F> LineTransport<R, F>
@@ -340,189 +270,6 @@ where
         self.pending = line_of(&reply).ok();
     }
 
-    /// Parses a complete line (terminator included). `None` means nothing for the service:
-    /// a blank line, an ignorable notification, or a refusal already queued.
-    fn parse(&mut self, line: &[u8]) -> Option<RxJsonRpcMessage<RoleServer>> {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() > self.max_line {
-            self.refuse_oversize();
-            return None;
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        let value: Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::info!(column = e.column(), "unparsable request line");
-                self.refuse(
-                    Refusal::ParseError,
-                    Value::Null,
-                    PARSE_ERROR,
-                    "Parse error: not valid JSON".into(),
-                );
-                return None;
-            }
-        };
-        let Value::Object(object) = &value else {
-            let (refusal, message) = if value.is_array() {
-                (Refusal::Batch, "Invalid Request: batches are not supported")
-            } else {
-                (Refusal::NotObject, "Invalid Request: not a JSON object")
-            };
-            self.refuse(refusal, Value::Null, INVALID_REQUEST, message.into());
-            return None;
-        };
-        let id = object
-            .get("id")
-            .filter(|v| v.is_string() || v.is_i64() || v.is_u64())
-            .cloned();
-        let has_id = object.contains_key("id");
-        let reply_to = has_id.then(|| id.clone().unwrap_or(Value::Null));
-        if has_duplicate_keys(line) {
-            self.refuse_method(
-                Refusal::DuplicateKey,
-                None,
-                reply_to,
-                INVALID_REQUEST,
-                "Invalid Request: an object repeats a key".into(),
-            );
-            return None;
-        }
-        let method = object.get("method").and_then(Value::as_str);
-        let Some(method) = method.map(str::to_owned) else {
-            // A response (we send no requests) or a message without a method.
-            let refusal = if object.contains_key("result") || object.contains_key("error") {
-                Refusal::UnexpectedResponse
-            } else {
-                Refusal::InvalidRequest
-            };
-            let message = "Invalid Request: not a request this server understands";
-            let reply = (refusal == Refusal::InvalidRequest)
-                .then_some(reply_to)
-                .flatten();
-            self.refuse_method(refusal, None, reply, INVALID_REQUEST, message.into());
-            return None;
-        };
-        let known = if has_id {
-            REQUESTS.contains(&method.as_str())
-        } else {
-            NOTIFICATIONS.contains(&method.as_str())
-        };
-        if !known {
-            // A notification gets no reply (JSON-RPC 2.0 §4.1), but it is still audited.
-            self.refuse_method(
-                Refusal::UnknownMethod,
-                Some(&method),
-                reply_to,
-                METHOD_NOT_FOUND,
-                "Method not found".into(),
-            );
-            return None;
-        }
-        if has_id && id.is_none() {
-            self.refuse_method(
-                Refusal::InvalidRequest,
-                Some(&method),
-                Some(Value::Null),
-                INVALID_REQUEST,
-                "Invalid Request: id must be a string or an integer".into(),
-            );
-            return None;
-        }
-        if method == "initialize" && self.initialized {
-            self.refuse_method(
-                Refusal::Reinitialize,
-                Some(&method),
-                reply_to,
-                INVALID_REQUEST,
-                "Invalid Request: this session is already initialized".into(),
-            );
-            return None;
-        }
-        if !self.initialized && !matches!(method.as_str(), "initialize" | "ping") {
-            // Requests other than ping wait for the handshake; notifications before it are
-            // dropped, as JSON-RPC gives them no reply.
-            if has_id {
-                self.refuse_method(
-                    Refusal::NotInitialized,
-                    Some(&method),
-                    reply_to,
-                    NOT_INITIALIZED,
-                    "not initialized: send initialize first".into(),
-                );
-            }
-            return None;
-        }
-        if method == "tools/call" && !call_params_ok(object.get("params")) {
-            self.refuse_method(
-                Refusal::BadCallParams,
-                Some(&method),
-                reply_to,
-                INVALID_PARAMS,
-                "Invalid params: tools/call needs a string name and an object of arguments".into(),
-            );
-            return None;
-        }
-        if let Some(id) = &id
-            && self.waiting_for(id)
-        {
-            self.refuse_method(
-                Refusal::DuplicateId,
-                Some(&method),
-                Some(id.clone()),
-                INVALID_REQUEST,
-                "Invalid Request: a request with this id is still in flight".into(),
-            );
-            return None;
-        }
-        let handshake = method == "notifications/initialized" && !self.handshake_done;
-        if handshake {
-            self.handshake_done = true;
-        } else if !matches!(method.as_str(), "initialize" | "tools/call")
-            && let Err(error) = self.gate.admit(&method)
-        {
-            if let Some(id) = reply_to {
-                self.reply_error(id, error);
-            }
-            return None;
-        }
-        let cancels = (method == "notifications/cancelled")
-            .then(|| {
-                object
-                    .get("params")
-                    .and_then(|p| p.get("requestId"))
-                    .cloned()
-            })
-            .flatten();
-        match serde_json::from_value::<RxJsonRpcMessage<RoleServer>>(value) {
-            Ok(msg) => {
-                if method == "initialize" {
-                    self.initialized = true;
-                }
-                if let Some(request) = cancels {
-                    // rmcp drops the reply of a cancelled request: free its permit now.
-                    self.release(&request);
-                }
-                if let Some(id) = id {
-                    self.hold(&id);
-                }
-                Some(msg)
-            }
-            Err(_) => {
-                self.refuse_method(
-                    Refusal::InvalidRequest,
-                    Some(&method),
-                    reply_to,
-                    INVALID_REQUEST,
-                    "Invalid Request: not a JSON-RPC 2.0 message this server understands".into(),
-                );
-                None
-            }
-        }
-    }
-
     fn waiting_for(&self, id: &Value) -> bool {
         self.waiting
             .lock()
@@ -557,18 +304,6 @@ where
         let message = format!("request line exceeds {} bytes; refused", self.max_line);
         self.refuse(Refusal::OversizeLine, Value::Null, INVALID_REQUEST, message);
     }
-}
-
-/// `tools/call` params as MCP defines them: an object whose `name` is a string and whose
-/// `arguments`, when present, is an object.
-fn call_params_ok(params: Option<&Value>) -> bool {
-    let Some(Value::Object(params)) = params else {
-        return false;
-    };
-    params.get("name").is_some_and(Value::is_string)
-        && params
-            .get("arguments")
-            .is_none_or(|a| a.is_object() || a.is_null())
 }
 
 impl<R, F> Transport<RoleServer> for LineTransport<R, F>

@@ -1,119 +1,13 @@
-//! Safe files in directories another uid may share: every file the CLI creates or replaces in a
-//! data dir or a backup dir goes through [`Dir`].
-//!
-//! The threat: the service uid owns the data dir, so it can plant a symlink there
-//! (`.memory.db.restore -> /etc/shadow`) and wait for root to run `restore` or `keys rotate`.
-//! Here every name is resolved relative to a directory fd opened without following links, every
-//! new file is created `O_CREAT|O_EXCL|O_NOFOLLOW` (a planted link or file makes the create fail,
-//! never redirects it), renames stay within that fd, and new files get the directory's owner
-//! and mode 0600. This module must never open a path component it has not opened itself.
+//! [`Dir`]: a directory held open by fd, and every file operation relative to it. It must
+//! never resolve a name through a path it has not opened itself, nor follow a link.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-/// Why a file or directory was refused or could not be handled.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FsError {
-    #[error(
-        "{path} is a symbolic link: refusing to follow it (a link here can turn a write into an \
-         overwrite of any file); give the real path"
-    )]
-    Symlink { path: String },
-    #[error("{path} is not a {want}")]
-    Kind { path: String, want: &'static str },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl FsError {
-    fn io(path: &Path, source: io::Error) -> Self {
-        Self::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
-
-    /// The underlying I/O error kind, if this is one.
-    pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        match self {
-            Self::Io { source, .. } => Some(source.kind()),
-            _ => None,
-        }
-    }
-}
-
-/// Sets the process umask to 077, so nothing any library creates (SQLite's -wal and -shm
-/// included) is ever readable by group or others, whatever the caller's umask was.
-pub fn restrict_umask() {
-    // SAFETY: umask has no preconditions and cannot fail.
-    unsafe {
-        libc::umask(0o077);
-    }
-}
-
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
-    // SAFETY: `st` is a writable, properly sized stat buffer; fstat only writes it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::fstat(fd, &mut st) })?;
-    Ok(st)
-}
-
-/// What `lstat` says about one path entry (links are not followed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    pub uid: u32,
-    pub gid: u32,
-    /// Permission bits (07777).
-    pub mode: u32,
-    pub kind: Kind,
-}
-
-/// The kind of a path entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
-
-impl Meta {
-    fn from_stat(st: &libc::stat) -> Self {
-        let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => Kind::Symlink,
-            _ => Kind::Other,
-        };
-        Self {
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mode: st.st_mode & 0o7777,
-            kind,
-        }
-    }
-}
+use super::{FsError, Kind, Meta, check, cstr, current_uid, fstat};
 
 /// A directory opened without following a link at its last component; names below it are
 /// resolved relative to the open directory, so swapping the path afterwards changes nothing.
@@ -228,6 +122,7 @@ impl Dir {
         Ok((dir, created))
     }
 
+    /// The path the directory was opened by, for messages.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -338,24 +233,6 @@ impl Dir {
         self.open_regular(name, libc::O_RDONLY | libc::O_NONBLOCK)
     }
 
-    /// Opens (creating, 0600, if missing) the lock file `name` without following a link, and
-    /// takes an exclusive `flock` on it, waiting for any holder. The lock lasts as long as the
-    /// returned file is open.
-    pub fn lock_exclusive(&self, name: &str) -> Result<File, FsError> {
-        let file = self.open_regular(name, libc::O_RDWR | libc::O_CREAT)?;
-        let path = self.join(name);
-        // Root locking the service user's directory leaves a lock file the service can open.
-        if current_uid() == 0 && self.meta.uid != 0 {
-            // SAFETY: valid fd.
-            check(unsafe { libc::fchown(file.as_raw_fd(), self.meta.uid, self.meta.gid) })
-                .map_err(|e| FsError::io(&path, e))?;
-        }
-        // SAFETY: valid fd; flock has no memory preconditions.
-        check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
-            .map_err(|e| FsError::io(&path, e))?;
-        Ok(file)
-    }
-
     /// Removes `name` (a file or a link — never what a link points at); missing is fine.
     pub fn remove(&self, name: &str) -> Result<(), FsError> {
         let c = self.name(name)?;
@@ -436,89 +313,5 @@ impl Dir {
         // SAFETY: `dirp` is valid and closed once.
         unsafe { libc::closedir(dirp) };
         Ok(names)
-    }
-}
-
-/// The first component of `path` (made absolute against the working directory) that is a
-/// symbolic link, if any. SQLite, opened with `SQLITE_OPEN_NOFOLLOW`, refuses a database path
-/// with a link anywhere in it; this finds which one, for a clear message.
-pub fn first_symlink(path: &Path) -> io::Result<Option<PathBuf>> {
-    let abs = std::path::absolute(path)?;
-    let mut at = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::RootDir => at.push("/"),
-            Component::ParentDir => {
-                at.pop();
-            }
-            Component::CurDir => {}
-            other => {
-                at.push(other);
-                match std::fs::symlink_metadata(&at) {
-                    Ok(m) if m.file_type().is_symlink() => return Ok(Some(at)),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The effective uid of this process.
-pub fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn create_new_never_follows_or_overwrites() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("target");
-        std::fs::write(&target, b"precious").unwrap();
-        let data = tmp.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::os::unix::fs::symlink(&target, data.join("planted")).unwrap();
-        let dir = Dir::open(&data).unwrap();
-        assert!(dir.create_new("planted").is_err());
-        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        dir.remove("planted").unwrap();
-        assert_eq!(
-            std::fs::read(&target).unwrap(),
-            b"precious",
-            "link removed, not target"
-        );
-        let mut f = dir.create_new("planted").unwrap();
-        f.write_all(b"new").unwrap();
-        let mode = std::fs::metadata(data.join("planted"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(dir.create_new("planted").is_err(), "exclusive");
-        assert!(dir.create_new("../escape").is_err());
-    }
-
-    #[test]
-    fn a_symlinked_directory_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let real = tmp.path().join("real");
-        std::fs::create_dir(&real).unwrap();
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(matches!(Dir::open(&link), Err(FsError::Symlink { .. })));
-        assert!(matches!(Dir::create(&link), Err(FsError::Symlink { .. })));
-        assert_eq!(first_symlink(&link.join("x")).unwrap(), Some(link.clone()));
-        assert_eq!(first_symlink(&real.join("x")).unwrap(), None);
-        let (d, created) = Dir::create(&tmp.path().join("new/sub")).unwrap();
-        assert!(created && d.names().unwrap().is_empty());
-        assert_eq!(d.meta().mode, 0o700);
     }
 }
