@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::audit::{AuditError, AuditLog};
-use crate::fsafe::{Dir, FsError, Kind, current_uid};
+use crate::fsafe::{Dir, FileKind, FsError, current_uid};
 use crate::keys::{Keyring, KeyringError};
 use crate::store::{OpenError, Store, StoreOptions};
 
@@ -310,8 +310,8 @@ impl DataDir {
             };
             let path = dir.join(name).display().to_string();
             match meta.kind {
-                Kind::File => {}
-                Kind::Symlink => return Err(FsError::Symlink { path }.into()),
+                FileKind::File => {}
+                FileKind::Symlink => return Err(FsError::Symlink { path }.into()),
                 _ => return Err(DataDirError::NotRegular { path }),
             }
             if meta.mode & 0o077 != 0 {

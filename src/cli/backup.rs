@@ -192,8 +192,10 @@ fn verify_copy(memory: &Path, audit_db: &Path, keyring: &Keyring) -> anyhow::Res
         "memory.db: {}",
         report.ledger.problems.join("; ")
     );
-    let conn = audit::open_ro(audit_db)?;
-    let chain = audit::verify::verify(&conn, Some(&keyring.audit), None)?;
+    let chain = audit::AuditReader::open(audit_db)?.verify(&audit::verify::Checks {
+        keys: Some(&keyring.audit),
+        ..audit::verify::Checks::default()
+    })?;
     if let Some(damage) = chain.damage {
         anyhow::bail!("audit.db: {damage}");
     }

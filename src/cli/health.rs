@@ -201,15 +201,15 @@ fn chain_checks(
                 .collect(),
         )
     });
-    let chain = audit::open_ro(&dir.audit_db())
+    let chain = audit::AuditReader::open(&dir.audit_db())
         .map_err(|e| e.to_string())
-        .and_then(|conn| {
+        .and_then(|reader| {
             let checks = audit::verify::Checks {
                 keys: keyring.map(|k| &k.audit),
                 verifiers: verifiers.as_ref(),
                 ..audit::verify::Checks::default()
             };
-            audit::verify::verify_with(&conn, &checks).map_err(|e| e.to_string())
+            reader.verify(&checks).map_err(|e| e.to_string())
         })
         .and_then(|report| match report.damage {
             None => Ok(

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::{FsError, Kind, Meta, check, cstr, current_uid, fstat};
+use super::{FileKind, FsError, Meta, check, cstr, current_uid, fstat};
 
 /// A directory opened without following a link at its last component; names below it are
 /// resolved relative to the open directory, so swapping the path afterwards changes nothing.
@@ -48,7 +48,7 @@ impl Dir {
                 Some(libc::ENOTDIR) if matches!(is_link(), Ok(true)) => FsError::Symlink {
                     path: path.display().to_string(),
                 },
-                Some(libc::ENOTDIR) => FsError::Kind {
+                Some(libc::ENOTDIR) => FsError::FileKind {
                     path: path.display().to_string(),
                     want: "directory",
                 },
@@ -67,7 +67,7 @@ impl Dir {
         let name = path
             .file_name()
             .filter(|_| !path.ends_with(".."))
-            .ok_or_else(|| FsError::Kind {
+            .ok_or_else(|| FsError::FileKind {
                 path: path.display().to_string(),
                 want: "directory name (it ends in `..` or `/`)",
             })?;
@@ -139,7 +139,7 @@ impl Dir {
 
     fn name(&self, name: &str) -> Result<CString, FsError> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(FsError::Kind {
+            return Err(FsError::FileKind {
                 path: self.join(name).display().to_string(),
                 want: "plain file name",
             });
@@ -219,8 +219,8 @@ impl Dir {
         // SAFETY: a fresh fd that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         let meta = Meta::from_stat(&fstat(file.as_raw_fd()).map_err(|e| FsError::io(&path, e))?);
-        if meta.kind != Kind::File {
-            return Err(FsError::Kind {
+        if meta.kind != FileKind::File {
+            return Err(FsError::FileKind {
                 path: path.display().to_string(),
                 want: "regular file",
             });

@@ -30,7 +30,7 @@ pub enum FsError {
     )]
     Symlink { path: String },
     #[error("{path} is not a {want}")]
-    Kind { path: String, want: &'static str },
+    FileKind { path: String, want: &'static str },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -94,12 +94,12 @@ pub struct Meta {
     /// Permission bits (07777).
     pub mode: u32,
     /// File, directory, link or other.
-    pub kind: Kind,
+    pub kind: FileKind,
 }
 
 /// The kind of a path entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum FileKind {
     File,
     Dir,
     Symlink,
@@ -114,10 +114,10 @@ impl Meta {
 
     fn from_stat(st: &libc::stat) -> Self {
         let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => Kind::Symlink,
-            _ => Kind::Other,
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            _ => FileKind::Other,
         };
         Self {
             uid: st.st_uid,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{Policy, RawPolicy};
-use crate::fsafe::{Kind, Meta};
+use crate::fsafe::{FileKind, Meta};
 
 /// Why a policy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -106,13 +106,13 @@ pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
 /// policy, and restore the modes. A group or world write bit is refused even with the sticky bit
 /// (/tmp): the policy has no business there. ACL grants show up here too: a POSIX ACL that lets
 /// a named user or group write sets the group write bit (the ACL mask).
-fn judge(meta: &Meta, want: Kind) -> Result<(), String> {
-    if meta.kind == Kind::Symlink {
+fn judge(meta: &Meta, want: FileKind) -> Result<(), String> {
+    if meta.kind == FileKind::Symlink {
         return Err("is a symbolic link: give the policy's real path".into());
     }
     if meta.kind != want {
         return Err(match want {
-            Kind::Dir => "is not a directory".into(),
+            FileKind::Dir => "is not a directory".into(),
             _ => "is not a regular file".into(),
         });
     }
@@ -163,7 +163,7 @@ fn open_checked(path: &Path) -> Result<File, (String, String)> {
         let meta = Meta::of_fd(fd).map_err(|e| io(at, e))?;
         judge(&meta, want).map_err(|why| (at.display().to_string(), why))
     };
-    judged(&at, &dir, Kind::Dir)?;
+    judged(&at, &dir, FileKind::Dir)?;
     let names: Vec<_> = abs
         .components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
@@ -194,7 +194,7 @@ fn open_checked(path: &Path) -> Result<File, (String, String)> {
         }
         // SAFETY: a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(rc) };
-        judged(&at, &fd, if last { Kind::File } else { Kind::Dir })?;
+        judged(&at, &fd, if last { FileKind::File } else { FileKind::Dir })?;
         if last {
             return Ok(File::from(fd));
         }
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(key_path(""), "(top level)");
     }
 
-    fn meta(uid: u32, mode: u32, kind: Kind) -> Meta {
+    fn meta(uid: u32, mode: u32, kind: FileKind) -> Meta {
         Meta {
             uid,
             gid: 0,
@@ -278,38 +278,54 @@ mod tests {
 
     #[test]
     fn only_root_owned_components_no_one_else_can_write_pass() {
-        assert!(judge(&meta(0, 0o755, Kind::Dir), Kind::Dir).is_ok());
-        assert!(judge(&meta(0, 0o644, Kind::File), Kind::File).is_ok());
-        assert!(judge(&meta(0, 0o440, Kind::File), Kind::File).is_ok());
-        let refused = |m: Meta, want: Kind, says: &str| {
+        assert!(judge(&meta(0, 0o755, FileKind::Dir), FileKind::Dir).is_ok());
+        assert!(judge(&meta(0, 0o644, FileKind::File), FileKind::File).is_ok());
+        assert!(judge(&meta(0, 0o440, FileKind::File), FileKind::File).is_ok());
+        let refused = |m: Meta, want: FileKind, says: &str| {
             let why = judge(&m, want).unwrap_err();
             assert!(why.contains(says), "{why}");
         };
         refused(
-            meta(0, 0o775, Kind::Dir),
-            Kind::Dir,
+            meta(0, 0o775, FileKind::Dir),
+            FileKind::Dir,
             "writable by group (mode 0775)",
         );
         refused(
-            meta(0, 0o1777, Kind::Dir),
-            Kind::Dir,
+            meta(0, 0o1777, FileKind::Dir),
+            FileKind::Dir,
             "group and others (mode 1777)",
         );
-        refused(meta(0, 0o646, Kind::File), Kind::File, "writable by others");
+        refused(
+            meta(0, 0o646, FileKind::File),
+            FileKind::File,
+            "writable by others",
+        );
         // Read-only modes do not help: the owner can chmod them back.
         refused(
-            meta(65534, 0o444, Kind::File),
-            Kind::File,
+            meta(65534, 0o444, FileKind::File),
+            FileKind::File,
             "owned by uid 65534",
         );
         refused(
-            meta(65534, 0o555, Kind::Dir),
-            Kind::Dir,
+            meta(65534, 0o555, FileKind::Dir),
+            FileKind::Dir,
             "owned by uid 65534",
         );
-        refused(meta(0, 0o777, Kind::Symlink), Kind::Dir, "symbolic link");
-        refused(meta(0, 0o644, Kind::Dir), Kind::File, "not a regular file");
-        refused(meta(0, 0o644, Kind::File), Kind::Dir, "not a directory");
+        refused(
+            meta(0, 0o777, FileKind::Symlink),
+            FileKind::Dir,
+            "symbolic link",
+        );
+        refused(
+            meta(0, 0o644, FileKind::Dir),
+            FileKind::File,
+            "not a regular file",
+        );
+        refused(
+            meta(0, 0o644, FileKind::File),
+            FileKind::Dir,
+            "not a directory",
+        );
     }
 
     #[test]

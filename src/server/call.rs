@@ -31,6 +31,24 @@ struct Call {
     started: Instant,
 }
 
+/// What the content rules did to a call, as its `rule_hit` event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleHit {
+    /// A rule refused the write.
+    Reject,
+    /// Rules quarantined the write or redacted parts of it (the names say which).
+    QuarantineOrRedact,
+}
+
+impl RuleHit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::QuarantineOrRedact => "quarantine_or_redact",
+        }
+    }
+}
+
 impl Server {
     /// Acts on a rate decision that began a cooldown or ended the session: one security event,
     /// and the end of the session when it is over.
@@ -314,21 +332,22 @@ impl Server {
         result: &Result<Value, Error>,
         record: &mut CallRecord,
     ) -> Result<(), Error> {
-        let (action, rules) = match result {
-            Err(Error::ContentRejected { rule }) => ("reject", vec![rule.clone()]),
-            _ => ("quarantine_or_redact", record.rules.clone()),
+        let (hit, rules) = match result {
+            Err(Error::ContentRejected { rule }) => {
+                // A rejected write's call event names the rule too.
+                record.rules = vec![rule.clone()];
+                (RuleHit::Reject, record.rules.clone())
+            }
+            _ => (RuleHit::QuarantineOrRedact, record.rules.clone()),
         };
         if rules.is_empty() {
             return Ok(());
-        }
-        if action == "reject" {
-            record.rules = rules.clone();
         }
         self.append(NewEvent {
             tool: tool.map(ToolName::as_str),
             ..NewEvent::new(
                 Kind::Security,
-                json!({"event": "rule_hit", "action": action, "rules": rules}),
+                json!({"event": "rule_hit", "action": hit.as_str(), "rules": rules}),
             )
         })
     }
