@@ -73,10 +73,6 @@ impl TestDir {
         Tamper::open(&self.data())
     }
 
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.data().join("memory.db")).expect("open memory.db")
-    }
-
     /// Rows of any status.
     pub fn row_count(&self) -> i64 {
         self.tamper().count()
