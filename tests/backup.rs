@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::TestDir;
+use memwarden::store::testing::{Field, Tamper, Value as TamperValue};
 
 fn run(dir: &TestDir, args: &[&str]) -> (bool, String) {
     let o = dir.cli(args);
@@ -82,10 +83,11 @@ fn a_tampered_backup_is_refused_and_nothing_changes() {
 
     // Edit a row in the backup and fix the manifest's hash and MAC (as someone holding the
     // keyring could): the seal still catches it.
-    let db = rusqlite::Connection::open(out.join("memory.db")).unwrap();
-    db.execute("UPDATE entries SET content = 'forged'", [])
-        .unwrap();
-    drop(db);
+    let copy = Tamper::open(&out);
+    for id in copy.ids() {
+        copy.set(&id, Field::Content, TamperValue::Text("forged".into()));
+    }
+    drop(copy);
     fix_hashes_and_mac(&dir, &out);
     let before = std::fs::read(dir.data().join("memory.db")).unwrap();
     let (ok, text) = run(&dir, &["restore", "--from", &out_s]);

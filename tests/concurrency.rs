@@ -102,11 +102,7 @@ async fn eight_servers_storing_500_each_lose_nothing() {
         assert_eq!(hits["withheld"], 0);
     }
     client.close().await;
-    let integrity: String = dir
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok");
+    assert_eq!(dir.tamper().engine_check(), "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::TestDir;
+use memwarden::store::testing::Tamper;
 use serde_json::{Value, json};
 
 struct Rng(u64);
@@ -268,15 +269,9 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     };
     assert!(check(&["verify"]));
     assert!(check(&["audit", "verify"]));
-    let conn = rusqlite::Connection::open(data.join("memory.db")).unwrap();
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(integrity, "ok");
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 2, "the refused store left nothing behind");
+    let tamper = Tamper::open(&data);
+    assert_eq!(tamper.engine_check(), "ok");
+    assert_eq!(tamper.count(), 2, "the refused store left nothing behind");
 }
 
 /// SQLite under a hard heap limit: errors, not crashes, and nothing half-written.
@@ -345,10 +340,6 @@ fn sqlite_memory_pressure_gives_errors_not_crashes() {
     // Whatever was stored is whole and verifies.
     if dir.data().join("memory.db").exists() {
         assert!(dir.cli(&["verify"]).status.success());
-        let conn = rusqlite::Connection::open(dir.data().join("memory.db")).unwrap();
-        let integrity: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(integrity, "ok");
+        assert_eq!(dir.tamper().engine_check(), "ok");
     }
 }

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::TestDir;
+use memwarden::store::testing::{Field, Value};
 use serde_json::json;
 
 /// Stores three entries and returns their ids.
@@ -84,12 +85,11 @@ async fn edited_content_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
     assert!(dir.cli(&["verify"]).status.success());
-    dir.db()
-        .execute(
-            "UPDATE entries SET content = 'alpha secret plan: wire the money' WHERE id = ?1",
-            [&ids[0]],
-        )
-        .unwrap();
+    dir.tamper().set(
+        &ids[0],
+        Field::Content,
+        Value::Text("alpha secret plan: wire the money".into()),
+    );
     assert_withheld(&dir, &ids[0], &[&ids[1], &ids[2]]).await;
 }
 
@@ -99,12 +99,10 @@ async fn edited_content_with_matching_hash_is_never_served() {
     let ids = seeded(&dir).await;
     let forged = "bravo secret plan v2";
     let sha: Vec<u8> = sha2_digest(forged);
-    dir.db()
-        .execute(
-            "UPDATE entries SET content = ?2, content_sha256 = ?3 WHERE id = ?1",
-            rusqlite::params![&ids[1], forged, sha],
-        )
-        .unwrap();
+    let tamper = dir.tamper();
+    tamper.set(&ids[1], Field::Content, Value::Text(forged.into()));
+    tamper.set(&ids[1], Field::ContentSha256, Value::Blob(sha));
+    drop(tamper);
     assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2]]).await;
 }
 
@@ -129,12 +127,8 @@ async fn moved_namespace_is_never_served() {
         .to_string();
     client.close().await;
     let ids = seeded(&dir).await;
-    dir.db()
-        .execute(
-            "UPDATE entries SET namespace = 'default' WHERE id = ?1",
-            [&id],
-        )
-        .unwrap();
+    dir.tamper()
+        .set(&id, Field::Namespace, Value::Text("default".into()));
     assert_withheld(&dir, &id, &[&ids[0], &ids[1], &ids[2]]).await;
 }
 
@@ -148,12 +142,8 @@ async fn resurrected_tombstone_is_never_served() {
         .await
         .ok();
     client.close().await;
-    dir.db()
-        .execute(
-            "UPDATE entries SET status = 'active' WHERE id = ?1",
-            [&ids[2]],
-        )
-        .unwrap();
+    dir.tamper()
+        .set(&ids[2], Field::Status, Value::Text("active".into()));
     assert_withheld(&dir, &ids[2], &[&ids[0], &ids[1]]).await;
 }
 
@@ -161,19 +151,13 @@ async fn resurrected_tombstone_is_never_served() {
 async fn flipped_mac_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let mut mac: Vec<u8> = dir
-        .db()
-        .query_row("SELECT mac FROM entries WHERE id = ?1", [&ids[1]], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let tamper = dir.tamper();
+    let Value::Blob(mut mac) = tamper.get(&ids[1], Field::Mac) else {
+        panic!("the seal is bytes");
+    };
     mac[0] ^= 0x01;
-    dir.db()
-        .execute(
-            "UPDATE entries SET mac = ?2 WHERE id = ?1",
-            rusqlite::params![&ids[1], mac],
-        )
-        .unwrap();
+    tamper.set(&ids[1], Field::Mac, Value::Blob(mac));
+    drop(tamper);
     assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2]]).await;
 }
 
@@ -181,12 +165,8 @@ async fn flipped_mac_is_never_served() {
 async fn hand_edited_rows_refuse_update_and_delete() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    dir.db()
-        .execute(
-            "UPDATE entries SET tags = '[\"admin\"]' WHERE id = ?1",
-            [&ids[0]],
-        )
-        .unwrap();
+    dir.tamper()
+        .set(&ids[0], Field::Tags, Value::Text("[\"admin\"]".into()));
     let client = dir.connect().await;
     assert_eq!(
         client
@@ -225,18 +205,14 @@ async fn a_column_of_the_wrong_type_is_withheld_not_an_internal_error() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
     // A blob where text belongs, and text where a blob belongs.
-    dir.db()
-        .execute(
-            "UPDATE entries SET content = X'FFFE00' WHERE id = ?1",
-            [&ids[0]],
-        )
-        .unwrap();
-    dir.db()
-        .execute(
-            "UPDATE entries SET content_sha256 = 'not a blob' WHERE id = ?1",
-            [&ids[1]],
-        )
-        .unwrap();
+    let tamper = dir.tamper();
+    tamper.set(&ids[0], Field::Content, Value::Blob(vec![0xff, 0xfe, 0x00]));
+    tamper.set(
+        &ids[1],
+        Field::ContentSha256,
+        Value::Text("not a blob".into()),
+    );
+    drop(tamper);
     let client = dir.connect().await;
     assert_eq!(
         client
@@ -265,36 +241,6 @@ async fn a_column_of_the_wrong_type_is_withheld_not_an_internal_error() {
     );
 }
 
-const ROW_COLUMNS: &str = "rowid, id, namespace, content, tags, metadata, status, supersedes, \
-    principal, session_id, created_at, updated_at, content_sha256, key_id, mac";
-
-/// A row exactly as stored: sealed and genuine.
-fn saved_row(dir: &TestDir, id: &str) -> Vec<rusqlite::types::Value> {
-    dir.db()
-        .query_row(
-            &format!("SELECT {ROW_COLUMNS} FROM entries WHERE id = ?1"),
-            [id],
-            |r| (0..15).map(|i| r.get(i)).collect(),
-        )
-        .unwrap()
-}
-
-/// Puts a saved copy back in place of whatever the row is now (or where it was).
-fn put_back(dir: &TestDir, row: &[rusqlite::types::Value]) {
-    let db = dir.db();
-    db.execute("DELETE FROM entries WHERE rowid = ?1", [&row[0]])
-        .unwrap();
-    let marks: Vec<String> = (1..=15).map(|i| format!("?{i}")).collect();
-    db.execute(
-        &format!(
-            "INSERT INTO entries ({ROW_COLUMNS}) VALUES ({})",
-            marks.join(", ")
-        ),
-        rusqlite::params_from_iter(row),
-    )
-    .unwrap();
-}
-
 fn verify_output(dir: &TestDir) -> (Option<i32>, String) {
     let out = dir.cli(&["verify"]);
     (
@@ -307,7 +253,7 @@ fn verify_output(dir: &TestDir) -> (Option<i32>, String) {
 async fn an_undeleted_tombstone_put_back_sealed_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let live = saved_row(&dir, &ids[0]);
+    let live = dir.tamper().save(&ids[0]);
     let client = dir.connect().await;
     client
         .call("memory_delete", json!({"id": ids[0]}))
@@ -316,7 +262,7 @@ async fn an_undeleted_tombstone_put_back_sealed_is_never_served() {
     client.close().await;
     assert!(dir.cli(&["verify"]).status.success());
     // The earlier sealed copy verifies on its own: only the ledger knows it was retired.
-    put_back(&dir, &live);
+    dir.tamper().put_back(&live);
     assert_withheld(&dir, &ids[0], &[&ids[1], &ids[2]]).await;
     let (_, stdout) = verify_output(&dir);
     assert!(stdout.contains("less retired"), "{stdout}");
@@ -326,7 +272,7 @@ async fn an_undeleted_tombstone_put_back_sealed_is_never_served() {
 async fn an_un_superseded_version_put_back_sealed_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let live = saved_row(&dir, &ids[1]);
+    let live = dir.tamper().save(&ids[1]);
     let client = dir.connect().await;
     let newer = client
         .call(
@@ -345,7 +291,7 @@ async fn an_un_superseded_version_put_back_sealed_is_never_served() {
     );
     client.close().await;
     assert!(dir.cli(&["verify"]).status.success());
-    put_back(&dir, &live);
+    dir.tamper().put_back(&live);
     assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2], &newer]).await;
     // Nor can it be updated again, forking the history.
     let client = dir.connect().await;
@@ -363,7 +309,7 @@ async fn an_un_superseded_version_put_back_sealed_is_never_served() {
 async fn a_purged_row_re_inserted_sealed_is_never_served() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let live = saved_row(&dir, &ids[2]);
+    let live = dir.tamper().save(&ids[2]);
     let client = dir.connect().await;
     client
         .call("memory_delete", json!({"id": ids[2]}))
@@ -385,7 +331,7 @@ async fn a_purged_row_re_inserted_sealed_is_never_served() {
     );
     assert_eq!(dir.row_count(), 2);
     assert!(dir.cli(&["verify"]).status.success());
-    put_back(&dir, &live);
+    dir.tamper().put_back(&live);
     assert_withheld(&dir, &ids[2], &[&ids[0], &ids[1]]).await;
 }
 
@@ -400,9 +346,7 @@ async fn a_deleted_row_removed_outright_fails_verify() {
         .ok();
     client.close().await;
     // No purge: the tombstone just vanishes, as if it had never been written.
-    dir.db()
-        .execute("DELETE FROM entries WHERE id = ?1", [&ids[0]])
-        .unwrap();
+    dir.tamper().delete(&ids[0]);
     let (code, stdout) = verify_output(&dir);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
@@ -416,7 +360,7 @@ async fn a_deleted_row_removed_outright_fails_verify() {
 async fn a_removed_ledger_record_fails_verify_naming_it() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let live = saved_row(&dir, &ids[0]);
+    let live = dir.tamper().save(&ids[0]);
     let client = dir.connect().await;
     for id in &ids[..2] {
         client.call("memory_delete", json!({"id": id})).await.ok();
@@ -425,10 +369,10 @@ async fn a_removed_ledger_record_fails_verify_naming_it() {
     assert!(dir.cli(&["verify"]).status.success());
     // Remove the first record and put the live copy back: no record left to withhold it, so
     // only verify can tell, from the chain and the audited delete.
-    dir.db()
-        .execute("DELETE FROM ledger WHERE entry_id = ?1", [&ids[0]])
-        .unwrap();
-    put_back(&dir, &live);
+    let tamper = dir.tamper();
+    tamper.delete_ledger(Some(ids[0].as_str()));
+    tamper.put_back(&live);
+    drop(tamper);
     let (code, stdout) = verify_output(&dir);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
@@ -446,7 +390,7 @@ async fn a_removed_ledger_record_fails_verify_naming_it() {
 async fn a_removed_tail_record_fails_verify_once_the_session_went_on() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    let live = saved_row(&dir, &ids[0]);
+    let live = dir.tamper().save(&ids[0]);
     let client = dir.connect().await;
     client
         .call("memory_delete", json!({"id": ids[0]}))
@@ -456,8 +400,10 @@ async fn a_removed_tail_record_fails_verify_once_the_session_went_on() {
     client.call("memory_list", json!({})).await.ok();
     client.close().await;
     // The whole tail of the chain, and the row rolled back: a chain alone cannot see this.
-    dir.db().execute("DELETE FROM ledger", []).unwrap();
-    put_back(&dir, &live);
+    let tamper = dir.tamper();
+    tamper.delete_ledger(None);
+    tamper.put_back(&live);
+    drop(tamper);
     let (code, stdout) = verify_output(&dir);
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
@@ -471,13 +417,7 @@ async fn a_removed_tail_record_fails_verify_once_the_session_went_on() {
 async fn a_forged_ledger_record_only_hides_a_row_and_fails_verify() {
     let dir = TestDir::new();
     let ids = seeded(&dir).await;
-    dir.db()
-        .execute(
-            "INSERT INTO ledger (seq, entry_id, kind, at, prev_hash, hash, key_id, mac) \
-             VALUES (1, ?1, 'deleted', 0, zeroblob(32), zeroblob(32), 'e1', zeroblob(32))",
-            [&ids[1]],
-        )
-        .unwrap();
+    dir.tamper().forge_ledger_delete(&ids[1]);
     // Existence alone withholds: fail closed.
     assert_withheld(&dir, &ids[1], &[&ids[0], &ids[2]]).await;
     let (_, stdout) = verify_output(&dir);

@@ -3,6 +3,7 @@
 mod common;
 
 use common::TestDir;
+use memwarden::store::testing::{Field, Value};
 use serde_json::json;
 
 fn out(o: std::process::Output) -> (bool, String) {
@@ -13,14 +14,7 @@ fn out(o: std::process::Output) -> (bool, String) {
 }
 
 fn key_ids(dir: &TestDir) -> Vec<String> {
-    let conn = dir.db();
-    let mut s = conn
-        .prepare("SELECT DISTINCT key_id FROM entries ORDER BY key_id")
-        .unwrap();
-    s.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
+    dir.tamper().entry_key_ids()
 }
 
 #[tokio::test]
@@ -103,28 +97,14 @@ async fn reseal_never_launders_a_tampered_row() {
     let good = client.store("good").await;
     let bad = client.store("bad").await;
     client.close().await;
-    dir.db()
-        .execute(
-            "UPDATE entries SET content = 'forged' WHERE id = ?1",
-            [&bad],
-        )
-        .unwrap();
+    dir.tamper()
+        .set(&bad, Field::Content, Value::Text("forged".into()));
     assert!(dir.cli(&["keys", "rotate"]).status.success());
     let (ok, text) = out(dir.cli(&["reseal"]));
     assert!(!ok && text.contains(&bad), "{text}");
-    let key: String = dir
-        .db()
-        .query_row("SELECT key_id FROM entries WHERE id = ?1", [&bad], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let key = dir.tamper().get(&bad, Field::KeyId).text();
     assert_eq!(key, "e1", "the tampered row keeps its old (failing) seal");
-    let key: String = dir
-        .db()
-        .query_row("SELECT key_id FROM entries WHERE id = ?1", [&good], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let key = dir.tamper().get(&good, Field::KeyId).text();
     assert_eq!(key, "e2");
     let (ok, text) = out(dir.cli(&["verify"]));
     assert!(!ok && text.contains(&bad));
@@ -137,14 +117,11 @@ async fn ledger_records_move_keys_with_reseal_which_never_launders_a_rollback() 
     let kept = client.store("kept").await;
     let gone = client.store("gone").await;
     client.close().await;
-    let live: Vec<rusqlite::types::Value> = dir
-        .db()
-        .query_row(
-            "SELECT status, updated_at, key_id, mac FROM entries WHERE id = ?1",
-            [&gone],
-            |r| (0..4).map(|i| r.get(i)).collect(),
-        )
-        .unwrap();
+    // The live copy's status and seal (the rest of the row a delete leaves as it was).
+    const SEALED: [Field; 4] = [Field::Status, Field::UpdatedAt, Field::KeyId, Field::Mac];
+    let tamper = dir.tamper();
+    let live: Vec<Value> = SEALED.iter().map(|&f| tamper.get(&gone, f)).collect();
+    drop(tamper);
     let client = dir.connect().await;
     client.call("memory_delete", json!({"id": gone})).await.ok();
     client.close().await;
@@ -157,22 +134,17 @@ async fn ledger_records_move_keys_with_reseal_which_never_launders_a_rollback() 
         "two rows and one record: {text}"
     );
     // The live copy, sealed with e1, put back: reseal moves the record but not the rollback.
-    dir.db()
-        .execute(
-            "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
-            rusqlite::params![gone, live[0], live[1], live[2], live[3]],
-        )
-        .unwrap();
+    let tamper = dir.tamper();
+    for (&field, value) in SEALED.iter().zip(live) {
+        tamper.set(&gone, field, value);
+    }
+    drop(tamper);
     let (ok, text) = out(dir.cli(&["reseal"]));
     assert!(
         !ok && text.contains(&gone) && text.contains("resealed 2 rows"),
         "{text}"
     );
-    let record_key: String = dir
-        .db()
-        .query_row("SELECT key_id FROM ledger", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(record_key, "e2");
+    assert_eq!(dir.tamper().ledger_key_ids(), ["e2"]);
     assert_eq!(
         key_ids(&dir),
         vec!["e1", "e2"],

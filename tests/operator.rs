@@ -10,20 +10,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestDir;
+use memwarden::store::testing::Field;
 use serde_json::{Value, json};
 
 fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
+/// Each row's key id, oldest row first (row ids grow with creation time).
 fn key_ids(dir: &TestDir) -> Vec<String> {
-    let conn = dir.db();
-    let mut s = conn
-        .prepare("SELECT key_id FROM entries ORDER BY created_at")
-        .unwrap();
-    s.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
+    let tamper = dir.tamper();
+    tamper
+        .ids()
+        .iter()
+        .map(|id| tamper.get(id, Field::KeyId).text())
         .collect()
 }
 

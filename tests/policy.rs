@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Outcome, RawSession, TestDir, read_all};
+use memwarden::store::testing::{Field, Value as TamperValue};
 use serde_json::{Value, json};
 
 const ALL_TOOLS: &str = r#"["memory_store", "memory_get", "memory_search", "memory_list", "memory_update", "memory_delete"]"#;
@@ -939,14 +940,7 @@ async fn the_read_window_hides_old_entries_and_purge_applies_retention() {
         stdout.contains("purged 1 entries") && stdout.contains("1 tombstones"),
         "{stdout}"
     );
-    let remaining: Vec<String> = dir
-        .db()
-        .prepare("SELECT id FROM entries")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let remaining = dir.tamper().ids();
     assert_eq!(remaining, vec![recent]);
     let _ = old_tomb;
     assert!(dir.cli(&["audit", "verify"]).status.success());
@@ -1009,9 +1003,8 @@ fn a_page_cut_short_counts_each_withheld_row_once() {
     }
     // The oldest fails its seal. Newest first, a 4 KiB page holds "c" and stops before "b";
     // the tampered row lies past that cut, so only the next page may count it.
-    dir.db()
-        .execute("UPDATE entries SET content = 'x' WHERE id = ?1", [&ids[0]])
-        .unwrap();
+    dir.tamper()
+        .set(&ids[0], Field::Content, TamperValue::Text("x".into()));
     let (mut listed, mut withheld, mut cursor) = (Vec::new(), 0, None::<String>);
     for n in 0..5 {
         let mut args = json!({});

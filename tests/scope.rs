@@ -410,6 +410,12 @@ async fn a_session_open_across_rotate_and_reseal_serves_every_row() {
     c.close().await;
 }
 
+/// memory.db opened as the SQLite file it is: the schema-3 upgrade test rewrites and inspects
+/// the SQLite backend's own schema, which is no tampering and has no other backend's form.
+fn sqlite_file(dir: &TestDir) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.data().join("memory.db")).expect("open memory.db")
+}
+
 /// Schema 3's full-text index, as migration 1 made it (verbatim), to rebuild an old data dir.
 const SCHEMA_3_FTS: &str = r#"
 CREATE VIRTUAL TABLE entries_fts USING fts5 (
@@ -456,7 +462,7 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     c.close().await;
     // Back to schema 3: its index and no scope column; two rows committed out of creation
     // order, as concurrent servers could leave them.
-    let db = dir.db();
+    let db = sqlite_file(&dir);
     db.execute_batch(
         "DROP TRIGGER entries_fts_insert; DROP TRIGGER entries_fts_delete; \
          DROP TRIGGER entries_fts_update; DROP TABLE entries_fts; DROP INDEX entries_scope; \
@@ -489,7 +495,7 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     assert_eq!(listed, newest_first);
     c.close().await;
 
-    let db = dir.db();
+    let db = sqlite_file(&dir);
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();

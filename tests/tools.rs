@@ -3,6 +3,7 @@
 mod common;
 
 use common::{Outcome, TestDir};
+use memwarden::store::testing::Field;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -242,12 +243,7 @@ async fn store_get_list_search_update_delete() {
         "NOT_FOUND"
     );
     // The row is kept as a tombstone for the operator.
-    let status: String = dir
-        .db()
-        .query_row("SELECT status FROM entries WHERE id = ?1", [&new_id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let status = dir.tamper().get(&new_id, Field::Status).text();
     assert_eq!(status, "deleted");
     client.close().await;
 }

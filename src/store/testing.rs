@@ -206,6 +206,21 @@ impl Tamper {
             .expect("count")
     }
 
+    /// Rows in the full-text index.
+    pub fn index_count(&self) -> i64 {
+        self.conn
+            .query_row("SELECT count(*) FROM entries_fts", [], |r| r.get(0))
+            .expect("count index")
+    }
+
+    /// The engine's own check of the whole file: "ok", or the first thing it found wrong (what a
+    /// crash or a race must never leave behind).
+    pub fn engine_check(&self) -> String {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity check")
+    }
+
     fn strings(&self, sql: &str) -> Vec<String> {
         let mut stmt = self.conn.prepare(sql).expect("prepare");
         stmt.query_map([], |r| r.get(0))

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use memwarden::store::testing::Tamper;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorData, Tool};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
@@ -65,14 +66,16 @@ impl TestDir {
         ]
     }
 
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.data().join("memory.db")).expect("open memory.db")
+    /// The test-only tamper path into this data dir's store: what an attacker with write access
+    /// to the database could change, named by what it changes rather than by SQL. Every tamper
+    /// test goes through it; a second backend's `TestDir` would return its own.
+    pub fn tamper(&self) -> Tamper {
+        Tamper::open(&self.data())
     }
 
+    /// Rows of any status.
     pub fn row_count(&self) -> i64 {
-        self.db()
-            .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
-            .expect("count")
+        self.tamper().count()
     }
 
     /// Starts `memwarden serve` with an MCP client attached; stderr goes to `stderr.log`.
