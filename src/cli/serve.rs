@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::DataDir;
+use crate::keys::Keyring;
 use crate::policy::Policy;
 use crate::principal::Principal;
 use crate::schema::Schemas;
@@ -89,6 +90,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if dir.init_if_needed()? {
         tracing::info!("initialised a new data dir");
     }
+    let keyring = dir.open_keyring()?;
     let policy = Arc::new(args.policy.load()?);
     let peer = crate::principal::peer_of(0);
     let principal = principal_of(args, &policy, peer)?;
@@ -100,7 +102,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Held until this session ends: `restore` refuses while any session runs.
     let _lock = dir.lock_shared()?;
-    let shared = Arc::new(open_shared(&dir, &policy)?);
+    let shared = Arc::new(open_shared(&dir, keyring, &policy)?);
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::for_session(shared.clone(), session);
@@ -182,8 +184,7 @@ fn principal_of(
 
 /// What the process shares between sessions: the schemas, both databases (audit.db first: it
 /// refuses a vanished chain before memory.db is touched) and the policy.
-fn open_shared(dir: &DataDir, policy: &Arc<Policy>) -> anyhow::Result<Shared> {
-    let keyring = dir.open_keyring()?;
+fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow::Result<Shared> {
     let schemas = Schemas::load()?;
     let options = StoreOptions {
         synchronous: policy.synchronous,

@@ -210,6 +210,30 @@ impl Server {
         result
     }
 
+    /// A call that panicked: audited as an internal error (its state is in doubt, so the
+    /// session ends). The event says only which tool it was.
+    pub(super) fn call_panicked(&self, name: &str) -> Error {
+        let tool = ToolName::from_name(name);
+        let call = Call {
+            tool,
+            unknown_tool: tool.is_none().then(|| self.shared.describer.name(name)),
+            args_text: None,
+            started: Instant::now(),
+        };
+        let err = Error::Internal("a tool call panicked".into());
+        tracing::error!(target: "memwarden::security", event = "call_panicked",
+            tool = tool.map_or("unknown", ToolName::as_str), "a tool call panicked: ending the session");
+        let event = self.call_event(
+            &call,
+            Outcome::Error,
+            Some(err.code().as_str()),
+            &CallRecord::default(),
+        );
+        let _ = self.append(event);
+        self.end_session(EndReason::Internal);
+        err
+    }
+
     /// The call's one event, for every call but a write whose event went in with its commit.
     fn append_call_event(
         &self,
@@ -303,7 +327,8 @@ impl Server {
         event.session_id = Some(&self.state.session.id);
         event.principal = Some(self.state.session.principal.name());
         if self.shared.audit_failed() {
-            return Err(self.audit_lost(Error::Audit("failed earlier in this process".into())));
+            self.end_soon();
+            return Err(Error::Audit("failed earlier".into()));
         }
         let mut audit = self.shared.audit();
         let log = audit

@@ -63,9 +63,14 @@ impl Server {
     async fn call_blocking(&self, name: String, args: Value) -> Result<Value, Error> {
         let _turn = self.state.calls.lock().await;
         let server = self.clone();
-        tokio::task::spawn_blocking(move || server.call(&name, args))
-            .await
-            .unwrap_or_else(|_| Err(Error::Internal("a tool call panicked".into())))
+        tokio::task::spawn_blocking(move || {
+            // A panic unwinds through the call (the store's transaction rolls back on drop);
+            // the call is then audited as an internal error and the session ends.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.call(&name, args)))
+                .unwrap_or_else(|_| Err(server.call_panicked(&name)))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::Internal("a tool call could not run".into())))
     }
 
     fn session_started(

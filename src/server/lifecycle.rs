@@ -33,6 +33,8 @@ pub enum EndReason {
     IdleTimeout,
     /// Older than the policy's maximum session age.
     MaxAge,
+    /// A call failed in a way that leaves the session's state in doubt (it panicked).
+    Internal,
 }
 
 impl EndReason {
@@ -46,6 +48,7 @@ impl EndReason {
             Self::RateLimited => "rate_limited",
             Self::IdleTimeout => "idle_timeout",
             Self::MaxAge => "max_age",
+            Self::Internal => "internal_error",
         }
     }
 }
@@ -126,6 +129,10 @@ where
     };
     watcher.abort();
     clock.abort();
+    // A call still running (its thread cannot be stopped) finishes first, so its event and
+    // commit come before the session's end and its signed checkpoint. A write waits for the
+    // store's lock for the busy timeout at most (10 s).
+    let _turn = tokio::time::timeout(Duration::from_secs(15), server.state.calls.lock()).await;
     // Every reply queued so far reaches the client before the session is recorded as over.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     let reason = end_reason(&server, &shutdown, handshake);

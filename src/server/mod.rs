@@ -210,6 +210,11 @@ impl Server {
     /// Appends one event of this session. On failure the session is lost: every later call is
     /// refused and the session ends shortly (after the current reply is written).
     fn append<'a>(&'a self, mut event: NewEvent<'a>) -> Result<(), Error> {
+        if self.shared.audit_failed() {
+            // Logged once, where it failed; this session ends too.
+            self.end_soon();
+            return Err(Error::Audit("failed earlier".into()));
+        }
         event.session_id = Some(&self.state.session.id);
         event.principal = Some(self.state.session.principal.name());
         self.shared
@@ -237,6 +242,9 @@ impl Server {
     }
 
     fn end_soon(&self) {
+        if self.state.end.is_cancelled() {
+            return;
+        }
         let end = self.state.end.clone();
         tokio::spawn(async move {
             // Let the refusal reach the client first.

@@ -145,6 +145,7 @@ impl Store {
             }
             last_id = Some(id);
         }
+        self.verifier.take_failure()?;
         Ok(page)
     }
 
@@ -165,6 +166,7 @@ impl Store {
                 .some_words(query, filter, results.room(), results.seen())?;
             results.add(some, Matched::Some, &mut verify);
         }
+        self.verifier.take_failure()?;
         Ok(results.finish())
     }
 }

@@ -2,8 +2,9 @@
 //! check every row read passes before it becomes an [`Entry`]: visibility first, then the seal
 //! and the ledger (see [`RawRow::verify`]).
 
-use std::cell::{Ref, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::Visibility;
 use super::model::Entry;
@@ -18,7 +19,15 @@ pub struct Verifier {
     /// The keyring file the keys came from, and the version read, when the store follows
     /// rotations while it runs (see [`Verifier::refresh_keys`]).
     source: RefCell<Option<(PathBuf, keys::FileStamp)>>,
+    /// When a row's unknown key id last made us reread an unchanged keyring.
+    forced_at: Cell<Option<Instant>>,
+    /// Set when a reread the verification needed failed (see [`Verifier::take_failure`]).
+    failed: Cell<bool>,
 }
+
+/// How often an unchanged keyring is reread for rows naming a key id it does not hold: a row
+/// with a forged key id must not make every read reread the file.
+const FORCED_REREAD_EVERY: Duration = Duration::from_secs(1);
 
 impl Verifier {
     /// Verifies with `keys`, not following any keyring file.
@@ -26,6 +35,8 @@ impl Verifier {
         Self {
             keys: RefCell::new(keys),
             source: RefCell::new(None),
+            forced_at: Cell::new(None),
+            failed: Cell::new(false),
         }
     }
 
@@ -40,11 +51,49 @@ impl Verifier {
     pub fn verified(&self, raw: Checked<RawRow>) -> Checked<Entry> {
         let raw = raw?;
         let id = raw.id.clone();
-        if self.keys.borrow().get(&raw.key_id).is_none() {
-            // A keyring that cannot be reread leaves the row unverifiable: withheld.
-            let _ = self.refresh_keys();
+        if self.keys.borrow().get(&raw.key_id).is_none() && self.reread_for_unknown_key().is_err() {
+            // The call cannot verify what it read: it fails (UNAVAILABLE), see take_failure.
+            self.failed.set(true);
         }
         raw.verify(&self.keys.borrow()).ok_or(id)
+    }
+
+    /// Whether a reread the verification needed failed since the last call (and forgets it):
+    /// the read is then UNAVAILABLE, not an integrity finding.
+    pub fn take_failure(&self) -> Result<()> {
+        if self.failed.replace(false) {
+            return Err(keyring_unavailable("unreadable"));
+        }
+        Ok(())
+    }
+
+    /// A row named a key id the keys do not hold: reread the followed keyring if it changed,
+    /// else (at most once a second) anyway — a rotation can rewrite the file within one tick
+    /// of a coarse clock, keeping its inode and length.
+    fn reread_for_unknown_key(&self) -> Result<()> {
+        self.refresh_keys()?;
+        let due = self
+            .forced_at
+            .get()
+            .is_none_or(|at| at.elapsed() >= FORCED_REREAD_EVERY);
+        if !due {
+            return Ok(());
+        }
+        self.forced_at.set(Some(Instant::now()));
+        let mut source = self.source.borrow_mut();
+        let Some((path, stamp)) = source.as_mut() else {
+            return Ok(());
+        };
+        let now = keys::FileStamp::of(path).map_err(|_| keyring_unavailable("vanished"))?;
+        let fresh = keys::Keyring::load(path).map_err(|_| keyring_unavailable("unreadable"))?;
+        let mut keys = self.keys.borrow_mut();
+        let known = keys.ids();
+        let new = fresh.entry.ids().iter().any(|id| !known.contains(id));
+        tracing::info!(target: "memwarden::security", event = "keyring_reloaded", new_keys = new,
+            "a row named a key id this session did not hold: keyring reread");
+        *keys = fresh.entry;
+        *stamp = now;
+        Ok(())
     }
 
     /// One row by id, checked against `view` (for a write when `write`) and verified. A row

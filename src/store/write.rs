@@ -141,7 +141,9 @@ impl Store {
         view: &Visibility,
     ) -> Result<PendingWrite<'_>> {
         let mut tx = self.backend.begin()?;
-        let mut old = self.verifier.checked_row(tx.load(id)?, id, view, true)?;
+        let old = self.verifier.checked_row(tx.load(id)?, id, view, true);
+        self.verifier.take_failure()?;
+        let mut old = old?;
         match old.status {
             Status::Active => {}
             Status::Superseded => {
@@ -187,7 +189,9 @@ impl Store {
     /// Commit with [`PendingWrite::commit`].
     pub fn delete(&mut self, id: &str, now_ms: i64, view: &Visibility) -> Result<PendingWrite<'_>> {
         let mut tx = self.backend.begin()?;
-        let mut entry = self.verifier.checked_row(tx.load(id)?, id, view, true)?;
+        let entry = self.verifier.checked_row(tx.load(id)?, id, view, true);
+        self.verifier.take_failure()?;
+        let mut entry = entry?;
         if entry.status != Status::Active {
             return Err(Error::NotFound);
         }

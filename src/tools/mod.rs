@@ -96,6 +96,16 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl CallRecord {
+    /// Records which content rules fired on a write (names only).
+    fn fired(&mut self, verdict: &Verdict) {
+        self.rules = verdict
+            .quarantined_by
+            .iter()
+            .chain(&verdict.redacted_by)
+            .cloned()
+            .collect();
+    }
+
     /// Records the new entry a write adds: its id, its bytes (charged to the write budget) and
     /// its stored fields (digested into the event).
     fn created(&mut self, entry: &Entry) {
@@ -197,11 +207,11 @@ impl CallContext<'_> {
         }
     }
 
-    /// Checks the tag count and applies the content rules to a write, in place; records which
-    /// rules fired (names only) and returns the status the write gets.
+    /// Checks the tag count and applies the content rules to a write, in place; returns the
+    /// verdict and the status the write gets. The caller records the rules that fired
+    /// ([`CallRecord::fired`]) once the write has passed its size checks.
     fn police(
         &self,
-        record: &mut CallRecord,
         content: &mut String,
         tags: &mut Vec<String>,
         metadata: &mut Option<serde_json::Map<String, Value>>,
@@ -216,12 +226,6 @@ impl CallContext<'_> {
         if let Some(rule) = verdict.rejected_by {
             return Err(Error::ContentRejected { rule });
         }
-        record.rules = verdict
-            .quarantined_by
-            .iter()
-            .chain(&verdict.redacted_by)
-            .cloned()
-            .collect();
         let status = if verdict.quarantined_by.is_empty() {
             Status::Active
         } else {

@@ -38,9 +38,10 @@ pub fn apply<'c>(
 ) -> Result<Done<'c>> {
     let namespace = ctx.write_namespace(p.namespace.take())?;
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
-    let (verdict, status) = ctx.police(record, &mut p.content, &mut p.tags, &mut p.metadata)?;
+    let (verdict, status) = ctx.police(&mut p.content, &mut p.tags, &mut p.metadata)?;
     check_bytes("content", p.content.len(), ctx.limits.content_bytes)?;
     let metadata = metadata_text(p.metadata, ctx.limits)?;
+    record.fired(&verdict);
     record.content_bytes = Some(p.content.len());
     record.metadata_bytes = metadata.as_ref().map(String::len);
     let new = NewEntry {

@@ -42,13 +42,14 @@ pub fn apply<'c>(
     let mut content = p.content.take().unwrap_or_default();
     let tags_given = p.tags.is_some();
     let mut tag_list = p.tags.take().unwrap_or_default();
-    let (verdict, status) = ctx.police(record, &mut content, &mut tag_list, &mut p.metadata)?;
+    let (verdict, status) = ctx.police(&mut content, &mut tag_list, &mut p.metadata)?;
     let tags = tags_given.then_some(tag_list);
     let content = (!content.is_empty()).then_some(content);
     if let Some(content) = &content {
         check_bytes("content", content.len(), ctx.limits.content_bytes)?;
     }
     let metadata = metadata_text(p.metadata, ctx.limits)?;
+    record.fired(&verdict);
     record.content_bytes = content.as_ref().map(String::len);
     record.metadata_bytes = metadata.as_ref().map(String::len);
     let changes = Changes {
