@@ -169,3 +169,35 @@ fn sqlite_types_stay_in_the_modules_that_own_sqlite_files() {
         .collect();
     assert!(leaks.is_empty(), "rusqlite outside its modules: {leaks:?}");
 }
+
+#[test]
+fn every_public_item_has_a_doc_line() {
+    let kinds = [
+        "fn ", "struct ", "enum ", "trait ", "const ", "type ", "static ",
+    ];
+    let mut bare = Vec::new();
+    for path in sources() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(rest) = line.trim_start().strip_prefix("pub ") else {
+                continue;
+            };
+            let item = kinds.iter().any(|k| rest.starts_with(k))
+                || rest.starts_with("async fn ")
+                || rest.starts_with("unsafe fn ");
+            if !item {
+                continue;
+            }
+            // The doc comment sits above the item's attributes.
+            let above = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim_start().starts_with("#["));
+            if !above.is_some_and(|l| l.trim_start().starts_with("///")) {
+                bare.push(format!("{}:{}", rel(&path), i + 1));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "public items without a doc line: {bare:?}");
+}
