@@ -29,12 +29,7 @@ pub fn quick_check(path: &Path) -> Result<String, String> {
 /// Whether the file holds only what the migrations create (a trigger on `events` could drop or
 /// rewrite events while the chain still verifies).
 pub fn schema_check(path: &Path) -> Result<(), String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    super::check_schema(&conn).map_err(|e| e.to_string())
+    crate::sqlite_file::schema_check(path, |c| super::check_schema(c).map_err(|e| e.to_string()))
 }
 
 /// The metrics' counts, read in one pass per series.

@@ -235,11 +235,11 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
         // Without a pending WAL, the file alone is the whole database: read it as immutable so
         // no -shm needs creating (a read-only directory allows none).
         let extra = if dir_writable { "" } else { "&immutable=1" };
-        Connection::open_with_flags(ro_uri(path, extra), flags)?
+        Connection::open_with_flags(crate::sqlite_file::ro_uri(path, extra), flags)?
     } else if shm_present {
         // A live server's WAL in a directory this process may only read (the audit-head and
         // metrics units): SQLite reads through the existing -shm without writing it.
-        Connection::open_with_flags(ro_uri(path, ""), flags)?
+        Connection::open_with_flags(crate::sqlite_file::ro_uri(path, ""), flags)?
     } else {
         return Err(AuditError::Open(format!(
             "{} has un-checkpointed changes in its -wal file and its directory is read-only; \
@@ -300,18 +300,4 @@ fn dir_writable(dir: &Path) -> bool {
         .is_ok();
     let _ = std::fs::remove_file(&probe);
     ok
-}
-
-/// The read-only `file:` URI of `path`, with `extra` query parameters.
-fn ro_uri(path: &Path, extra: &str) -> String {
-    let mut u = String::from("file:");
-    for b in path.to_string_lossy().bytes() {
-        match b {
-            b'?' | b'#' | b'%' => u.push_str(&format!("%{b:02X}")),
-            _ => u.push(b as char),
-        }
-    }
-    u.push_str("?mode=ro");
-    u.push_str(extra);
-    u
 }

@@ -126,3 +126,30 @@ pub fn count_rows(path: &Path, table: &'static str) -> Option<i64> {
     conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
         .ok()
 }
+
+/// The read-only `file:` URI of `path`, with `extra` query parameters (`&immutable=1`, …).
+pub fn ro_uri(path: &std::path::Path, extra: &str) -> String {
+    let mut u = String::from("file:");
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'?' | b'#' | b'%' => u.push_str(&format!("%{b:02X}")),
+            _ => u.push(b as char),
+        }
+    }
+    u.push_str("?mode=ro");
+    u.push_str(extra);
+    u
+}
+
+/// Runs `check` (a stray-object check) on the file opened read-only.
+pub fn schema_check(
+    path: &std::path::Path,
+    check: impl FnOnce(&Connection) -> Result<(), String>,
+) -> Result<(), String> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(|e| e.to_string())?;
+    check(&conn)
+}

@@ -22,14 +22,7 @@ fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
             if !path.is_file() || std::fs::symlink_metadata(&wal).is_ok() {
                 return Err(e);
             }
-            let mut uri = String::from("file:");
-            for b in path.to_string_lossy().bytes() {
-                match b {
-                    b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
-                    _ => uri.push(b as char),
-                }
-            }
-            uri.push_str("?mode=ro&immutable=1");
+            let uri = crate::sqlite_file::ro_uri(path, "&immutable=1");
             Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
         }
     }
@@ -43,12 +36,9 @@ pub fn quick_check(path: &Path) -> Result<String, String> {
 /// Whether the file holds only what the migrations create (a stray trigger could drop or
 /// rewrite every insert).
 pub fn schema_check(path: &Path) -> Result<(), String> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
-    )
-    .map_err(|e| e.to_string())?;
-    super::migrations::check_schema(&conn).map_err(|e| e.to_string())
+    crate::sqlite_file::schema_check(path, |c| {
+        super::migrations::check_schema(c).map_err(|e| e.to_string())
+    })
 }
 
 /// Rows by their status column, in status order.
