@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backup;
 pub mod connect;
+pub mod db;
 pub mod health;
 pub mod init;
 pub mod keys;
@@ -68,6 +69,8 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Prometheus text exposition derived from the databases.
     Metrics(health::MetricsArgs),
+    /// PostgreSQL administration: `db init` creates the roles, schemas and grants.
+    Db(db::DbArgs),
 }
 
 /// Where systemd's LoadCredential= puts the keyring, relative to $CREDENTIALS_DIRECTORY.
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => backup::restore(&args),
         Command::Health(args) => health::health(&args),
         Command::Metrics(args) => health::metrics(&args),
+        Command::Db(args) => db::run(&args),
     }
 }
 

@@ -1,0 +1,72 @@
+//! `memwarden db`: PostgreSQL administration. `db init` creates (idempotently) the roles, the
+//! `memory` and `audit` schemas and their grants, connecting with the operator's admin settings.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::store::postgres::DatabaseSettings;
+use crate::store::postgres::schema::{self, APP_ROLE, AUDITOR_ROLE, OWNER_ROLE};
+
+/// `memwarden db`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct DbArgs {
+    /// The command.
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+/// What `memwarden db` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the roles, schemas, tables and grants (safe to run again).
+    Init {
+        /// Connection settings of a role that may create roles and schemas in the database
+        /// (libpq URL or key=value; mode 0600, no symlink). Never put a password on argv.
+        #[arg(long, value_name = "FILE")]
+        admin_database_file: PathBuf,
+    },
+}
+
+/// Runs a `db` command.
+pub fn run(args: &DbArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        DbCommand::Init {
+            admin_database_file,
+        } => init(admin_database_file),
+    }
+}
+
+fn init(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let settings = DatabaseSettings::load(file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let (mut client, connection) = settings
+            .config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", describe(&e)))?;
+        let driver = tokio::spawn(connection);
+        let report = schema::init(&mut client)
+            .await
+            .map_err(|e| anyhow::anyhow!("db init failed: {}", describe(&e)));
+        drop(client);
+        let _ = driver.await;
+        report
+    })?;
+    println!(
+        "database schema version {} -> {}; roles {OWNER_ROLE} (owner, no login), {APP_ROLE} \
+         (serve), {AUDITOR_ROLE} (read-only audit)",
+        report.from, report.to
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server's message (its SQLSTATE and text), never the connection settings.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}

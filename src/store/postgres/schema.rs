@@ -1,0 +1,184 @@
+//! The PostgreSQL schema and its roles, created by `memwarden db init`: two schemas in one
+//! database — `memory` (entries, their text index, the ledger, session starts) and `audit`
+//! (events) — owned by a NOLOGIN owner role; an app role that writes entries but may only
+//! `SELECT, INSERT` audit events (UPDATE, DELETE and TRUNCATE refused by its grants and, for the
+//! owner too, by triggers); an auditor role that may only read `audit`. Idempotent: roles and
+//! schemas are created when missing, migrations run by the version table, grants are re-applied.
+//! The row formats are SQLite's (same canonical encoding, same seals), so rows move between the
+//! backends unchanged; the hash chain and MACs stay the real tamper check (an owner or superuser
+//! can bypass triggers, FACTS §PostgreSQL).
+
+use tokio_postgres::Client;
+
+/// The role that owns every object (NOLOGIN: nobody connects as it).
+pub const OWNER_ROLE: &str = "memwarden_owner";
+/// The role `serve` connects as.
+pub const APP_ROLE: &str = "memwarden_app";
+/// The role auditors connect as.
+pub const AUDITOR_ROLE: &str = "memwarden_auditor";
+
+/// Key of the advisory lock that serialises concurrent `db init` runs.
+const INIT_LOCK: i64 = 0x6d77_696e_6974; // "mwinit"
+
+/// Creates the three roles when missing (`DO` blocks: `CREATE ROLE` has no `IF NOT EXISTS`).
+const ROLES: &str = r#"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'memwarden_owner') THEN
+    CREATE ROLE memwarden_owner NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'memwarden_app') THEN
+    CREATE ROLE memwarden_app LOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'memwarden_auditor') THEN
+    CREATE ROLE memwarden_auditor LOGIN;
+  END IF;
+END $$;
+"#;
+
+/// Migration steps, in order; step `n` takes the schema from version `n` to `n + 1`. They run
+/// as the owner role, so the owner owns what they create.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE memory.entries (
+    pos            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id             text NOT NULL UNIQUE,
+    namespace      text NOT NULL,
+    content        text NOT NULL,
+    tags           text NOT NULL,
+    metadata       text,
+    status         text NOT NULL,
+    supersedes     text,
+    principal      text NOT NULL,
+    session_id     text NOT NULL,
+    created_at     bigint NOT NULL,
+    updated_at     bigint NOT NULL,
+    content_sha256 bytea NOT NULL,
+    key_id         text NOT NULL,
+    mac            bytea NOT NULL,
+    words          tsvector GENERATED ALWAYS AS (to_tsvector('simple', content || ' ' || tags)) STORED
+);
+CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
+CREATE INDEX entries_scope ON memory.entries (namespace, status, pos);
+CREATE INDEX entries_by_status ON memory.entries (status, pos);
+CREATE INDEX entries_created ON memory.entries (created_at);
+CREATE INDEX entries_supersedes ON memory.entries (supersedes) WHERE supersedes IS NOT NULL;
+
+CREATE TABLE memory.ledger (
+    seq       bigint PRIMARY KEY,
+    entry_id  text NOT NULL,
+    kind      text NOT NULL,
+    at        bigint NOT NULL,
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL,
+    key_id    text NOT NULL,
+    mac       bytea NOT NULL
+);
+CREATE INDEX ledger_by_entry ON memory.ledger (entry_id, kind);
+
+CREATE TABLE memory.session_starts (
+    principal  text NOT NULL,
+    started_at bigint NOT NULL
+);
+CREATE INDEX session_starts_by_principal ON memory.session_starts (principal, started_at);
+
+CREATE TABLE audit.events (
+    seq        bigint PRIMARY KEY,
+    ts         text NOT NULL,
+    kind       text NOT NULL,
+    session_id text,
+    principal  text,
+    tool       text,
+    outcome    text,
+    code       text,
+    detail     text NOT NULL,
+    prev_hash  text NOT NULL,
+    hash       text NOT NULL,
+    key_id     text NOT NULL,
+    mac        text NOT NULL
+);
+CREATE INDEX events_ts ON audit.events (ts);
+CREATE INDEX events_session ON audit.events (session_id);
+
+-- Append-only, for the owner too: the grants stop the app role, these triggers everyone who
+-- does not first disable them (which the chain and MACs then catch).
+CREATE FUNCTION audit.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'audit events are append-only (% refused)', TG_OP;
+END $$;
+CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON audit.events
+  FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
+  FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
+"#];
+
+/// The schema version this binary writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Who may do what; re-applied on every init, so a grant widened by hand is narrowed again.
+const GRANTS: &str = r#"
+REVOKE ALL ON SCHEMA memory, audit FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA memory, audit FROM PUBLIC;
+GRANT USAGE ON SCHEMA memory, audit TO memwarden_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON memory.entries, memory.session_starts TO memwarden_app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA memory TO memwarden_app;
+GRANT SELECT, INSERT, UPDATE ON memory.ledger TO memwarden_app;
+GRANT SELECT ON memory.schema_version TO memwarden_app, memwarden_auditor;
+REVOKE ALL ON audit.events FROM memwarden_app;
+GRANT SELECT, INSERT ON audit.events TO memwarden_app;
+GRANT USAGE ON SCHEMA audit TO memwarden_auditor;
+GRANT SELECT ON ALL TABLES IN SCHEMA audit TO memwarden_auditor;
+"#;
+
+/// What `db init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// The schema version before.
+    pub from: i64,
+    /// The schema version after.
+    pub to: i64,
+}
+
+/// Creates or brings up to date the roles, schemas, tables and grants, in one transaction
+/// (PostgreSQL's DDL is transactional: a failed init leaves nothing half-made), serialised
+/// against concurrent inits.
+pub async fn init(client: &mut Client) -> Result<InitReport, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INIT_LOCK])
+        .await?;
+    tx.batch_execute(ROLES).await?;
+    // Membership lets this session act as the owner (a superuser may anyway).
+    tx.batch_execute(&format!("GRANT {OWNER_ROLE} TO CURRENT_USER"))
+        .await?;
+    // The schemas are made by the admin (who may create in the database) for the owner, and
+    // everything inside them by the owner.
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS memory AUTHORIZATION {OWNER_ROLE};
+         CREATE SCHEMA IF NOT EXISTS audit AUTHORIZATION {OWNER_ROLE};
+         SET LOCAL ROLE {OWNER_ROLE};
+         CREATE TABLE IF NOT EXISTS memory.schema_version (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+    let from: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM memory.schema_version",
+            &[],
+        )
+        .await?
+        .get(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
+        tx.batch_execute(step).await?;
+        tx.execute(
+            "INSERT INTO memory.schema_version (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await?;
+    }
+    tx.batch_execute(GRANTS).await?;
+    tx.commit().await?;
+    Ok(InitReport {
+        from,
+        to: CURRENT_VERSION.max(from),
+    })
+}

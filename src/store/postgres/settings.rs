@@ -1,0 +1,240 @@
+//! The database file: how memwarden reaches PostgreSQL. It holds libpq-style connection settings
+//! (a `postgresql://` URL or `key=value` pairs) and, for TCP, perhaps a password, so it is read
+//! like the keyring: a regular file (never through a link), not readable or writable by group or
+//! others, ours or root's, small. Its text never reaches argv, the environment, a log or an
+//! error message; errors name the file and the problem only.
+
+use std::fs;
+use std::io::Read;
+use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::str::FromStr;
+
+use tokio_postgres::config::Host;
+
+use crate::fsafe::current_uid;
+
+/// The largest database file read.
+const MAX_BYTES: u64 = 64 * 1024;
+
+/// Why a database file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("database file {path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        reason: String,
+    },
+    /// A link, a directory, a device…
+    #[error("database file {path} is not a regular file (a symlink is refused)")]
+    NotRegular {
+        /// The file.
+        path: String,
+    },
+    /// Group or others may read or write it.
+    #[error(
+        "database file {path} has mode {mode:04o}: group and others must have no access (chmod 600)"
+    )]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Someone else's file.
+    #[error(
+        "database file {path} is owned by uid {owner}, not by this process's uid {uid} or root"
+    )]
+    Owner {
+        /// The file.
+        path: String,
+        /// Its owner.
+        owner: u32,
+        /// Ours.
+        uid: u32,
+    },
+    /// Not connection settings (the text is not repeated: it may hold a password).
+    #[error(
+        "database file {path}: not libpq connection settings (a postgresql:// URL or key=value pairs)"
+    )]
+    Format {
+        /// The file.
+        path: String,
+    },
+    /// TCP to another host without verified TLS.
+    #[error(
+        "database file {path}: host {host} is not on this machine, and this build connects to remote \
+         databases only over TLS with certificate verification, which it does not offer yet; \
+         use the unix socket (host=/path/to/socket/dir) or a loopback address"
+    )]
+    RemoteWithoutTls {
+        /// The file.
+        path: String,
+        /// The host named.
+        host: String,
+    },
+    /// No host at all.
+    #[error(
+        "database file {path}: names no host (give host=/path/to/socket/dir or host=127.0.0.1)"
+    )]
+    NoHost {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Connection settings read from a checked database file.
+pub struct DatabaseSettings {
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the settings themselves: they may hold a password.
+        f.debug_struct("DatabaseSettings").finish_non_exhaustive()
+    }
+}
+
+impl DatabaseSettings {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let shown = path.display().to_string();
+        let text = read_private(path, &shown)?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses settings text; `shown` names the file in errors.
+    pub fn parse(text: &str, shown: &str) -> Result<Self, SettingsError> {
+        let config =
+            tokio_postgres::Config::from_str(text.trim()).map_err(|_| SettingsError::Format {
+                path: shown.to_string(),
+            })?;
+        let hosts = config.get_hosts();
+        if hosts.is_empty() {
+            return Err(SettingsError::NoHost {
+                path: shown.to_string(),
+            });
+        }
+        for host in hosts {
+            if let Host::Tcp(name) = host
+                && !is_loopback(name)
+            {
+                return Err(SettingsError::RemoteWithoutTls {
+                    path: shown.to_string(),
+                    host: name.clone(),
+                });
+            }
+        }
+        Ok(Self { config })
+    }
+
+    /// The settings, for connecting.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Whether every host is a unix socket directory (peer authentication, no password).
+    pub fn unix_socket_only(&self) -> bool {
+        self.config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
+    }
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The file's text, after the checks the module doc names.
+fn read_private(path: &Path, shown: &str) -> Result<String, SettingsError> {
+    let io = |e: std::io::Error| SettingsError::Io {
+        path: shown.to_string(),
+        reason: e.kind().to_string(),
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                SettingsError::NotRegular {
+                    path: shown.to_string(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(SettingsError::NotRegular {
+            path: shown.to_string(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SettingsError::Permissions {
+            path: shown.to_string(),
+            mode,
+        });
+    }
+    let uid = current_uid();
+    if meta.uid() != uid && meta.uid() != 0 && uid != 0 {
+        return Err(SettingsError::Owner {
+            path: shown.to_string(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    let mut text = String::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(SettingsError::Format {
+            path: shown.to_string(),
+        });
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_sockets_and_loopback_pass_remote_tcp_is_refused() {
+        let s =
+            DatabaseSettings::parse("host=/run/postgresql dbname=memwarden user=app", "F").unwrap();
+        assert!(s.unix_socket_only());
+        let s = DatabaseSettings::parse("postgresql://app@127.0.0.1:5432/memwarden", "F").unwrap();
+        assert!(!s.unix_socket_only());
+        for remote in [
+            "host=db.example.com dbname=m user=a password=hunter2",
+            "postgresql://a:hunter2@10.0.0.5/m",
+        ] {
+            let err = DatabaseSettings::parse(remote, "F")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("TLS"), "{err}");
+            assert!(!err.contains("hunter2"), "no password in {err}");
+        }
+        let err = DatabaseSettings::parse("password=hunter2 nonsense", "F")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(is_loopback("localhost") && is_loopback("::1") && is_loopback("[::1]"));
+        assert!(!is_loopback("127.0.0.1.example.com"));
+    }
+}

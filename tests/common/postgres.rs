@@ -1,0 +1,151 @@
+//! A throwaway PostgreSQL cluster for one test: `initdb` and `pg_ctl` from Debian's packages,
+//! run as an unprivileged user (initdb refuses root; as root, `nobody`), listening on a unix
+//! socket in a temp dir only, trust authentication on that socket. Stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running cluster.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+/// The directory of Debian's PostgreSQL binaries, newest version first.
+fn pg_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+impl Cluster {
+    /// Starts a cluster, or `None` (after saying SKIPPED) where PostgreSQL is not installed. In
+    /// CI (`CI` set) a missing PostgreSQL is a failure: `.ci/run` installs it.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = pg_bin() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PostgreSQL is not installed (/usr/lib/postgresql/*/bin): .ci/run installs it"
+            );
+            eprintln!("SKIPPED: PostgreSQL is not installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sock")).unwrap();
+        let cluster = Self { dir, bin };
+        cluster.chown_for_server();
+        let data = cluster.path("data");
+        let out = cluster
+            .as_server("initdb")
+            .args(["-D", &data, "-U", "memwarden", "--auth=trust", "-E", "UTF8"])
+            .arg("--locale=C.UTF-8")
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!("-k {} -c listen_addresses=", cluster.path("sock"));
+        let out = cluster
+            .as_server("pg_ctl")
+            .args([
+                "-D",
+                &data,
+                "-l",
+                &cluster.path("pg.log"),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(cluster)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// The socket directory.
+    pub fn socket_dir(&self) -> String {
+        self.path("sock")
+    }
+
+    /// As root the server runs as `nobody`, who must own its directories.
+    fn chown_for_server(&self) {
+        if memwarden::fsafe::current_uid() != 0 {
+            return;
+        }
+        for p in [self.dir.path().to_path_buf(), self.dir.path().join("sock")] {
+            let st = Command::new("chown")
+                .arg("nobody")
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        let st = Command::new("chmod")
+            .arg("755")
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn as_server(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        if memwarden::fsafe::current_uid() == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(exe);
+            c.current_dir("/");
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    /// Writes connection settings for `user` to a 0600 file and returns its path.
+    pub fn settings_file(&self, name: &str, user: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        let text = format!("host={} user={user} dbname=postgres\n", self.socket_dir());
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// A client connected as `user`.
+    pub async fn connect(&self, user: &str) -> tokio_postgres::Client {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(Path::new(&self.socket_dir()))
+            .user(user)
+            .dbname("postgres");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .as_server("pg_ctl")
+            .args(["-D", &self.path("data"), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
