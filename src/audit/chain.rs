@@ -10,8 +10,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
+use super::AuditError;
 use super::append::NewEvent;
-use super::{AuditError, Outcome};
 use crate::canon::Canon;
 use crate::keys::{KeySet, SecretKey};
 
@@ -114,6 +114,96 @@ pub fn head(conn: &Connection) -> Result<Head, AuditError> {
     })
 }
 
+/// An event linked to the head it follows: every column of its row, owned (for a backend to
+/// insert as is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedEvent {
+    /// Position in the chain.
+    pub seq: i64,
+    /// UTC RFC 3339 with milliseconds.
+    pub ts: String,
+    /// The event kind's name.
+    pub kind: String,
+    /// The session, if any.
+    pub session_id: Option<String>,
+    /// Who acted, if known.
+    pub principal: Option<String>,
+    /// The tool, if any.
+    pub tool: Option<String>,
+    /// The call's outcome, for calls.
+    pub outcome: Option<String>,
+    /// The error code, when the call failed.
+    pub code: Option<String>,
+    /// The detail object as JSON text.
+    pub detail: String,
+    /// The hash it links to (hex).
+    pub prev_hash: String,
+    /// Its chain hash (hex).
+    pub hash: String,
+    /// The audit key of its MAC.
+    pub key_id: String,
+    /// Its MAC (hex).
+    pub mac: String,
+}
+
+impl LinkedEvent {
+    /// The fields the hash covers.
+    pub fn fields(&self) -> RowFields<'_> {
+        RowFields {
+            seq: self.seq,
+            ts: &self.ts,
+            kind: &self.kind,
+            session_id: self.session_id.as_deref(),
+            principal: self.principal.as_deref(),
+            tool: self.tool.as_deref(),
+            outcome: self.outcome.as_deref(),
+            code: self.code.as_deref(),
+            detail: &self.detail,
+            key_id: &self.key_id,
+        }
+    }
+
+    /// The head it makes.
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// Links `event`, stamped `now_ms`, to `prev` with the active audit key: the same row on every
+/// backend.
+pub fn link(
+    keys: &KeySet,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+    prev: &Head,
+) -> Result<LinkedEvent, AuditError> {
+    let (key_id, key) = keys.active();
+    let prev_hash = hex::decode(&prev.hash)
+        .map_err(|_| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
+    let mut linked = LinkedEvent {
+        seq: prev.seq + 1,
+        ts: crate::clock::format_ms(now_ms),
+        kind: event.kind.as_str().to_string(),
+        session_id: event.session_id.map(str::to_string),
+        principal: event.principal.map(str::to_string),
+        tool: event.tool.map(str::to_string),
+        outcome: event.outcome.map(|o| o.as_str().to_string()),
+        code: event.code.map(str::to_string),
+        detail: event.detail.to_string(),
+        prev_hash: prev.hash.clone(),
+        hash: String::new(),
+        key_id: key_id.to_string(),
+        mac: String::new(),
+    };
+    let hash = chain_hash(&prev_hash, &linked.fields());
+    linked.mac = hex::encode(chain_mac(key, &hash));
+    linked.hash = hex::encode(hash);
+    Ok(linked)
+}
+
 /// Links `event` to `prev` and inserts it in `tx`, reading it back (see below).
 pub(super) fn insert(
     tx: &rusqlite::Transaction<'_>,
@@ -122,30 +212,13 @@ pub(super) fn insert(
     now_ms: i64,
     prev: &Head,
 ) -> Result<Head, AuditError> {
-    let ts = crate::clock::format_ms(now_ms);
-    let detail = event.detail.to_string();
-    let (key_id, key) = keys.active();
-    let prev_hash = hex::decode(&prev.hash)
-        .map_err(|_| AuditError::Corrupt(format!("event {} has a malformed hash", prev.seq)))?;
-    let seq = prev.seq + 1;
-    let row = RowFields {
-        seq,
-        ts: &ts,
-        kind: event.kind.as_str(),
-        session_id: event.session_id,
-        principal: event.principal,
-        tool: event.tool,
-        outcome: event.outcome.map(Outcome::as_str),
-        code: event.code,
-        detail: &detail,
-        key_id,
-    };
-    let hash = chain_hash(&prev_hash, &row);
+    let event = link(keys, event, now_ms, prev)?;
+    let seq = event.seq;
     let linked = Linked {
-        row,
-        prev_hash: &prev.hash,
-        mac: hex::encode(chain_mac(key, &hash)),
-        hash: hex::encode(hash),
+        row: event.fields(),
+        prev_hash: &event.prev_hash,
+        mac: event.mac.clone(),
+        hash: event.hash.clone(),
     };
     let inserted = write_row(tx, &linked)?;
     // A trigger on `events` (refused at open, but the file can change under us) could
@@ -168,6 +241,27 @@ pub(super) fn insert(
         seq,
         hash: linked.hash,
     })
+}
+
+/// Inserts an already linked event verbatim (an export from another backend).
+pub(super) fn write_linked(
+    tx: &rusqlite::Transaction<'_>,
+    e: &LinkedEvent,
+) -> Result<(), AuditError> {
+    let linked = Linked {
+        row: e.fields(),
+        prev_hash: &e.prev_hash,
+        hash: e.hash.clone(),
+        mac: e.mac.clone(),
+    };
+    let n = write_row(tx, &linked)?;
+    if n != 1 {
+        return Err(AuditError::Corrupt(format!(
+            "copying event {}: {n} rows",
+            e.seq
+        )));
+    }
+    Ok(())
 }
 
 /// A row linked to the head: its fields, the hash it links to, its own hash and MAC (hex).

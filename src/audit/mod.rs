@@ -9,6 +9,7 @@ mod chain;
 pub mod checkpoint;
 mod checkpointer;
 pub mod inspect;
+pub mod postgres;
 pub mod query;
 mod reader;
 pub mod verify;

@@ -1,0 +1,154 @@
+//! The audit chain in PostgreSQL's `audit.events` (issue 14): the same rows, hashes and MACs as
+//! audit.db, appended inside the caller's transaction so a write and its event commit together.
+//! One chain across every process on every host: appends serialise on a transaction-scoped
+//! advisory lock under READ COMMITTED and read the tail after taking it (REPEATABLE READ would
+//! read a tail older than the lock and fork the chain, FACTS §PostgreSQL); seq comes from the
+//! tail, never from a sequence, and the primary key on seq refuses a fork outright. An export
+//! writes the rows verbatim into an audit.db the offline verifier reads.
+
+use std::path::Path;
+
+use tokio_postgres::{GenericClient, Transaction};
+
+use super::chain::{GENESIS, LinkedEvent, link};
+use super::{AuditError, Head, NewEvent};
+use crate::keys::KeySet;
+
+/// Key of the advisory lock every append takes.
+const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
+
+/// Why an append or export failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgAuditError {
+    /// The server refused or the connection failed.
+    #[error("audit events in PostgreSQL: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// The chain or the export file.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// The head of the chain in `audit.events`.
+pub async fn head(client: &impl GenericClient) -> Result<Head, PgAuditError> {
+    let row = client
+        .query_opt(
+            "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Head {
+            seq: r.get(0),
+            hash: r.get(1),
+        },
+        None => Head {
+            seq: 0,
+            hash: hex::encode(GENESIS),
+        },
+    })
+}
+
+/// Appends `event` inside `tx` (which must be READ COMMITTED, PostgreSQL's default): it becomes
+/// durable exactly when `tx` commits, with whatever else `tx` wrote.
+pub async fn append(
+    tx: &Transaction<'_>,
+    keys: &KeySet,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+) -> Result<Head, PgAuditError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+        .await?;
+    let prev = head(tx).await?;
+    let linked = link(keys, event, now_ms, &prev)?;
+    insert(tx, &linked).await?;
+    Ok(Head {
+        seq: linked.seq,
+        hash: linked.hash,
+    })
+}
+
+async fn insert(client: &impl GenericClient, e: &LinkedEvent) -> Result<(), PgAuditError> {
+    let n = client
+        .execute(
+            "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, outcome, \
+             code, detail, prev_hash, hash, key_id, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                &e.seq,
+                &e.ts,
+                &e.kind,
+                &e.session_id,
+                &e.principal,
+                &e.tool,
+                &e.outcome,
+                &e.code,
+                &e.detail,
+                &e.prev_hash,
+                &e.hash,
+                &e.key_id,
+                &e.mac,
+            ],
+        )
+        .await?;
+    if n != 1 {
+        return Err(
+            AuditError::Corrupt(format!("appending event {}: {n} rows inserted", e.seq)).into(),
+        );
+    }
+    Ok(())
+}
+
+/// Writes every event, verbatim and in seq order, into a new audit.db at `out` (which must not
+/// exist), for `memwarden audit verify --db`. Reads in one REPEATABLE READ snapshot, so the
+/// copy is one consistent prefix of the chain. Returns the copy's head.
+pub async fn export_sqlite(
+    client: &mut tokio_postgres::Client,
+    out: &Path,
+) -> Result<Head, PgAuditError> {
+    if out.exists() {
+        return Err(AuditError::Open(format!("{}: already exists", out.display())).into());
+    }
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
+             prev_hash, hash, key_id, mac FROM audit.events ORDER BY seq",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    let mut conn = super::open_rw(out, std::time::Duration::from_secs(10))?;
+    let db = conn.transaction().map_err(AuditError::from)?;
+    let mut head = Head {
+        seq: 0,
+        hash: hex::encode(GENESIS),
+    };
+    for r in &rows {
+        let e = LinkedEvent {
+            seq: r.get(0),
+            ts: r.get(1),
+            kind: r.get(2),
+            session_id: r.get(3),
+            principal: r.get(4),
+            tool: r.get(5),
+            outcome: r.get(6),
+            code: r.get(7),
+            detail: r.get(8),
+            prev_hash: r.get(9),
+            hash: r.get(10),
+            key_id: r.get(11),
+            mac: r.get(12),
+        };
+        super::chain::write_linked(&db, &e)?;
+        head = e.head();
+    }
+    db.commit().map_err(AuditError::from)?;
+    conn.close().map_err(|(_, e)| AuditError::from(e))?;
+    Ok(head)
+}
