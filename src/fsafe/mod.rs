@@ -16,9 +16,11 @@ use std::path::{Component, Path, PathBuf};
 
 mod dir;
 mod lock;
+mod private;
 
 pub use dir::Dir;
 pub use lock::{LockFile, LockMode, Wait};
+pub use private::{PrivateFileError, read_private};
 
 /// Why a file or directory was refused or could not be handled.
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,7 @@
 //! into key sets, and written (new files and whole-file replacements) through [`crate::fsafe`].
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +11,7 @@ use super::{
     KeySet, Keyring, KeyringError, KeyringLock, MAX_KEYRING_BYTES, MIN_KEY_BYTES, SecretKey,
     valid_key_id,
 };
-use crate::fsafe::{Dir, current_uid};
+use crate::fsafe::Dir;
 
 /// The file format (TOML). Keys are hex.
 #[derive(Serialize, Deserialize)]
@@ -142,55 +140,31 @@ impl Keyring {
     /// Opens without following a symlink and checks the opened file itself (fstat), so the
     /// file checked is the file read.
     fn read_checked(path: &Path) -> Result<String, KeyringError> {
-        use std::io::Read;
-        let shown = path.display().to_string();
-        let io = |source| KeyringError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    KeyringError::NotRegular {
-                        path: shown.clone(),
-                    }
-                } else {
-                    io(e)
-                }
-            })?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.file_type().is_file() {
-            return Err(KeyringError::NotRegular { path: shown });
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyringError::Permissions { path: shown, mode });
-        }
-        // Ours, or root's (systemd may hand credentials over root-owned); and root, the
-        // operator, may read the service user's.
-        let uid = current_uid();
-        if meta.uid() != uid && meta.uid() != 0 && uid != 0 {
-            return Err(KeyringError::Owner {
-                path: shown,
-                owner: meta.uid(),
-                uid,
-            });
-        }
+        use crate::fsafe::PrivateFileError as E;
+        let path_shown = path.display().to_string();
         // A keyring is a few hundred bytes; a huge file is not one, and is not read whole.
-        let mut text = String::new();
-        file.take(MAX_KEYRING_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(io)?;
-        if text.len() as u64 > MAX_KEYRING_BYTES {
-            return Err(KeyringError::Format {
-                path: shown,
-                reason: format!("larger than {MAX_KEYRING_BYTES} bytes"),
-            });
-        }
-        Ok(text)
+        crate::fsafe::read_private(path, MAX_KEYRING_BYTES).map_err(|e| match e {
+            E::Io(source) => KeyringError::Io {
+                path: path_shown,
+                source,
+            },
+            E::NotRegular => KeyringError::NotRegular { path: path_shown },
+            E::Permissions(mode) => KeyringError::Permissions {
+                path: path_shown,
+                mode,
+            },
+            // Ours, or root's (systemd may hand credentials over root-owned); and root, the
+            // operator, may read the service user's.
+            E::Owner(owner, uid) => KeyringError::Owner {
+                path: path_shown,
+                owner,
+                uid,
+            },
+            E::TooLarge(max) => KeyringError::Format {
+                path: path_shown,
+                reason: format!("larger than {max} bytes"),
+            },
+        })
     }
 
     fn parse(text: &str, shown: &str) -> Result<Self, KeyringError> {
@@ -289,6 +263,8 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generated_keyring_round_trips() {

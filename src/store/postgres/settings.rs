@@ -4,16 +4,11 @@
 //! others, ours or root's, small. Its text never reaches argv, the environment, a log or an
 //! error message; errors name the file and the problem only.
 
-use std::fs;
-use std::io::Read;
 use std::net::IpAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
 
 use tokio_postgres::config::Host;
-
-use crate::fsafe::current_uid;
 
 /// The largest database file read.
 const MAX_BYTES: u64 = 64 * 1024;
@@ -157,56 +152,31 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The file's text, after the checks the module doc names.
+/// The file's text, after the checks the module doc names ([`crate::fsafe::read_private`]).
 fn read_private(path: &Path, shown: &str) -> Result<String, SettingsError> {
-    let io = |e: std::io::Error| SettingsError::Io {
-        path: shown.to_string(),
-        reason: e.kind().to_string(),
-    };
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                SettingsError::NotRegular {
-                    path: shown.to_string(),
-                }
-            } else {
-                io(e)
-            }
-        })?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.file_type().is_file() {
-        return Err(SettingsError::NotRegular {
+    use crate::fsafe::PrivateFileError as E;
+    let path = path.to_path_buf();
+    crate::fsafe::read_private(&path, MAX_BYTES).map_err(|e| match e {
+        E::Io(e) => SettingsError::Io {
             path: shown.to_string(),
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(SettingsError::Permissions {
+            reason: e.kind().to_string(),
+        },
+        E::NotRegular => SettingsError::NotRegular {
+            path: shown.to_string(),
+        },
+        E::Permissions(mode) => SettingsError::Permissions {
             path: shown.to_string(),
             mode,
-        });
-    }
-    let uid = current_uid();
-    if meta.uid() != uid && meta.uid() != 0 && uid != 0 {
-        return Err(SettingsError::Owner {
+        },
+        E::Owner(owner, uid) => SettingsError::Owner {
             path: shown.to_string(),
-            owner: meta.uid(),
+            owner,
             uid,
-        });
-    }
-    let mut text = String::new();
-    file.take(MAX_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_BYTES {
-        return Err(SettingsError::Format {
+        },
+        E::TooLarge(_) => SettingsError::Format {
             path: shown.to_string(),
-        });
-    }
-    Ok(text)
+        },
+    })
 }
 
 #[cfg(test)]
