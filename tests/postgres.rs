@@ -207,14 +207,33 @@ async fn concurrent_appends_make_one_chain_that_the_offline_verifier_accepts() {
     for w in writers {
         w.await.unwrap();
     }
-    let mut auditor = pg.connect("memwarden_auditor").await;
+    let auditor = pg.connect("memwarden_auditor").await;
     let head = memwarden::audit::postgres::head(&auditor).await.unwrap();
     assert_eq!(head.seq, 400);
+    // The auditor exports with the CLI, as the auditor role.
     let copy = pg.dir.path().join("exported-audit.db");
-    let exported = memwarden::audit::postgres::export_sqlite(&mut auditor, &copy)
-        .await
-        .unwrap();
-    assert_eq!(exported, head);
+    let settings = pg.settings_file("auditor.conf", "memwarden_auditor");
+    let export = || {
+        std::process::Command::new(common::bin())
+            .args(["db", "export-audit", "--database-file"])
+            .arg(&settings)
+            .arg("--out")
+            .arg(&copy)
+            .output()
+            .unwrap()
+    };
+    let out = export();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("head {head}")), "{stdout}");
+    // Never over an existing file.
+    let again = export();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let out = std::process::Command::new(common::bin())
         .args(["audit", "verify", "--db"])
         .arg(&copy)

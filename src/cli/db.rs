@@ -1,5 +1,6 @@
 //! `memwarden db`: PostgreSQL administration. `db init` creates (idempotently) the roles, the
-//! `memory` and `audit` schemas and their grants, connecting with the operator's admin settings.
+//! `memory` and `audit` schemas and their grants, connecting with the operator's admin settings;
+//! `db export-audit` copies the audit chain into an audit.db for the offline verifier.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,16 @@ pub enum DbCommand {
         #[arg(long, value_name = "FILE")]
         admin_database_file: PathBuf,
     },
+    /// Copy every audit event, verbatim, into a new audit.db that `memwarden audit verify --db`
+    /// checks offline (connect as the auditor role).
+    ExportAudit {
+        /// Connection settings (as for `init`; the auditor role suffices).
+        #[arg(long, value_name = "FILE")]
+        database_file: PathBuf,
+        /// The audit.db to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// Runs a `db` command.
@@ -33,27 +44,49 @@ pub fn run(args: &DbArgs) -> anyhow::Result<ExitCode> {
         DbCommand::Init {
             admin_database_file,
         } => init(admin_database_file),
+        DbCommand::ExportAudit { database_file, out } => export_audit(database_file, out),
     }
 }
 
-fn init(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let settings = DatabaseSettings::load(file)?;
+/// Connects with `settings` and runs `work` on a current-thread runtime.
+fn with_client<T>(
+    settings: &DatabaseSettings,
+    work: impl AsyncFnOnce(&mut tokio_postgres::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(async {
+    runtime.block_on(async {
         let (mut client, connection) = settings
             .config()
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", describe(&e)))?;
         let driver = tokio::spawn(connection);
-        let report = schema::init(&mut client)
-            .await
-            .map_err(|e| anyhow::anyhow!("db init failed: {}", describe(&e)));
+        let result = work(&mut client).await;
         drop(client);
         let _ = driver.await;
-        report
+        result
+    })
+}
+
+fn export_audit(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let settings = DatabaseSettings::load(file)?;
+    let head = with_client(&settings, async |client| {
+        crate::audit::postgres::export_sqlite(client, out)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    println!("exported the audit chain to {}: head {head}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let settings = DatabaseSettings::load(file)?;
+    let report = with_client(&settings, async |client| {
+        schema::init(client)
+            .await
+            .map_err(|e| anyhow::anyhow!("db init failed: {}", describe(&e)))
     })?;
     println!(
         "database schema version {} -> {}; roles {OWNER_ROLE} (owner, no login), {APP_ROLE} \
