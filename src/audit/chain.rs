@@ -147,6 +147,26 @@ pub struct LinkedEvent {
 }
 
 impl LinkedEvent {
+    /// Reads a row selected as `seq, ts, kind, session_id, principal, tool, outcome, code,
+    /// detail, prev_hash, hash, key_id, mac`.
+    pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: r.get(0)?,
+            ts: r.get(1)?,
+            kind: r.get(2)?,
+            session_id: r.get(3)?,
+            principal: r.get(4)?,
+            tool: r.get(5)?,
+            outcome: r.get(6)?,
+            code: r.get(7)?,
+            detail: r.get(8)?,
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+            key_id: r.get(11)?,
+            mac: r.get(12)?,
+        })
+    }
+
     /// The fields the hash covers.
     pub fn fields(&self) -> RowFields<'_> {
         RowFields {
@@ -212,14 +232,8 @@ pub(super) fn insert(
     now_ms: i64,
     prev: &Head,
 ) -> Result<Head, AuditError> {
-    let event = link(keys, event, now_ms, prev)?;
-    let seq = event.seq;
-    let linked = Linked {
-        row: event.fields(),
-        prev_hash: &event.prev_hash,
-        mac: event.mac.clone(),
-        hash: event.hash.clone(),
-    };
+    let linked = link(keys, event, now_ms, prev)?;
+    let seq = linked.seq;
     let inserted = write_row(tx, &linked)?;
     // A trigger on `events` (refused at open, but the file can change under us) could
     // drop the row (RAISE(IGNORE): 0 rows) or rewrite or delete it after the insert. Read
@@ -248,13 +262,7 @@ pub(super) fn write_linked(
     tx: &rusqlite::Transaction<'_>,
     e: &LinkedEvent,
 ) -> Result<(), AuditError> {
-    let linked = Linked {
-        row: e.fields(),
-        prev_hash: &e.prev_hash,
-        hash: e.hash.clone(),
-        mac: e.mac.clone(),
-    };
-    let n = write_row(tx, &linked)?;
+    let n = write_row(tx, e)?;
     if n != 1 {
         return Err(AuditError::Corrupt(format!(
             "copying event {}: {n} rows",
@@ -264,17 +272,9 @@ pub(super) fn write_linked(
     Ok(())
 }
 
-/// A row linked to the head: its fields, the hash it links to, its own hash and MAC (hex).
-struct Linked<'a> {
-    row: RowFields<'a>,
-    prev_hash: &'a str,
-    hash: String,
-    mac: String,
-}
-
 /// Inserts the linked row; returns the number of rows inserted (1 unless something interferes).
-fn write_row(tx: &rusqlite::Transaction<'_>, l: &Linked<'_>) -> Result<usize, AuditError> {
-    let row = &l.row;
+fn write_row(tx: &rusqlite::Transaction<'_>, l: &LinkedEvent) -> Result<usize, AuditError> {
+    let row = l.fields();
     Ok(tx
         .prepare_cached(
             "INSERT INTO events (seq, ts, kind, session_id, principal, tool, outcome, code, \
@@ -299,8 +299,11 @@ fn write_row(tx: &rusqlite::Transaction<'_>, l: &Linked<'_>) -> Result<usize, Au
 }
 
 /// The hash of the row at the linked row's seq whose every field is as written, if any.
-fn read_back(tx: &rusqlite::Transaction<'_>, l: &Linked<'_>) -> Result<Option<String>, AuditError> {
-    let row = &l.row;
+fn read_back(
+    tx: &rusqlite::Transaction<'_>,
+    l: &LinkedEvent,
+) -> Result<Option<String>, AuditError> {
+    let row = l.fields();
     Ok(tx
         .prepare_cached(
             "SELECT hash FROM events WHERE seq = ?1 AND prev_hash = ?2 AND mac = ?3 \

@@ -5,7 +5,8 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::append::{GENESIS, RowFields, chain_hash, head, verify_mac};
+use super::append::{GENESIS, chain_hash, head, verify_mac};
+use super::chain::LinkedEvent;
 use super::checkpoint::{Checkpoint, Verifiers, origin_of};
 use super::{AuditError, Head, Kind};
 use crate::keys::KeySet;
@@ -172,7 +173,7 @@ pub fn verify_with(conn: &Connection, checks: &Checks<'_>) -> Result<Report, Aud
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let row = StoredRow::read(r)?;
+        let row = LinkedEvent::read(r)?;
         let seq = row.seq;
         if let Some(kind) = walk.step(row) {
             damage = Some(Damage { seq, kind });
@@ -198,59 +199,6 @@ pub fn verify_with(conn: &Connection, checks: &Checks<'_>) -> Result<Report, Aud
         last_checkpoint: walk.last_checkpoint,
         origin: walk.origin,
     })
-}
-
-/// One event as stored, every column the chain covers.
-struct StoredRow {
-    seq: i64,
-    ts: String,
-    kind: String,
-    session_id: Option<String>,
-    principal: Option<String>,
-    tool: Option<String>,
-    outcome: Option<String>,
-    code: Option<String>,
-    detail: String,
-    prev_hash: String,
-    hash: String,
-    key_id: String,
-    mac: String,
-}
-
-impl StoredRow {
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            seq: r.get(0)?,
-            ts: r.get(1)?,
-            kind: r.get(2)?,
-            session_id: r.get(3)?,
-            principal: r.get(4)?,
-            tool: r.get(5)?,
-            outcome: r.get(6)?,
-            code: r.get(7)?,
-            detail: r.get(8)?,
-            prev_hash: r.get(9)?,
-            hash: r.get(10)?,
-            key_id: r.get(11)?,
-            mac: r.get(12)?,
-        })
-    }
-
-    /// The fields the chain hash covers.
-    fn fields(&self) -> RowFields<'_> {
-        RowFields {
-            seq: self.seq,
-            ts: &self.ts,
-            kind: &self.kind,
-            session_id: self.session_id.as_deref(),
-            principal: self.principal.as_deref(),
-            tool: self.tool.as_deref(),
-            outcome: self.outcome.as_deref(),
-            code: self.code.as_deref(),
-            detail: &self.detail,
-            key_id: &self.key_id,
-        }
-    }
 }
 
 /// What the walk has seen so far, in seq order.
@@ -280,7 +228,7 @@ impl<'a> Walk<'a> {
 
     /// Checks the next event: its seq, its link, its hash, its MAC, and (with verifiers) a
     /// checkpoint's signature. The first thing wrong, if any; the walk stops there.
-    fn step(&mut self, row: StoredRow) -> Option<DamageKind> {
+    fn step(&mut self, row: LinkedEvent) -> Option<DamageKind> {
         self.events += 1;
         let seq = row.seq;
         if seq != self.expected_seq {
