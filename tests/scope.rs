@@ -335,8 +335,8 @@ async fn maintain_while_four_writers_store_loses_and_refuses_nothing() {
     let out = dir.cli(&["maintain"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        text.contains("-> 1 on"),
-        "one segment after a quiet run: {text}"
+        text.contains("segments -> 2 ("),
+        "one segment per index (shared and namespace-qualified) after a quiet run: {text}"
     );
 
     assert_eq!(acked.len(), WRITERS * EACH);
@@ -460,11 +460,13 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     let deleted = ids.pop().unwrap();
     c.call("memory_delete", json!({"id": deleted})).await.ok();
     c.close().await;
-    // Back to schema 3: its index and no scope column; two rows committed out of creation
+    // Back to schema 3: its index, no scope column, no scoped index; two rows committed out of creation
     // order, as concurrent servers could leave them.
     let db = sqlite_file(&dir);
     db.execute_batch(
-        "DROP TRIGGER entries_fts_insert; DROP TRIGGER entries_fts_delete; \
+        "DROP TRIGGER scoped_fts_insert; DROP TRIGGER scoped_fts_delete; \
+         DROP TRIGGER scoped_fts_update; DROP TABLE scoped_fts; \
+         DROP TRIGGER entries_fts_insert; DROP TRIGGER entries_fts_delete; \
          DROP TRIGGER entries_fts_update; DROP TABLE entries_fts; DROP INDEX entries_scope; \
          DROP INDEX entries_by_status; DROP INDEX entries_created; \
          ALTER TABLE entries DROP COLUMN scope; \
@@ -499,7 +501,7 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let out_of_order: i64 = db
         .query_row(
             "SELECT count(*) FROM entries a JOIN entries b ON b.rowid > a.rowid WHERE b.created_at < a.created_at",
@@ -508,7 +510,10 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
         )
         .unwrap();
     assert_eq!(out_of_order, 0, "row ids follow creation order");
-    db.execute_batch("INSERT INTO entries_fts (entries_fts) VALUES ('integrity-check')")
-        .unwrap();
+    db.execute_batch(
+        "INSERT INTO entries_fts (entries_fts) VALUES ('integrity-check'); \
+         INSERT INTO scoped_fts (scoped_fts) VALUES ('integrity-check');",
+    )
+    .unwrap();
     assert!(dir.cli(&["verify"]).status.success());
 }

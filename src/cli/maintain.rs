@@ -1,4 +1,4 @@
-//! `memwarden maintain`: brings the full-text index and both databases back into shape while
+//! `memwarden maintain`: brings the full-text indexes and both databases back into shape while
 //! servers keep running (FTS5 merges in short write transactions, `PRAGMA optimize`, passive WAL
 //! checkpoints). Audited as admin events; prints what it did. A nightly timer runs it.
 
@@ -52,14 +52,8 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
     });
     admin_event(&mut audit, detail)?;
     println!(
-        "full-text index: {} segments on {} levels -> {} on {} ({} merge steps, longest {:.1} ms, {:.0} ms in all)",
-        m.segments_before,
-        m.levels_before,
-        m.segments_after,
-        m.levels_after,
-        m.steps,
-        m.longest_step_ms,
-        m.total_ms
+        "full-text indexes: {} segments -> {} (one per index is fully merged; {} merge steps, longest {:.1} ms, {:.0} ms in all)",
+        m.segments_before, m.segments_after, m.steps, m.longest_step_ms, m.total_ms
     );
     println!(
         "memory.db: optimized; WAL checkpoint copied {} of {} frames",

@@ -51,7 +51,7 @@ pub enum Command {
     Review(review::ReviewArgs),
     /// Apply the policy's retention: delete old entries and old tombstones.
     Purge(purge::PurgeArgs),
-    /// Merge the full-text index, optimize and checkpoint both databases, while servers run.
+    /// Merge the full-text indexes, optimize and checkpoint both databases, while servers run.
     Maintain(maintain::MaintainArgs),
     /// Apply serve's sandbox, try what it forbids, and report each attempt.
     SandboxCheck(DataDirArg),

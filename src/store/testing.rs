@@ -104,6 +104,9 @@ impl Tamper {
     /// When it cannot be opened: this is test code.
     pub fn open(data_dir: &Path) -> Self {
         let conn = Connection::open(data_dir.join("memory.db")).expect("open memory.db");
+        // The index triggers call it (migration 5): without it every edit of an active row
+        // fails, as it does for a tool that lacks it.
+        crate::store::sqlite::scoped::register(&conn).expect("register the index function");
         Self { conn }
     }
 

@@ -3,9 +3,10 @@
 //!
 //! Every entry's `scope` column (a generated column, migration 4) holds one token for its
 //! namespace and one per tag, indexed by `entries_fts` beside the text. A search or a tag filter
-//! ANDs the caller's scope tokens into the MATCH expression, so FTS5 walks only the scope's
-//! matches (seeking through the others' doclists); nothing outside the scope is read, counted or
-//! ranked. Row ids grow with `created_at` (migration 4 and `Store::stamp`), so since/until are a
+//! over a wide scope ANDs the caller's scope tokens into the MATCH expression, so FTS5 walks only
+//! the scope's matches (seeking through the others' doclists); nothing outside the scope is
+//! counted or ranked. A narrow scope (a few namespaces) is looked up in `scoped_fts` instead
+//! (see [`super::scoped`]), whose doclists hold the scope's postings alone. Row ids grow with `created_at` (migration 4 and `Store::stamp`), so since/until are a
 //! row-id range FTS5 and the B-tree indexes apply directly. Rows are still checked against the
 //! whole filter after the lookup: a damaged index can hide a row, never show a foreign one.
 
@@ -44,7 +45,7 @@ pub fn expressions(query: &Query) -> FtsQuery {
 /// The character escapes of migration 4's `scope` column, which keep a namespace or tag one
 /// unicode61 token: letters and digits stand for themselves, `z` and the separators become `z`
 /// plus a letter. Injective, so distinct names never share a token.
-fn escape(name: &str) -> String {
+pub(super) fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for c in name.chars() {
         match c {

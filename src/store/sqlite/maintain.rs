@@ -8,8 +8,11 @@ use rusqlite::{Connection, TransactionBehavior};
 use super::Sqlite;
 use crate::store::backend::{IndexShape, MaintainReport};
 
-/// The FTS5 structure record's row id in `entries_fts_data`.
+/// The FTS5 structure record's row id in an index's `_data` table.
 const STRUCTURE_ROWID: i64 = 10;
+
+/// The full-text indexes of memory.db: the shared one and the namespace-qualified one.
+const INDEXES: [&str; 2] = ["entries_fts", "scoped_fts"];
 
 /// SQLite's varint (as FTS5 writes it): big-endian 7-bit groups, the 9th byte whole.
 fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
@@ -41,23 +44,27 @@ fn decode_shape(data: &[u8]) -> Option<IndexShape> {
 }
 
 impl Sqlite {
-    /// The full-text index's current shape.
+    /// The full-text indexes' current shape: their segments added up, the deeper one's levels.
     pub fn fts_shape(&self) -> IndexShape {
-        let data: Vec<u8> = self
-            .conn
-            .query_row(
-                "SELECT block FROM entries_fts_data WHERE id = ?1",
-                [STRUCTURE_ROWID],
-                |r| r.get(0),
-            )
-            .unwrap_or_default();
-        decode_shape(&data).unwrap_or_default()
+        let mut shape = IndexShape::default();
+        for index in INDEXES {
+            let data: Vec<u8> = self
+                .conn
+                .query_row(
+                    &format!("SELECT block FROM {index}_data WHERE id = ?1"),
+                    [STRUCTURE_ROWID],
+                    |r| r.get(0),
+                )
+                .unwrap_or_default();
+            let one = decode_shape(&data).unwrap_or_default();
+            shape.segments += one.segments;
+            shape.levels = shape.levels.max(one.levels);
+        }
+        shape
     }
 
-    /// Merges the index's segments towards one, sizing each write transaction so it holds the
-    /// write lock about `lock_target` and resting as long between steps so waiting writers get
-    /// the lock; stops when a step does no work. Then `PRAGMA optimize` and a passive WAL
-    /// checkpoint.
+    /// Merges each full-text index's segments towards one (see [`merge`]), then `PRAGMA
+    /// optimize` and a passive WAL checkpoint.
     pub(super) fn merge_and_checkpoint(
         &mut self,
         lock_target: Duration,
@@ -69,23 +76,8 @@ impl Sqlite {
             levels_before: before.levels,
             ..Default::default()
         };
-        let mut pages: i64 = 16;
-        loop {
-            let t = Instant::now();
-            let did_work = merge_step(&self.conn, pages)?;
-            let took = t.elapsed();
-            report.steps += 1;
-            report.longest_step_ms = report.longest_step_ms.max(took.as_secs_f64() * 1000.0);
-            if !did_work {
-                break;
-            }
-            // Aim at half the target, so one slow commit stays under it.
-            if took < lock_target / 4 && pages < 4096 {
-                pages *= 2;
-            } else if took > lock_target / 2 && pages > 1 {
-                pages /= 2;
-            }
-            std::thread::sleep(took.max(Duration::from_millis(5)));
+        for index in INDEXES {
+            merge(&self.conn, index, lock_target, &mut report)?;
         }
         let after = self.fts_shape();
         report.segments_after = after.segments;
@@ -97,14 +89,42 @@ impl Sqlite {
     }
 }
 
+/// Merges `index`'s segments in steps, sizing each write transaction so it holds the write lock
+/// about `lock_target`, resting as long between steps; stops when a step does no work.
+fn merge(
+    conn: &Connection,
+    index: &str,
+    lock_target: Duration,
+    report: &mut MaintainReport,
+) -> rusqlite::Result<()> {
+    let mut pages: i64 = 16;
+    loop {
+        let t = Instant::now();
+        let did_work = merge_step(conn, index, pages)?;
+        let took = t.elapsed();
+        report.steps += 1;
+        report.longest_step_ms = report.longest_step_ms.max(took.as_secs_f64() * 1000.0);
+        if !did_work {
+            return Ok(());
+        }
+        // Aim at half the target, so one slow commit stays under it.
+        if took < lock_target / 4 && pages < 4096 {
+            pages *= 2;
+        } else if took > lock_target / 2 && pages > 1 {
+            pages /= 2;
+        }
+        std::thread::sleep(took.max(Duration::from_millis(5)));
+    }
+}
+
 /// One `merge` step in its own write transaction. A negative page count lets FTS5 merge
 /// segments of any levels (an incremental 'optimize'); a change count below 2 means the step
 /// found nothing to merge (FTS5's documented test).
-fn merge_step(conn: &Connection, pages: i64) -> rusqlite::Result<bool> {
+fn merge_step(conn: &Connection, index: &str, pages: i64) -> rusqlite::Result<bool> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let before = tx.total_changes();
     tx.execute(
-        "INSERT INTO entries_fts (entries_fts, rank) VALUES ('merge', ?1)",
+        &format!("INSERT INTO {index} ({index}, rank) VALUES ('merge', ?1)"),
         [-pages],
     )?;
     let changed = tx.total_changes() - before;

@@ -136,6 +136,31 @@ CREATE INDEX entries_scope ON entries (namespace, status);
 CREATE INDEX entries_by_status ON entries (status);
 CREATE INDEX entries_created ON entries (created_at);
 "#,
+    r#"
+-- Namespace-qualified terms (store/sqlite/scoped.rs): a search inside a few namespaces reads
+-- their postings alone. Contentless: rows leave it by row id, and nothing reads text back.
+CREATE VIRTUAL TABLE scoped_fts USING fts5 (
+    words,
+    content = '', contentless_delete = 1,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO scoped_fts (rowid, words)
+    SELECT rowid, memwarden_scoped_words(namespace, content, tags) FROM entries
+    WHERE status = 'active';
+CREATE TRIGGER scoped_fts_insert AFTER INSERT ON entries WHEN new.status = 'active' BEGIN
+    INSERT INTO scoped_fts (rowid, words)
+        VALUES (new.rowid, memwarden_scoped_words(new.namespace, new.content, new.tags));
+END;
+CREATE TRIGGER scoped_fts_delete AFTER DELETE ON entries WHEN old.status = 'active' BEGIN
+    DELETE FROM scoped_fts WHERE rowid = old.rowid;
+END;
+CREATE TRIGGER scoped_fts_update AFTER UPDATE ON entries BEGIN
+    DELETE FROM scoped_fts WHERE rowid = old.rowid AND old.status = 'active';
+    INSERT INTO scoped_fts (rowid, words)
+        SELECT new.rowid, memwarden_scoped_words(new.namespace, new.content, new.tags)
+        WHERE new.status = 'active';
+END;
+"#,
 ];
 
 /// The version that creates the ledger; its records for rows already retired are sealed in the
@@ -165,6 +190,8 @@ pub fn migrate(
     conn: &mut Connection,
     after_step: &dyn Fn(&Connection, i64) -> rusqlite::Result<()>,
 ) -> Result<(), MigrationError> {
+    // Migration 5's triggers and backfill call it, here and on every later write.
+    super::scoped::register(conn)?;
     crate::sqlite_file::migrate(conn, MIGRATIONS, after_step).map_err(|e| match e {
         MigrateError::TooNew { found } => MigrationError::TooNew { found },
         MigrateError::Sqlite(e) => MigrationError::Sqlite(e),

@@ -9,6 +9,7 @@ mod ledger;
 pub mod maintain;
 pub mod migrations;
 mod read;
+pub mod scoped;
 mod write;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Search and list on memory.db: the caller's scope goes into the index lookup (see
-//! [`super::fts`]), so the work done, the search window and the word weights depend only on rows
-//! inside the scope. Every row found is still checked against the whole filter (a damaged index
+//! [`super::fts`]; a narrow scope reads the namespace-qualified index, [`super::scoped`]), so the
+//! work done, the search window and the word weights depend only on rows inside the scope. Every row found is still checked against the whole filter (a damaged index
 //! can hide a row, never show a foreign one); the store verifies it before it is served.
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::fts::{self as scope, RowRange};
+use super::scoped::Narrow;
 use super::{COLUMN_COUNT, COLUMNS, read_row};
 use crate::error::{Error, Result};
 use crate::sqlite_file::storage_error as sql;
@@ -17,6 +18,11 @@ use crate::store::model::{Filter, Query};
 use crate::store::rank::{self, SEARCH_WINDOW};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::scope::Scope;
+
+/// The index over every namespace, with scope tokens (migration 4).
+const SHARED: &str = "entries_fts";
+/// The namespace-qualified index (migration 5, [`super::scoped`]).
+const SCOPED: &str = "scoped_fts";
 
 /// An error from a full-text query. The expressions are ours and always well-formed, so it is
 /// the index itself (a damaged FTS5 table): the store cannot serve search, it is not a bug.
@@ -117,8 +123,8 @@ fn cursor_rowid(conn: &Connection, after: &str, scope: &Scope) -> Result<i64> {
 }
 
 /// Up to `want` row ids of active rows in the filter, newest first, read from an index that
-/// holds the scope: FTS5's scope tokens when tags filter (a rare tag reads only its rows),
-/// else `(namespace, status, rowid)` per namespace merged newest first, or `(status,
+/// holds the scope: FTS5's tag terms when tags filter (a rare tag reads only its rows;
+/// per namespace in a narrow scope), else `(namespace, status, rowid)` per namespace merged newest first, or `(status,
 /// rowid)` for a `"*"` scope.
 fn listed_rowids(
     conn: &Connection,
@@ -143,11 +149,17 @@ fn listed_rowids_sql(
     want: usize,
 ) -> rusqlite::Result<Vec<i64>> {
     let want_i = want as i64;
-    if let Some(expr) = scope::scope_expr(filter).filter(|_| !filter.tags.is_empty()) {
-        let mut stmt = conn.prepare_cached(
-            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 \
-             AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT ?4",
-        )?;
+    let tagged = match Narrow::of(filter) {
+        Some(narrow) => narrow.tagged().map(|e| (SCOPED, e)),
+        None => scope::scope_expr(filter)
+            .filter(|_| !filter.tags.is_empty())
+            .map(|e| (SHARED, e)),
+    };
+    if let Some((table, expr)) = tagged {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT rowid FROM {table} WHERE {table} MATCH ?1 \
+             AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT ?4"
+        ))?;
         let ids = stmt
             .query_map(params![expr, range.lo, range.hi, want_i], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<i64>>>()?;
@@ -203,8 +215,80 @@ pub(super) fn all_words(
     if range.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let expr = scope::scoped(&scope::expressions(query).all, filter);
+    let fts = scope::expressions(query);
+    if let Some(narrow) = Narrow::of(filter) {
+        let rowids = newest_rowids(conn, &narrow.all(query.words()), range, limit)?;
+        return rows_with_snippets(conn, &rowids, filter, &snippet_expr(&fts.all));
+    }
+    let expr = scope::scoped(&fts.all, filter);
     newest_matches(conn, &expr, range, filter, limit)
+}
+
+/// Up to `limit` row ids of `scoped_fts` matches of `expr` in `range`, newest first.
+fn newest_rowids(conn: &Connection, expr: &str, range: RowRange, limit: usize) -> Result<Vec<i64>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rowid FROM scoped_fts WHERE scoped_fts MATCH ?1 AND rowid >= ?2 \
+             AND rowid < ?3 ORDER BY rowid DESC LIMIT ?4",
+        )
+        .map_err(fts_error)?;
+    stmt.query_map(params![expr, range.lo, range.hi, limit as i64], |r| {
+        r.get(0)
+    })
+    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<i64>>>())
+    .map_err(fts_error)
+}
+
+/// The expression a returned row's snippet marks: the words in `entries_fts`'s text columns.
+fn snippet_expr(words: &str) -> String {
+    format!("{{content tags}} : ({words})")
+}
+
+/// The rows `rowids` that are in the filter (checked on the row, as every lookup's), in that
+/// order, each with its snippet. A snippet is one `entries_fts` lookup by row id: FTS5 seeks
+/// each word's doclist to that row, so it costs the same however long the doclists are.
+fn rows_with_snippets(
+    conn: &Connection,
+    rowids: &[i64],
+    filter: &Filter,
+    snippet_of: &str,
+) -> Result<Vec<Match>> {
+    if rowids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args = vec![json_list(rowids)?];
+    let mut sql_text = format!(
+        "SELECT {COLUMNS} FROM entries WHERE entries.rowid IN (SELECT value FROM json_each(?1))"
+    );
+    push_filter(filter, &mut sql_text, &mut args)?;
+    let mut stmt = conn.prepare_cached(&sql_text).map_err(sql)?;
+    let mut found: HashMap<i64, Checked<RawRow>> = HashMap::with_capacity(rowids.len());
+    let mut rows = stmt.query(rusqlite::params_from_iter(args)).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        found.insert(row.get(COLUMN_COUNT - 1).map_err(sql)?, read_row(row));
+    }
+    let mut snippet = conn
+        .prepare_cached(
+            "SELECT snippet(entries_fts, 0, '«', '»', '…', 16) FROM entries_fts \
+             WHERE entries_fts MATCH ?1 AND rowid = ?2",
+        )
+        .map_err(fts_error)?;
+    let mut out = Vec::with_capacity(found.len());
+    for &key in rowids {
+        let Some(row) = found.remove(&key) else {
+            continue;
+        };
+        let snippet: Option<String> = snippet
+            .query_row(params![snippet_of, key], |r| r.get(0))
+            .optional()
+            .map_err(fts_error)?;
+        out.push(Match {
+            key,
+            row,
+            snippet: snippet.unwrap_or_default(),
+        });
+    }
+    Ok(out)
 }
 
 /// Up to `need` matches inside `filter` holding some of the words, best first by
@@ -226,39 +310,52 @@ pub(super) fn some_words(
     if range.is_empty() || need == 0 {
         return Ok(Vec::new());
     }
-    let any = scope::scoped(any, filter);
+    let narrow = Narrow::of(filter);
+    let (table, any_expr) = match &narrow {
+        Some(n) => (SCOPED, n.any(query.words())),
+        None => (SHARED, scope::scoped(any, filter)),
+    };
     let window = SEARCH_WINDOW.max(need);
-    let oldest = window_start(conn, &any, range, window)?.unwrap_or(range.lo);
+    let oldest = window_start(conn, table, &any_expr, range, window)?.unwrap_or(range.lo);
     let narrowed = RowRange {
         lo: range.lo.max(oldest),
         ..range
     };
     let mut by_word = Vec::with_capacity(fts.words.len());
-    for word in &fts.words {
-        by_word.push(matching_rowids(
-            conn,
-            &scope::scoped(word, filter),
-            narrowed,
-        )?);
+    for (word, literal) in query.words().iter().zip(&fts.words) {
+        let expr = match &narrow {
+            Some(n) => n.word(word),
+            None => scope::scoped(literal, filter),
+        };
+        by_word.push(matching_rowids(conn, table, &expr, narrowed)?);
     }
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|rowid| !skip.contains(rowid));
     let (best, rest) = ranked.split_at(need.min(ranked.len()));
-    let mut rows = matches_among(conn, &any, narrowed, best, filter)?;
+    let read = |rowids: &[i64]| match narrow {
+        Some(_) => rows_with_snippets(conn, rowids, filter, &snippet_expr(any)),
+        None => matches_among(conn, &any_expr, narrowed, rowids, filter),
+    };
+    let mut rows = read(best)?;
     if rows.len() < need && !rest.is_empty() {
-        rows.extend(matches_among(conn, &any, narrowed, rest, filter)?);
+        rows.extend(read(rest)?);
     }
     Ok(rows)
 }
 
-/// Row ids of the matches of `expr` in `range`, newest first. Reads FTS5 alone, and only the
-/// scope's postings.
-fn matching_rowids(conn: &Connection, expr: &str, range: RowRange) -> Result<Vec<i64>> {
+/// Row ids of the matches of `expr` in `range` of `table` ([`SHARED`] or [`SCOPED`]), newest
+/// first. Reads FTS5 alone, and only the scope's postings.
+fn matching_rowids(
+    conn: &Connection,
+    table: &str,
+    expr: &str,
+    range: RowRange,
+) -> Result<Vec<i64>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 AND rowid >= ?2 \
-             AND rowid < ?3 ORDER BY rowid DESC",
-        )
+        .prepare_cached(&format!(
+            "SELECT rowid FROM {table} WHERE {table} MATCH ?1 AND rowid >= ?2 \
+             AND rowid < ?3 ORDER BY rowid DESC"
+        ))
         .map_err(fts_error)?;
     stmt.query_map(params![expr, range.lo, range.hi], |r| r.get(0))
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<i64>>>())
@@ -270,14 +367,15 @@ fn matching_rowids(conn: &Connection, expr: &str, range: RowRange) -> Result<Vec
 /// the ranking.
 fn window_start(
     conn: &Connection,
+    table: &str,
     match_expr: &str,
     range: RowRange,
     window: usize,
 ) -> Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?1 \
-             AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT 1 OFFSET ?4",
-    )
+    conn.prepare_cached(&format!(
+        "SELECT rowid FROM {table} WHERE {table} MATCH ?1 \
+             AND rowid >= ?2 AND rowid < ?3 ORDER BY rowid DESC LIMIT 1 OFFSET ?4"
+    ))
     .and_then(|mut stmt| {
         stmt.query_row(
             params![match_expr, range.lo, range.hi, window as i64 - 1],
