@@ -122,6 +122,10 @@ fn floor(rows: usize, vocab: &[String], same_schema: bool, with_audit: bool) -> 
         memwarden::store::Store::open(&path, keys, Default::default()).unwrap();
     }
     let mut conn = rusqlite::Connection::open(&path).unwrap();
+    if same_schema {
+        // The namespace-qualified index's triggers call it (migration 5).
+        memwarden::store::sqlite::scoped::register(&conn).unwrap();
+    }
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     let _: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
