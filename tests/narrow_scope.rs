@@ -71,7 +71,7 @@ async fn narrow_and_wide_lookups_find_the_same_rows_and_snippets() {
     let mut admin_args = args.clone();
     admin_args.extend(["--principal".into(), "admin".into()]);
     let admin = dir.connect_with(&admin_args).await;
-    let texts: [(&str, &[&str]); 9] = [
+    let texts: [(&str, &[&str]); 10] = [
         ("Deploy the API server tonight", &["ops", "x:1"]),
         ("deploy notes: the café-bar rollout", &["ops"]),
         ("Über-fast deploy of NEAR(x) * col:z", &[]),
@@ -81,6 +81,8 @@ async fn narrow_and_wide_lookups_find_the_same_rows_and_snippets() {
         ("CAFE menu and server list", &[]),
         ("foo-bar baz \"quoted\" text", &["t-2"]),
         ("the server deploy checklist", &["ops", "t-2"]),
+        // Combining marks split words, in both indexes alike.
+        ("cafe\u{301} re\u{301}sume\u{301} नमस्ते", &[]),
     ];
     let mut ids = Vec::new();
     for (i, (text, tags)) in texts.iter().enumerate() {
@@ -124,7 +126,12 @@ async fn narrow_and_wide_lookups_find_the_same_rows_and_snippets() {
         "gateway",
         "server absent-word",
         "a3 b3",
+        "résumé",
+        "re\u{301}sume\u{301}",
+        "नमस्ते",
+        "त",
     ];
+    let mut marked = 0;
     for q in queries {
         let wide = search(&admin, json!({"query": q, "limit": 50}), &["a"]).await;
         let one = search(
@@ -138,10 +145,12 @@ async fn narrow_and_wide_lookups_find_the_same_rows_and_snippets() {
         let wide = search(&admin, json!({"query": q, "limit": 50}), &["a", "b"]).await;
         let two = search(&agent, json!({"query": q, "limit": 50}), &["a", "b", "c"]).await;
         assert_eq!(two, wide, "query {q:?} across namespaces a and b");
+        marked += two.values().filter(|(_, s)| s.contains('«')).count();
         if !["!!!", "absent-word"].iter().any(|w| q.contains(w)) {
             assert!(!two.is_empty(), "query {q:?} finds something");
         }
     }
+    assert!(marked > 20, "snippets mark the matched words ({marked})");
     for tags in [json!(["ops"]), json!(["x:1"]), json!(["ops", "t-2"])] {
         let wide = listed(&admin, json!({"tags": tags, "limit": 50}), &["a", "b"]).await;
         let two = listed(&agent, json!({"tags": tags, "limit": 50}), &["a", "b", "c"]).await;

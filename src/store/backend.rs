@@ -14,16 +14,15 @@ use crate::audit::{AuditLog, NewEvent};
 use crate::error::Result;
 use crate::keys::KeySet;
 
-/// A search match as a backend reads it: the row, unverified, with its snippet and a key that
-/// tells the row apart from every other (for de-duplicating the two groups of a search).
+/// A search match as a backend reads it: the row, unverified, and a key that tells the row
+/// apart from every other (for de-duplicating the two groups of a search). Its snippet is cut
+/// above the backend, from the verified content ([`super::snippet`]).
 #[derive(Debug)]
 pub struct Match {
     /// Unique per row within one store.
     pub key: i64,
     /// The row, or the label of one that could not be read.
     pub row: Checked<RawRow>,
-    /// Matched words marked «like this».
-    pub snippet: String,
 }
 
 /// What retention removes.

@@ -18,10 +18,12 @@ pub mod rank;
 pub mod rows;
 pub mod scope;
 pub mod seal;
+pub mod snippet;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
 mod verifier;
+pub mod words;
 mod write;
 
 use std::path::Path;
@@ -154,7 +156,7 @@ impl Store {
     /// grows with the store or with other namespaces: the first reads only the rows it
     /// returns, the second a bounded window of the scope's matches.
     pub fn search(&self, query: &Query, filter: &Filter, limit: usize) -> Result<Hits> {
-        let mut results = rank::Collector::new(limit);
+        let mut results = rank::Collector::new(limit, query);
         if filter.scope.is_empty() || limit == 0 {
             return Ok(results.finish());
         }

@@ -53,13 +53,15 @@ pub struct Collector {
     hits: Hits,
     seen: HashSet<i64>,
     limit: usize,
+    words: Vec<String>,
 }
 
 impl Collector {
-    /// An empty result of at most `limit` hits.
-    pub fn new(limit: usize) -> Self {
+    /// An empty result of at most `limit` hits for `query` (whose words its snippets mark).
+    pub fn new(limit: usize, query: &super::Query) -> Self {
         Self {
             limit,
+            words: query.words().to_vec(),
             ..Self::default()
         }
     }
@@ -90,8 +92,8 @@ impl Collector {
             }
             match verify(m.row) {
                 Ok(entry) => self.hits.hits.push(Hit {
+                    snippet: super::snippet::cut(&entry.content, &self.words),
                     entry,
-                    snippet: m.snippet,
                     matched,
                 }),
                 Err(id) => {

@@ -10,6 +10,7 @@ pub mod maintain;
 pub mod migrations;
 mod read;
 pub mod scoped;
+mod terms;
 mod write;
 
 use std::path::Path;

@@ -204,7 +204,7 @@ fn listed_rowids_sql(
 }
 
 /// Up to `limit` matches inside `filter` holding every word, newest first. FTS5 hands matches
-/// over newest first, so SQLite stops after `limit` rows and computes snippet() for those alone.
+/// over newest first, so SQLite stops after `limit` rows.
 pub(super) fn all_words(
     conn: &Connection,
     query: &Query,
@@ -217,8 +217,9 @@ pub(super) fn all_words(
     }
     let fts = scope::expressions(query);
     if let Some(narrow) = Narrow::of(filter) {
-        let rowids = newest_rowids(conn, &narrow.all(query.words()), range, limit)?;
-        return rows_with_snippets(conn, &rowids, filter, &snippet_expr(&fts.all));
+        let expr = narrow.all(query.words()).map_err(fts_error)?;
+        let rowids = newest_rowids(conn, &expr, range, limit)?;
+        return rows_among(conn, &rowids, filter);
     }
     let expr = scope::scoped(&fts.all, filter);
     newest_matches(conn, &expr, range, filter, limit)
@@ -239,20 +240,9 @@ fn newest_rowids(conn: &Connection, expr: &str, range: RowRange, limit: usize) -
     .map_err(fts_error)
 }
 
-/// The expression a returned row's snippet marks: the words in `entries_fts`'s text columns.
-fn snippet_expr(words: &str) -> String {
-    format!("{{content tags}} : ({words})")
-}
-
 /// The rows `rowids` that are in the filter (checked on the row, as every lookup's), in that
-/// order, each with its snippet. A snippet is one `entries_fts` lookup by row id: FTS5 seeks
-/// each word's doclist to that row, so it costs the same however long the doclists are.
-fn rows_with_snippets(
-    conn: &Connection,
-    rowids: &[i64],
-    filter: &Filter,
-    snippet_of: &str,
-) -> Result<Vec<Match>> {
+/// order.
+fn rows_among(conn: &Connection, rowids: &[i64], filter: &Filter) -> Result<Vec<Match>> {
     if rowids.is_empty() {
         return Ok(Vec::new());
     }
@@ -267,28 +257,10 @@ fn rows_with_snippets(
     while let Some(row) = rows.next().map_err(sql)? {
         found.insert(row.get(COLUMN_COUNT - 1).map_err(sql)?, read_row(row));
     }
-    let mut snippet = conn
-        .prepare_cached(
-            "SELECT snippet(entries_fts, 0, '«', '»', '…', 16) FROM entries_fts \
-             WHERE entries_fts MATCH ?1 AND rowid = ?2",
-        )
-        .map_err(fts_error)?;
-    let mut out = Vec::with_capacity(found.len());
-    for &key in rowids {
-        let Some(row) = found.remove(&key) else {
-            continue;
-        };
-        let snippet: Option<String> = snippet
-            .query_row(params![snippet_of, key], |r| r.get(0))
-            .optional()
-            .map_err(fts_error)?;
-        out.push(Match {
-            key,
-            row,
-            snippet: snippet.unwrap_or_default(),
-        });
-    }
-    Ok(out)
+    Ok(rowids
+        .iter()
+        .filter_map(|&key| found.remove(&key).map(|row| Match { key, row }))
+        .collect())
 }
 
 /// Up to `need` matches inside `filter` holding some of the words, best first by
@@ -312,7 +284,7 @@ pub(super) fn some_words(
     }
     let narrow = Narrow::of(filter);
     let (table, any_expr) = match &narrow {
-        Some(n) => (SCOPED, n.any(query.words())),
+        Some(n) => (SCOPED, n.any(query.words()).map_err(fts_error)?),
         None => (SHARED, scope::scoped(any, filter)),
     };
     let window = SEARCH_WINDOW.max(need);
@@ -324,7 +296,7 @@ pub(super) fn some_words(
     let mut by_word = Vec::with_capacity(fts.words.len());
     for (word, literal) in query.words().iter().zip(&fts.words) {
         let expr = match &narrow {
-            Some(n) => n.word(word),
+            Some(n) => n.word(word).map_err(fts_error)?,
             None => scope::scoped(literal, filter),
         };
         by_word.push(matching_rowids(conn, table, &expr, narrowed)?);
@@ -333,7 +305,7 @@ pub(super) fn some_words(
     ranked.retain(|rowid| !skip.contains(rowid));
     let (best, rest) = ranked.split_at(need.min(ranked.len()));
     let read = |rowids: &[i64]| match narrow {
-        Some(_) => rows_with_snippets(conn, rowids, filter, &snippet_expr(any)),
+        Some(_) => rows_among(conn, rowids, filter),
         None => matches_among(conn, &any_expr, narrowed, rowids, filter),
     };
     let mut rows = read(best)?;
@@ -386,9 +358,8 @@ fn window_start(
     .map_err(fts_error)
 }
 
-/// Up to `fetch` matches in scope, newest first, each with its snippet and verified
-/// (`Err(id)` when the row fails its check). FTS5 hands matches over newest first, so SQLite
-/// stops after `fetch` rows and computes snippet() for those alone.
+/// Up to `fetch` matches in scope, newest first (`Err(id)` for a row that cannot be read). FTS5
+/// hands matches over newest first, so SQLite stops after `fetch` rows.
 fn newest_matches(
     conn: &Connection,
     match_expr: &str,
@@ -408,7 +379,7 @@ fn newest_matches(
 
 /// The matches among `rowids` (all inside `range`) that are in scope, in the order
 /// of `rowids`. One query: FTS5 walks the matches from `oldest` on and only those listed
-/// are joined to their row and get a snippet. (Asking for one row id at a time costs more:
+/// are joined to their row. (Asking for one row id at a time costs more:
 /// FTS5 then evaluates the whole expression for each.)
 fn matches_among(
     conn: &Connection,
@@ -431,7 +402,7 @@ fn matches_among(
     Ok(rows)
 }
 
-/// The SELECT of a scoped match in a row-id range, with its snippet and row id.
+/// The SELECT of a scoped match's row in a row-id range.
 fn match_sql(
     match_expr: &str,
     range: RowRange,
@@ -444,8 +415,7 @@ fn match_sql(
         Value::Integer(range.hi),
     ]);
     let mut sql = format!(
-        "SELECT {COLUMNS}, snippet(entries_fts, 0, '«', '»', '…', 16), \
-         entries.rowid FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
+        "SELECT {COLUMNS} FROM entries_fts JOIN entries ON entries.rowid = entries_fts.rowid \
          WHERE entries_fts MATCH ?1 AND entries_fts.rowid >= ?2 AND entries_fts.rowid < ?3"
     );
     push_filter(filter, &mut sql, args)?;
@@ -459,11 +429,8 @@ fn read_matches(conn: &Connection, sql_text: &str, args: Vec<Value>) -> Result<V
         .map_err(fts_error)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(fts_error)? {
-        // With an external-content index, snippet() reads the text from this very row of
-        // `entries`, so it is cut from the content the store then verifies.
         out.push(Match {
-            key: row.get(COLUMN_COUNT + 1).map_err(fts_error)?,
-            snippet: row.get(COLUMN_COUNT).unwrap_or_default(),
+            key: row.get(COLUMN_COUNT - 1).map_err(fts_error)?,
             row: read_row(row),
         });
     }

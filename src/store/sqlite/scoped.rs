@@ -10,14 +10,11 @@
 //! store holds.
 //!
 //! The terms come from [`document`], registered on every memory.db connection as the SQL
-//! function `memwarden_scoped_words` that migration 5's triggers call. It splits text into
-//! runs of alphanumeric characters; FTS5's `unicode61` then folds case and diacritics of each
-//! prefixed term as it does for `entries_fts`. Query words go through the same splitter, so the
-//! two sides always agree. Where `unicode61` splits a run further (it treats combining marks as
-//! separators, Rust does not), the pieces after the first lose the prefix: a phrase still needs
-//! the prefixed first piece, so nothing outside the scope matches, but searching for such a
-//! trailing piece alone finds the row through `entries_fts` only (a `"*"` scope) — a corner of
-//! scripts with combining marks, documented here rather than hidden. Rows are still checked
+//! function `memwarden_scoped_words` that migration 5's triggers call. It splits text exactly
+//! where `unicode61` splits it ([`super::terms`]); `unicode61` then folds each prefixed term as
+//! it does for `entries_fts`, and finds no further split inside it (the prefix is ASCII letters
+//! and digits). Query words are split the same way, so a narrow lookup finds what the shared
+//! index finds inside the scope (a test holds the two to the same rows). Rows are still checked
 //! against the whole filter after the lookup.
 
 use rusqlite::Connection;
@@ -25,6 +22,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
 
 use super::fts::escape;
+use super::terms::terms;
 use crate::store::model::Filter;
 use crate::store::scope::Scope;
 
@@ -51,15 +49,10 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
                 ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
                 _ => String::new(),
             };
-            Ok(document(&text(0), &text(1), &text(2)))
+            document(&text(0), &text(1), &text(2))
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
         },
     )
-}
-
-/// The words of `text`: maximal runs of alphanumeric characters.
-fn words(text: &str) -> impl Iterator<Item = &str> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
 }
 
 /// The prefix of a namespace's terms.
@@ -70,24 +63,24 @@ fn namespace_token(namespace: &str) -> String {
 /// What `scoped_fts` indexes for a row: its content's and tags' words prefixed with the
 /// namespace's token, a boundary term (so no phrase spans content and tags), and one term per
 /// tag for tag filters. `tags` is the row's JSON array.
-pub fn document(namespace: &str, content: &str, tags: &str) -> String {
+pub fn document(namespace: &str, content: &str, tags: &str) -> rusqlite::Result<String> {
     let ns = namespace_token(namespace);
     let mut out = String::with_capacity(content.len() * 2 + tags.len() * 2);
     let mut push = |term: std::fmt::Arguments<'_>| {
         use std::fmt::Write as _;
         let _ = write!(out, "{term} ");
     };
-    for w in words(content) {
+    for w in terms(content)? {
         push(format_args!("{ns}zw{w}"));
     }
     push(format_args!("{ns}zb"));
-    for w in words(tags) {
+    for w in terms(tags)? {
         push(format_args!("{ns}zw{w}"));
     }
     for tag in serde_json::from_str::<Vec<String>>(tags).unwrap_or_default() {
         push(format_args!("{ns}zt{}", escape(&tag)));
     }
-    out
+    Ok(out)
 }
 
 /// A narrow scope's lookups in `scoped_fts`: every expression is an OR over the scope's
@@ -116,53 +109,58 @@ impl<'a> Narrow<'a> {
         }
     }
 
-    /// The OR over namespaces of `inner(prefix)` ANDed with the tag terms; `inner` returning
-    /// `None` means "the tags alone".
-    fn each_namespace(&self, inner: impl Fn(&str) -> Option<String>) -> String {
+    /// The OR over namespaces of the phrases (each a list of terms, joined by `join`) ANDed
+    /// with the tag terms; no phrases means "the tags alone".
+    fn each_namespace(&self, phrases: &[Vec<String>], join: &str) -> String {
         let parts: Vec<String> = self
             .namespaces
             .iter()
             .map(|n| {
                 let ns = namespace_token(n);
-                let mut terms: Vec<String> = inner(&ns).into_iter().collect();
-                terms.extend(self.tags.iter().map(|t| format!("\"{ns}zt{}\"", escape(t))));
-                format!("({})", terms.join(" AND "))
+                let mut parts: Vec<String> = Vec::new();
+                if !phrases.is_empty() {
+                    let quoted: Vec<String> = phrases
+                        .iter()
+                        .map(|terms| {
+                            let terms: Vec<String> =
+                                terms.iter().map(|t| format!("{ns}zw{t}")).collect();
+                            format!("\"{}\"", terms.join(" "))
+                        })
+                        .collect();
+                    parts.push(format!("({})", quoted.join(join)));
+                }
+                parts.extend(self.tags.iter().map(|t| format!("\"{ns}zt{}\"", escape(t))));
+                format!("({})", parts.join(" AND "))
             })
             .collect();
         parts.join(" OR ")
     }
 
-    /// One query word as a phrase of prefixed terms (`""`, matching nothing, when the word has
-    /// no alphanumeric run — as its literal does in `entries_fts`).
-    fn phrase(ns: &str, word: &str) -> String {
-        let terms: Vec<String> = words(word).map(|w| format!("{ns}zw{w}")).collect();
-        format!("\"{}\"", terms.join(" "))
+    /// Each query word as the terms of one phrase (none, so `""` matching nothing, for a word
+    /// without letters or digits — as its literal does in `entries_fts`). Terms are letters and
+    /// digits only, so no input becomes FTS5 syntax.
+    fn phrases(words: &[String]) -> rusqlite::Result<Vec<Vec<String>>> {
+        words.iter().map(|w| terms(w)).collect()
     }
 
     /// Rows holding every word.
-    pub fn all(&self, query: &[String]) -> String {
-        self.each_namespace(|ns| {
-            let phrases: Vec<String> = query.iter().map(|w| Self::phrase(ns, w)).collect();
-            Some(format!("({})", phrases.join(" AND ")))
-        })
+    pub fn all(&self, query: &[String]) -> rusqlite::Result<String> {
+        Ok(self.each_namespace(&Self::phrases(query)?, " AND "))
     }
 
     /// Rows holding some of the words.
-    pub fn any(&self, query: &[String]) -> String {
-        self.each_namespace(|ns| {
-            let phrases: Vec<String> = query.iter().map(|w| Self::phrase(ns, w)).collect();
-            Some(format!("({})", phrases.join(" OR ")))
-        })
+    pub fn any(&self, query: &[String]) -> rusqlite::Result<String> {
+        Ok(self.each_namespace(&Self::phrases(query)?, " OR "))
     }
 
     /// Rows holding `word`.
-    pub fn word(&self, word: &str) -> String {
-        self.each_namespace(|ns| Some(Self::phrase(ns, word)))
+    pub fn word(&self, word: &str) -> rusqlite::Result<String> {
+        self.all(std::slice::from_ref(&word.to_string()))
     }
 
     /// Rows carrying every tag of the filter, or `None` when it has none.
     pub fn tagged(&self) -> Option<String> {
-        (!self.tags.is_empty()).then(|| self.each_namespace(|_| None))
+        (!self.tags.is_empty()).then(|| self.each_namespace(&[], ""))
     }
 }
 
@@ -173,13 +171,17 @@ mod tests {
     #[test]
     fn documents_prefix_every_word() {
         assert_eq!(
-            document("a-b", "Deploy the café-bar!", r#"["x:1","y"]"#),
-            "nazhbzwDeploy nazhbzwthe nazhbzwcafé nazhbzwbar nazhbzb nazhbzwx nazhbzw1 \
+            document("a-b", "Deploy the café-bar!", r#"["x:1","y"]"#).unwrap(),
+            "nazhbzwdeploy nazhbzwthe nazhbzwcafe nazhbzwbar nazhbzb nazhbzwx nazhbzw1 \
              nazhbzwy nazhbztxzc1 nazhbzty "
         );
-        assert_eq!(document("n", "", "[]"), "nnzb ");
+        assert_eq!(document("n", "", "[]").unwrap(), "nnzb ");
+        assert_eq!(
+            document("n", "Deploy it", "[]").unwrap(),
+            "nnzwDeploy nnzwit nnzb "
+        );
         // A tags column that is not a JSON array indexes its words and no tag terms.
-        assert_eq!(document("n", "", "oops"), "nnzb nnzwoops ");
+        assert_eq!(document("n", "", "oops").unwrap(), "nnzb nnzwoops ");
     }
 
     #[test]
@@ -196,16 +198,16 @@ mod tests {
             "!!".to_string(),
         ];
         assert_eq!(
-            n.all(&q[..2]),
+            n.all(&q[..2]).unwrap(),
             r#"(("nazwDeploy" AND "nazwfoo nazwbar") AND "nazttzh1") OR (("nbzwDeploy" AND "nbzwfoo nbzwbar") AND "nbzttzh1")"#
         );
         assert_eq!(
-            n.any(&q[..2]),
+            n.any(&q[..2]).unwrap(),
             r#"(("nazwDeploy" OR "nazwfoo nazwbar") AND "nazttzh1") OR (("nbzwDeploy" OR "nbzwfoo nbzwbar") AND "nbzttzh1")"#
         );
         assert_eq!(
-            n.word(&q[2]),
-            r#"("" AND "nazttzh1") OR ("" AND "nbzttzh1")"#
+            n.word(&q[2]).unwrap(),
+            r#"(("") AND "nazttzh1") OR (("") AND "nbzttzh1")"#
         );
         assert_eq!(n.tagged().unwrap(), r#"("nazttzh1") OR ("nbzttzh1")"#);
     }
@@ -232,7 +234,7 @@ mod tests {
             ..Default::default()
         };
         let n = Narrow::of(&filter).unwrap();
-        let e = n.word(r#"x" OR NEAR(y) * col:z"#);
-        assert_eq!(e, r#"("nazwx nazwOR nazwNEAR nazwy nazwcol nazwz")"#);
+        let e = n.word(r#"x" OR NEAR(y) * col:z"#).unwrap();
+        assert_eq!(e, r#"(("nazwx nazwOR nazwNEAR nazwy nazwcol nazwz"))"#);
     }
 }
