@@ -1,7 +1,10 @@
-//! PostgreSQL (issue 14), the part that stands: `memwarden db init` against a real throwaway
-//! cluster — idempotent, and the roles' rights are what the contract says (audit events
-//! append-only for the app role by grants and for the owner by triggers; the auditor reads the
-//! audit schema only) — and the database file's checks.
+//! PostgreSQL (issue 14) against a real throwaway cluster: `memwarden db init` — idempotent, and
+//! the roles' rights are what the contract says (audit events append-only for the app role by
+//! grants and for the owner by triggers; the auditor reads the audit schema only) — the database
+//! file's checks, and the store on PostgreSQL driven as a library user would
+//! (`Store::with_backend(Postgres::connect(…))`): every read verified, scope inside the lookup,
+//! tampering caught, reseal, sessions per hour across connections, and writes that commit with
+//! exactly one chained audit event.
 
 mod common;
 
@@ -403,6 +406,39 @@ fn store_get_update_delete_list_filters_quota_and_purge() {
     let report = store.verify_all().unwrap();
     assert_eq!(report.ledger.records, 5);
     assert!(report.ledger.problems.is_empty() && report.failed.is_empty());
+
+    // Quarantine: held back until approved, then served (and recorded in the ledger).
+    let held = NewEntry {
+        status: Status::Quarantined,
+        ..new_entry("a", "held for review", &[])
+    };
+    let held = store
+        .insert(AUTHOR, held, 7_000_000)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap()
+        .id;
+    assert!(matches!(store.get(&held, &view), Err(Error::NotFound)));
+    let queue: Vec<String> = store
+        .quarantined()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(queue, std::slice::from_ref(&held));
+    store.approve(&held, 7_500_000).unwrap();
+    assert_eq!(store.get(&held, &view).unwrap().status, Status::Active);
+    assert!(store.quarantined().unwrap().is_empty());
+    assert_eq!(store.verify_all().unwrap().ledger.records, 6);
+
+    // Upkeep is autovacuum's: maintain measures and changes nothing.
+    let shape = store.index_shape().unwrap();
+    assert_eq!(shape.levels, 0);
+    let report = store
+        .maintain(std::time::Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(report.steps, 0);
+    assert_eq!(store.count_rows().unwrap(), 4);
     store.close().unwrap();
 }
 

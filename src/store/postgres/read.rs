@@ -227,3 +227,42 @@ async fn read_matches(client: &Client, sql: &Sql) -> Result<Vec<Match>, Failure>
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statement text of a search over `words` in `filter`, and its bound value count.
+    fn statement(words: &[&str], namespace: &str, tag: &str) -> (String, usize) {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let filter = Filter {
+            scope: Scope::only([namespace.to_string()]),
+            tags: vec![tag.to_string()],
+            since: Some(1),
+            until: Some(2),
+        };
+        let mut sql = Sql::default();
+        let q = tsquery(&mut sql, &words, " && ");
+        sql.push(&format!(
+            "SELECT 1 FROM memory.entries e WHERE e.words @@ {q}"
+        ));
+        push_filter(&mut sql, &filter, true).unwrap();
+        let (text, args) = sql.parts();
+        (text.to_string(), args)
+    }
+
+    #[test]
+    fn query_words_and_filter_values_are_bound_never_written_into_the_statement() {
+        let hostile = statement(
+            &["x') OR true --", "a & !b", "c:*", "'", "$1"],
+            "ns'); DROP TABLE x; --",
+            "t'--",
+        );
+        let plain = statement(&["one", "two", "three", "four", "five"], "ns", "t");
+        // The text is ours alone: the same whatever the values.
+        assert_eq!(hostile, plain);
+        assert_eq!(hostile.0.matches("plainto_tsquery('simple', $").count(), 5);
+        // Five words, the scope, since, until, one tag.
+        assert_eq!(hostile.1, 9);
+    }
+}

@@ -81,6 +81,12 @@ impl Sql {
         self.text.push_str(text);
     }
 
+    /// The statement's text and how many values are bound (for tests).
+    #[cfg(test)]
+    pub(super) fn parts(&self) -> (&str, usize) {
+        (&self.text, self.args.len())
+    }
+
     /// Runs the statement, returning its rows.
     pub(super) async fn query(
         &self,
