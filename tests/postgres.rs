@@ -813,3 +813,16 @@ fn eight_writers_make_400_verified_rows_and_one_audit_chain() {
         "{stdout}"
     );
 }
+
+#[test]
+fn connecting_before_db_init_says_what_to_do_and_never_the_settings() {
+    let Some(pg) = Cluster::start() else { return };
+    let file = pg.settings_file("app.conf", "memwarden");
+    let settings = memwarden::store::postgres::DatabaseSettings::load(&file).unwrap();
+    let keys = memwarden::keys::KeySet::generate("a1").unwrap();
+    let err = memwarden::store::postgres::Postgres::connect(&settings, keys)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("memwarden db init"), "{err}");
+    assert!(!err.contains(&pg.socket_dir()), "{err}");
+}
