@@ -826,3 +826,27 @@ fn connecting_before_db_init_says_what_to_do_and_never_the_settings() {
     assert!(err.contains("memwarden db init"), "{err}");
     assert!(!err.contains(&pg.socket_dir()), "{err}");
 }
+
+/// A writer stuck holding the store's write lock (here: another session holding the same
+/// advisory lock) makes a write fail UNAVAILABLE after `lock_timeout`, not hang; once the lock
+/// is free, writes go through again.
+#[test]
+fn a_write_lock_held_elsewhere_times_out_as_unavailable() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(pg.cluster.connect("memwarden"));
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_lock(x'6d7773746f72'::bigint)"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = store
+        .insert(AUTHOR, new_entry("a", "blocked", &[]), 1)
+        .map(|p| p.entry().id.clone())
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_unlock_all()"))
+        .unwrap();
+    put(&mut store, "a", "through", &[], 2);
+    assert_eq!(store.count_rows().unwrap(), 1);
+}
