@@ -4,6 +4,12 @@
 //! server only as bound parameters of `plainto_tsquery('simple', …)`, one per word: whatever a
 //! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
 //! Snippets (`ts_headline`) are cut for the rows returned alone.
+//!
+//! What a caller sees never depends on rows outside its filter; what a search costs still can:
+//! the text index (`entries_words`) holds every namespace's words, so a lookup reads the
+//! postings of foreign rows before the scope drops them. SQLite's index carries the scope as
+//! tokens; the same here (a namespace lexeme in `words`, or a btree_gin index on
+//! `(namespace, words)`) needs a schema migration and is left to it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,9 +64,10 @@ pub(super) async fn list(
         Ok(())
     };
     match &filter.scope {
-        // Newest first per namespace, then merged: each namespace is read from its own
-        // (namespace, status, pos) index range and stops after `want` rows, so the cost is
-        // bounded by the scope, whatever other namespaces hold.
+        // Newest first per namespace, then merged: each namespace can be read from its own
+        // (namespace, status, pos) index range, stopping after `want` rows, so a small
+        // namespace is not listed by walking a large one's rows (the planner takes that path
+        // when the namespace is a small part of the table).
         Scope::Only(namespaces) => {
             let ns = sql.bind(namespaces.clone());
             sql.push(&format!(
