@@ -1,7 +1,10 @@
-//! PostgreSQL (issue 14), the part that stands: `memwarden db init` against a real throwaway
-//! cluster — idempotent, and the roles' rights are what the contract says (audit events
-//! append-only for the app role by grants and for the owner by triggers; the auditor reads the
-//! audit schema only) — and the database file's checks.
+//! PostgreSQL (issue 14) against a real throwaway cluster: `memwarden db init` — idempotent, and
+//! the roles' rights are what the contract says (audit events append-only for the app role by
+//! grants and for the owner by triggers; the auditor reads the audit schema only) — the database
+//! file's checks, and the store on PostgreSQL driven as a library user would
+//! (`Store::with_backend(Postgres::connect(…))`): every read verified, scope inside the lookup,
+//! tampering caught, reseal, sessions per hour across connections, and writes that commit with
+//! exactly one chained audit event.
 
 mod common;
 
@@ -253,4 +256,624 @@ async fn concurrent_appends_make_one_chain_that_the_offline_verifier_accepts() {
         stdout.contains("400 events") && stdout.contains("MACs verified"),
         "{stdout}"
     );
+}
+
+// ---- The store on PostgreSQL, driven as a library user would (issue 14). ----
+
+use common::postgres::Ready;
+use memwarden::error::{Error, ErrorCode};
+use memwarden::store::{
+    Author, Changes, Filter, Matched, NewEntry, Query, Quota, Scope, Status, Store, Visibility,
+};
+
+const AUTHOR: Author<'static> = Author {
+    principal: "alice",
+    session_id: "s1",
+};
+
+fn new_entry(namespace: &str, content: &str, tags: &[&str]) -> NewEntry {
+    NewEntry {
+        namespace: namespace.to_string(),
+        content: content.to_string(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        metadata: Some(r#"{"k":"v"}"#.to_string()),
+        status: Status::Active,
+    }
+}
+
+fn put(store: &mut Store, namespace: &str, content: &str, tags: &[&str], at: i64) -> String {
+    let pending = store
+        .insert(AUTHOR, new_entry(namespace, content, tags), at)
+        .unwrap();
+    pending.commit_unaudited().unwrap().id
+}
+
+fn everything() -> Filter {
+    Filter {
+        scope: Scope::All,
+        ..Default::default()
+    }
+}
+
+fn ids(page: &memwarden::store::Page) -> Vec<String> {
+    page.entries.iter().map(|e| e.id.clone()).collect()
+}
+
+#[test]
+fn store_get_update_delete_list_filters_quota_and_purge() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let view = Visibility::everything();
+    let e1 = put(&mut store, "a", "first memory", &["blue"], 1_000_000);
+    let e2 = put(&mut store, "a", "second memory", &[], 2_000_000);
+    let e3 = put(&mut store, "a", "third memory", &["red", "blue"], 3_000_000);
+
+    let got = store.get(&e1, &view).unwrap();
+    assert_eq!(
+        (got.content.as_str(), got.tags.as_slice()),
+        ("first memory", &["blue".to_string()][..])
+    );
+    assert_eq!(got.metadata.as_deref(), Some(r#"{"k":"v"}"#));
+
+    let changes = Changes {
+        content: Some("first memory, revised".into()),
+        ..Default::default()
+    };
+    let e1b = store
+        .update(AUTHOR, &e1, changes, 4_000_000, &view)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap()
+        .id;
+    assert_eq!(store.get(&e1, &view).unwrap().status, Status::Superseded);
+    let new = store.get(&e1b, &view).unwrap();
+    assert_eq!(new.supersedes.as_deref(), Some(e1.as_str()));
+    assert_eq!(new.tags, ["blue"]);
+    store
+        .delete(&e2, 4_500_000, &view)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap();
+    assert!(matches!(store.get(&e2, &view), Err(Error::NotFound)));
+
+    // Newest first, one a page, the cursor continuing below.
+    let p1 = store.list(&everything(), None, 1).unwrap();
+    assert_eq!(ids(&p1), std::slice::from_ref(&e1b));
+    let p2 = store
+        .list(&everything(), p1.next_after.as_deref(), 1)
+        .unwrap();
+    assert_eq!(ids(&p2), std::slice::from_ref(&e3));
+    assert_eq!(p2.next_after, None);
+
+    let tagged = |tags: &[&str]| Filter {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..everything()
+    };
+    assert_eq!(
+        ids(&store.list(&tagged(&["red"]), None, 10).unwrap()),
+        std::slice::from_ref(&e3)
+    );
+    assert_eq!(
+        ids(&store.list(&tagged(&["blue"]), None, 10).unwrap()),
+        [e1b.clone(), e3.clone()]
+    );
+    assert!(
+        store
+            .list(&tagged(&["blu"]), None, 10)
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+    let window = Filter {
+        since: Some(2_500_000),
+        until: Some(3_500_000),
+        ..everything()
+    };
+    assert_eq!(
+        ids(&store.list(&window, None, 10).unwrap()),
+        std::slice::from_ref(&e3)
+    );
+
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.checked, 4);
+    assert!(report.failed.is_empty() && report.rolled_back.is_empty());
+    assert!(report.unrecorded.is_empty(), "{:?}", report.unrecorded);
+    assert_eq!(report.ledger.records, 2);
+    assert!(
+        report.ledger.problems.is_empty(),
+        "{:?}",
+        report.ledger.problems
+    );
+
+    // Quotas count every row of the namespace, inside the write transaction.
+    store.set_quota(Quota {
+        max_entries: Some(2),
+        max_bytes: None,
+    });
+    put(&mut store, "q", "one", &[], 5_000_000);
+    put(&mut store, "q", "two", &[], 5_000_001);
+    let over = store
+        .insert(AUTHOR, new_entry("q", "three", &[]), 5_000_002)
+        .map(|p| p.entry().id.clone());
+    assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+    store.set_quota(Quota::default());
+
+    // Retention: everything created before 3.5e6 goes, each with its ledger record.
+    let (removed, tombstones) = store.purge(Some(3_500_000), None, 6_000_000).unwrap();
+    assert_eq!((removed, tombstones), (3, 0));
+    assert_eq!(store.count_rows().unwrap(), 3);
+    assert!(matches!(store.get(&e3, &view), Err(Error::NotFound)));
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.ledger.records, 5);
+    assert!(report.ledger.problems.is_empty() && report.failed.is_empty());
+
+    // Quarantine: held back until approved, then served (and recorded in the ledger).
+    let held = NewEntry {
+        status: Status::Quarantined,
+        ..new_entry("a", "held for review", &[])
+    };
+    let held = store
+        .insert(AUTHOR, held, 7_000_000)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap()
+        .id;
+    assert!(matches!(store.get(&held, &view), Err(Error::NotFound)));
+    let queue: Vec<String> = store
+        .quarantined()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(queue, std::slice::from_ref(&held));
+    store.approve(&held, 7_500_000).unwrap();
+    assert_eq!(store.get(&held, &view).unwrap().status, Status::Active);
+    assert!(store.quarantined().unwrap().is_empty());
+    assert_eq!(store.verify_all().unwrap().ledger.records, 6);
+
+    // Upkeep is autovacuum's: maintain measures and changes nothing.
+    let shape = store.index_shape().unwrap();
+    assert_eq!(shape.levels, 0);
+    let report = store
+        .maintain(std::time::Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(report.steps, 0);
+    assert_eq!(store.count_rows().unwrap(), 4);
+    store.close().unwrap();
+}
+
+/// Ids and groups of a search, in order.
+fn search(store: &Store, text: &str, scope: &Scope) -> Vec<(String, Matched, String)> {
+    let filter = Filter {
+        scope: scope.clone(),
+        ..Default::default()
+    };
+    let hits = store
+        .search(&Query::parse(text).unwrap(), &filter, 10)
+        .unwrap();
+    assert_eq!(hits.withheld, 0);
+    hits.hits
+        .into_iter()
+        .map(|h| (h.entry.namespace, h.matched, h.snippet))
+        .collect()
+}
+
+#[test]
+fn search_stays_inside_the_scope_and_foreign_rows_never_move_it() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let scope = Scope::only(["n1".to_string(), "n3".to_string()]);
+    let mut at = 1_000_000;
+    let mut mine = Vec::new();
+    for (ns, text) in [
+        ("n1", "apple banana split"),
+        ("n3", "apple pie"),
+        ("n1", "banana bread"),
+        ("n3", "cherry apple banana"),
+        ("n1", "cherry tart"),
+        ("n3", "banana"),
+    ] {
+        at += 1000;
+        mine.push(put(&mut store, ns, text, &[], at));
+    }
+    let before = search(&store, "apple banana", &scope);
+    let order: Vec<&str> = before.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(before.len(), 5, "{before:?}");
+    assert!(order.iter().all(|ns| *ns == "n1" || *ns == "n3"));
+    assert_eq!(
+        before.iter().map(|h| h.1).collect::<Vec<_>>(),
+        [
+            Matched::All,
+            Matched::All,
+            Matched::Some,
+            Matched::Some,
+            Matched::Some
+        ]
+    );
+    assert!(
+        before[0].2.contains("«apple»") && before[0].2.contains("«banana»"),
+        "{before:?}"
+    );
+
+    // The other three namespaces fill up with rows that would shift the word weights, the
+    // window and the newest-first order if they were counted.
+    for i in 0..60 {
+        at += 1000;
+        let ns = ["n0", "n2", "n4"][i % 3];
+        let text = if i % 4 == 0 { "apple banana" } else { "apple" };
+        put(&mut store, ns, text, &[], at);
+    }
+    let after = search(&store, "apple banana", &scope);
+    assert_eq!(after, before);
+    let all = search(&store, "apple banana", &Scope::All);
+    assert!(all.iter().any(|h| h.0 == "n0"), "the foreign rows do match");
+
+    // List: the scope's rows only, and a foreign cursor is placed by its time alone.
+    let filter = Filter {
+        scope: scope.clone(),
+        ..Default::default()
+    };
+    let page = store.list(&filter, None, 50).unwrap();
+    let mut newest_first = mine.clone();
+    newest_first.reverse();
+    assert_eq!(ids(&page), newest_first);
+    let foreign = store.list(&everything(), None, 1).unwrap().entries[0]
+        .id
+        .clone();
+    assert_eq!(
+        ids(&store.list(&filter, Some(&foreign), 50).unwrap()),
+        newest_first
+    );
+
+    // Operators and quotes in a query are words to look for, never syntax.
+    for text in [
+        "apple & !banana",
+        "a:* | b",
+        "'x' <-> y",
+        "); DROP TABLE x; --",
+    ] {
+        let filter = everything();
+        store
+            .search(&Query::parse(text).unwrap(), &filter, 5)
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+    }
+    assert_eq!(store.count_rows().unwrap(), 66);
+}
+
+#[test]
+fn a_row_edited_by_the_owner_is_withheld_and_an_old_copy_put_back_is_caught() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let view = Visibility::everything();
+    let kept = put(&mut store, "a", "an honest memory", &[], 1_000_000);
+    let forged = put(&mut store, "a", "an honest note", &[], 2_000_000);
+    let gone = put(&mut store, "a", "a deleted note", &[], 3_000_000);
+    let changed = pg.as_owner(
+        "UPDATE memory.entries SET content = 'a forged note' WHERE id = $1",
+        &[&forged],
+    );
+    assert_eq!(changed, 1);
+    assert!(matches!(store.get(&forged, &view), Err(Error::Integrity)));
+    let page = store.list(&everything(), None, 10).unwrap();
+    assert_eq!((page.entries.len(), page.withheld), (2, 1));
+    assert_eq!(page.withheld_ids, std::slice::from_ref(&forged));
+    let hits = store
+        .search(&Query::parse("forged note").unwrap(), &everything(), 10)
+        .unwrap();
+    assert_eq!(hits.withheld, 1);
+    assert!(hits.hits.iter().all(|h| h.entry.id != forged));
+
+    // Delete, then put the active sealed copy back: the ledger record withholds it.
+    let old = pg.query_i64(&format!(
+        "SELECT updated_at FROM memory.entries WHERE id = '{gone}'"
+    ));
+    let old_mac: Vec<u8> = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let c = pg.cluster.connect("memwarden").await;
+            c.query_one("SELECT mac FROM memory.entries WHERE id = $1", &[&gone])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    };
+    store
+        .delete(&gone, 4_000_000, &view)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap();
+    pg.as_owner(
+        "UPDATE memory.entries SET status = 'active', updated_at = $2, mac = $3 WHERE id = $1",
+        &[&gone, &old, &old_mac],
+    );
+    assert!(matches!(store.get(&gone, &view), Err(Error::Integrity)));
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.failed, std::slice::from_ref(&forged));
+    assert_eq!(report.rolled_back, [(gone.clone(), "active".to_string())]);
+    assert_eq!(store.get(&kept, &view).unwrap().content, "an honest memory");
+}
+
+#[test]
+fn reseal_after_a_key_rotation_moves_every_row_and_record_to_the_new_key() {
+    let Some(pg) = Ready::start() else { return };
+    let view = Visibility::everything();
+    let mut store = pg.store();
+    let old_id = pg.keyring.entry.active().0.to_string();
+    let a = put(&mut store, "a", "one", &[], 1_000_000);
+    let b = put(&mut store, "a", "two", &[], 2_000_000);
+    store
+        .delete(&b, 3_000_000, &view)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap();
+    assert_eq!(store.rows_sealed_with(&old_id).unwrap(), 3);
+    store.close().unwrap();
+
+    let mut keys = pg.keyring.entry.clone();
+    let new_id = keys.rotate("e").unwrap();
+    let mut store = pg.store_with(keys);
+    let (resealed, failed) = store.reseal_batch(100, &[]).unwrap();
+    assert_eq!((resealed, failed.len()), (3, 0));
+    assert_eq!(store.rows_sealed_with(&old_id).unwrap(), 0);
+    assert_eq!(store.rows_sealed_with(&new_id).unwrap(), 3);
+    assert_eq!(store.get(&a, &view).unwrap().content, "one");
+    let report = store.verify_all().unwrap();
+    assert!(report.failed.is_empty() && report.ledger.problems.is_empty());
+}
+
+#[test]
+fn a_write_commits_with_exactly_one_chained_event_or_not_at_all() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let event = memwarden::audit::NewEvent::new(
+        memwarden::audit::Kind::Admin,
+        serde_json::json!({"event": "test-store"}),
+    );
+    let entry = store
+        .insert(AUTHOR, new_entry("a", "audited", &[]), 1_000_000)
+        .unwrap()
+        .commit_in_store(&event)
+        .unwrap();
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 1);
+    assert_eq!(pg.query_i64("SELECT max(seq) FROM audit.events"), 1);
+    // A write dropped before its commit leaves neither row nor event, and frees the lock.
+    drop(
+        store
+            .insert(AUTHOR, new_entry("a", "abandoned", &[]), 2_000_000)
+            .unwrap(),
+    );
+    assert_eq!(store.count_rows().unwrap(), 1);
+    let mut other = pg.store();
+    put(&mut other, "a", "after the abandoned one", &[], 3_000_000);
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 1);
+    assert_eq!(
+        store
+            .get(&entry.id, &Visibility::everything())
+            .unwrap()
+            .content,
+        "audited"
+    );
+}
+
+#[test]
+fn commit_in_store_on_sqlite_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = memwarden::keys::KeySet::generate("e1").unwrap();
+    let mut store = Store::open(
+        &dir.path().join("memory.db"),
+        keys,
+        memwarden::store::StoreOptions::default(),
+    )
+    .unwrap();
+    let event =
+        memwarden::audit::NewEvent::new(memwarden::audit::Kind::Admin, serde_json::json!({}));
+    let failed = store
+        .insert(AUTHOR, new_entry("a", "x", &[]), 1)
+        .unwrap()
+        .commit_in_store(&event)
+        .unwrap_err();
+    assert!(matches!(failed.error, Error::Audit(_)) && !failed.audited);
+    assert_eq!(store.count_rows().unwrap(), 0);
+}
+
+#[test]
+fn sessions_per_hour_hold_across_connections() {
+    let Some(pg) = Ready::start() else { return };
+    let pg = std::sync::Arc::new(pg);
+    let now = memwarden::clock::now_ms();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let pg = pg.clone();
+            std::thread::spawn(move || {
+                let mut store = pg.store();
+                (0..5)
+                    .filter(|_| store.admit_session("bob", now, 4).unwrap())
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 4);
+    let mut store = pg.store();
+    assert!(
+        store.admit_session("carol", now, 4).unwrap(),
+        "others are not held back"
+    );
+    assert!(
+        store.admit_session("bob", now + 3_600_001, 4).unwrap(),
+        "an hour later"
+    );
+}
+
+#[test]
+fn a_lost_connection_fails_the_call_as_unavailable() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let id = put(&mut store, "a", "x", &[], 1);
+    let killed = pg.query_i64(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'memwarden'",
+    );
+    assert_eq!(killed, 1);
+    let err = store.get(&id, &Visibility::everything()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err:?}");
+    assert!(!format!("{err:?}").contains("host="), "{err:?}");
+}
+
+/// 8 threads, each with its own backend, store 50 entries each with their audit events: all
+/// 400 rows present and verified, and one unforked chain of 400 events that the offline
+/// verifier accepts after `db export-audit`.
+#[test]
+fn eight_writers_make_400_verified_rows_and_one_audit_chain() {
+    let Some(pg) = Ready::start() else { return };
+    let pg = std::sync::Arc::new(pg);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let pg = pg.clone();
+            std::thread::spawn(move || {
+                let mut store = pg.store();
+                let session = format!("s{w}");
+                for i in 0..50 {
+                    let author = Author {
+                        principal: "alice",
+                        session_id: &session,
+                    };
+                    let event = memwarden::audit::NewEvent::new(
+                        memwarden::audit::Kind::Admin,
+                        serde_json::json!({"writer": w, "i": i}),
+                    );
+                    store
+                        .insert(
+                            author,
+                            new_entry("shared", &format!("w{w} i{i}"), &[]),
+                            memwarden::clock::now_ms(),
+                        )
+                        .unwrap()
+                        .commit_in_store(&event)
+                        .unwrap();
+                }
+                store.close().unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let store = pg.store();
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.checked, 400);
+    assert!(report.failed.is_empty());
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list(&everything(), after.as_deref(), 50).unwrap();
+        assert_eq!(page.withheld, 0);
+        all.extend(page.entries.into_iter().map(|e| e.created_at));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 400);
+    assert!(all.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 400);
+    assert_eq!(pg.query_i64("SELECT max(seq) FROM audit.events"), 400);
+
+    let copy = pg.cluster.dir.path().join("exported.db");
+    let auditor = pg
+        .cluster
+        .settings_file("auditor.conf", "memwarden_auditor");
+    let out = std::process::Command::new(common::bin())
+        .args(["db", "export-audit", "--database-file"])
+        .arg(&auditor)
+        .arg("--out")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["audit", "verify", "--db"])
+        .arg(&copy)
+        .arg("--keyring")
+        .arg(pg.data.join("keyring.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("400 events") && stdout.contains("MACs verified"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn connecting_before_db_init_says_what_to_do_and_never_the_settings() {
+    let Some(pg) = Cluster::start() else { return };
+    let file = pg.settings_file("app.conf", "memwarden");
+    let settings = memwarden::store::postgres::DatabaseSettings::load(&file).unwrap();
+    let keys = memwarden::keys::KeySet::generate("a1").unwrap();
+    let err = memwarden::store::postgres::Postgres::connect(&settings, keys)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("memwarden db init"), "{err}");
+    assert!(!err.contains(&pg.socket_dir()), "{err}");
+}
+
+/// A writer stuck holding the store's write lock (here: another session holding the same
+/// advisory lock) makes a write fail UNAVAILABLE after `lock_timeout`, not hang; once the lock
+/// is free, writes go through again.
+#[test]
+fn a_write_lock_held_elsewhere_times_out_as_unavailable() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let holder = rt.block_on(pg.cluster.connect("memwarden"));
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_lock(x'6d7773746f72'::bigint)"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = store
+        .insert(AUTHOR, new_entry("a", "blocked", &[]), 1)
+        .map(|p| p.entry().id.clone())
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_unlock_all()"))
+        .unwrap();
+    put(&mut store, "a", "through", &[], 2);
+    assert_eq!(store.count_rows().unwrap(), 1);
+}
+
+/// `verify`'s walks read the table and the ledger a page at a time in one snapshot: more rows
+/// and records than a page, each seen once.
+#[test]
+fn verify_walks_every_row_and_record_across_pages() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    for i in 0..2100 {
+        put(&mut store, "a", &format!("entry {i}"), &[], 1_000 + i);
+    }
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.checked, 2100);
+    assert_eq!(report.statuses.len(), 2100);
+    assert!(report.failed.is_empty());
+    assert_eq!(
+        store.purge(Some(i64::MAX), None, 10_000).unwrap(),
+        (2100, 0)
+    );
+    let report = store.verify_all().unwrap();
+    assert_eq!((report.checked, report.ledger.records), (0, 2100));
+    assert!(
+        report.ledger.problems.is_empty(),
+        "{:?}",
+        report.ledger.problems
+    );
+    assert_eq!(report.ledger.kinds.len(), 2100);
 }

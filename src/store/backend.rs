@@ -3,6 +3,13 @@
 //! steps stay above them, in [`super::Store`], so every backend gets the same guarantees by the
 //! same code. The interface is synchronous: SQLite is a blocking library, and the server runs
 //! store calls on blocking threads (`tokio::task::spawn_blocking`), never on its async ones.
+//!
+//! A write's audit event reaches the backend's commit as a [`CommitEvent`]: the event, and
+//! audit.db's writer for a backend whose events live in another database. SQLite uses the
+//! writer (audit.db commits first, then memory.db) and refuses an event without one; PostgreSQL
+//! keeps its events in `audit.events` beside the rows and appends the event inside the write's
+//! own transaction, with the audit keys it was opened with, so the writer is not needed there
+//! and not touched.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -178,13 +185,22 @@ pub trait WriteTx {
     ) -> Result<(usize, Vec<String>)>;
 
     /// Commits, with the call's audit event when there is one. The backend owns the order:
-    /// the event is durable before the change is (SQLite: audit.db commits first, then
+    /// the event is durable no later than the change (SQLite: audit.db commits first, then
     /// memory.db; a crash between leaves an event "audited, not applied", which `memwarden
-    /// verify` reports). If the event cannot be written, nothing is committed.
-    fn commit(
-        self: Box<Self>,
-        audit: Option<(&mut AuditLog, &NewEvent<'_>)>,
-    ) -> Result<(), CommitError>;
+    /// verify` reports; PostgreSQL: one transaction holds both). If the event cannot be
+    /// written, nothing is committed.
+    fn commit(self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError>;
+}
+
+/// A commit's audit event, and the log it goes to when the backend keeps its events apart.
+#[derive(Debug)]
+pub struct CommitEvent<'a, 'e> {
+    /// The call's event.
+    pub event: &'a NewEvent<'e>,
+    /// audit.db's writer. SQLite needs it (its events live in another file) and commits
+    /// nothing without it; PostgreSQL appends to `audit.events` in the write's own transaction
+    /// and leaves it alone.
+    pub log: Option<&'a mut AuditLog>,
 }
 
 /// Why a commit failed, and whether its audit event is already in the log (then it stands as

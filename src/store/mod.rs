@@ -49,6 +49,9 @@ pub enum OpenError {
     /// The schema could not be brought up to date, or holds objects it should not.
     #[error(transparent)]
     Migration(#[from] sqlite::migrations::MigrationError),
+    /// The PostgreSQL store could not be reached or is not ready (never the settings).
+    #[error("cannot open the PostgreSQL store: {0}")]
+    Postgres(String),
 }
 
 /// The entry store: a backend plus the keys and rules every backend shares.

@@ -3,7 +3,7 @@
 //! that commits only together with the call's audit event. Audit-before-commit lives here and in
 //! the backend's `commit`, nowhere else: a write cannot commit without its event (DESIGN.md §3).
 
-use super::backend::{CommitError, WriteTx};
+use super::backend::{CommitError, CommitEvent, WriteTx};
 use super::ledger::Kind;
 use super::model::{Author, Changes, Entry, NewEntry, Quota, Status, normalize_tags};
 use super::rows::seal_entry;
@@ -38,7 +38,22 @@ impl PendingWrite<'_> {
     /// # Errors
     /// [`CommitError`] says whether the event was written before the failure.
     pub fn commit(self, audit: &mut AuditLog, event: &NewEvent<'_>) -> Result<Entry, CommitError> {
-        self.tx.commit(Some((audit, event)))?;
+        self.tx.commit(Some(CommitEvent {
+            event,
+            log: Some(audit),
+        }))?;
+        Ok(self.entry)
+    }
+
+    /// Commits with the call's audit event on a store that keeps its events beside its rows
+    /// (PostgreSQL's `audit.events`): the change and its event commit in one transaction, or
+    /// neither does. A store whose events live in audit.db (SQLite) commits nothing here and
+    /// fails with [`crate::error::Error::Audit`]; use [`PendingWrite::commit`] there.
+    ///
+    /// # Errors
+    /// [`CommitError`] says whether the event was written before the failure.
+    pub fn commit_in_store(self, event: &NewEvent<'_>) -> Result<Entry, CommitError> {
+        self.tx.commit(Some(CommitEvent { event, log: None }))?;
         Ok(self.entry)
     }
 

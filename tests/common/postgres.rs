@@ -149,3 +149,86 @@ impl Drop for Cluster {
             .output();
     }
 }
+
+/// A cluster after `memwarden db init` (the real binary), a data dir with a keyring from
+/// `memwarden init`, and the app role's database file: what a library user of the PostgreSQL
+/// store starts from.
+pub struct Ready {
+    pub cluster: Cluster,
+    pub data: PathBuf,
+    pub keyring: memwarden::keys::Keyring,
+    pub app: PathBuf,
+}
+
+impl Ready {
+    /// Starts and initialises a cluster, or `None` where PostgreSQL is not installed.
+    pub fn start() -> Option<Self> {
+        let cluster = Cluster::start()?;
+        let admin = cluster.settings_file("admin.conf", "memwarden");
+        let out = Command::new(super::bin())
+            .args(["db", "init", "--admin-database-file"])
+            .arg(&admin)
+            .output()
+            .expect("run memwarden db init");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data = cluster.dir.path().join("data-dir");
+        let out = Command::new(super::bin())
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("run memwarden init");
+        assert!(out.status.success());
+        let keyring = memwarden::keys::Keyring::load(&data.join("keyring.toml")).unwrap();
+        let app = cluster.settings_file("app.conf", "memwarden_app");
+        Some(Self {
+            cluster,
+            data,
+            keyring,
+            app,
+        })
+    }
+
+    /// A backend connected as the app role.
+    pub fn backend(&self) -> memwarden::store::postgres::Postgres {
+        let settings = memwarden::store::postgres::DatabaseSettings::load(&self.app).unwrap();
+        memwarden::store::postgres::Postgres::connect(&settings, self.keyring.audit.clone())
+            .expect("connect as the app role")
+    }
+
+    /// A store over a new backend, sealing with `entry_keys`.
+    pub fn store_with(&self, entry_keys: memwarden::keys::KeySet) -> memwarden::store::Store {
+        memwarden::store::Store::with_backend(Box::new(self.backend()), entry_keys)
+    }
+
+    /// A store over a new backend, sealing with the keyring's entry keys.
+    pub fn store(&self) -> memwarden::store::Store {
+        self.store_with(self.keyring.entry.clone())
+    }
+
+    /// Runs `sql` as the cluster's superuser acting as the owner role (what an attacker with the
+    /// owner's rights could do); returns the rows changed.
+    pub fn as_owner(&self, sql: &str, args: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = self.cluster.connect("memwarden").await;
+            client
+                .batch_execute("SET ROLE memwarden_owner")
+                .await
+                .unwrap();
+            client.execute(sql, args).await.unwrap()
+        })
+    }
+
+    /// One value read as the superuser.
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = self.cluster.connect("memwarden").await;
+            client.query_one(sql, &[]).await.unwrap().get(0)
+        })
+    }
+}

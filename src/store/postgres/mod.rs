@@ -1,9 +1,19 @@
 //! The PostgreSQL side of the store (issue 14), for teams whose agents run on many hosts: the
-//! database file that says how to reach the server ([`settings`]) and the schema and roles that
-//! `memwarden db init` creates ([`schema`]). The row formats, seals and ledger rules are the ones
-//! above every backend; this module holds only what is PostgreSQL's.
+//! database file that says how to reach the server ([`settings`]), the schema and roles that
+//! `memwarden db init` creates ([`schema`]), and the backend that stores and finds rows there
+//! ([`backend`]: SQL, text search, the ledger's table, write transactions that commit with
+//! their audit event). The row formats, seals and ledger rules are the ones above every backend;
+//! this module holds only what is PostgreSQL's. Only parameterised statements touch values.
 
+pub mod backend;
+mod fail;
+mod ledger;
+mod read;
+mod rows;
 pub mod schema;
+mod sessions;
 pub mod settings;
+mod write;
 
+pub use backend::Postgres;
 pub use settings::{DatabaseSettings, SettingsError};

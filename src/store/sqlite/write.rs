@@ -4,11 +4,10 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{COLUMNS, ledger, read_row};
-use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
 use crate::sqlite_file::storage_error as sql;
-use crate::store::backend::{CommitError, PurgeRule, WriteTx};
+use crate::store::backend::{CommitError, CommitEvent, PurgeRule, WriteTx};
 use crate::store::ledger::Kind;
 use crate::store::rows::{Checked, RawRow, SealedRow};
 
@@ -195,14 +194,21 @@ impl WriteTx for SqliteTx<'_> {
         ledger::reseal_batch(&self.tx, keys, batch, skip).map_err(sql)
     }
 
-    fn commit(
-        self: Box<Self>,
-        audit: Option<(&mut AuditLog, &NewEvent<'_>)>,
-    ) -> Result<(), CommitError> {
+    fn commit(self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError> {
         // audit.db commits first: a crash between the two commits leaves an event "audited,
         // not applied" (which `memwarden verify` reports), never a change without its event.
         let audited = match audit {
-            Some((log, event)) => {
+            Some(CommitEvent { log: None, .. }) => {
+                // The event has nowhere to go, so the change may not go anywhere either.
+                return Err(CommitError {
+                    error: Error::Audit("no audit log for this store's events".into()),
+                    audited: false,
+                });
+            }
+            Some(CommitEvent {
+                log: Some(log),
+                event,
+            }) => {
                 log.append(event, crate::clock::now_ms())
                     .map_err(|e| CommitError {
                         error: Error::Audit(e.to_string()),

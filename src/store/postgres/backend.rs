@@ -1,0 +1,388 @@
+//! The PostgreSQL backend: [`Postgres`] moves rows in and out of `memory.entries` and holds the
+//! transactions; sealing, verification, quotas and the order of a write's steps stay in
+//! [`crate::store::Store`], as for SQLite. It must never log connection settings, SQL text with
+//! values, or row contents.
+//!
+//! **Sync over async.** The [`Backend`] trait is synchronous and the server calls it on blocking
+//! threads. tokio-postgres is async, so each `Postgres` owns a small current-thread tokio
+//! runtime (I/O and timers only) and one connection: the connection's driver future is spawned
+//! on that runtime, and every method runs `block_on(async { … })` on it. The driver runs only
+//! while a call is in progress, which is all a request/response client needs; nothing is shared
+//! between backends, so one slow call never stalls another connection, and no second runtime
+//! thread exists. (The sync `postgres` crate does this same thing internally but panics when
+//! called inside a tokio context, FACTS §PostgreSQL.) `block_on` may not run on an async worker
+//! thread: use the backend from blocking threads only (`spawn_blocking`), as the server does.
+//! Dropping it stops its runtime without waiting; [`Backend::close`] ends the session cleanly.
+//!
+//! **Audit in the write's transaction.** A `Postgres` is opened with the audit keys, and a
+//! write's [`WriteTx::commit`] appends the call's event to `audit.events` inside the write's own
+//! transaction ([`crate::audit::postgres::append`]) — one commit for both, so there is neither a
+//! change without its event nor an event "audited, not applied". The commit's
+//! [`crate::store::backend::CommitEvent::log`] (audit.db's writer, SQLite's) is not used here.
+//!
+//! **Conflicts.** A statement that loses a serialization or deadlock conflict (40001, 40P01) is
+//! run again a bounded number of times when it is a whole unit of work: a read, a snapshot walk,
+//! a session admission. Inside a write transaction that spans several store steps only the
+//! whole could run again, so there the error fails the call as UNAVAILABLE (never INTERNAL);
+//! writers take one lock order (the store's write lock, then the audit chain's), so they do not
+//! deadlock each other.
+//!
+//! **Upkeep.** PostgreSQL's autovacuum vacuums, analyses and flushes the text index's pending
+//! list; the app role may not run VACUUM (only the owner may, PostgreSQL 15). So
+//! [`Backend::index_shape`] reports `memory.entries`' dead row versions awaiting vacuum (as
+//! `segments`, no levels) from the statistics views, and [`Backend::maintain`] changes nothing:
+//! it reports those figures, as they stand, before and after.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+use super::fail::{Failure, detail, retry};
+use super::rows::{COLUMNS, read_row};
+use super::settings::DatabaseSettings;
+use super::write::PgTx;
+use super::{ledger, read, schema};
+use crate::error::Result;
+use crate::keys::KeySet;
+use crate::store::OpenError;
+use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
+use crate::store::ledger::ChainReport;
+use crate::store::model::{Filter, Query};
+use crate::store::rows::{Checked, RawRow};
+
+/// How long a connection attempt may take when the settings do not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session settings: a writer waits for the store's write lock at most as long as SQLite's
+/// `busy_timeout` (then the call fails UNAVAILABLE), and a transaction left open by a stuck
+/// process ends on its own rather than holding the lock.
+const SESSION: &str = "SET lock_timeout = '10s'; \
+     SET idle_in_transaction_session_timeout = '60s'; \
+     SET default_transaction_isolation = 'read committed'";
+
+/// Rows read per statement when walking the whole table.
+const PAGE: i64 = 1000;
+
+/// The backend's runtime, stopped without blocking when dropped (a blocking shutdown would
+/// panic if the last owner were ever dropped on an async thread).
+struct Driver(Option<Runtime>);
+
+impl Driver {
+    fn rt(&self) -> &Runtime {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .expect("the runtime lives as long as the backend")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A connection to the PostgreSQL store, as the app role `memwarden db init` made.
+pub struct Postgres {
+    client: Client,
+    audit_keys: KeySet,
+    connection: Option<JoinHandle<()>>,
+    // Last: fields drop in order, and the client must go before the runtime stops.
+    driver: Driver,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// Connects with `settings`, configures the session and checks that the schema is the one
+    /// this binary writes (`memwarden db init`) on a UTF-8 database. `audit_keys` MAC the audit
+    /// events that commits append.
+    ///
+    /// # Errors
+    /// [`OpenError::Postgres`] names the failure (a SQLSTATE or the connection's state), never
+    /// the settings.
+    pub fn connect(settings: &DatabaseSettings, audit_keys: KeySet) -> Result<Self, OpenError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| OpenError::Postgres(format!("cannot start its runtime: {e}")))?;
+        let driver = Driver(Some(rt));
+        let mut config = settings.config().clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("memwarden");
+        }
+        let (client, connection) = driver
+            .rt()
+            .block_on(config.connect(NoTls))
+            .map_err(|e| OpenError::Postgres(format!("cannot connect: {}", detail(&e))))?;
+        let connection = driver.rt().spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(target: "memwarden::store", error = %detail(&e), "the PostgreSQL connection ended");
+            }
+        });
+        let pg = Self {
+            client,
+            audit_keys,
+            connection: Some(connection),
+            driver,
+        };
+        pg.check_session()?;
+        Ok(pg)
+    }
+
+    fn check_session(&self) -> Result<(), OpenError> {
+        let (encoding, version): (String, i64) = self
+            .driver
+            .rt()
+            .block_on(async {
+                self.client.batch_execute(SESSION).await?;
+                let row = self
+                    .client
+                    .query_one(
+                        "SELECT current_setting('server_encoding'), \
+                         (SELECT coalesce(max(version), 0)::bigint FROM memory.schema_version)",
+                        &[],
+                    )
+                    .await?;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
+            .map_err(|e| {
+                OpenError::Postgres(format!("cannot read the schema version: {}", detail(&e)))
+            })?;
+        if encoding != "UTF8" {
+            return Err(OpenError::Postgres(format!(
+                "the database's encoding is {encoding}; memwarden needs UTF8 (createdb -E UTF8)"
+            )));
+        }
+        if version != schema::CURRENT_VERSION {
+            return Err(OpenError::Postgres(format!(
+                "the schema is at version {version}, this binary needs {}: run `memwarden db init`",
+                schema::CURRENT_VERSION
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a whole unit of work on the backend's runtime, again after a lost conflict.
+    fn block_on<T>(&self, op: impl AsyncFnMut() -> Result<T, Failure>) -> Result<T> {
+        self.driver.rt().block_on(retry(op))
+    }
+
+    /// Runs `body` in one read-only snapshot (REPEATABLE READ), so a walk over many pages sees
+    /// one consistent state.
+    async fn in_snapshot<T>(
+        &self,
+        body: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let result = body(&self.client).await;
+        // Read-only: ending it either way loses nothing.
+        let end = self.client.batch_execute("ROLLBACK").await;
+        let value = result?;
+        end?;
+        Ok(value)
+    }
+
+    fn count(&self, sql: &str, args: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64> {
+        let n: i64 =
+            self.block_on(async || Ok(self.client.query_one(sql, args).await?.try_get(0)?))?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn ids(&self, sql: &str) -> Result<Vec<String>> {
+        self.block_on(async || {
+            let rows = self.client.query(sql, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Dead row versions in `memory.entries` awaiting vacuum, from the statistics views.
+    async fn dead_rows(&self) -> Result<u64, Failure> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT n_dead_tup FROM pg_stat_user_tables \
+                 WHERE schemaname = 'memory' AND relname = 'entries'",
+                &[],
+            )
+            .await?;
+        let n: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+}
+
+impl Backend for Postgres {
+    fn load(&self, id: &str) -> Result<Option<Checked<RawRow>>> {
+        let sql = format!("SELECT {COLUMNS} FROM memory.entries e WHERE e.id = $1");
+        self.block_on(async || {
+            Ok(self
+                .client
+                .query_opt(&sql, &[&id])
+                .await?
+                .as_ref()
+                .map(read_row))
+        })
+    }
+
+    fn list(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        want: usize,
+    ) -> Result<Vec<Checked<RawRow>>> {
+        self.block_on(async || read::list(&self.client, filter, after, want).await)
+    }
+
+    fn all_words(&self, query: &Query, filter: &Filter, limit: usize) -> Result<Vec<Match>> {
+        self.block_on(async || read::all_words(&self.client, query, filter, limit).await)
+    }
+
+    fn some_words(
+        &self,
+        query: &Query,
+        filter: &Filter,
+        need: usize,
+        skip: &HashSet<i64>,
+    ) -> Result<Vec<Match>> {
+        self.block_on(async || read::some_words(&self.client, query, filter, need, skip).await)
+    }
+
+    fn begin(&mut self) -> Result<Box<dyn WriteTx + '_>> {
+        let Self {
+            client,
+            audit_keys,
+            driver,
+            ..
+        } = self;
+        Ok(Box::new(PgTx::begin(driver.rt(), client, audit_keys)?))
+    }
+
+    fn each_row(&self, each: &mut dyn FnMut(Checked<RawRow>)) -> Result<()> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos > $1 ORDER BY e.pos LIMIT $2"
+        );
+        // Not retried: `each` has seen the rows already handed over.
+        self.driver
+            .rt()
+            .block_on(self.in_snapshot(async |client| {
+                let mut after = i64::MIN;
+                loop {
+                    let rows = client.query(&sql, &[&after, &PAGE]).await?;
+                    for row in &rows {
+                        after = row.try_get(super::rows::COLUMN_COUNT - 1)?;
+                        each(read_row(row));
+                    }
+                    if (rows.len() as i64) < PAGE {
+                        return Ok(());
+                    }
+                }
+            }))
+            .map_err(Into::into)
+    }
+
+    fn ledger_chain(&self, keys: &KeySet) -> Result<ChainReport> {
+        self.block_on(async || {
+            self.in_snapshot(async |client| Ok(ledger::check_chain(client, keys).await?))
+                .await
+        })
+    }
+
+    fn quarantined(&self) -> Result<Vec<Checked<RawRow>>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM memory.entries e WHERE e.status = 'quarantined' ORDER BY e.id"
+        );
+        self.block_on(async || {
+            Ok(self
+                .client
+                .query(&sql, &[])
+                .await?
+                .iter()
+                .map(read_row)
+                .collect())
+        })
+    }
+
+    fn rows_sealed_with(&self, key_id: &str) -> Result<u64> {
+        self.count(
+            "SELECT (SELECT count(*) FROM memory.entries WHERE key_id = $1) \
+             + (SELECT count(*) FROM memory.ledger WHERE key_id = $1)",
+            &[&key_id],
+        )
+    }
+
+    fn all_ids(&self) -> Result<Vec<String>> {
+        self.ids("SELECT id FROM memory.entries")
+    }
+
+    fn active_ids(&self) -> Result<Vec<String>> {
+        self.ids("SELECT id FROM memory.entries WHERE status = 'active'")
+    }
+
+    fn count_rows(&self) -> Result<u64> {
+        self.count("SELECT count(*) FROM memory.entries", &[])
+    }
+
+    fn admit_session(&mut self, principal: &str, now_ms: i64, per_hour: u32) -> Result<bool> {
+        self.block_on(async || {
+            Ok(super::sessions::admit(&self.client, principal, now_ms, per_hour).await?)
+        })
+    }
+
+    fn index_shape(&self) -> Result<IndexShape> {
+        let segments = self.block_on(async || self.dead_rows().await)?;
+        Ok(IndexShape {
+            levels: 0,
+            segments,
+        })
+    }
+
+    fn maintain(&mut self, _step_lock: Duration) -> Result<MaintainReport> {
+        let before = self.index_shape()?;
+        let after = self.index_shape()?;
+        Ok(MaintainReport {
+            segments_before: before.segments,
+            levels_before: before.levels,
+            segments_after: after.segments,
+            levels_after: after.levels,
+            ..MaintainReport::default()
+        })
+    }
+
+    fn close(mut self: Box<Self>) -> Result<()> {
+        let connection = self.connection.take();
+        let Self { client, driver, .. } = *self;
+        driver.rt().block_on(async move {
+            // Dropping the client sends Terminate; the driver then ends on its own.
+            drop(client);
+            if let Some(connection) = connection {
+                tokio::time::timeout(Duration::from_secs(5), connection)
+                    .await
+                    .map_err(|_| {
+                        crate::error::Error::Unavailable("postgresql: close timed out".into())
+                    })?
+                    .map_err(|e| {
+                        crate::error::Error::Internal(format!("postgresql driver: {e}"))
+                    })?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! Search and list on `memory.entries`: the caller's scope, times and tags stand in the same
+//! statement as the text match and the ordering, so the rows PostgreSQL hands over, the search
+//! window and the word weights depend only on rows inside the filter. Query words reach the
+//! server only as bound parameters of `plainto_tsquery('simple', …)`, one per word: whatever a
+//! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
+//! Snippets (`ts_headline`) are cut for the rows returned alone.
+//!
+//! What a caller sees never depends on rows outside its filter; what a search costs still can:
+//! the text index (`entries_words`) holds every namespace's words, so a lookup reads the
+//! postings of foreign rows before the scope drops them. SQLite's index carries the scope as
+//! tokens; the same here (a namespace lexeme in `words`, or a btree_gin index on
+//! `(namespace, words)`) needs a schema migration and is left to it.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Client;
+
+use super::fail::Failure;
+use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
+use crate::error::Error;
+use crate::store::backend::Match;
+use crate::store::model::{Filter, Query};
+use crate::store::rank::{self, SEARCH_WINDOW};
+use crate::store::rows::{Checked, RawRow};
+use crate::store::scope::Scope;
+
+/// `ts_headline`'s options: the snippet SQLite's `snippet(…, '«', '»', '…', 16)` gives, about
+/// sixteen words around the matches, matched words marked «like this».
+const HEADLINE: &str = "'StartSel=«, StopSel=», MaxWords=16, MinWords=8, ShortWord=0, \
+     MaxFragments=1, FragmentDelimiter=…'";
+
+/// The tsquery of every word (`&&`) or of some (`||`), each word bound on its own.
+fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
+    let parts: Vec<String> = words
+        .iter()
+        .map(|w| format!("plainto_tsquery('simple', {})", sql.bind(w.clone())))
+        .collect();
+    format!("({})", parts.join(join))
+}
+
+/// Up to `want` active rows inside `filter`, newest first, below the entry `after`.
+pub(super) async fn list(
+    client: &Client,
+    filter: &Filter,
+    after: Option<&str>,
+    want: usize,
+) -> Result<Vec<Checked<RawRow>>, Failure> {
+    let below = match after {
+        Some(after) => cursor_pos(client, after, &filter.scope).await?,
+        None => i64::MAX,
+    };
+    if filter.scope.is_empty() || want == 0 {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::default();
+    let limit = sql.bind(want as i64);
+    let below = sql.bind(below);
+    let inner = |sql: &mut Sql, extra: &str| -> crate::error::Result<()> {
+        sql.push(&format!(
+            "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos < {below}{extra}"
+        ));
+        push_filter(sql, filter, false)?;
+        sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit}"));
+        Ok(())
+    };
+    match &filter.scope {
+        // Newest first per namespace, then merged: each namespace can be read from its own
+        // (namespace, status, pos) index range, stopping after `want` rows, so a small
+        // namespace is not listed by walking a large one's rows (the planner takes that path
+        // when the namespace is a small part of the table).
+        Scope::Only(namespaces) => {
+            let ns = sql.bind(namespaces.clone());
+            sql.push(&format!(
+                "SELECT m.* FROM unnest({ns}::text[]) AS s(ns) CROSS JOIN LATERAL ("
+            ));
+            inner(&mut sql, " AND e.namespace = s.ns")?;
+            sql.push(&format!(") m ORDER BY m.pos DESC LIMIT {limit}"));
+        }
+        Scope::All => inner(&mut sql, "")?,
+    }
+    let rows = sql.query(client).await?;
+    Ok(rows.iter().map(read_row).collect())
+}
+
+/// The position a cursor continues below. The cursor's own row is used only when it lies in
+/// the scope; otherwise (a foreign id, or a row purged since) the cursor's timestamp places
+/// it, so what a cursor yields never depends on rows outside the scope.
+async fn cursor_pos(client: &Client, after: &str, scope: &Scope) -> Result<i64, Failure> {
+    let row = client
+        .query_opt(
+            "SELECT pos, namespace FROM memory.entries WHERE id = $1",
+            &[&after],
+        )
+        .await?;
+    if let Some(row) = row
+        && let (Ok(pos), Ok(namespace)) = (row.try_get::<_, i64>(0), row.try_get::<_, String>(1))
+        && scope.covers(&namespace)
+    {
+        return Ok(pos);
+    }
+    let ms = crate::store::sqlite::fts::uuid_ms(after)
+        .ok_or_else(|| Error::InvalidArgument("cursor: not a cursor from memory_list".into()))?;
+    let first = client
+        .query_opt(
+            "SELECT pos FROM memory.entries WHERE created_at >= $1 \
+             ORDER BY created_at, pos LIMIT 1",
+            &[&ms],
+        )
+        .await?;
+    match first {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Ok(i64::MAX),
+    }
+}
+
+/// Up to `limit` matches inside `filter` holding every word, newest first; snippets for those
+/// rows only (the inner statement stops at `limit`, the headline is cut outside it).
+pub(super) async fn all_words(
+    client: &Client,
+    query: &Query,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<Match>, Failure> {
+    if filter.scope.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::default();
+    let all = tsquery(&mut sql, query.words(), " && ");
+    let limit = sql.bind(limit as i64);
+    sql.push(&format!(
+        "SELECT m.*, ts_headline('simple', m.content, {all}, {HEADLINE}) FROM (\
+         SELECT {COLUMNS} FROM memory.entries e WHERE e.words @@ {all}"
+    ));
+    push_filter(&mut sql, filter, true)?;
+    sql.push(&format!(
+        " ORDER BY e.pos DESC LIMIT {limit}) m ORDER BY m.pos DESC"
+    ));
+    read_matches(client, &sql).await
+}
+
+/// Up to `need` matches inside `filter` holding some of the words, best first by
+/// [`rank::by_word_weight`] over the newest [`SEARCH_WINDOW`] (or `need`, if more) of them;
+/// rows in `skip` passed over. The window statement returns positions and which words each
+/// holds; rows and snippets are read for the best alone.
+pub(super) async fn some_words(
+    client: &Client,
+    query: &Query,
+    filter: &Filter,
+    need: usize,
+    skip: &HashSet<i64>,
+) -> Result<Vec<Match>, Failure> {
+    let words = query.words();
+    if filter.scope.is_empty() || need == 0 || words.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let window = SEARCH_WINDOW.max(need);
+    let mut sql = Sql::default();
+    let held: Vec<String> = words
+        .iter()
+        .map(|w| {
+            format!(
+                "e.words @@ plainto_tsquery('simple', {})",
+                sql.bind(w.clone())
+            )
+        })
+        .collect();
+    let any = tsquery(&mut sql, words, " || ");
+    let limit = sql.bind(window as i64);
+    sql.push(&format!(
+        "SELECT e.pos, ARRAY[{}] FROM memory.entries e WHERE e.words @@ {any}",
+        held.join(", ")
+    ));
+    push_filter(&mut sql, filter, true)?;
+    sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit}"));
+    let rows = sql.query(client).await?;
+    let mut by_word = vec![Vec::new(); words.len()];
+    for row in &rows {
+        let pos: i64 = row.try_get(0)?;
+        let holds: Vec<bool> = row.try_get(1)?;
+        for (i, h) in holds.iter().enumerate() {
+            if *h && let Some(list) = by_word.get_mut(i) {
+                list.push(pos);
+            }
+        }
+    }
+    let mut ranked = rank::by_word_weight(&by_word);
+    ranked.retain(|pos| !skip.contains(pos));
+    // Rows are read in slices of what is still needed: one removed since the window was read
+    // makes room for the next best, and no snippet is cut for a row that is not returned.
+    let mut out = Vec::new();
+    let mut rest = &ranked[..];
+    while out.len() < need && !rest.is_empty() {
+        let (take, left) = rest.split_at((need - out.len()).min(rest.len()));
+        out.extend(matches_among(client, words, take, filter).await?);
+        rest = left;
+    }
+    Ok(out)
+}
+
+/// The matches among `positions` that are inside the filter, in the order of `positions`,
+/// each with its snippet.
+async fn matches_among(
+    client: &Client,
+    words: &[String],
+    positions: &[i64],
+    filter: &Filter,
+) -> Result<Vec<Match>, Failure> {
+    let mut sql = Sql::default();
+    let any = tsquery(&mut sql, words, " || ");
+    let wanted = sql.bind(positions.to_vec());
+    sql.push(&format!(
+        "SELECT m.*, ts_headline('simple', m.content, {any}, {HEADLINE}) FROM (\
+         SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) \
+         AND e.words @@ {any}"
+    ));
+    push_filter(&mut sql, filter, true)?;
+    sql.push(") m");
+    let mut rows = read_matches(client, &sql).await?;
+    let order: HashMap<i64, usize> = positions.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    rows.sort_by_key(|m| order.get(&m.key).copied());
+    Ok(rows)
+}
+
+async fn read_matches(client: &Client, sql: &Sql) -> Result<Vec<Match>, Failure> {
+    let rows = sql.query(client).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The snippet is cut from this very row's content, which the store then verifies.
+        out.push(Match {
+            key: row.try_get(COLUMN_COUNT - 1)?,
+            snippet: row.try_get(COLUMN_COUNT).unwrap_or_default(),
+            row: read_row(row),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statement text of a search over `words` in `filter`, and its bound value count.
+    fn statement(words: &[&str], namespace: &str, tag: &str) -> (String, usize) {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let filter = Filter {
+            scope: Scope::only([namespace.to_string()]),
+            tags: vec![tag.to_string()],
+            since: Some(1),
+            until: Some(2),
+        };
+        let mut sql = Sql::default();
+        let q = tsquery(&mut sql, &words, " && ");
+        sql.push(&format!(
+            "SELECT 1 FROM memory.entries e WHERE e.words @@ {q}"
+        ));
+        push_filter(&mut sql, &filter, true).unwrap();
+        let (text, args) = sql.parts();
+        (text.to_string(), args)
+    }
+
+    #[test]
+    fn query_words_and_filter_values_are_bound_never_written_into_the_statement() {
+        let hostile = statement(
+            &["x') OR true --", "a & !b", "c:*", "'", "$1"],
+            "ns'); DROP TABLE x; --",
+            "t'--",
+        );
+        let plain = statement(&["one", "two", "three", "four", "five"], "ns", "t");
+        // The text is ours alone: the same whatever the values.
+        assert_eq!(hostile, plain);
+        assert_eq!(hostile.0.matches("plainto_tsquery('simple', $").count(), 5);
+        // Five words, the scope, since, until, one tag.
+        assert_eq!(hostile.1, 9);
+    }
+}
