@@ -3,7 +3,7 @@
 //! window and the word weights depend only on rows inside the filter. Query words reach the
 //! server only as bound parameters of `plainto_tsquery('simple', …)`, one per word: whatever a
 //! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
-//! Snippets (`ts_headline`) are cut for the rows returned alone.
+//! Snippets are cut above the backend, from the verified content ([`crate::store::snippet`]).
 //!
 //! What a caller sees never depends on rows outside its filter; what a search costs still can:
 //! the text index (`entries_words`) holds every namespace's words, so a lookup reads the
@@ -23,11 +23,6 @@ use crate::store::model::{Filter, Query};
 use crate::store::rank::{self, SEARCH_WINDOW};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::scope::Scope;
-
-/// `ts_headline`'s options: the snippet SQLite's `snippet(…, '«', '»', '…', 16)` gives, about
-/// sixteen words around the matches, matched words marked «like this».
-const HEADLINE: &str = "'StartSel=«, StopSel=», MaxWords=16, MinWords=8, ShortWord=0, \
-     MaxFragments=1, FragmentDelimiter=…'";
 
 /// The tsquery of every word (`&&`) or of some (`||`), each word bound on its own.
 fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
@@ -113,8 +108,7 @@ async fn cursor_pos(client: &Client, after: &str, scope: &Scope) -> Result<i64, 
     }
 }
 
-/// Up to `limit` matches inside `filter` holding every word, newest first; snippets for those
-/// rows only (the inner statement stops at `limit`, the headline is cut outside it).
+/// Up to `limit` matches inside `filter` holding every word, newest first.
 pub(super) async fn all_words(
     client: &Client,
     query: &Query,
@@ -128,20 +122,17 @@ pub(super) async fn all_words(
     let all = tsquery(&mut sql, query.words(), " && ");
     let limit = sql.bind(limit as i64);
     sql.push(&format!(
-        "SELECT m.*, ts_headline('simple', m.content, {all}, {HEADLINE}) FROM (\
-         SELECT {COLUMNS} FROM memory.entries e WHERE e.words @@ {all}"
+        "SELECT {COLUMNS} FROM memory.entries e WHERE e.words @@ {all}"
     ));
     push_filter(&mut sql, filter, true)?;
-    sql.push(&format!(
-        " ORDER BY e.pos DESC LIMIT {limit}) m ORDER BY m.pos DESC"
-    ));
+    sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit}"));
     read_matches(client, &sql).await
 }
 
 /// Up to `need` matches inside `filter` holding some of the words, best first by
 /// [`rank::by_word_weight`] over the newest [`SEARCH_WINDOW`] (or `need`, if more) of them;
 /// rows in `skip` passed over. The window statement returns positions and which words each
-/// holds; rows and snippets are read for the best alone.
+/// holds; rows are read for the best alone.
 pub(super) async fn some_words(
     client: &Client,
     query: &Query,
@@ -186,7 +177,7 @@ pub(super) async fn some_words(
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|pos| !skip.contains(pos));
     // Rows are read in slices of what is still needed: one removed since the window was read
-    // makes room for the next best, and no snippet is cut for a row that is not returned.
+    // makes room for the next best, and no row is read that is not returned.
     let mut out = Vec::new();
     let mut rest = &ranked[..];
     while out.len() < need && !rest.is_empty() {
@@ -197,8 +188,7 @@ pub(super) async fn some_words(
     Ok(out)
 }
 
-/// The matches among `positions` that are inside the filter, in the order of `positions`,
-/// each with its snippet.
+/// The matches among `positions` that are inside the filter, in the order of `positions`.
 async fn matches_among(
     client: &Client,
     words: &[String],
@@ -209,12 +199,10 @@ async fn matches_among(
     let any = tsquery(&mut sql, words, " || ");
     let wanted = sql.bind(positions.to_vec());
     sql.push(&format!(
-        "SELECT m.*, ts_headline('simple', m.content, {any}, {HEADLINE}) FROM (\
-         SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) \
+        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) \
          AND e.words @@ {any}"
     ));
     push_filter(&mut sql, filter, true)?;
-    sql.push(") m");
     let mut rows = read_matches(client, &sql).await?;
     let order: HashMap<i64, usize> = positions.iter().enumerate().map(|(i, &p)| (p, i)).collect();
     rows.sort_by_key(|m| order.get(&m.key).copied());
@@ -225,10 +213,8 @@ async fn read_matches(client: &Client, sql: &Sql) -> Result<Vec<Match>, Failure>
     let rows = sql.query(client).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        // The snippet is cut from this very row's content, which the store then verifies.
         out.push(Match {
             key: row.try_get(COLUMN_COUNT - 1)?,
-            snippet: row.try_get(COLUMN_COUNT).unwrap_or_default(),
             row: read_row(row),
         });
     }
