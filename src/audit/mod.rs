@@ -9,9 +9,11 @@ mod chain;
 pub mod checkpoint;
 mod checkpointer;
 pub mod inspect;
+pub mod pg_log;
 pub mod postgres;
 pub mod query;
 mod reader;
+pub mod sink;
 pub mod verify;
 pub mod witness;
 

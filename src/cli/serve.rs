@@ -39,6 +39,44 @@ pub struct ServeArgs {
     /// Append JSON logs to FILE instead of stderr (see deploy/memwarden.logrotate).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Which store serves: memory.db in the data dir, or a PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// memory.db and audit.db in the data dir.
+    Sqlite,
+    /// The database the database file names (created by `memwarden db init`).
+    Postgres,
+}
+
+/// How the operator names the store.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The store's engine.
+    #[arg(long = "store", value_enum, default_value = "sqlite")]
+    pub kind: StoreKind,
+    /// PostgreSQL connection settings (libpq URL or key=value; mode 0600, no link)
+    /// [default: $CREDENTIALS_DIRECTORY/database when systemd passes one]
+    #[arg(long, value_name = "FILE")]
+    pub database_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The database file for `--store postgres`: the flag, else systemd's credential.
+    pub fn database_file(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.database_file {
+            return Ok(path.clone());
+        }
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Ok(PathBuf::from(dir).join("database")),
+            None => anyhow::bail!(
+                "--store postgres needs --database-file FILE (or a `database` credential from systemd)"
+            ),
+        }
+    }
 }
 
 /// How the operator names the policy.
@@ -102,7 +140,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Held until this session ends: `restore` refuses while any session runs.
     let _lock = dir.lock_shared()?;
-    let shared = Arc::new(open_shared(&dir, keyring, &policy)?);
+    let shared = Arc::new(match args.store.kind {
+        StoreKind::Sqlite => open_shared(&dir, keyring, &policy)?,
+        StoreKind::Postgres => {
+            open_postgres(&dir, &args.store.database_file()?, &keyring, &policy)?
+        }
+    });
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::for_session(shared.clone(), session);
@@ -204,6 +247,35 @@ fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow:
         store.watch_keyring(&dir.keyring())?;
     }
     Ok(Shared::new(schemas, store, audit, policy.clone()))
+}
+
+/// The process's shared state over PostgreSQL: the store and the audit log are two connections
+/// to the database the file names (both made now, before the sandbox; a database that cannot
+/// be reached stops `serve` here). The data dir holds the keyring alone.
+fn open_postgres(
+    dir: &DataDir,
+    database_file: &std::path::Path,
+    keyring: &Keyring,
+    policy: &Arc<Policy>,
+) -> anyhow::Result<Shared> {
+    use crate::store::postgres::{DatabaseSettings, Postgres};
+    let schemas = Schemas::load()?;
+    let settings = DatabaseSettings::load(database_file)?;
+    let backend = Postgres::connect(&settings, keyring.audit.clone())?;
+    let store = crate::store::Store::with_backend(Box::new(backend), keyring.entry.clone());
+    if dir.keyring().starts_with(dir.root()) {
+        // As on SQLite: follow a keyring rotated in the data dir while this session runs.
+        store.watch_keyring(&dir.keyring())?;
+    }
+    let audit = crate::audit::pg_log::PgLog::connect(settings.config(), keyring.audit.clone())?;
+    tracing::info!(target: "memwarden::security", event = "store", engine = "postgres",
+        "store and audit events in PostgreSQL");
+    Ok(Shared::new(
+        schemas,
+        store,
+        crate::audit::sink::Sink::Postgres(audit),
+        policy.clone(),
+    ))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Dropping the guard stops watching.

@@ -331,10 +331,15 @@ impl Server {
             return Err(Error::Audit("failed earlier".into()));
         }
         let mut audit = self.shared.audit();
-        let log = audit
+        let sink = audit
             .as_mut()
             .ok_or_else(|| self.audit_lost(Error::Audit("closed".into())))?;
-        match pending.commit(log, &event) {
+        // audit.db's writer for a SQLite store; PostgreSQL appends in the write's transaction.
+        let committed = match sink.file() {
+            Some(log) => pending.commit(log, &event),
+            None => pending.commit_in_store(&event),
+        };
+        match committed {
             Ok(_) => {
                 *event_written = true;
                 Ok(())

@@ -26,7 +26,8 @@ use rmcp::model::Tool;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_text::Describer;
-use crate::audit::{AuditError, AuditLog, NewEvent};
+use crate::audit::sink::Sink;
+use crate::audit::{AuditError, NewEvent};
 use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::error::Error;
@@ -43,7 +44,7 @@ pub struct Shared {
     /// `None` once closed. Lock order: store, then audit — never the other way.
     store: Mutex<Option<Store>>,
     /// `None` once closed.
-    audit: Mutex<Option<AuditLog>>,
+    audit: Mutex<Option<Sink>>,
     /// Set when an append failed: from then on every session refuses every call (fail closed).
     audit_failed: AtomicBool,
     policy: Arc<Policy>,
@@ -61,7 +62,13 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// The shared state over an open store and audit log; the store gets the policy's quotas.
-    pub fn new(schemas: Schemas, mut store: Store, audit: AuditLog, policy: Arc<Policy>) -> Self {
+    pub fn new(
+        schemas: Schemas,
+        mut store: Store,
+        audit: impl Into<Sink>,
+        policy: Arc<Policy>,
+    ) -> Self {
+        let audit = audit.into();
         store.set_quota(Quota {
             max_entries: policy.limits.namespace_max_entries,
             max_bytes: policy.limits.namespace_max_bytes,
@@ -86,7 +93,7 @@ impl Shared {
     }
 
     /// The audit log, locked (after the store, when both are held).
-    fn audit(&self) -> MutexGuard<'_, Option<AuditLog>> {
+    fn audit(&self) -> MutexGuard<'_, Option<Sink>> {
         self.audit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -162,7 +169,7 @@ impl Server {
     pub fn new(
         schemas: Schemas,
         store: Store,
-        audit: AuditLog,
+        audit: impl Into<Sink>,
         session: Session,
         policy: Arc<Policy>,
     ) -> Self {

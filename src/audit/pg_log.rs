@@ -1,0 +1,129 @@
+//! The server's audit log on PostgreSQL: events that are not part of a write (session start
+//! and end, reads, refusals) appended to `audit.events` each in its own transaction, on a
+//! connection of their own. A write's event is appended by the store, inside the write's
+//! transaction ([`super::postgres::append`] there too), so both kinds land in one chain.
+//!
+//! The log owns a current-thread runtime and drives its client with `block_on` — on a thread
+//! of its own for every call ([`PgLog::run`]): the server appends from async code too (a
+//! session's end), where a runtime cannot be blocked on, and a scoped thread started after the
+//! sandbox is as restricted as its parent and gone when the call returns.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::postgres::{PgAuditError, append, head};
+use super::{AuditError, Head, NewEvent};
+use crate::keys::KeySet;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open connection for appending audit events to PostgreSQL.
+pub struct PgLog {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    keys: KeySet,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog").finish_non_exhaustive()
+    }
+}
+
+/// A failure in words safe for a log: the SQLSTATE or the connection's state, never the
+/// settings or the server's text.
+fn safe(e: &tokio_postgres::Error) -> String {
+    match e.code() {
+        Some(code) => format!("SQLSTATE {}", code.code()),
+        None if e.is_closed() => "the connection is closed".into(),
+        None => "the connection failed".into(),
+    }
+}
+
+/// Runs `work` on a scoped thread of its own (see the module docs) and maps its failure to
+/// words safe for a log.
+fn on_own_thread<T: Send>(
+    work: impl FnOnce() -> Result<T, PgAuditError> + Send,
+) -> Result<T, AuditError> {
+    std::thread::scope(|s| {
+        s.spawn(work)
+            .join()
+            .unwrap_or_else(|_| Err(AuditError::Corrupt("an audit append panicked".into()).into()))
+    })
+    .map_err(|e| match e {
+        PgAuditError::Database(e) => {
+            AuditError::Open(format!("audit events in PostgreSQL: {}", safe(&e)))
+        }
+        PgAuditError::Audit(e) => e,
+    })
+}
+
+impl PgLog {
+    /// Connects with `config` and reads the chain's head (which checks that `db init` made
+    /// `audit.events` and that this role may read it). `keys` MAC the events.
+    ///
+    /// # Errors
+    /// [`AuditError::Open`] naming the step and a SQLSTATE, never the settings.
+    pub fn connect(config: &Config, keys: KeySet) -> Result<Self, AuditError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| AuditError::Open(format!("audit events in PostgreSQL: {e}")))?;
+        let mut config = config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("memwarden-audit");
+        let (client, connection) = rt.block_on(config.connect(NoTls)).map_err(|e| {
+            AuditError::Open(format!(
+                "audit events in PostgreSQL: cannot connect ({})",
+                safe(&e)
+            ))
+        })?;
+        rt.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(target: "memwarden::audit", error = %safe(&e), "the audit connection to PostgreSQL ended");
+            }
+        });
+        let log = Self { rt, client, keys };
+        log.head().map_err(|e| {
+            AuditError::Open(format!(
+                "{e}; run `memwarden db init` and grant this role memwarden_app"
+            ))
+        })?;
+        Ok(log)
+    }
+
+    /// Appends `event` in a transaction of its own.
+    ///
+    /// # Errors
+    /// The server refused, the connection is gone, or the chain does not link.
+    pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        let Self { rt, client, keys } = self;
+        on_own_thread(|| {
+            rt.block_on(async {
+                let tx = client.transaction().await?;
+                let head = append(&tx, keys, event, now_ms).await?;
+                tx.commit().await?;
+                Ok(head)
+            })
+        })
+    }
+
+    /// The chain's head.
+    ///
+    /// # Errors
+    /// The server refused or the connection is gone.
+    pub fn head(&self) -> Result<Head, AuditError> {
+        on_own_thread(|| self.rt.block_on(head(&self.client)))
+    }
+
+    /// A describer keyed by the audit key (as [`super::AuditLog::describer`]).
+    pub fn describer(&self, label: &[u8]) -> crate::agent_text::Describer {
+        let (_, key) = self.keys.active();
+        crate::agent_text::Describer::derived(key.bytes(), label)
+    }
+}

@@ -1,0 +1,205 @@
+//! `memwarden serve --store postgres --database-file FILE` (issue 14): an agent over MCP on a
+//! PostgreSQL store, its calls audited in `audit.events` — every write in its own transaction,
+//! the rest on the audit connection — in one chain the offline verifier accepts after export.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::Client;
+use common::postgres::Ready;
+use rmcp::ServiceExt;
+use rmcp::transport::TokioChildProcess;
+use serde_json::json;
+
+async fn serve(pg: &Ready, database_file: &std::path::Path) -> Client {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pg.cluster.dir.path().join("serve.log"))
+        .unwrap();
+    let mut cmd = tokio::process::Command::new(common::bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(&pg.data)
+        .args(["--store", "postgres", "--database-file"])
+        .arg(database_file);
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn memwarden serve");
+    Client {
+        service: ().serve(transport).await.expect("MCP initialize"),
+    }
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run memwarden")
+}
+
+/// One number from the database, as its superuser (the harness blocks: not on a runtime thread).
+fn count(pg: &Ready, sql: &str) -> i64 {
+    tokio::task::block_in_place(|| pg.query_i64(sql))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_postgresql_stores_finds_and_every_call_is_in_one_verified_chain() {
+    let Some(pg) = Ready::start() else { return };
+    let c = serve(&pg, &pg.app).await;
+    let stored = c
+        .call(
+            "memory_store",
+            json!({"content": "The deploy key lives in the vault", "namespace": "ops", "tags": ["infra"]}),
+        )
+        .await
+        .ok();
+    let id = stored["id"].as_str().unwrap().to_string();
+    c.call(
+        "memory_store",
+        json!({"content": "lunch on friday", "namespace": "personal"}),
+    )
+    .await
+    .ok();
+    let got = c.call("memory_get", json!({"id": id})).await.ok();
+    assert_eq!(
+        got["memory"]["content"],
+        "The deploy key lives in the vault"
+    );
+    let found = c
+        .call("memory_search", json!({"query": "vault deploy"}))
+        .await
+        .ok();
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{found}");
+    assert_eq!(results[0]["memory"]["id"], id.as_str());
+    assert!(
+        results[0]["snippet"].as_str().unwrap().contains("«vault»"),
+        "{found}"
+    );
+    let listed = c
+        .call("memory_list", json!({"namespace": "ops"}))
+        .await
+        .ok();
+    assert_eq!(listed["memories"].as_array().unwrap().len(), 1);
+    let updated = c
+        .call(
+            "memory_update",
+            json!({"id": id, "content": "The deploy key moved to the HSM"}),
+        )
+        .await
+        .ok();
+    let new_id = updated["id"].as_str().unwrap().to_string();
+    c.call("memory_delete", json!({"id": new_id})).await.ok();
+    assert_eq!(
+        c.call("memory_get", json!({"id": new_id}))
+            .await
+            .tool_code(),
+        "NOT_FOUND"
+    );
+    // Refused input is audited too, and changes nothing.
+    let refused = c.call("memory_store", json!({"content": ""})).await;
+    assert!(
+        matches!(refused, common::Outcome::Protocol(_)),
+        "{refused:?}"
+    );
+    c.close().await;
+
+    // Every call and the session's start and end are events of one chain in PostgreSQL.
+    let kinds = count(
+        &pg,
+        "SELECT count(*) FROM audit.events WHERE kind = 'session_start'",
+    );
+    assert_eq!(kinds, 1);
+    let ends = count(
+        &pg,
+        "SELECT count(*) FROM audit.events WHERE kind = 'session_end'",
+    );
+    assert_eq!(ends, 1);
+    let calls = count(&pg, "SELECT count(*) FROM audit.events WHERE kind = 'call'");
+    assert_eq!(calls, 9, "every call, allowed or refused");
+    let leaked = count(
+        &pg,
+        "SELECT count(*) FROM audit.events WHERE detail LIKE '%vault%' OR detail LIKE '%lunch%'",
+    );
+    assert_eq!(leaked, 0, "no memory content in the audit events");
+
+    let copy = pg.cluster.dir.path().join("exported.db");
+    let auditor = pg
+        .cluster
+        .settings_file("auditor.conf", "memwarden_auditor");
+    let out = run(&[
+        "db".as_ref(),
+        "export-audit".as_ref(),
+        "--database-file".as_ref(),
+        auditor.as_os_str(),
+        "--out".as_ref(),
+        copy.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keyring = pg.data.join("keyring.toml");
+    let out = run(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        "--db".as_ref(),
+        copy.as_os_str(),
+        "--keyring".as_ref(),
+        keyring.as_os_str(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("11 events") && stdout.contains("MACs verified"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_a_database_it_cannot_reach_and_never_prints_the_settings() {
+    let Some(pg) = Ready::start() else { return };
+    let file = pg.cluster.dir.path().join("wrong.conf");
+    let socket = pg.cluster.socket_dir();
+    std::fs::write(
+        &file,
+        format!("host={socket} port=1 dbname=memwarden user=memwarden_app password=s3cr3t-pw"),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&file, perms).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&pg.data)
+        .args(["--store", "postgres", "--database-file"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing on the protocol channel");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cr3t-pw") && !stderr.contains(&socket),
+        "{stderr}"
+    );
+    // Without a file or a systemd credential, it says what it needs.
+    let out = std::process::Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&pg.data)
+        .args(["--store", "postgres"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-file"));
+}
