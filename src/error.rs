@@ -99,6 +99,10 @@ pub enum Error {
     /// The source is logged, never shown.
     #[error("the store is unavailable; try again later")]
     Unavailable(String),
+    /// The connection to the database was lost; the server reconnects (with backoff) and a
+    /// later call may succeed. Nothing of this call was applied.
+    #[error("the database connection was lost; retry after {retry_after_ms} ms")]
+    Disconnected { retry_after_ms: u64 },
     /// audit.db cannot be written, so nothing may be done (fail closed). Ends the session.
     #[error("the audit log cannot be written; nothing was done")]
     Audit(String),
@@ -120,7 +124,9 @@ impl Error {
             Self::ContentRejected { .. } => ErrorCode::ContentRejected,
             Self::SessionExpired => ErrorCode::SessionExpired,
             Self::Integrity => ErrorCode::Integrity,
-            Self::Unavailable(_) | Self::Audit(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Disconnected { .. } | Self::Audit(_) => {
+                ErrorCode::Unavailable
+            }
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -128,9 +134,9 @@ impl Error {
     /// When the caller may try again, in milliseconds.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after_ms } | Self::Cooldown { retry_after_ms } => {
-                Some(*retry_after_ms)
-            }
+            Self::RateLimited { retry_after_ms }
+            | Self::Cooldown { retry_after_ms }
+            | Self::Disconnected { retry_after_ms } => Some(*retry_after_ms),
             _ => None,
         }
     }
@@ -139,7 +145,11 @@ impl Error {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            Self::Integrity | Self::Unavailable(_) | Self::Audit(_) | Self::Internal(_)
+            Self::Integrity
+                | Self::Unavailable(_)
+                | Self::Disconnected { .. }
+                | Self::Audit(_)
+                | Self::Internal(_)
         )
     }
 }

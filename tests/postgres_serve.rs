@@ -203,3 +203,73 @@ async fn serve_refuses_a_database_it_cannot_reach_and_never_prints_the_settings(
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--database-file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_session_fails_calls_unavailable_then_the_session_goes_on() {
+    let Some(pg) = Ready::start() else { return };
+    let c = serve(&pg, &pg.app).await;
+    let before = c
+        .call(
+            "memory_store",
+            json!({"content": "written before the restart"}),
+        )
+        .await
+        .ok();
+    tokio::task::block_in_place(|| pg.cluster.restart());
+    // Calls while the connection is being re-made fail UNAVAILABLE with a retry hint, never
+    // INTERNAL, and end nothing; within a few seconds one goes through on the same session.
+    let mut refused = 0;
+    let mut stored = None;
+    for i in 0..40 {
+        match c
+            .call(
+                "memory_store",
+                json!({"content": format!("after the restart {i}")}),
+            )
+            .await
+        {
+            common::Outcome::Ok(v) => {
+                stored = Some(v);
+                break;
+            }
+            common::Outcome::ToolError(v) => {
+                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
+                assert!(v["retry_after_ms"].as_u64().is_some(), "{v}");
+                refused += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let stored = stored.expect("a store succeeds after the restart");
+    let got = c.call("memory_get", json!({"id": before["id"]})).await.ok();
+    assert_eq!(got["memory"]["content"], "written before the restart");
+    let found = c
+        .call("memory_search", json!({"query": "restart"}))
+        .await
+        .ok();
+    assert_eq!(found["results"].as_array().unwrap().len(), 2, "{found}");
+    c.close().await;
+    // Every acknowledged write is there once, with one event each, in one chain.
+    assert_eq!(count(&pg, "SELECT count(*) FROM memory.entries"), 2);
+    let ids = [
+        before["id"].as_str().unwrap(),
+        stored["id"].as_str().unwrap(),
+    ];
+    for id in ids {
+        let events = count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM audit.events WHERE kind = 'call' AND detail LIKE '%{id}%'"
+            ),
+        );
+        assert!(events >= 1, "the write of {id} has its event");
+    }
+    let gaps = count(
+        &pg,
+        "SELECT count(*) FROM audit.events e WHERE seq > 1 AND NOT EXISTS \
+         (SELECT 1 FROM audit.events p WHERE p.seq = e.seq - 1 AND p.hash = e.prev_hash)",
+    );
+    assert_eq!(gaps, 0, "one unbroken chain");
+    eprintln!("refused while reconnecting: {refused}");
+}

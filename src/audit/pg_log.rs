@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::postgres::{PgAuditError, append, head};
+use super::postgres::{PgAuditError, append, head, is_disconnect};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 
@@ -24,6 +24,8 @@ pub struct PgLog {
     rt: tokio::runtime::Runtime,
     client: Client,
     keys: KeySet,
+    /// What it connects with, again after a lost connection.
+    config: Config,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -53,11 +55,25 @@ fn on_own_thread<T: Send>(
             .unwrap_or_else(|_| Err(AuditError::Corrupt("an audit append panicked".into()).into()))
     })
     .map_err(|e| match e {
+        PgAuditError::Database(e) if is_disconnect(&e) => {
+            AuditError::Unreachable(format!("audit events in PostgreSQL: {}", safe(&e)))
+        }
         PgAuditError::Database(e) => {
             AuditError::Open(format!("audit events in PostgreSQL: {}", safe(&e)))
         }
         PgAuditError::Audit(e) => e,
     })
+}
+
+/// Connects with `config` on `rt`, the connection driven by a task on it.
+fn open(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = rt.block_on(config.connect(NoTls))?;
+    rt.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(target: "memwarden::audit", error = %safe(&e), "the audit connection to PostgreSQL ended");
+        }
+    });
+    Ok(client)
 }
 
 impl PgLog {
@@ -77,18 +93,18 @@ impl PgLog {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("memwarden-audit");
-        let (client, connection) = rt.block_on(config.connect(NoTls)).map_err(|e| {
+        let client = open(&rt, &config).map_err(|e| {
             AuditError::Open(format!(
                 "audit events in PostgreSQL: cannot connect ({})",
                 safe(&e)
             ))
         })?;
-        rt.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(target: "memwarden::audit", error = %safe(&e), "the audit connection to PostgreSQL ended");
-            }
-        });
-        let log = Self { rt, client, keys };
+        let log = Self {
+            rt,
+            client,
+            keys,
+            config,
+        };
         log.head().map_err(|e| {
             AuditError::Open(format!(
                 "{e}; run `memwarden db init` and grant this role memwarden_app"
@@ -102,7 +118,24 @@ impl PgLog {
     /// # Errors
     /// The server refused, the connection is gone, or the chain does not link.
     pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
-        let Self { rt, client, keys } = self;
+        let first = self.append_once(event, now_ms);
+        if !matches!(&first, Err(AuditError::Unreachable(_))) {
+            return first;
+        }
+        // The connection was lost (a restart): connect again, once, and append again. A
+        // commit whose answer was lost may have landed: then the event is in the chain
+        // twice, never missing.
+        let Self { rt, config, .. } = self;
+        let client = on_own_thread(|| open(rt, config).map_err(PgAuditError::Database))?;
+        self.client = client;
+        tracing::info!(target: "memwarden::audit", "reconnected to PostgreSQL for audit events");
+        self.append_once(event, now_ms)
+    }
+
+    fn append_once(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        let Self {
+            rt, client, keys, ..
+        } = self;
         on_own_thread(|| {
             rt.block_on(async {
                 let tx = client.transaction().await?;

@@ -17,6 +17,17 @@ use crate::keys::KeySet;
 /// Key of the advisory lock every append takes.
 const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
 
+/// True when `e` means the connection is gone (closed, reset, the server shutting it down or
+/// not yet accepting): the same statement on a new connection may well succeed.
+pub fn is_disconnect(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.is_closed()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || matches!(e.code(), Some(c) if *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CRASH_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW)
+}
+
 /// Why an append or export failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -89,7 +89,14 @@ impl Shared {
     /// The store, locked. A panic while holding the lock would poison it; the store's
     /// transactions roll back on drop, so the store itself is still consistent.
     fn store(&self) -> MutexGuard<'_, Option<Store>> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        let mut guard = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = guard.as_mut()
+            && let Err(e) = store.reconnect()
+        {
+            // The call that follows fails UNAVAILABLE with a retry hint; nothing is applied.
+            tracing::debug!(error = %e, "the store's database is still unreachable");
+        }
+        guard
     }
 
     /// The audit log, locked (after the store, when both are held).
@@ -111,7 +118,9 @@ impl Shared {
             Some(log) => log.append(event, now_ms()).map(drop),
             None => Err(AuditError::Open("closed".into())),
         };
-        if result.is_err() {
+        // A database that cannot be reached right now does not break the log: this call is
+        // refused (nothing is done without its event) and the next one tries again.
+        if result.is_err() && !matches!(result, Err(AuditError::Unreachable(_))) {
             self.trip();
         }
         result
@@ -224,9 +233,16 @@ impl Server {
         }
         event.session_id = Some(&self.state.session.id);
         event.principal = Some(self.state.session.principal.name());
-        self.shared
-            .append(&event)
-            .map_err(|e| self.audit_lost(Error::Audit(e.to_string())))
+        self.shared.append(&event).map_err(|e| match e {
+            AuditError::Unreachable(why) => {
+                tracing::warn!(target: "memwarden::security", event = "audit_unreachable", error = %why,
+                    "the audit log's database cannot be reached: refusing this call");
+                Error::Disconnected {
+                    retry_after_ms: crate::store::postgres::RETRY_AFTER_MS,
+                }
+            }
+            e => self.audit_lost(Error::Audit(e.to_string())),
+        })
     }
 
     /// The audit log could not be written: log it, end the session, pass the error on.

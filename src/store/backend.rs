@@ -137,6 +137,16 @@ pub trait Backend: Send {
     /// `step_lock` at most, so writers interleave.
     fn maintain(&mut self, step_lock: Duration) -> Result<MaintainReport>;
 
+    /// Brings a lost connection back, at most once per backoff step; a no-op while it is up
+    /// and for an embedded engine. Called before each use: a call that meets a lost connection
+    /// fails ([`crate::error::Error::Disconnected`]), and a later one finds it restored.
+    ///
+    /// # Errors
+    /// [`crate::error::Error::Disconnected`] while the database cannot be reached.
+    fn reconnect(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Ends the connection, reporting what the engine says about it.
     fn close(self: Box<Self>) -> Result<()>;
 }

@@ -105,6 +105,14 @@ impl Store {
         self.verifier.refresh_keys()
     }
 
+    /// Brings the backend's lost connection back (see [`Backend::reconnect`]).
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] while the database cannot be reached.
+    pub fn reconnect(&mut self) -> Result<()> {
+        self.backend.reconnect()
+    }
+
     /// Closes the backend, reporting what it says about it.
     pub fn close(self) -> Result<()> {
         self.backend.close()

@@ -77,6 +77,22 @@ impl Cluster {
         self.dir.path().join(name).display().to_string()
     }
 
+    /// `pg_ctl restart` (fast: every connection is cut), waiting until it accepts again.
+    pub fn restart(&self) {
+        let opts = format!("-k {} -c listen_addresses=", self.path("sock"));
+        let out = self
+            .as_server("pg_ctl")
+            .args(["-D", &self.path("data"), "-l", &self.path("pg.log")])
+            .args(["-m", "fast", "-w", "-o", &opts, "restart"])
+            .output()
+            .expect("pg_ctl restart");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The socket directory.
     pub fn socket_dir(&self) -> String {
         self.path("sock")

@@ -38,9 +38,10 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Config};
 
-use super::fail::{Failure, detail, retry};
+use super::connect::{self, Backoff};
+use super::fail::{Failure, RETRY_AFTER_MS, detail, retry};
 use super::rows::{COLUMNS, read_row};
 use super::settings::DatabaseSettings;
 use super::write::PgTx;
@@ -92,6 +93,9 @@ pub struct Postgres {
     client: Client,
     audit_keys: KeySet,
     connection: Option<JoinHandle<()>>,
+    /// What it connects with, again after a lost connection.
+    config: Config,
+    backoff: Backoff,
     // Last: fields drop in order, and the client must go before the runtime stops.
     driver: Driver,
 }
@@ -124,19 +128,14 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("memwarden");
         }
-        let (client, connection) = driver
-            .rt()
-            .block_on(config.connect(NoTls))
+        let (client, connection) = connect::open(driver.rt(), &config)
             .map_err(|e| OpenError::Postgres(format!("cannot connect: {}", detail(&e))))?;
-        let connection = driver.rt().spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(target: "memwarden::store", error = %detail(&e), "the PostgreSQL connection ended");
-            }
-        });
         let pg = Self {
             client,
             audit_keys,
             connection: Some(connection),
+            config,
+            backoff: Backoff::default(),
             driver,
         };
         pg.check_session()?;
@@ -364,6 +363,48 @@ impl Backend for Postgres {
             levels_after: after.levels,
             ..MaintainReport::default()
         })
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        // Let the connection task see what happened to the socket since the last call.
+        self.driver
+            .rt()
+            .block_on(async { tokio::task::yield_now().await });
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let wait = self.backoff.wait(now);
+        if !wait.is_zero() {
+            return Err(crate::error::Error::Disconnected {
+                retry_after_ms: wait.as_millis() as u64,
+            });
+        }
+        let opened = connect::open(self.driver.rt(), &self.config).and_then(|(client, task)| {
+            self.driver
+                .rt()
+                .block_on(client.batch_execute(SESSION))
+                .map(|()| (client, task))
+        });
+        match opened {
+            Ok((client, task)) => {
+                if let Some(old) = self.connection.replace(task) {
+                    old.abort();
+                }
+                self.client = client;
+                self.backoff.reset();
+                tracing::info!(target: "memwarden::store", "reconnected to PostgreSQL");
+                Ok(())
+            }
+            Err(e) => {
+                let delay = self.backoff.failed(now);
+                tracing::warn!(target: "memwarden::store", error = %detail(&e),
+                    retry_in_ms = delay.as_millis() as u64, "reconnecting to PostgreSQL failed");
+                Err(crate::error::Error::Disconnected {
+                    retry_after_ms: (delay.as_millis() as u64).max(RETRY_AFTER_MS / 4),
+                })
+            }
+        }
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {

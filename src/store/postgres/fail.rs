@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
+use crate::audit::postgres::is_disconnect;
 use crate::error::Error;
 
 /// How many times a statement or transaction that lost a serialization or deadlock conflict is
 /// run in all.
 pub(super) const ATTEMPTS: u32 = 5;
+
+/// What a caller lost to a dropped connection is told to wait before trying again: about one
+/// reconnection attempt of the backend's backoff.
+pub const RETRY_AFTER_MS: u64 = 1000;
 
 /// A serialization failure (40001) or a deadlock (40P01): PostgreSQL rolled the transaction
 /// back so another could finish, and running it again may well succeed.
@@ -59,6 +64,12 @@ impl From<Failure> for Error {
 /// logged). Only what our own statements should never cause — bad data types, broken
 /// constraints, syntax — is internal.
 pub(super) fn db(e: tokio_postgres::Error) -> Error {
+    if is_disconnect(&e) {
+        tracing::warn!(target: "memwarden::store", error = %detail(&e), "lost the PostgreSQL connection");
+        return Error::Disconnected {
+            retry_after_ms: RETRY_AFTER_MS,
+        };
+    }
     let (internal, message) = classify(&e);
     if internal {
         Error::Internal(message)

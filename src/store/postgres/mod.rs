@@ -6,6 +6,7 @@
 //! this module holds only what is PostgreSQL's. Only parameterised statements touch values.
 
 pub mod backend;
+mod connect;
 mod fail;
 mod ledger;
 mod read;
@@ -16,4 +17,5 @@ pub mod settings;
 mod write;
 
 pub use backend::Postgres;
+pub use fail::RETRY_AFTER_MS;
 pub use settings::{DatabaseSettings, SettingsError};

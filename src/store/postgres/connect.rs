@@ -1,0 +1,80 @@
+//! Connecting, and connecting again: one client and its connection task on the backend's
+//! runtime, and the bounded backoff between attempts after the connection is lost (a server
+//! restart, a network cut), so the server comes back on its own without hammering a database
+//! that is down.
+
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::fail::detail;
+
+/// The first wait after a failed attempt; it doubles up to [`MAX_DELAY`].
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest wait between attempts.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Connects with `config` on `rt`: the client, and the task that drives its connection (polled
+/// whenever the runtime runs, i.e. during the backend's calls).
+pub(super) fn open(
+    rt: &Runtime,
+    config: &Config,
+) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = rt.block_on(config.connect(NoTls))?;
+    let task = rt.spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(target: "memwarden::store", error = %detail(&e), "the PostgreSQL connection ended");
+        }
+    });
+    Ok((client, task))
+}
+
+/// When the next attempt may be made.
+#[derive(Debug, Default)]
+pub(super) struct Backoff {
+    not_before: Option<Instant>,
+    delay: Option<Duration>,
+}
+
+impl Backoff {
+    /// How long until an attempt may be made (zero: now).
+    pub(super) fn wait(&self, now: Instant) -> Duration {
+        self.not_before
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
+
+    /// An attempt failed at `now`: the next waits twice as long as the last, up to the cap.
+    pub(super) fn failed(&mut self, now: Instant) -> Duration {
+        let delay = self.delay.map_or(FIRST_DELAY, |d| (d * 2).min(MAX_DELAY));
+        self.delay = Some(delay);
+        self.not_before = Some(now + delay);
+        delay
+    }
+
+    /// An attempt succeeded.
+    pub(super) fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let t = Instant::now();
+        let mut b = Backoff::default();
+        assert_eq!(b.wait(t), Duration::ZERO);
+        assert_eq!(b.failed(t), FIRST_DELAY);
+        assert_eq!(b.wait(t), FIRST_DELAY);
+        let delays: Vec<Duration> = (0..6).map(|_| b.failed(t)).collect();
+        assert_eq!(delays[0], FIRST_DELAY * 2);
+        assert_eq!(*delays.last().unwrap(), MAX_DELAY);
+        assert_eq!(b.wait(t + MAX_DELAY), Duration::ZERO);
+        b.reset();
+        assert_eq!(b.wait(t), Duration::ZERO);
+    }
+}
