@@ -13,6 +13,16 @@ use rmcp::transport::TokioChildProcess;
 use serde_json::json;
 
 async fn serve(pg: &Ready, database_file: &std::path::Path) -> Client {
+    serve_from(pg, &pg.data, database_file, &[]).await
+}
+
+/// `serve --store postgres` with the data dir (the keyring) and database file of one host.
+async fn serve_from(
+    pg: &Ready,
+    data: &std::path::Path,
+    database_file: &std::path::Path,
+    extra: &[String],
+) -> Client {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -21,9 +31,10 @@ async fn serve(pg: &Ready, database_file: &std::path::Path) -> Client {
     let mut cmd = tokio::process::Command::new(common::bin());
     cmd.arg("serve")
         .arg("--data-dir")
-        .arg(&pg.data)
+        .arg(data)
         .args(["--store", "postgres", "--database-file"])
-        .arg(database_file);
+        .arg(database_file)
+        .args(extra);
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(Stdio::from(log))
         .spawn()
@@ -272,4 +283,128 @@ async fn a_restart_mid_session_fails_calls_unavailable_then_the_session_goes_on(
     );
     assert_eq!(gaps, 0, "one unbroken chain");
     eprintln!("refused while reconnecting: {refused}");
+}
+
+/// A "host": its own data dir holding a copy of the keyring, and its own copy of the database
+/// file, as an operator would lay them out on another machine.
+fn host(pg: &Ready, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = pg.cluster.dir.path().join(format!("host{n}"));
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (from, to) in [
+        (pg.data.join("keyring.toml"), data.join("keyring.toml")),
+        (pg.app.clone(), root.join("database")),
+    ] {
+        std::fs::copy(&from, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    (data, root.join("database"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_hosts_store_4000_entries_in_one_verified_store_and_one_chain() {
+    let Some(pg) = Ready::start() else { return };
+    const HOSTS: usize = 8;
+    const EACH: usize = 500;
+    let pg = std::sync::Arc::new(pg);
+    let mut tasks = Vec::new();
+    for n in 0..HOSTS {
+        let pg = pg.clone();
+        tasks.push(tokio::spawn(async move {
+            let (data, file) = host(&pg, n);
+            let c = serve_from(&pg, &data, &file, &[]).await;
+            let mut ids = Vec::with_capacity(EACH);
+            for i in 0..EACH {
+                let v = c
+                    .call(
+                        "memory_store",
+                        json!({"content": format!("host {n} entry {i}"), "namespace": format!("h{n}")}),
+                    )
+                    .await
+                    .ok();
+                ids.push(v["id"].as_str().unwrap().to_string());
+            }
+            c.close().await;
+            ids
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), HOSTS * EACH);
+    let report = tokio::task::block_in_place(|| pg.store().verify_all().unwrap());
+    assert_eq!(report.checked, (HOSTS * EACH) as u64);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    for id in &acked {
+        assert_eq!(
+            report.statuses.get(id).map(String::as_str),
+            Some("active"),
+            "{id}"
+        );
+    }
+    // One chain: 8 sessions' starts, ends and calls, no gap and no fork.
+    let events = count(&pg, "SELECT count(*) FROM audit.events");
+    assert_eq!(events, (HOSTS * (EACH + 2)) as i64);
+    assert_eq!(count(&pg, "SELECT max(seq) FROM audit.events"), events);
+    let unlinked = count(
+        &pg,
+        "SELECT count(*) FROM audit.events e WHERE seq > 1 AND NOT EXISTS \
+         (SELECT 1 FROM audit.events p WHERE p.seq = e.seq - 1 AND p.hash = e.prev_hash)",
+    );
+    assert_eq!(unlinked, 0);
+    let stored = count(
+        &pg,
+        "SELECT count(*) FROM audit.events WHERE kind = 'call' AND tool = 'memory_store' \
+         AND outcome = 'ok'",
+    );
+    assert_eq!(stored, (HOSTS * EACH) as i64, "every write has its event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_hour_hold_across_hosts() {
+    let Some(pg) = Ready::start() else { return };
+    let policy = pg.cluster.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[principals.local]\ntools = [\"memory_list\"]\n\
+         namespaces = { default = \"r\" }\ndefault_namespace = \"default\"\n\
+         [rates]\nsessions_per_hour = 3\n",
+    )
+    .unwrap();
+    let args = vec![
+        "--policy".to_string(),
+        policy.display().to_string(),
+        "--allow-owned-policy".to_string(),
+    ];
+    let mut served = 0;
+    let mut limited = 0;
+    for n in 0..6 {
+        let (data, file) = host(&pg, n);
+        let mut cmd = tokio::process::Command::new(common::bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--store", "postgres", "--database-file"])
+            .arg(&file)
+            .args(&args);
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        match ().serve(transport).await {
+            Ok(service) => {
+                served += 1;
+                let _ = service.cancel().await;
+            }
+            Err(e) => {
+                assert!(format!("{e:?}").contains("RATE_LIMITED"), "{e:?}");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!((served, limited), (3, 3), "the limit holds across hosts");
 }
