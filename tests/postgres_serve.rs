@@ -408,3 +408,113 @@ async fn sessions_per_hour_hold_across_hosts() {
     }
     assert_eq!((served, limited), (3, 3), "the limit holds across hosts");
 }
+
+/// Stores in a loop on a raw session until the server dies; the ids it acknowledged.
+fn store_until_killed(s: &mut common::RawSession, round: u64) -> Vec<String> {
+    use std::io::BufRead;
+    let mut acked = Vec::new();
+    for i in 0.. {
+        let call = json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call", "params": {
+            "name": "memory_store",
+            "arguments": {"content": format!("round {round} write {i}")}}});
+        if !s.try_send(&call.to_string()) {
+            break;
+        }
+        let mut line = String::new();
+        match s.stdout.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let result = &reply["result"];
+        if result["isError"] == false {
+            acked.push(
+                result["structuredContent"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write_or_its_event() {
+    let Some(pg) = Ready::start() else { return };
+    let mut acked: Vec<String> = Vec::new();
+    tokio::task::block_in_place(|| {
+        for round in 0..100u64 {
+            let mut child = std::process::Command::new(common::bin())
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&pg.data)
+                .args(["--store", "postgres", "--database-file"])
+                .arg(&pg.app)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take();
+            let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut s = common::RawSession {
+                child,
+                stdin,
+                stdout,
+            };
+            s.handshake();
+            let pid = s.child.id().to_string();
+            // A different moment in the write loop each round.
+            let delay = std::time::Duration::from_millis(5 + round * 37 % 60);
+            let killer = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                std::process::Command::new("kill")
+                    .args(["-9", &pid])
+                    .status()
+                    .unwrap();
+            });
+            acked.extend(store_until_killed(&mut s, round));
+            killer.join().unwrap();
+            let _ = s.child.wait();
+        }
+    });
+    assert!(
+        acked.len() > 100,
+        "writes were acknowledged: {}",
+        acked.len()
+    );
+    let report = tokio::task::block_in_place(|| pg.store().verify_all().unwrap());
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    for id in &acked {
+        assert_eq!(
+            report.statuses.get(id).map(String::as_str),
+            Some("active"),
+            "{id}"
+        );
+    }
+    // Every acknowledged write's event, in one unbroken chain.
+    let client = pg.cluster.connect("memwarden").await;
+    let details: Vec<String> = client
+        .query(
+            "SELECT detail FROM audit.events WHERE tool = 'memory_store' AND outcome = 'ok'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &acked {
+        assert!(
+            details.iter().any(|d| d.contains(id.as_str())),
+            "no event for acknowledged write {id}"
+        );
+    }
+    let unlinked = count(
+        &pg,
+        "SELECT count(*) FROM audit.events e WHERE seq > 1 AND NOT EXISTS \
+         (SELECT 1 FROM audit.events p WHERE p.seq = e.seq - 1 AND p.hash = e.prev_hash)",
+    );
+    assert_eq!(unlinked, 0);
+}
