@@ -484,6 +484,7 @@ async fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write_or_its_event
         "writes were acknowledged: {}",
         acked.len()
     );
+    eprintln!("{} writes acknowledged across 100 kills", acked.len());
     let report = tokio::task::block_in_place(|| pg.store().verify_all().unwrap());
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     for id in &acked {
