@@ -6,11 +6,13 @@
 //! a pinned version installed under `target/`) runs through the same client at 1k and 10k.
 //!
 //! Run with `cargo bench --bench e2e` (about 20 minutes on 2 cores). `MEMWARDEN_BENCH_MAX=100000`
-//! caps the sizes; `MEMWARDEN_BENCH_REFERENCE=0` skips the reference server. Prints tables and a
+//! caps the sizes; `MEMWARDEN_BENCH_REFERENCE=0` skips the reference server;
+//! `MEMWARDEN_BENCH_CASE=postgres` runs the PostgreSQL case instead (see `postgres/`). Prints tables and a
 //! verdict per target, and writes `target/bench-e2e.json`.
 
 mod common;
 mod multitenant;
+mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -524,6 +526,12 @@ async fn main() {
         let rows = multitenant::run(total).await;
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-multitenant.json");
         std::fs::write(&out, serde_json::to_string_pretty(&rows).unwrap()).ok();
+        return;
+    }
+    if std::env::var("MEMWARDEN_BENCH_CASE").as_deref() == Ok("postgres") {
+        let report = postgres::run().await;
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-postgres.json");
+        std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap()).ok();
         return;
     }
     let max: usize = std::env::var("MEMWARDEN_BENCH_MAX")

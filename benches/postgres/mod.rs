@@ -1,0 +1,214 @@
+//! The PostgreSQL case of issue 14: `MEMWARDEN_BENCH_CASE=postgres cargo bench --bench e2e`.
+//!
+//! A throwaway cluster (Debian's binaries, unix socket, `synchronous_commit` on: the default),
+//! `memwarden db init`, then in one run:
+//! - the floor: one INSERT of a sealed-size row per transaction with the chained audit insert
+//!   (advisory lock, tail read, linked event), what the database allows before any protocol work;
+//! - memwarden end to end over MCP (`serve --store postgres`): stores, gets and searches at
+//!   growing sizes (`MEMWARDEN_BENCH_MAX`, default 10,000);
+//! - aggregate stores/s with 1, 4 and 16 concurrent sessions (one server process each), on
+//!   PostgreSQL and on SQLite, and the peak RSS of a session.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{Server, call, common, ms, peak_rss_mib, spawn, spawn_command, summary};
+
+/// The tests' throwaway cluster, shared with the benchmark.
+#[path = "../../tests/common/postgres.rs"]
+#[allow(dead_code)]
+mod cluster;
+
+/// The binary the cluster helper runs (`db init`, `init`).
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memwarden")
+}
+
+async fn serve_pg(data: &Path, file: &Path) -> Server {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--store", "postgres", "--database-file"])
+        .arg(file)
+        .env("MEMWARDEN_LOG", "warn");
+    spawn_command(cmd).await
+}
+
+/// Rows per second and per-row latencies of the floor.
+async fn floor(pg: &cluster::Ready, rows: usize, vocab: &[String]) -> (f64, Vec<f64>) {
+    let mut client = pg.cluster.connect("memwarden").await;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.floor (pos bigint GENERATED ALWAYS AS IDENTITY \
+             PRIMARY KEY, id text NOT NULL UNIQUE, content text NOT NULL, mac bytea NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let keys = pg.keyring.audit.clone();
+    let mut rng = common::Rng::new(7);
+    let mut lat = Vec::with_capacity(rows);
+    let started = Instant::now();
+    for i in 0..rows {
+        let content = common::sentence(&mut rng, vocab, 60);
+        let t = Instant::now();
+        let tx = client.transaction().await.unwrap();
+        tx.execute(
+            "INSERT INTO public.floor (id, content, mac) VALUES ($1, $2, $3)",
+            &[&format!("floor-{i}"), &content, &vec![0u8; 32]],
+        )
+        .await
+        .unwrap();
+        let event = memwarden::audit::NewEvent::new(
+            memwarden::audit::Kind::Admin,
+            json!({"floor": i}),
+        );
+        memwarden::audit::postgres::append(&tx, &keys, &event, 1)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        lat.push(ms(t.elapsed()));
+    }
+    (rows as f64 / started.elapsed().as_secs_f64(), lat)
+}
+
+/// Aggregate stores/s of `sessions` servers storing `each` entries at once.
+async fn concurrent_stores(
+    sessions: usize,
+    each: usize,
+    connect: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Server>>>,
+) -> (f64, f64) {
+    let mut servers = Vec::new();
+    for _ in 0..sessions {
+        servers.push(connect().await);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, server) in servers.into_iter().enumerate() {
+        tasks.spawn(async move {
+            for i in 0..each {
+                call(
+                    &server.client,
+                    "memory_store",
+                    json!({"content": format!("session {s} note {i} about the deploy")}),
+                )
+                .await;
+            }
+            let rss = peak_rss_mib(server.pid);
+            let _ = server.client.cancel().await;
+            rss
+        });
+    }
+    let mut rss: f64 = 0.0;
+    while let Some(r) = tasks.join_next().await {
+        rss = rss.max(r.unwrap());
+    }
+    let rate = (sessions * each) as f64 / started.elapsed().as_secs_f64();
+    (rate, rss)
+}
+
+/// Runs the case; returns the report.
+pub async fn run() -> serde_json::Value {
+    let Some(pg) = cluster::Ready::start() else {
+        println!("PostgreSQL is not installed: nothing to measure");
+        return json!(null);
+    };
+    let max: usize = std::env::var("MEMWARDEN_BENCH_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let vocab = common::vocabulary(5000);
+    let mut report = serde_json::Map::new();
+
+    let (floor_rate, floor_lat) = floor(&pg, 2_000, &vocab).await;
+    let (fp50, _, fp99, _) = summary(floor_lat);
+    println!(
+        "PostgreSQL floor (INSERT + chained audit insert, 1 tx/row, synchronous_commit on): {floor_rate:.0} rows/s, p50 {fp50:.3} ms, p99 {fp99:.3} ms"
+    );
+    report.insert(
+        "floor".into(),
+        json!({"rows_per_s": floor_rate, "p50_ms": fp50, "p99_ms": fp99}),
+    );
+
+    println!("| entries | stores/s | store p50 / p99 ms | get p50 ms | search p50 / p95 ms | peak RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let server = serve_pg(&pg.data, &pg.app).await;
+    let mut rng = common::Rng::new(11);
+    let mut ids: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for size in [1_000, 10_000, 100_000, 1_000_000]
+        .into_iter()
+        .filter(|&n| n <= max)
+    {
+        let mut lat = Vec::new();
+        let started = Instant::now();
+        while ids.len() < size {
+            let content = common::sentence(&mut rng, &vocab, 60);
+            let t = Instant::now();
+            let v = call(&server.client, "memory_store", json!({"content": content})).await;
+            lat.push(ms(t.elapsed()));
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+        let (sp50, _, sp99, _) = summary(lat);
+        let mut gets = Vec::new();
+        for i in 0..500 {
+            let id = &ids[(i * 7919) % ids.len()];
+            let t = Instant::now();
+            call(&server.client, "memory_get", json!({"id": id})).await;
+            gets.push(ms(t.elapsed()));
+        }
+        let mut searches = Vec::new();
+        for _ in 0..500 {
+            let q = format!(
+                "{} {}",
+                vocab[rng.below(vocab.len())],
+                vocab[rng.below(vocab.len())]
+            );
+            let t = Instant::now();
+            call(&server.client, "memory_search", json!({"query": q})).await;
+            searches.push(ms(t.elapsed()));
+        }
+        let (gp50, ..) = summary(gets);
+        let (qp50, qp95, ..) = summary(searches);
+        let rss = peak_rss_mib(server.pid);
+        println!(
+            "| {size} | {rate:.0} | {sp50:.3} / {sp99:.3} | {gp50:.3} | {qp50:.2} / {qp95:.2} | {rss:.1} |"
+        );
+        rows.push(json!({"entries": size, "stores_per_s": rate, "store_p50_ms": sp50,
+            "store_p99_ms": sp99, "get_p50_ms": gp50, "search_p50_ms": qp50,
+            "search_p95_ms": qp95, "peak_rss_mib": rss}));
+    }
+    let _ = server.client.cancel().await;
+    report.insert("postgres".into(), json!(rows));
+
+    println!("| sessions | PostgreSQL stores/s | SQLite stores/s | peak RSS per session MiB (pg / sqlite) |");
+    println!("|---:|---:|---:|---:|");
+    let sqlite_dir = tempfile::tempdir().unwrap();
+    let sqlite_data: PathBuf = sqlite_dir.path().join("data");
+    let mut conc = Vec::new();
+    for sessions in [1, 4, 16] {
+        let each = 3_200 / sessions;
+        let (data, file) = (pg.data.clone(), pg.app.clone());
+        let (pg_rate, pg_rss) = concurrent_stores(sessions, each, || {
+            let (data, file) = (data.clone(), file.clone());
+            Box::pin(async move { serve_pg(&data, &file).await })
+        })
+        .await;
+        let d = sqlite_data.clone();
+        let (lite_rate, lite_rss) = concurrent_stores(sessions, each, || {
+            let d = d.clone();
+            Box::pin(async move { spawn(&d).await })
+        })
+        .await;
+        println!(
+            "| {sessions} | {pg_rate:.0} | {lite_rate:.0} | {pg_rss:.1} / {lite_rss:.1} |"
+        );
+        conc.push(json!({"sessions": sessions, "postgres_stores_per_s": pg_rate,
+            "sqlite_stores_per_s": lite_rate, "postgres_rss_mib": pg_rss, "sqlite_rss_mib": lite_rss}));
+    }
+    report.insert("concurrent".into(), json!(conc));
+    serde_json::Value::Object(report)
+}
