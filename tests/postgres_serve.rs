@@ -519,3 +519,63 @@ async fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write_or_its_event
     );
     assert_eq!(unlinked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_on_postgresql_reconciles_rows_with_the_chain_and_catches_an_owner_edit() {
+    let Some(pg) = Ready::start() else { return };
+    let c = serve(&pg, &pg.app).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let v = c
+            .call(
+                "memory_store",
+                json!({"content": format!("verified note {i}")}),
+            )
+            .await
+            .ok();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    c.call("memory_delete", json!({"id": ids[0]})).await.ok();
+    c.close().await;
+    let verify = || {
+        std::process::Command::new(common::bin())
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(&pg.data)
+            .args(["--store", "postgres", "--database-file"])
+            .arg(&pg.app)
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(verify);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: 5 entries verified"), "{stdout}");
+    assert!(
+        stdout.contains("ok: every entry has the audited call that created it"),
+        "{stdout}"
+    );
+    // The owner rewrites a row's content and removes another, bypassing memwarden.
+    tokio::task::block_in_place(|| {
+        pg.as_owner(
+            "UPDATE memory.entries SET content = 'forged' WHERE id = $1",
+            &[&ids[1]],
+        );
+        pg.as_owner("DELETE FROM memory.entries WHERE id = $1", &[&ids[2]]);
+    });
+    let out = tokio::task::block_in_place(verify);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("do not verify") && stdout.contains(&ids[1]),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("are missing without a purge or reject") && stdout.contains(&ids[2]),
+        "{stdout}"
+    );
+}

@@ -61,10 +61,8 @@ async fn floor(pg: &cluster::Ready, rows: usize, vocab: &[String]) -> (f64, Vec<
         )
         .await
         .unwrap();
-        let event = memwarden::audit::NewEvent::new(
-            memwarden::audit::Kind::Admin,
-            json!({"floor": i}),
-        );
+        let event =
+            memwarden::audit::NewEvent::new(memwarden::audit::Kind::Admin, json!({"floor": i}));
         memwarden::audit::postgres::append(&tx, &keys, &event, 1)
             .await
             .unwrap();
@@ -132,7 +130,9 @@ pub async fn run() -> serde_json::Value {
         json!({"rows_per_s": floor_rate, "p50_ms": fp50, "p99_ms": fp99}),
     );
 
-    println!("| entries | stores/s | store p50 / p99 ms | get p50 ms | search p50 / p95 ms | peak RSS MiB |");
+    println!(
+        "| entries | stores/s | store p50 / p99 ms | get p50 ms | search p50 / p95 ms | peak RSS MiB |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     let server = serve_pg(&pg.data, &pg.app).await;
     let mut rng = common::Rng::new(11);
@@ -177,14 +177,18 @@ pub async fn run() -> serde_json::Value {
         println!(
             "| {size} | {rate:.0} | {sp50:.3} / {sp99:.3} | {gp50:.3} | {qp50:.2} / {qp95:.2} | {rss:.1} |"
         );
-        rows.push(json!({"entries": size, "stores_per_s": rate, "store_p50_ms": sp50,
+        rows.push(
+            json!({"entries": size, "stores_per_s": rate, "store_p50_ms": sp50,
             "store_p99_ms": sp99, "get_p50_ms": gp50, "search_p50_ms": qp50,
-            "search_p95_ms": qp95, "peak_rss_mib": rss}));
+            "search_p95_ms": qp95, "peak_rss_mib": rss}),
+        );
     }
     let _ = server.client.cancel().await;
     report.insert("postgres".into(), json!(rows));
 
-    println!("| sessions | PostgreSQL stores/s | SQLite stores/s | peak RSS per session MiB (pg / sqlite) |");
+    println!(
+        "| sessions | PostgreSQL stores/s | SQLite stores/s | peak RSS per session MiB (pg / sqlite) |"
+    );
     println!("|---:|---:|---:|---:|");
     let sqlite_dir = tempfile::tempdir().unwrap();
     let sqlite_data: PathBuf = sqlite_dir.path().join("data");
@@ -203,9 +207,7 @@ pub async fn run() -> serde_json::Value {
             Box::pin(async move { spawn(&d).await })
         })
         .await;
-        println!(
-            "| {sessions} | {pg_rate:.0} | {lite_rate:.0} | {pg_rss:.1} / {lite_rss:.1} |"
-        );
+        println!("| {sessions} | {pg_rate:.0} | {lite_rate:.0} | {pg_rss:.1} / {lite_rss:.1} |");
         conc.push(json!({"sessions": sessions, "postgres_stores_per_s": pg_rate,
             "sqlite_stores_per_s": lite_rate, "postgres_rss_mib": pg_rss, "sqlite_rss_mib": lite_rss}));
     }

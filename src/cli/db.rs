@@ -70,13 +70,21 @@ fn with_client<T>(
     })
 }
 
-fn export_audit(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// Copies the audit chain of the database `file` names into a new audit.db at `out`.
+pub fn export_chain(
+    file: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<crate::audit::Head> {
     let settings = DatabaseSettings::load(file)?;
-    let head = with_client(&settings, async |client| {
+    with_client(&settings, async |client| {
         crate::audit::postgres::export_sqlite(client, out)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
+    })
+}
+
+fn export_audit(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let head = export_chain(file, out)?;
     println!("exported the audit chain to {}: head {head}", out.display());
     Ok(ExitCode::SUCCESS)
 }

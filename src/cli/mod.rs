@@ -42,7 +42,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Check every stored row's seal and reconcile entries with the audit log; exits 1 listing
     /// what fails.
-    Verify(DataDirArg),
+    Verify(verify::VerifyArgs),
     /// The auditor's tools: verify, head, query, export (read-only, offline).
     Audit(audit::AuditArgs),
     /// Policy files: `policy check FILE`.

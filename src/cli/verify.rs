@@ -109,11 +109,61 @@ fn section(items: &[String], ok: &str, failed: &str) -> bool {
     true
 }
 
-/// Verifies memory.db and reconciles it with the audit log; exit 1 on any finding.
-pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
-    let dir = args.open()?;
+/// A directory only we can enter, under the temp dir, removed with what it holds when dropped:
+/// where the chain's copy is reconciled from.
+struct PrivateDir(std::path::PathBuf);
+
+impl PrivateDir {
+    fn new() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!("memwarden-verify-{}", uuid::Uuid::new_v4()));
+        // Fails if anything is already there: never a directory someone else prepared.
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `memwarden verify`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
+}
+
+/// Verifies the store and reconciles it with the audit log; exit 1 on any finding. On
+/// PostgreSQL the chain is first copied, as `db export-audit` does, into a private temporary
+/// audit.db, and reconciled from there.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
-    let store = Store::open_read_only(&dir.memory_db(), keyring.entry)?;
+    let (store, audit_db, _tmp) = match args.store.kind {
+        super::serve::StoreKind::Sqlite => (
+            Store::open_read_only(&dir.memory_db(), keyring.entry)?,
+            dir.audit_db(),
+            None,
+        ),
+        super::serve::StoreKind::Postgres => {
+            let file = args.store.database_file()?;
+            let settings = crate::store::postgres::DatabaseSettings::load(&file)?;
+            let backend = crate::store::postgres::Postgres::connect(&settings, keyring.audit)?;
+            let tmp = PrivateDir::new()?;
+            let copy = tmp.0.join("audit.db");
+            super::db::export_chain(&file, &copy)?;
+            (
+                Store::with_backend(Box::new(backend), keyring.entry),
+                copy,
+                Some(tmp),
+            )
+        }
+    };
     let report = store.verify_all()?;
     let mut failed = false;
     if report.failed.is_empty() {
@@ -149,7 +199,7 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
         "entries are superseded or deleted without their ledger record (one was removed)",
     );
 
-    let writes = crate::audit::inspect::audited_writes(&dir.audit_db())?;
+    let writes = crate::audit::inspect::audited_writes(&audit_db)?;
     let created: HashSet<&str> = writes.iter().filter_map(|w| w.created.as_deref()).collect();
     let mut unaudited: Vec<&String> = report
         .statuses
