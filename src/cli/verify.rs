@@ -129,22 +129,12 @@ impl Drop for PrivateDir {
     }
 }
 
-/// `memwarden verify`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub data_dir: DataDirArg,
-    #[command(flatten)]
-    pub store: super::serve::StoreArgs,
-}
-
-/// Verifies the store and reconciles it with the audit log; exit 1 on any finding. On
-/// PostgreSQL the chain is first copied, as `db export-audit` does, into a private temporary
-/// audit.db, and reconciled from there.
-pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+/// The store, read-only, and the audit.db to reconcile it with (on PostgreSQL a copy of the
+/// chain, in a private directory that lives as long as the returned guard).
+fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<PrivateDir>)> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
-    let (store, audit_db, _tmp) = match args.store.kind {
+    Ok(match args.store.kind {
         super::serve::StoreKind::Sqlite => (
             Store::open_read_only(&dir.memory_db(), keyring.entry)?,
             dir.audit_db(),
@@ -163,7 +153,23 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 Some(tmp),
             )
         }
-    };
+    })
+}
+
+/// `memwarden verify`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
+}
+
+/// Verifies the store and reconciles it with the audit log; exit 1 on any finding. On
+/// PostgreSQL the chain is first copied, as `db export-audit` does, into a private temporary
+/// audit.db, and reconciled from there.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let (store, audit_db, _copy) = open(args)?;
     let report = store.verify_all()?;
     let mut failed = false;
     if report.failed.is_empty() {
