@@ -37,7 +37,8 @@ END $$;
 
 /// Migration steps, in order; step `n` takes the schema from version `n` to `n + 1`. They run
 /// as the owner role, so the owner owns what they create.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE memory.entries (
     pos            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id             text NOT NULL UNIQUE,
@@ -108,7 +109,90 @@ CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON audit.event
   FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
   FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
-"#];
+"#,
+    SCOPED_WORDS,
+];
+
+/// Migration 2: `entries.scoped`, every active row's words again with each lexeme prefixed by
+/// its namespace's token, plus one lexeme per tag, under a GIN index of its own
+/// (`entries_scoped`), so a search or tag filter inside a few namespaces reads only their
+/// postings (`read.rs`, issue 13). Lexemes come from the same `to_tsvector('simple', …)` /
+/// `plainto_tsquery('simple', …)` as `words`; `memory.qualify` then prefixes every quoted
+/// lexeme of their text form, the operators and positions left as PostgreSQL wrote them, so no
+/// prefixed text is ever parsed again and a narrow lookup matches exactly what the shared one
+/// matches in that namespace. The token escapes a namespace as SQLite's does (`z` → `zz`,
+/// `_ . : -` → `zu zd zc zh`), so `<token>zw` ends where the namespace does; a prefixed lexeme
+/// too long for a tsvector (2046 bytes) becomes `<token>zl<md5>` on both sides. The functions
+/// have SQL-standard bodies, bound when created (no search_path at run time; PostgreSQL ≥ 14),
+/// and are IMMUTABLE because everything they call is. Adding the stored column rewrites
+/// `memory.entries`, which fills it for existing rows.
+const SCOPED_WORDS: &str = r#"
+CREATE FUNCTION memory.scope_token(namespace text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN 'n' || replace(replace(replace(replace(replace(
+        namespace, 'z', 'zz'), '_', 'zu'), '.', 'zd'), ':', 'zc'), '-', 'zh');
+
+CREATE FUNCTION memory.scoped_lexeme(token text, lexeme text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN CASE WHEN octet_length(token) + 2 + octet_length(lexeme) <= 2046
+                THEN token || 'zw' || lexeme
+                ELSE token || 'zl' || md5(lexeme) END;
+
+-- A lexeme as tsvector and tsquery input read it: quoted, quotes and backslashes doubled.
+CREATE FUNCTION memory.quote_lexeme(lexeme text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''';
+
+-- The text of a tsvector or tsquery with every lexeme (always quoted in PostgreSQL's output)
+-- replaced by its scoped lexeme; positions and operators are copied as they are.
+CREATE FUNCTION memory.qualify(token text, source text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(string_agg(CASE WHEN left(m[1], 1) = ''''
+        THEN memory.quote_lexeme(memory.scoped_lexeme(token,
+             replace(replace(substr(m[1], 2, length(m[1]) - 2), '''''', ''''), '\\', '\')))
+        ELSE m[1] END, '' ORDER BY i), '')
+    FROM regexp_matches(source, '''(?:[^'']|'''')*''|[^'']+', 'g') WITH ORDINALITY AS t(m, i);
+END;
+
+-- `tags` is the sealed JSON array; its strings are read by pattern, not cast, so a hand-edited
+-- array fails that row's seal on read instead of failing the write here.
+CREATE FUNCTION memory.scoped_words(namespace text, content text, tags text) RETURNS tsvector
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT memory.qualify(memory.scope_token(namespace),
+                          to_tsvector('simple', content || ' ' || tags)::text)::tsvector
+        || coalesce((SELECT array_to_tsvector(array_agg(memory.scope_token(namespace) || 'zt' || t[1]))
+                     FROM regexp_matches(tags, '"((?:[^"\\]|\\.)*)"', 'g') AS r(t)), '');
+END;
+
+CREATE AGGREGATE memory.all_of(tsquery) (SFUNC = pg_catalog.tsquery_and, STYPE = tsquery);
+CREATE AGGREGATE memory.any_of(tsquery) (SFUNC = pg_catalog.tsquery_or, STYPE = tsquery);
+
+-- A narrow lookup: per namespace, its words (each `plainto_tsquery` qualified; all of them or
+-- any) ANDed with its tag lexemes, then ORed over the namespaces. Tags come JSON-escaped, as the
+-- column holds them. A word without lexemes drops out as `&&` and `||` drop it in the shared
+-- lookup; when no word has any, a namespace matches nothing, as there. No words: tags alone.
+CREATE FUNCTION memory.scoped_query(namespaces text[], words text[], every boolean, tags text[])
+    RETURNS tsquery LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT memory.any_of(CASE
+        WHEN cardinality(words) = 0 THEN tq
+        WHEN numnode(wq) = 0 THEN NULL
+        ELSE coalesce(wq && tq, wq) END)
+    FROM (SELECT
+        (SELECT CASE WHEN every THEN memory.all_of(q) ELSE memory.any_of(q) END
+         FROM (SELECT memory.qualify(tok, plainto_tsquery('simple', w)::text)::tsquery
+               FROM unnest(words) AS w) AS x(q)) AS wq,
+        (SELECT memory.all_of(memory.quote_lexeme(tok || 'zt' || t)::tsquery)
+         FROM unnest(tags) AS t) AS tq
+        FROM (SELECT memory.scope_token(n) FROM unnest(namespaces) AS n) AS s(tok)) AS y;
+END;
+
+ALTER TABLE memory.entries ADD COLUMN scoped tsvector
+    GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WHERE status = 'active';
+"#;
 
 /// The schema version this binary writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -126,6 +210,8 @@ REVOKE ALL ON audit.events FROM memwarden_app;
 GRANT SELECT, INSERT ON audit.events TO memwarden_app;
 GRANT USAGE ON SCHEMA audit TO memwarden_auditor;
 GRANT SELECT ON ALL TABLES IN SCHEMA audit TO memwarden_auditor;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA memory FROM PUBLIC;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA memory TO memwarden_app;
 "#;
 
 /// What `db init` did.
