@@ -113,85 +113,97 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     SCOPED_WORDS,
 ];
 
-/// Migration 2: `entries.scoped`, every active row's words again with each lexeme prefixed by
-/// its namespace's token, plus one lexeme per tag, under a GIN index of its own
-/// (`entries_scoped`), so a search or tag filter inside a few namespaces reads only their
-/// postings (`read.rs`, issue 13). Lexemes come from the same `to_tsvector('simple', …)` /
-/// `plainto_tsquery('simple', …)` as `words`; `memory.qualify` then prefixes every quoted
-/// lexeme of their text form, the operators and positions left as PostgreSQL wrote them, so no
-/// prefixed text is ever parsed again and a narrow lookup matches exactly what the shared one
-/// matches in that namespace. The token escapes a namespace as SQLite's does (`z` → `zz`,
-/// `_ . : -` → `zu zd zc zh`), so `<token>zw` ends where the namespace does; a prefixed lexeme
-/// too long for a tsvector (2046 bytes) becomes `<token>zl<md5>` on both sides. The functions
-/// have SQL-standard bodies, bound when created (no search_path at run time; PostgreSQL ≥ 14),
-/// and are IMMUTABLE because everything they call is. Adding the stored column rewrites
-/// `memory.entries`, which fills it for existing rows.
+/// Migration 2: `entries.scoped`, every row's words again with each lexeme prefixed by its
+/// namespace's token, plus one lexeme per tag, under a GIN index of its own (`entries_scoped`,
+/// active rows), so a search or tag filter inside a few namespaces reads only their postings
+/// (`read.rs`, issue 13). Lexemes come from the same `to_tsvector('simple', …)` parse as
+/// `words` and as `plainto_tsquery('simple', …)` gives them (the same parser and dictionary);
+/// `memory.scoped_lexemes` then prefixes each one as a string, so no prefixed text is ever parsed
+/// again and a narrow lookup finds exactly what the shared one finds in that namespace. The
+/// token escapes a namespace as SQLite's does (`z` → `zz`, `_ . : -` → `zu zd zc zh`), so
+/// `<token>zw` ends where the namespace does; a prefixed lexeme too long for a tsvector (2046
+/// bytes) becomes `<token>zl<md5>`, on both sides alike. Lexemes carry no positions:
+/// `plainto_tsquery` joins lexemes with `&` only, never a phrase operator.
+///
+/// The row side is PL/pgSQL (its plans are cached per session: an SQL-function body is planned
+/// again for every INSERT), with search_path pinned. `fastupdate` is off: a GIN pending list
+/// holds every namespace's recent rows and every lookup would read all of it. Adding the
+/// stored column rewrites `memory.entries`, which fills it for existing rows.
 const SCOPED_WORDS: &str = r#"
 CREATE FUNCTION memory.scope_token(namespace text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN 'n' || replace(replace(replace(replace(replace(
         namespace, 'z', 'zz'), '_', 'zu'), '.', 'zd'), ':', 'zc'), '-', 'zh');
 
-CREATE FUNCTION memory.scoped_lexeme(token text, lexeme text) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN CASE WHEN octet_length(token) + 2 + octet_length(lexeme) <= 2046
-                THEN token || 'zw' || lexeme
-                ELSE token || 'zl' || md5(lexeme) END;
-
--- A lexeme as tsvector and tsquery input read it: quoted, quotes and backslashes doubled.
-CREATE FUNCTION memory.quote_lexeme(lexeme text) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''';
-
--- The text of a tsvector or tsquery with every lexeme (always quoted in PostgreSQL's output)
--- replaced by its scoped lexeme; positions and operators are copied as they are.
-CREATE FUNCTION memory.qualify(token text, source text) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT coalesce(string_agg(CASE WHEN left(m[1], 1) = ''''
-        THEN memory.quote_lexeme(memory.scoped_lexeme(token,
-             replace(replace(substr(m[1], 2, length(m[1]) - 2), '''''', ''''), '\\', '\')))
-        ELSE m[1] END, '' ORDER BY i), '')
-    FROM regexp_matches(source, '''(?:[^'']|'''')*''|[^'']+', 'g') WITH ORDINALITY AS t(m, i);
-END;
+-- The lexemes of `source`, each prefixed with `token`.
+CREATE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT CASE WHEN octet_length(token) + 2 + octet_length(l) <= 2046
+                    THEN token || 'zw' || l ELSE token || 'zl' || md5(l) END
+        FROM unnest(tsvector_to_array(to_tsvector('simple', source))) AS l);
+END $$;
 
 -- `tags` is the sealed JSON array; its strings are read by pattern, not cast, so a hand-edited
 -- array fails that row's seal on read instead of failing the write here.
 CREATE FUNCTION memory.scoped_words(namespace text, content text, tags text) RETURNS tsvector
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+DECLARE
+    token text := memory.scope_token(namespace);
+BEGIN
+    RETURN array_to_tsvector(memory.scoped_lexemes(token, content || ' ' || tags)
+        || ARRAY(SELECT token || 'zt' || t[1]
+                 FROM regexp_matches(tags, '"((?:[^"\\]|\\.)*)"', 'g') AS t));
+END $$;
+
+-- Every lexeme of `lexemes` (at least one), as tsquery input reads it: quoted, quotes and
+-- backslashes doubled, joined by `&`.
+CREATE FUNCTION memory.every_lexeme(lexemes text[]) RETURNS tsquery
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT memory.qualify(memory.scope_token(namespace),
-                          to_tsvector('simple', content || ' ' || tags)::text)::tsvector
-        || coalesce((SELECT array_to_tsvector(array_agg(memory.scope_token(namespace) || 'zt' || t[1]))
-                     FROM regexp_matches(tags, '"((?:[^"\\]|\\.)*)"', 'g') AS r(t)), '');
-END;
+    RETURN array_to_string(ARRAY(
+        SELECT '''' || replace(replace(l, '\', '\\'), '''', '''''') || ''''
+        FROM unnest(lexemes) AS l), ' & ')::tsquery;
 
-CREATE AGGREGATE memory.all_of(tsquery) (SFUNC = pg_catalog.tsquery_and, STYPE = tsquery);
-CREATE AGGREGATE memory.any_of(tsquery) (SFUNC = pg_catalog.tsquery_or, STYPE = tsquery);
-
--- A narrow lookup: per namespace, its words (each `plainto_tsquery` qualified; all of them or
--- any) ANDed with its tag lexemes, then ORed over the namespaces. Tags come JSON-escaped, as the
--- column holds them. A word without lexemes drops out as `&&` and `||` drop it in the shared
--- lookup; when no word has any, a namespace matches nothing, as there. No words: tags alone.
+-- A narrow lookup: per namespace, its words (all of them or any) ANDed with its tag lexemes,
+-- then ORed over the namespaces; NULL matches nothing. Tags come JSON-escaped, as the column
+-- holds them. A word without lexemes drops out, as `&&` and `||` drop its empty
+-- `plainto_tsquery` in the shared lookup; when no word has any, nothing matches, as there.
+-- No words: the tags alone.
 CREATE FUNCTION memory.scoped_query(namespaces text[], words text[], every boolean, tags text[])
-    RETURNS tsquery LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT memory.any_of(CASE
-        WHEN cardinality(words) = 0 THEN tq
-        WHEN numnode(wq) = 0 THEN NULL
-        ELSE coalesce(wq && tq, wq) END)
-    FROM (SELECT
-        (SELECT CASE WHEN every THEN memory.all_of(q) ELSE memory.any_of(q) END
-         FROM (SELECT memory.qualify(tok, plainto_tsquery('simple', w)::text)::tsquery
-               FROM unnest(words) AS w) AS x(q)) AS wq,
-        (SELECT memory.all_of(memory.quote_lexeme(tok || 'zt' || t)::tsquery)
-         FROM unnest(tags) AS t) AS tq
-        FROM (SELECT memory.scope_token(n) FROM unnest(namespaces) AS n) AS s(tok)) AS y;
-END;
+    RETURNS tsquery LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog AS $$
+DECLARE
+    result tsquery;
+    token text;
+    word text;
+    lexemes text[];
+    q tsquery;
+    wq tsquery;
+BEGIN
+    FOREACH token IN ARRAY ARRAY(SELECT memory.scope_token(n) FROM unnest(namespaces) AS n) LOOP
+        wq := NULL;
+        FOREACH word IN ARRAY words LOOP
+            lexemes := memory.scoped_lexemes(token, word);
+            CONTINUE WHEN cardinality(lexemes) = 0;
+            q := memory.every_lexeme(lexemes);
+            wq := CASE WHEN wq IS NULL THEN q WHEN every THEN wq && q ELSE wq || q END;
+        END LOOP;
+        CONTINUE WHEN cardinality(words) > 0 AND wq IS NULL;
+        IF cardinality(tags) > 0 THEN
+            q := memory.every_lexeme(ARRAY(SELECT token || 'zt' || t FROM unnest(tags) AS t));
+            wq := CASE WHEN wq IS NULL THEN q ELSE wq && q END;
+        END IF;
+        CONTINUE WHEN wq IS NULL;
+        result := CASE WHEN result IS NULL THEN wq ELSE result || wq END;
+    END LOOP;
+    RETURN result;
+END $$;
 
 ALTER TABLE memory.entries ADD COLUMN scoped tsvector
     GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
-CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WHERE status = 'active';
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+    WHERE status = 'active';
 "#;
 
 /// The schema version this binary writes.

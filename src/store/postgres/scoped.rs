@@ -2,9 +2,14 @@
 //! lexemes carry their namespace's token, so a word's postings there are its postings inside one
 //! namespace, and a search or tag filter inside a few namespaces reads only theirs, whatever
 //! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
-//! server from bound values only: the namespaces, the query words (each through
-//! `plainto_tsquery('simple', …)`, exactly as the shared lookup uses them) and the tags. No
-//! value becomes statement text or tsquery syntax here.
+//! server from bound values only (the namespaces, the query words, the tags): each word is
+//! parsed by the same `simple` configuration as the shared lookup's
+//! `plainto_tsquery('simple', word)`, and its lexemes, prefixed, are quoted into the tsquery by
+//! that function, so no value becomes statement text or tsquery syntax.
+//!
+//! One difference from the shared lookup: a word's lexemes are ANDed per namespace, which is
+//! what `plainto_tsquery` does too (it never emits a phrase operator), so both find the same
+//! rows; the narrow tsquery is only longer (a copy per namespace).
 
 use super::rows::Sql;
 use crate::error::{Error, Result};
