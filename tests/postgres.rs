@@ -877,3 +877,8 @@ fn verify_walks_every_row_and_record_across_pages() {
     );
     assert_eq!(report.ledger.kinds.len(), 2100);
 }
+
+// ---- Narrow scopes: the namespace-qualified index (issue 13 on PostgreSQL). ----
+
+#[path = "postgres/narrow.rs"]
+mod narrow;
