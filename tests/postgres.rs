@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 1", "schema version 1 -> 1"] {
+    for want in ["schema version 0 -> 2", "schema version 2 -> 2"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -877,3 +877,8 @@ fn verify_walks_every_row_and_record_across_pages() {
     );
     assert_eq!(report.ledger.kinds.len(), 2100);
 }
+
+// ---- Narrow scopes: the namespace-qualified index (issue 13 on PostgreSQL). ----
+
+#[path = "postgres/narrow.rs"]
+mod narrow;

@@ -8,6 +8,12 @@ use std::collections::BTreeMap;
 use super::model::Filter;
 use crate::error::{Error, Result};
 
+/// The most namespaces a scope may hold and still be looked up per namespace in a backend's
+/// namespace-qualified index (SQLite's `scoped_fts`, PostgreSQL's `entries.scoped`); wider
+/// scopes use the shared index with the scope applied inside it. An expression per namespace
+/// stops paying for itself well before this.
+pub const MAX_NARROW_NAMESPACES: usize = 64;
+
 /// Which namespaces a read covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -43,6 +49,15 @@ impl Scope {
     /// True when it covers nothing.
     pub fn is_empty(&self) -> bool {
         matches!(self, Self::Only(v) if v.is_empty())
+    }
+
+    /// The namespaces of a narrow scope (one to [`MAX_NARROW_NAMESPACES`]), or `None` for a
+    /// `"*"` scope, an empty one or a wider one.
+    pub fn narrow(&self) -> Option<&[String]> {
+        match self {
+            Self::Only(v) if !v.is_empty() && v.len() <= MAX_NARROW_NAMESPACES => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -209,6 +224,13 @@ mod tests {
         assert!(Scope::only(["b".to_string(), "a".to_string()]).covers("a"));
         assert!(!Scope::only(["b".to_string()]).covers("a"));
         assert!(Scope::default().is_empty());
+        assert!(Scope::default().narrow().is_none() && Scope::All.narrow().is_none());
+        assert_eq!(
+            Scope::only(["a".to_string()]).narrow(),
+            Some(&["a".to_string()][..])
+        );
+        let wide = Scope::only((0..=MAX_NARROW_NAMESPACES).map(|i| format!("n{i}")));
+        assert!(wide.narrow().is_none());
         assert!(!Visibility::default().can_read("a"));
     }
 }

@@ -12,6 +12,7 @@ mod ledger;
 mod read;
 mod rows;
 pub mod schema;
+mod scoped;
 mod sessions;
 pub mod settings;
 mod write;

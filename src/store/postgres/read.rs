@@ -5,11 +5,14 @@
 //! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
 //! Snippets are cut above the backend, from the verified content ([`crate::store::snippet`]).
 //!
-//! What a caller sees never depends on rows outside its filter; what a search costs still can:
-//! the text index (`entries_words`) holds every namespace's words, so a lookup reads the
-//! postings of foreign rows before the scope drops them. SQLite's index carries the scope as
-//! tokens; the same here (a namespace lexeme in `words`, or a btree_gin index on
-//! `(namespace, words)`) needs a schema migration and is left to it.
+//! What a search costs depends on the scope too. A narrow scope (up to
+//! [`MAX_NARROW_NAMESPACES`] namespaces) is looked up in `entries_scoped`, whose lexemes carry
+//! their namespace ([`super::scoped`]): the postings read are the scope's alone, for words and
+//! tags alike, however many matches other namespaces hold. A `"*"` scope, or a wider one, uses
+//! the shared `entries_words` with the namespaces as a condition beside it. Rows found either way
+//! are checked against the whole filter again ([`push_filter`]).
+//!
+//! [`MAX_NARROW_NAMESPACES`]: crate::store::scope::MAX_NARROW_NAMESPACES
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,6 +20,7 @@ use tokio_postgres::Client;
 
 use super::fail::Failure;
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
+use super::scoped::{self, Words};
 use crate::error::Error;
 use crate::store::backend::Match;
 use crate::store::model::{Filter, Query};
@@ -31,6 +35,25 @@ fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
         .map(|w| format!("plainto_tsquery('simple', {})", sql.bind(w.clone())))
         .collect();
     format!("({})", parts.join(join))
+}
+
+/// The text match of a search: in `entries_scoped` for a narrow scope (its tags inside the
+/// lookup too), else in the shared `words`.
+fn lookup(
+    sql: &mut Sql,
+    filter: &Filter,
+    words: &[String],
+    join: Words,
+) -> crate::error::Result<String> {
+    if let Some(namespaces) = filter.scope.narrow() {
+        let ns = sql.bind(namespaces.to_vec());
+        return scoped::condition(sql, &format!("{ns}::text[]"), words, join, &filter.tags);
+    }
+    let join = match join {
+        Words::All => " && ",
+        Words::Any => " || ",
+    };
+    Ok(format!("e.words @@ {}", tsquery(sql, words, join)))
 }
 
 /// Up to `want` active rows inside `filter`, newest first, below the entry `after`.
@@ -63,12 +86,20 @@ pub(super) async fn list(
         // (namespace, status, pos) index range, stopping after `want` rows, so a small
         // namespace is not listed by walking a large one's rows (the planner takes that path
         // when the namespace is a small part of the table).
+        // Tags inside a narrow scope are looked up per namespace in `entries_scoped` too, so a
+        // rare tag reads its own rows, not the namespace's.
         Scope::Only(namespaces) => {
             let ns = sql.bind(namespaces.clone());
+            let mut extra = " AND e.namespace = s.ns".to_string();
+            if filter.scope.narrow().is_some() && !filter.tags.is_empty() {
+                let tagged =
+                    scoped::condition(&mut sql, "ARRAY[s.ns]", &[], Words::All, &filter.tags)?;
+                extra.push_str(&format!(" AND {tagged}"));
+            }
             sql.push(&format!(
                 "SELECT m.* FROM unnest({ns}::text[]) AS s(ns) CROSS JOIN LATERAL ("
             ));
-            inner(&mut sql, " AND e.namespace = s.ns")?;
+            inner(&mut sql, &extra)?;
             sql.push(&format!(") m ORDER BY m.pos DESC LIMIT {limit}"));
         }
         Scope::All => inner(&mut sql, "")?,
@@ -119,10 +150,10 @@ pub(super) async fn all_words(
         return Ok(Vec::new());
     }
     let mut sql = Sql::default();
-    let all = tsquery(&mut sql, query.words(), " && ");
+    let all = lookup(&mut sql, filter, query.words(), Words::All)?;
     let limit = sql.bind(limit as i64);
     sql.push(&format!(
-        "SELECT {COLUMNS} FROM memory.entries e WHERE e.words @@ {all}"
+        "SELECT {COLUMNS} FROM memory.entries e WHERE {all}"
     ));
     push_filter(&mut sql, filter, true)?;
     sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit}"));
@@ -155,10 +186,10 @@ pub(super) async fn some_words(
             )
         })
         .collect();
-    let any = tsquery(&mut sql, words, " || ");
+    let any = lookup(&mut sql, filter, words, Words::Any)?;
     let limit = sql.bind(window as i64);
     sql.push(&format!(
-        "SELECT e.pos, ARRAY[{}] FROM memory.entries e WHERE e.words @@ {any}",
+        "SELECT e.pos, ARRAY[{}] FROM memory.entries e WHERE {any}",
         held.join(", ")
     ));
     push_filter(&mut sql, filter, true)?;
@@ -225,20 +256,19 @@ async fn read_matches(client: &Client, sql: &Sql) -> Result<Vec<Match>, Failure>
 mod tests {
     use super::*;
 
-    /// The statement text of a search over `words` in `filter`, and its bound value count.
-    fn statement(words: &[&str], namespace: &str, tag: &str) -> (String, usize) {
+    /// The statement text of a search over `words` in `scope` with a tag, and its bound value
+    /// count.
+    fn statement(words: &[&str], scope: Scope, tag: &str) -> (String, usize) {
         let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
         let filter = Filter {
-            scope: Scope::only([namespace.to_string()]),
+            scope,
             tags: vec![tag.to_string()],
             since: Some(1),
             until: Some(2),
         };
         let mut sql = Sql::default();
-        let q = tsquery(&mut sql, &words, " && ");
-        sql.push(&format!(
-            "SELECT 1 FROM memory.entries e WHERE e.words @@ {q}"
-        ));
+        let q = lookup(&mut sql, &filter, &words, Words::All).unwrap();
+        sql.push(&format!("SELECT 1 FROM memory.entries e WHERE {q}"));
         push_filter(&mut sql, &filter, true).unwrap();
         let (text, args) = sql.parts();
         (text.to_string(), args)
@@ -246,16 +276,36 @@ mod tests {
 
     #[test]
     fn query_words_and_filter_values_are_bound_never_written_into_the_statement() {
-        let hostile = statement(
-            &["x') OR true --", "a & !b", "c:*", "'", "$1"],
-            "ns'); DROP TABLE x; --",
-            "t'--",
-        );
-        let plain = statement(&["one", "two", "three", "four", "five"], "ns", "t");
+        let hostile_words = ["x') OR true --", "a & !b", "c:*", "'", "$1"];
+        let plain_words = ["one", "two", "three", "four", "five"];
+        let only = |ns: &str| Scope::only([ns.to_string()]);
+        let hostile = statement(&hostile_words, only("ns'); DROP TABLE x; --"), "t'--");
+        let plain = statement(&plain_words, only("ns"), "t");
         // The text is ours alone: the same whatever the values.
         assert_eq!(hostile, plain);
+        // A narrow scope: one lookup in `entries_scoped` (namespaces, words, tags), then the
+        // filter again (scope, since, until, one tag).
+        assert_eq!(
+            hostile
+                .0
+                .matches("e.scoped @@ memory.scoped_query(")
+                .count(),
+            1
+        );
+        assert!(!hostile.0.contains("e.words"));
+        assert_eq!(hostile.1, 7);
+
+        let many = |extra: &str| {
+            let names = 0..=crate::store::scope::MAX_NARROW_NAMESPACES;
+            Scope::only(names.map(|i| format!("n{i}{extra}")))
+        };
+        let hostile = statement(&hostile_words, many("'--"), "t'--");
+        let plain = statement(&plain_words, many(""), "t");
+        assert_eq!(hostile, plain);
+        // A wide scope: the shared index, five words, the scope, since, until, one tag.
         assert_eq!(hostile.0.matches("plainto_tsquery('simple', $").count(), 5);
-        // Five words, the scope, since, until, one tag.
+        assert!(!hostile.0.contains("scoped"));
         assert_eq!(hostile.1, 9);
+        assert_eq!(statement(&plain_words, Scope::All, "t").1, 8);
     }
 }

@@ -37,7 +37,8 @@ END $$;
 
 /// Migration steps, in order; step `n` takes the schema from version `n` to `n + 1`. They run
 /// as the owner role, so the owner owns what they create.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE memory.entries (
     pos            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id             text NOT NULL UNIQUE,
@@ -108,7 +109,102 @@ CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON audit.event
   FOR EACH ROW EXECUTE FUNCTION audit.refuse_change();
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
   FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
-"#];
+"#,
+    SCOPED_WORDS,
+];
+
+/// Migration 2: `entries.scoped`, every row's words again with each lexeme prefixed by its
+/// namespace's token, plus one lexeme per tag, under a GIN index of its own (`entries_scoped`,
+/// active rows), so a search or tag filter inside a few namespaces reads only their postings
+/// (`read.rs`, issue 13). Lexemes come from the same `to_tsvector('simple', …)` parse as
+/// `words` and as `plainto_tsquery('simple', …)` gives them (the same parser and dictionary);
+/// `memory.scoped_lexemes` then prefixes each one as a string, so no prefixed text is ever parsed
+/// again and a narrow lookup finds exactly what the shared one finds in that namespace. The
+/// token escapes a namespace as SQLite's does (`z` → `zz`, `_ . : -` → `zu zd zc zh`), so
+/// `<token>zw` ends where the namespace does; a prefixed lexeme too long for a tsvector (2046
+/// bytes) becomes `<token>zl<md5>`, on both sides alike. Lexemes carry no positions:
+/// `plainto_tsquery` joins lexemes with `&` only, never a phrase operator.
+///
+/// The row side is PL/pgSQL (its plans are cached per session: an SQL-function body is planned
+/// again for every INSERT), with search_path pinned. `fastupdate` is off: a GIN pending list
+/// holds every namespace's recent rows and every lookup would read all of it. Adding the
+/// stored column rewrites `memory.entries`, which fills it for existing rows.
+const SCOPED_WORDS: &str = r#"
+CREATE FUNCTION memory.scope_token(namespace text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN 'n' || replace(replace(replace(replace(replace(
+        namespace, 'z', 'zz'), '_', 'zu'), '.', 'zd'), ':', 'zc'), '-', 'zh');
+
+-- The lexemes of `source`, each prefixed with `token`.
+CREATE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT CASE WHEN octet_length(token) + 2 + octet_length(l) <= 2046
+                    THEN token || 'zw' || l ELSE token || 'zl' || md5(l) END
+        FROM unnest(tsvector_to_array(to_tsvector('simple', source))) AS l);
+END $$;
+
+-- `tags` is the sealed JSON array; its strings are read by pattern, not cast, so a hand-edited
+-- array fails that row's seal on read instead of failing the write here.
+CREATE FUNCTION memory.scoped_words(namespace text, content text, tags text) RETURNS tsvector
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+DECLARE
+    token text := memory.scope_token(namespace);
+BEGIN
+    RETURN array_to_tsvector(memory.scoped_lexemes(token, content || ' ' || tags)
+        || ARRAY(SELECT token || 'zt' || t[1]
+                 FROM regexp_matches(tags, '"((?:[^"\\]|\\.)*)"', 'g') AS t));
+END $$;
+
+-- Every lexeme of `lexemes` (at least one), as tsquery input reads it: quoted, quotes and
+-- backslashes doubled, joined by `&`.
+CREATE FUNCTION memory.every_lexeme(lexemes text[]) RETURNS tsquery
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN array_to_string(ARRAY(
+        SELECT '''' || replace(replace(l, '\', '\\'), '''', '''''') || ''''
+        FROM unnest(lexemes) AS l), ' & ')::tsquery;
+
+-- A narrow lookup: per namespace, its words (all of them or any) ANDed with its tag lexemes,
+-- then ORed over the namespaces; NULL matches nothing. Tags come JSON-escaped, as the column
+-- holds them. A word without lexemes drops out, as `&&` and `||` drop its empty
+-- `plainto_tsquery` in the shared lookup; when no word has any, nothing matches, as there.
+-- No words: the tags alone.
+CREATE FUNCTION memory.scoped_query(namespaces text[], words text[], every boolean, tags text[])
+    RETURNS tsquery LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog AS $$
+DECLARE
+    result tsquery;
+    token text;
+    word text;
+    lexemes text[];
+    q tsquery;
+    wq tsquery;
+BEGIN
+    FOREACH token IN ARRAY ARRAY(SELECT memory.scope_token(n) FROM unnest(namespaces) AS n) LOOP
+        wq := NULL;
+        FOREACH word IN ARRAY words LOOP
+            lexemes := memory.scoped_lexemes(token, word);
+            CONTINUE WHEN cardinality(lexemes) = 0;
+            q := memory.every_lexeme(lexemes);
+            wq := CASE WHEN wq IS NULL THEN q WHEN every THEN wq && q ELSE wq || q END;
+        END LOOP;
+        CONTINUE WHEN cardinality(words) > 0 AND wq IS NULL;
+        IF cardinality(tags) > 0 THEN
+            q := memory.every_lexeme(ARRAY(SELECT token || 'zt' || t FROM unnest(tags) AS t));
+            wq := CASE WHEN wq IS NULL THEN q ELSE wq && q END;
+        END IF;
+        CONTINUE WHEN wq IS NULL;
+        result := CASE WHEN result IS NULL THEN wq ELSE result || wq END;
+    END LOOP;
+    RETURN result;
+END $$;
+
+ALTER TABLE memory.entries ADD COLUMN scoped tsvector
+    GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+    WHERE status = 'active';
+"#;
 
 /// The schema version this binary writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -126,6 +222,8 @@ REVOKE ALL ON audit.events FROM memwarden_app;
 GRANT SELECT, INSERT ON audit.events TO memwarden_app;
 GRANT USAGE ON SCHEMA audit TO memwarden_auditor;
 GRANT SELECT ON ALL TABLES IN SCHEMA audit TO memwarden_auditor;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA memory FROM PUBLIC;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA memory TO memwarden_app;
 "#;
 
 /// What `db init` did.

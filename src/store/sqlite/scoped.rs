@@ -29,9 +29,9 @@ use crate::store::scope::Scope;
 /// The SQL function migration 5's triggers call.
 pub const FUNCTION: &str = "memwarden_scoped_words";
 
-/// Scopes of more namespaces than this are looked up in `entries_fts` with scope tokens: an
-/// expression per namespace stops paying for itself well before.
-pub const MAX_NAMESPACES: usize = 64;
+/// Scopes of more namespaces than this are looked up in `entries_fts` with scope tokens (the
+/// bound every backend shares, [`crate::store::scope::MAX_NARROW_NAMESPACES`]).
+pub const MAX_NAMESPACES: usize = crate::store::scope::MAX_NARROW_NAMESPACES;
 
 /// Registers [`FUNCTION`] on `conn`. Deterministic and innocuous (it reads only its
 /// arguments), so the triggers may call it with `trusted_schema` off.

@@ -1,0 +1,82 @@
+//! A narrow scope's lookups in `entries.scoped` (migration 2, [`super::schema`]): the index whose
+//! lexemes carry their namespace's token, so a word's postings there are its postings inside one
+//! namespace, and a search or tag filter inside a few namespaces reads only theirs, whatever
+//! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
+//! server from bound values only (the namespaces, the query words, the tags): each word is
+//! parsed by the same `simple` configuration as the shared lookup's
+//! `plainto_tsquery('simple', word)`, and its lexemes, prefixed, are quoted into the tsquery by
+//! that function, so no value becomes statement text or tsquery syntax.
+//!
+//! One difference from the shared lookup: a word's lexemes are ANDed per namespace, which is
+//! what `plainto_tsquery` does too (it never emits a phrase operator), so both find the same
+//! rows; the narrow tsquery is only longer (a copy per namespace).
+
+use super::rows::Sql;
+use crate::error::{Error, Result};
+
+/// Whether a lookup wants rows holding every word or some of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Words {
+    /// Every word (`&&`).
+    All,
+    /// Some word (`||`).
+    Any,
+}
+
+/// The condition on `e` that a narrow lookup adds: rows of `namespaces` (an SQL `text[]`
+/// expression of ours, e.g. a bound array or `ARRAY[s.ns]`) holding `words` as `join` says,
+/// carrying every tag of `tags`. No words: the tags alone (there must be some).
+pub(super) fn condition(
+    sql: &mut Sql,
+    namespaces: &str,
+    words: &[String],
+    join: Words,
+    tags: &[String],
+) -> Result<String> {
+    let words = sql.bind(words.to_vec());
+    let every = match join {
+        Words::All => "TRUE",
+        Words::Any => "FALSE",
+    };
+    let tags = sql.bind(json_escaped(tags)?);
+    Ok(format!(
+        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], {every}, {tags}::text[])"
+    ))
+}
+
+/// Each tag as the sealed JSON array spells it (serde_json wrote the column), quotes dropped:
+/// what `memory.scoped_words` reads from the column.
+fn json_escaped(tags: &[String]) -> Result<Vec<String>> {
+    tags.iter()
+        .map(|t| {
+            let quoted = serde_json::to_string(t).map_err(|e| Error::Internal(e.to_string()))?;
+            quoted
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .map(str::to_string)
+                .ok_or_else(|| Error::Internal("a tag did not encode as a JSON string".into()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_is_bound() {
+        let mut sql = Sql::default();
+        let ns = sql.bind(vec!["a'); --".to_string()]);
+        let words = ["x' OR true".to_string(), "a & !b:*".to_string()];
+        let cond = condition(&mut sql, &ns, &words, Words::Any, &["t\"q".into()]).unwrap();
+        assert_eq!(
+            cond,
+            "e.scoped @@ memory.scoped_query($1, $2::text[], FALSE, $3::text[])"
+        );
+        assert_eq!(sql.parts().1, 3);
+        assert_eq!(
+            json_escaped(&["a:b".into(), "t\"q".into()]).unwrap(),
+            ["a:b", "t\\\"q"]
+        );
+    }
+}
