@@ -145,6 +145,52 @@ pub fn seal(key: &SecretKey, key_id: &str, hash: &[u8]) -> [u8; 32] {
     mac_for(key, key_id, hash).finalize().into_bytes().into()
 }
 
+/// A record linked after the chain's tail and sealed with the active key: the row every
+/// backend inserts.
+#[derive(Debug, Clone)]
+pub struct Linked<'k> {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// The tail's hash (or the genesis value for the first record).
+    pub prev_hash: Vec<u8>,
+    /// This record's chain hash.
+    pub hash: [u8; 32],
+    /// The key that seals it.
+    pub key_id: &'k str,
+    /// Its MAC.
+    pub mac: [u8; 32],
+}
+
+/// Links a record of `kind` for `entry_id` at `at` after `tail` (the last record's seq and
+/// hash, `None` for an empty chain), sealed with `keys`' active key.
+pub fn link<'k>(
+    keys: &'k KeySet,
+    tail: Option<(i64, Vec<u8>)>,
+    entry_id: &str,
+    kind: Kind,
+    at: i64,
+) -> Linked<'k> {
+    let (seq, prev_hash) = match tail {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_vec()),
+    };
+    let fields = Fields {
+        seq,
+        entry_id,
+        kind: kind.as_str(),
+        at,
+    };
+    let hash = hash(&prev_hash, &fields);
+    let (key_id, key) = keys.active();
+    Linked {
+        seq,
+        prev_hash,
+        hash,
+        key_id,
+        mac: seal(key, key_id, &hash),
+    }
+}
+
 pub(crate) fn mac_ok(key: &SecretKey, key_id: &str, hash: &[u8], tag: &[u8]) -> bool {
     mac_for(key, key_id, hash).verify_slice(tag).is_ok()
 }

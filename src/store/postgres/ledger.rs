@@ -6,7 +6,7 @@
 use tokio_postgres::{Client, GenericClient, Row};
 
 use crate::keys::KeySet;
-use crate::store::ledger::{ChainReport, Fields, GENESIS, Kind, Record, hash, seal};
+use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, seal};
 
 const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
 
@@ -40,35 +40,27 @@ pub(super) async fn append(
             &[],
         )
         .await?;
-    let (seq, prev) = match tail {
-        Some(r) => (r.try_get::<_, i64>(0)? + 1, r.try_get::<_, Vec<u8>>(1)?),
-        None => (1, GENESIS.to_vec()),
+    let tail = match tail {
+        Some(r) => Some((r.try_get::<_, i64>(0)?, r.try_get::<_, Vec<u8>>(1)?)),
+        None => None,
     };
-    let fields = Fields {
-        seq,
-        entry_id,
-        kind: kind.as_str(),
-        at,
-    };
-    let hash = hash(&prev, &fields);
-    let (key_id, key) = keys.active();
-    let mac = seal(key, key_id, &hash);
+    let r = link(keys, tail, entry_id, kind, at);
     tx.execute(
         "INSERT INTO memory.ledger (seq, entry_id, kind, at, prev_hash, hash, key_id, mac) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
-            &seq,
+            &r.seq,
             &entry_id,
             &kind.as_str(),
             &at,
-            &prev,
-            &&hash[..],
-            &key_id,
-            &&mac[..],
+            &r.prev_hash,
+            &&r.hash[..],
+            &r.key_id,
+            &&r.mac[..],
         ],
     )
     .await?;
-    Ok(seq)
+    Ok(r.seq)
 }
 
 /// Where a walk of the chain stands.

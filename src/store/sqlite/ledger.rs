@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::keys::KeySet;
-use crate::store::ledger::{ChainReport, Fields, GENESIS, Kind, Record, hash, seal};
+use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, seal};
 
 /// The highest rank among the records of the row in `entries` being read, NULL when it has
 /// none: one lookup in the (entry_id, kind) index per row. An unknown kind (a hand-made record)
@@ -45,34 +45,22 @@ pub(crate) fn append(
         .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, prev) = match tail {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_vec()),
-    };
-    let fields = Fields {
-        seq,
-        entry_id,
-        kind: kind.as_str(),
-        at,
-    };
-    let hash = hash(&prev, &fields);
-    let (key_id, key) = keys.active();
-    let mac = seal(key, key_id, &hash);
+    let r = link(keys, tail, entry_id, kind, at);
     tx.prepare_cached(
         "INSERT INTO ledger (seq, entry_id, kind, at, prev_hash, hash, key_id, mac) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        seq,
+        r.seq,
         entry_id,
         kind.as_str(),
         at,
-        prev,
-        &hash[..],
-        key_id,
-        &mac[..]
+        r.prev_hash,
+        &r.hash[..],
+        r.key_id,
+        &r.mac[..]
     ])?;
-    Ok(seq)
+    Ok(r.seq)
 }
 
 const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
