@@ -191,6 +191,36 @@ pub fn link<'k>(
     }
 }
 
+/// What one reseal batch does with `records` (not sealed with the active key, oldest first):
+/// up to `batch` of them that verify under their own key get a new MAC under the active key
+/// (`(seq, mac)`; only the MAC changes, the key id is outside the chain hash); those that do not
+/// verify are left alone and reported (`ledger:SEQ`); labels in `skip` are passed over.
+pub fn reseal_plan(
+    keys: &KeySet,
+    records: impl IntoIterator<Item = Record>,
+    batch: usize,
+    skip: &[String],
+) -> (Vec<(i64, [u8; 32])>, Vec<String>) {
+    let (active_id, active) = keys.active();
+    let mut resealed = Vec::new();
+    let mut failed = Vec::new();
+    for rec in records {
+        if resealed.len() >= batch {
+            break;
+        }
+        let label = format!("ledger:{}", rec.seq);
+        if skip.contains(&label) {
+            continue;
+        }
+        if rec.problem(keys).is_some() {
+            failed.push(label);
+            continue;
+        }
+        resealed.push((rec.seq, seal(active, active_id, &rec.hash)));
+    }
+    (resealed, failed)
+}
+
 pub(crate) fn mac_ok(key: &SecretKey, key_id: &str, hash: &[u8], tag: &[u8]) -> bool {
     mac_for(key, key_id, hash).verify_slice(tag).is_ok()
 }

@@ -6,7 +6,7 @@
 use tokio_postgres::{Client, GenericClient, Row};
 
 use crate::keys::KeySet;
-use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, seal};
+use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, reseal_plan};
 
 const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
 
@@ -158,7 +158,7 @@ pub(super) async fn reseal_batch(
     batch: usize,
     skip: &[String],
 ) -> Result<(usize, Vec<String>), tokio_postgres::Error> {
-    let (active_id, active) = keys.active();
+    let active_id = keys.active().0;
     let rows = tx
         .query(
             &format!(
@@ -168,27 +168,14 @@ pub(super) async fn reseal_batch(
             &[&active_id, &((batch + skip.len()) as i64)],
         )
         .await?;
-    let mut resealed = 0;
-    let mut failed = Vec::new();
-    for rec in rows.iter().filter_map(|r| read_record(r).ok()) {
-        if resealed >= batch {
-            break;
-        }
-        let label = format!("ledger:{}", rec.seq);
-        if skip.contains(&label) {
-            continue;
-        }
-        if rec.problem(keys).is_some() {
-            failed.push(label);
-            continue;
-        }
-        let mac = seal(active, active_id, &rec.hash);
+    let records = rows.iter().filter_map(|r| read_record(r).ok());
+    let (resealed, failed) = reseal_plan(keys, records, batch, skip);
+    for (seq, mac) in &resealed {
         tx.execute(
             "UPDATE memory.ledger SET key_id = $2, mac = $3 WHERE seq = $1",
-            &[&rec.seq, &active_id, &&mac[..]],
+            &[seq, &active_id, &&mac[..]],
         )
         .await?;
-        resealed += 1;
     }
-    Ok((resealed, failed))
+    Ok((resealed.len(), failed))
 }

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::keys::KeySet;
-use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, seal};
+use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, reseal_plan};
 
 /// The highest rank among the records of the row in `entries` being read, NULL when it has
 /// none: one lookup in the (entry_id, kind) index per row. An unknown kind (a hand-made record)
@@ -127,7 +127,7 @@ pub(crate) fn reseal_batch(
     batch: usize,
     skip: &[String],
 ) -> rusqlite::Result<(usize, Vec<String>)> {
-    let (active_id, active) = keys.active();
+    let active_id = keys.active().0;
     let records: Vec<rusqlite::Result<Record>> = {
         let mut stmt = tx.prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM ledger WHERE key_id != ?1 ORDER BY seq LIMIT ?2"
@@ -137,26 +137,12 @@ pub(crate) fn reseal_batch(
         })?;
         mapped.collect::<rusqlite::Result<_>>()?
     };
-    let mut resealed = 0;
-    let mut failed = Vec::new();
-    for rec in records.into_iter().flatten() {
-        if resealed >= batch {
-            break;
-        }
-        let label = format!("ledger:{}", rec.seq);
-        if skip.contains(&label) {
-            continue;
-        }
-        if rec.problem(keys).is_some() {
-            failed.push(label);
-            continue;
-        }
-        let mac = seal(active, active_id, &rec.hash);
+    let (resealed, failed) = reseal_plan(keys, records.into_iter().flatten(), batch, skip);
+    for (seq, mac) in &resealed {
         tx.prepare_cached("UPDATE ledger SET key_id = ?2, mac = ?3 WHERE seq = ?1")?
-            .execute(params![rec.seq, active_id, &mac[..]])?;
-        resealed += 1;
+            .execute(params![seq, active_id, &mac[..]])?;
     }
-    Ok((resealed, failed))
+    Ok((resealed.len(), failed))
 }
 
 /// Records for the rows that a store from before the ledger already holds superseded or
