@@ -1,5 +1,6 @@
 //! The landlock self-sandbox: after its files are open, `serve` gives up every filesystem right
-//! except beneath the data dir, all TCP bind/connect, and signals and abstract unix sockets
+//! except beneath the data dir, all TCP bind and every TCP connect but to the store's database
+//! port (PostgreSQL over TCP, so it can reconnect), and signals and abstract unix sockets
 //! outside itself (DESIGN.md §11).
 //!
 //! Landlock restricts the calling thread and the threads it creates afterwards, so the caller
@@ -10,7 +11,7 @@
 use std::path::Path;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 
@@ -145,8 +146,13 @@ impl From<landlock::RulesetError> for SandboxError {
     }
 }
 
-/// Restricts this thread (and threads it creates later) to `data_dir`.
-pub fn restrict(data_dir: &Path, require: bool) -> Result<Status, SandboxError> {
+/// Restricts this thread (and threads it creates later) to `data_dir` and, for TCP, to
+/// connecting to `connect_ports` (the database's; none for SQLite).
+pub fn restrict(
+    data_dir: &Path,
+    connect_ports: &[u16],
+    require: bool,
+) -> Result<Status, SandboxError> {
     let status = if simulated() {
         Status::NotEnforced
     } else {
@@ -158,6 +164,9 @@ pub fn restrict(data_dir: &Path, require: bool) -> Result<Status, SandboxError> 
             .scope(Scope::AbstractUnixSocket | Scope::Signal)?
             .create()?
             .add_rules(path_beneath_rules([data_dir], fs))?
+            .add_rules(connect_ports.iter().map(|&port| {
+                Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))
+            }))?
             .restrict_self()?;
         match restricted.ruleset {
             RulesetStatus::FullyEnforced => Status::FullyEnforced,

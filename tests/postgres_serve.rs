@@ -579,3 +579,52 @@ async fn verify_on_postgresql_reconciles_rows_with_the_chain_and_catches_an_owne
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_loopback_tcp_the_sandbox_leaves_the_database_port_open_for_reconnecting() {
+    let Some(pg) = Ready::start_tcp() else { return };
+    let file = pg.cluster.dir.path().join("tcp.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "host=127.0.0.1 port={} user=memwarden_app dbname=postgres\n",
+            pg.cluster.port
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&file, perms).unwrap();
+    let c = serve(&pg, &file).await;
+    c.call("memory_store", json!({"content": "over tcp"}))
+        .await
+        .ok();
+    // The reconnect after the restart happens under the sandbox: only the database's port may
+    // be connected to, and it must be.
+    tokio::task::block_in_place(|| pg.cluster.restart());
+    let mut stored = false;
+    for i in 0..40 {
+        match c
+            .call("memory_store", json!({"content": format!("after {i}")}))
+            .await
+        {
+            common::Outcome::Ok(_) => {
+                stored = true;
+                break;
+            }
+            common::Outcome::ToolError(v) => {
+                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(stored, "serve reconnected over TCP from inside its sandbox");
+    c.close().await;
+    let log = std::fs::read_to_string(pg.cluster.dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("sandbox applied"), "{log}");
+    assert!(
+        !log.contains("memwarden_app"),
+        "the settings never reach the log"
+    );
+}

@@ -23,7 +23,7 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     // Asked before the sandbox: a seccomp filter answering EPERM is named as such, not taken
     // for an old kernel.
     let probe = crate::sandbox::probe();
-    let status = crate::sandbox::restrict(&root, false)?;
+    let status = crate::sandbox::restrict(&root, &[], false)?;
 
     let mut checks = Vec::new();
     let mut all_ok = status.filesystem_enforced();

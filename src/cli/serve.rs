@@ -140,12 +140,13 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Held until this session ends: `restore` refuses while any session runs.
     let _lock = dir.lock_shared()?;
-    let shared = Arc::new(match args.store.kind {
-        StoreKind::Sqlite => open_shared(&dir, keyring, &policy)?,
+    let (shared, connect_ports) = match args.store.kind {
+        StoreKind::Sqlite => (open_shared(&dir, keyring, &policy)?, Vec::new()),
         StoreKind::Postgres => {
             open_postgres(&dir, &args.store.database_file()?, &keyring, &policy)?
         }
-    });
+    };
+    let shared = Arc::new(shared);
     let session = Session::new(principal);
     tracing::info!(session = %session.id, principal = %session.principal, version = env!("CARGO_PKG_VERSION"), "session starting");
     let server = Server::for_session(shared.clone(), session);
@@ -175,7 +176,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // sockets. No thread has been started yet: the blocking threads that run tool calls
         // (and tokio's blocking stdio) are all started later, from this thread, and inherit the
         // restriction.
-        let status = crate::sandbox::restrict(&data_root, require_sandbox)?;
+        let status = crate::sandbox::restrict(&data_root, &connect_ports, require_sandbox)?;
         SANDBOX_APPLIED.store(true, Ordering::SeqCst);
         // Landlock binds the thread that asks and the threads it starts later: a runtime thread
         // started before this point would run tool calls unrestricted. Refuse rather than serve.
@@ -251,13 +252,14 @@ fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow:
 
 /// The process's shared state over PostgreSQL: the store and the audit log are two connections
 /// to the database the file names (both made now, before the sandbox; a database that cannot
-/// be reached stops `serve` here). The data dir holds the keyring alone.
+/// be reached stops `serve` here). The data dir holds the keyring alone. Also returns the TCP
+/// ports the sandbox must leave open for reconnecting.
 fn open_postgres(
     dir: &DataDir,
     database_file: &std::path::Path,
     keyring: &Keyring,
     policy: &Arc<Policy>,
-) -> anyhow::Result<Shared> {
+) -> anyhow::Result<(Shared, Vec<u16>)> {
     use crate::store::postgres::{DatabaseSettings, Postgres};
     let schemas = Schemas::load()?;
     let settings = DatabaseSettings::load(database_file)?;
@@ -270,12 +272,13 @@ fn open_postgres(
     let audit = crate::audit::pg_log::PgLog::connect(settings.config(), keyring.audit.clone())?;
     tracing::info!(target: "memwarden::security", event = "store", engine = "postgres",
         "store and audit events in PostgreSQL");
-    Ok(Shared::new(
+    let shared = Shared::new(
         schemas,
         store,
         crate::audit::sink::Sink::Postgres(audit),
         policy.clone(),
-    ))
+    );
+    Ok((shared, settings.tcp_ports()))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Dropping the guard stops watching.

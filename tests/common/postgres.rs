@@ -9,6 +9,9 @@ use std::process::Command;
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
+    /// The port: the unix socket's name, and the TCP port when it listens on loopback.
+    pub port: u16,
+    tcp: bool,
 }
 
 /// The directory of Debian's PostgreSQL binaries, newest version first.
@@ -26,6 +29,15 @@ impl Cluster {
     /// Starts a cluster, or `None` (after saying SKIPPED) where PostgreSQL is not installed. In
     /// CI (`CI` set) a missing PostgreSQL is a failure: `.ci/run` installs it.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Cluster::start`], also listening on 127.0.0.1 at a free port.
+    pub fn start_tcp() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tcp: bool) -> Option<Self> {
         let Some(bin) = pg_bin() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -36,7 +48,21 @@ impl Cluster {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("sock")).unwrap();
-        let cluster = Self { dir, bin };
+        let port = if tcp {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        } else {
+            5432
+        };
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            tcp,
+        };
         cluster.chown_for_server();
         let data = cluster.path("data");
         let out = cluster
@@ -50,7 +76,7 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let opts = format!("-k {} -c listen_addresses=", cluster.path("sock"));
+        let opts = cluster.server_options();
         let out = cluster
             .as_server("pg_ctl")
             .args([
@@ -77,9 +103,19 @@ impl Cluster {
         self.dir.path().join(name).display().to_string()
     }
 
+    /// The server's options: its socket directory, its port, and loopback TCP or none.
+    fn server_options(&self) -> String {
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
+        format!(
+            "-k {} -p {} -c listen_addresses={listen}",
+            self.path("sock"),
+            self.port
+        )
+    }
+
     /// `pg_ctl restart` (fast: every connection is cut), waiting until it accepts again.
     pub fn restart(&self) {
-        let opts = format!("-k {} -c listen_addresses=", self.path("sock"));
+        let opts = self.server_options();
         let out = self
             .as_server("pg_ctl")
             .args(["-D", &self.path("data"), "-l", &self.path("pg.log")])
@@ -135,7 +171,11 @@ impl Cluster {
     pub fn settings_file(&self, name: &str, user: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.dir.path().join(name);
-        let text = format!("host={} user={user} dbname=postgres\n", self.socket_dir());
+        let text = format!(
+            "host={} port={} user={user} dbname=postgres\n",
+            self.socket_dir(),
+            self.port
+        );
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
@@ -146,6 +186,7 @@ impl Cluster {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(Path::new(&self.socket_dir()))
+            .port(self.port)
             .user(user)
             .dbname("postgres");
         let (client, connection) = config
@@ -179,7 +220,15 @@ pub struct Ready {
 impl Ready {
     /// Starts and initialises a cluster, or `None` where PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
-        let cluster = Cluster::start()?;
+        Self::on(Cluster::start()?)
+    }
+
+    /// Like [`Ready::start`] on a cluster that also listens on loopback TCP.
+    pub fn start_tcp() -> Option<Self> {
+        Self::on(Cluster::start_tcp()?)
+    }
+
+    fn on(cluster: Cluster) -> Option<Self> {
         let admin = cluster.settings_file("admin.conf", "memwarden");
         let out = Command::new(super::bin())
             .args(["db", "init", "--admin-database-file"])

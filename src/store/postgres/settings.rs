@@ -133,6 +133,27 @@ impl DatabaseSettings {
         &self.config
     }
 
+    /// The TCP ports the settings connect to (none when every host is a unix socket): what the
+    /// sandbox lets `serve` connect to, so it can reconnect after a restart.
+    pub fn tcp_ports(&self) -> Vec<u16> {
+        let hosts = self.config.get_hosts();
+        let ports = self.config.get_ports();
+        let mut out: Vec<u16> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| matches!(h, Host::Tcp(_)))
+            // One port for every host, one per host, or libpq's default.
+            .map(|(i, _)| match ports {
+                [] => 5432,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(5432),
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Whether every host is a unix socket directory (peer authentication, no password).
     pub fn unix_socket_only(&self) -> bool {
         self.config
@@ -182,6 +203,18 @@ fn read_private(path: &Path, shown: &str) -> Result<String, SettingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandbox_opens_exactly_the_tcp_ports_of_the_settings() {
+        let ports = |text: &str| DatabaseSettings::parse(text, "f").unwrap().tcp_ports();
+        assert!(ports("host=/run/postgresql port=6000 user=a").is_empty());
+        assert_eq!(ports("host=127.0.0.1 port=6543 user=a"), [6543]);
+        assert_eq!(ports("host=localhost user=a"), [5432]);
+        assert_eq!(
+            ports("host=/run/postgresql,127.0.0.1,::1 port=1,2,3 user=a"),
+            [2, 3]
+        );
+    }
 
     #[test]
     fn unix_sockets_and_loopback_pass_remote_tcp_is_refused() {
