@@ -133,7 +133,9 @@ impl Shared {
 
     /// Closes both databases (checkpointing their WALs); later calls answer UNAVAILABLE.
     pub fn close(&self) {
-        if let Some(store) = self.store().take()
+        // The lock itself, not `store()`: closing must not reconnect a lost database first.
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(store) = store
             && let Err(e) = store.close()
         {
             tracing::warn!(error = %e, "closing memory.db failed");
