@@ -305,31 +305,40 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
 fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     let Some(pg) = Ready::start() else { return };
     let mut store = pg.store();
-    let id = put(
-        &mut store,
-        "a",
-        "written before the upgrade",
-        &["ops"],
-        1_000_000,
-    );
+    let content = "written before the upgrade, a \\ backslash and a résumé";
+    let id = put(&mut store, "a", content, &["ops"], 1_000_000);
     store.close().unwrap();
-    // Back to version 1: what migration 2 added, gone.
+    // Back to version 1: what migrations 2 and 3 added, gone, and the content as version 1
+    // kept it (backslashes single).
     superuser(
         &pg,
-        "SET ROLE memwarden_owner;
-         ALTER TABLE memory.entries DROP COLUMN scoped;
+        r"SET ROLE memwarden_owner;
+         ALTER TABLE memory.entries DROP COLUMN scoped, DROP COLUMN words;
          DROP FUNCTION memory.scoped_query, memory.every_lexeme, memory.scoped_words,
              memory.scoped_lexemes, memory.scope_token;
-         DELETE FROM memory.schema_version WHERE version = 2;",
+         DROP TEXT SEARCH CONFIGURATION memory.words;
+         UPDATE memory.entries SET content = replace(content, '\\', '\');
+         ALTER TABLE memory.entries ADD COLUMN words tsvector
+             GENERATED ALWAYS AS (to_tsvector('simple', content || ' ' || tags)) STORED;
+         CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
+         DELETE FROM memory.schema_version WHERE version >= 2;",
     );
     let admin = pg.cluster.settings_file("admin.conf", "memwarden");
     let out = super::db_init(&admin);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 1 -> 2"), "{stdout}");
+    assert!(stdout.contains("schema version 1 -> 3"), "{stdout}");
     let store = pg.store();
     let scope = narrow(&["a"]);
     let found = hits(&store, "upgrade", &filter(&scope, &["ops"]));
     assert_eq!(found.iter().map(|h| &h.0).collect::<Vec<_>>(), [&id]);
     let listed = ids(&store.list(&filter(&scope, &["ops"]), None, 10).unwrap());
-    assert_eq!(listed, [id]);
+    assert_eq!(listed, [id.clone()]);
+    // Migration 3: the content reads back whole (its seal holds) and diacritics fold, narrow
+    // and wide.
+    let all = wide(&["a"]);
+    for (scope, tags) in [(&scope, &["ops"][..]), (&all, &[][..])] {
+        let found = hits(&store, "resume", &filter(scope, tags));
+        assert_eq!(found.iter().map(|h| &h.0).collect::<Vec<_>>(), [&id]);
+    }
+    assert_eq!(store.get_any(&id).unwrap().content, content);
 }

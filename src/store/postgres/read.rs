@@ -1,7 +1,7 @@
 //! Search and list on `memory.entries`: the caller's scope, times and tags stand in the same
 //! statement as the text match and the ordering, so the rows PostgreSQL hands over, the search
 //! window and the word weights depend only on rows inside the filter. Query words reach the
-//! server only as bound parameters of `plainto_tsquery('simple', …)`, one per word: whatever a
+//! server only as bound parameters of `plainto_tsquery('memory.words', …)`, one per word: whatever a
 //! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
 //! Snippets are cut above the backend, from the verified content ([`crate::store::snippet`]).
 //!
@@ -32,7 +32,7 @@ use crate::store::scope::Scope;
 fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
     let parts: Vec<String> = words
         .iter()
-        .map(|w| format!("plainto_tsquery('simple', {})", sql.bind(w.clone())))
+        .map(|w| format!("plainto_tsquery('memory.words', {})", sql.bind(w.clone())))
         .collect();
     format!("({})", parts.join(join))
 }
@@ -181,7 +181,7 @@ pub(super) async fn some_words(
         .iter()
         .map(|w| {
             format!(
-                "e.words @@ plainto_tsquery('simple', {})",
+                "e.words @@ plainto_tsquery('memory.words', {})",
                 sql.bind(w.clone())
             )
         })
@@ -303,7 +303,13 @@ mod tests {
         let plain = statement(&plain_words, many(""), "t");
         assert_eq!(hostile, plain);
         // A wide scope: the shared index, five words, the scope, since, until, one tag.
-        assert_eq!(hostile.0.matches("plainto_tsquery('simple', $").count(), 5);
+        assert_eq!(
+            hostile
+                .0
+                .matches("plainto_tsquery('memory.words', $")
+                .count(),
+            5
+        );
         assert!(!hostile.0.contains("scoped"));
         assert_eq!(hostile.1, 9);
         assert_eq!(statement(&plain_words, Scope::All, "t").1, 8);

@@ -42,7 +42,7 @@ fn read_typed(row: &Row) -> Result<RawRow, tokio_postgres::Error> {
     Ok(RawRow {
         id: row.try_get(0)?,
         namespace: row.try_get(1)?,
-        content: row.try_get(2)?,
+        content: content_from_column(row.try_get(2)?),
         tags: row.try_get(3)?,
         metadata: row.try_get(4)?,
         status: row.try_get(5)?,
@@ -56,6 +56,41 @@ fn read_typed(row: &Row) -> Result<RawRow, tokio_postgres::Error> {
         mac: row.try_get(13)?,
         ledger_rank: row.try_get::<_, Option<i64>>(14)?.unwrap_or(0),
     })
+}
+
+/// Content as `memory.entries.content` keeps it. PostgreSQL's text cannot hold U+0000, which
+/// content may (JSON allows it, and SQLite keeps it): the column holds `\` for `\` and `\0`
+/// for U+0000, everything else as it is (migration 3 wrote existing rows so). Text search sees
+/// the same words, as `\` separates words for both engines' parsers.
+pub(super) fn content_to_column(content: &str) -> std::borrow::Cow<'_, str> {
+    if !content.contains(['\\', '\0']) {
+        return content.into();
+    }
+    content.replace('\\', "\\\\").replace('\0', "\\0").into()
+}
+
+/// Content read back from the column: [`content_to_column`] undone. A sequence it never writes
+/// (a row edited by hand) is kept as it is, so the row's seal, not this, rejects it.
+pub(super) fn content_from_column(column: String) -> String {
+    if !column.contains('\\') {
+        return column;
+    }
+    let mut out = String::with_capacity(column.len());
+    let mut chars = column.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('\\')) => {
+                chars.next();
+                out.push('\\');
+            }
+            ('\\', Some('0')) => {
+                chars.next();
+                out.push('\0');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// A value to bind.
@@ -128,4 +163,20 @@ pub(super) fn push_filter(sql: &mut Sql, filter: &Filter, with_scope: bool) -> R
         sql.push(&format!(" AND strpos(e.tags, {p}) > 0"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{content_from_column, content_to_column};
+
+    #[test]
+    fn content_with_nul_and_backslashes_survives_the_column() {
+        for s in ["plain", "a\\b", "nul \0 here", "\\0", "\\\0\\", "", "\0\0"] {
+            let column = content_to_column(s);
+            assert!(!column.contains('\0'), "{s:?}");
+            assert_eq!(content_from_column(column.into_owned()), s);
+        }
+        // Sequences it never writes (a row edited by hand) stay, for the seal to judge.
+        assert_eq!(content_from_column("a\\x\\".into()), "a\\x\\");
+    }
 }

@@ -111,7 +111,45 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
   FOR EACH STATEMENT EXECUTE FUNCTION audit.refuse_change();
 "#,
     SCOPED_WORDS,
+    FOLDED_WORDS,
 ];
+
+/// Migration 3: words are matched with their diacritics folded, as SQLite's `unicode61
+/// remove_diacritics 2` matches them (`résumé` finds `resume` and the reverse): the text search
+/// configuration `memory.words` is `simple` with `unaccent` before it for every kind of word.
+/// Both indexed columns are made again with it (a stored generated column is computed once, so
+/// changing the function under it would leave old rows parsed the old way), and
+/// `scoped_lexemes` parses with it; queries name it too (`read.rs`, `scoped.rs`). The
+/// `unaccent` extension is installed into `memory` by `db init`'s admin before the migrations
+/// run (it is a trusted extension: the database's CREATE privilege suffices).
+const FOLDED_WORDS: &str = r#"
+CREATE TEXT SEARCH CONFIGURATION memory.words (COPY = pg_catalog.simple);
+ALTER TEXT SEARCH CONFIGURATION memory.words
+    ALTER MAPPING FOR word, hword, hword_part, numword, numhword, hword_numpart,
+                      asciiword, asciihword, hword_asciipart
+    WITH memory.unaccent, pg_catalog.simple;
+
+CREATE OR REPLACE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT CASE WHEN octet_length(token) + 2 + octet_length(l) <= 2046
+                    THEN token || 'zw' || l ELSE token || 'zl' || md5(l) END
+        FROM unnest(tsvector_to_array(to_tsvector('memory.words', source))) AS l);
+END $$;
+
+ALTER TABLE memory.entries DROP COLUMN words, DROP COLUMN scoped;
+-- Content is kept with `\` doubled and U+0000 as `\0` from now on (rows.rs).
+UPDATE memory.entries SET content = replace(content, '\', '\\') WHERE strpos(content, '\') > 0;
+ALTER TABLE memory.entries
+    ADD COLUMN words tsvector
+        GENERATED ALWAYS AS (to_tsvector('memory.words', content || ' ' || tags)) STORED,
+    ADD COLUMN scoped tsvector
+        GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+    WHERE status = 'active';
+"#;
 
 /// Migration 2: `entries.scoped`, every row's words again with each lexeme prefixed by its
 /// namespace's token, plus one lexeme per tag, under a GIN index of its own (`entries_scoped`,
@@ -251,6 +289,7 @@ pub async fn init(client: &mut Client) -> Result<InitReport, tokio_postgres::Err
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS memory AUTHORIZATION {OWNER_ROLE};
          CREATE SCHEMA IF NOT EXISTS audit AUTHORIZATION {OWNER_ROLE};
+         CREATE EXTENSION IF NOT EXISTS unaccent SCHEMA memory;
          SET LOCAL ROLE {OWNER_ROLE};
          CREATE TABLE IF NOT EXISTS memory.schema_version (
              version    integer PRIMARY KEY,

@@ -3,8 +3,8 @@
 //! namespace, and a search or tag filter inside a few namespaces reads only theirs, whatever
 //! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
 //! server from bound values only (the namespaces, the query words, the tags): each word is
-//! parsed by the same `simple` configuration as the shared lookup's
-//! `plainto_tsquery('simple', word)`, and its lexemes, prefixed, are quoted into the tsquery by
+//! parsed by the same `memory.words` configuration (migration 3) as the shared lookup's
+//! `plainto_tsquery('memory.words', word)`, and its lexemes, prefixed, are quoted into the tsquery by
 //! that function, so no value becomes statement text or tsquery syntax.
 //!
 //! One difference from the shared lookup: a word's lexemes are ANDed per namespace, which is

@@ -131,6 +131,7 @@ impl WriteTx for PgTx<'_> {
     fn insert(&mut self, row: &SealedRow<'_>) -> Result<()> {
         let e = row.entry;
         let tags = serde_json::to_string(&e.tags).map_err(|e| Error::Internal(e.to_string()))?;
+        let content = super::rows::content_to_column(&e.content);
         let inserted = self.run(async |tx| {
             tx.execute(
                 "INSERT INTO memory.entries (id, namespace, content, tags, metadata, status, \
@@ -140,7 +141,7 @@ impl WriteTx for PgTx<'_> {
                 &[
                     &e.id,
                     &e.namespace,
-                    &e.content,
+                    &content,
                     &tags,
                     &e.metadata,
                     &e.status.as_str(),
