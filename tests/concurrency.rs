@@ -68,7 +68,7 @@ async fn eight_servers_storing_500_each_lose_nothing() {
         head.starts_with(&format!("{}:", events.len())),
         "head {head}"
     );
-    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let audit = rusqlite::Connection::open(dir.audit_db()).unwrap();
     let mut stmt = audit
         .prepare("SELECT json_extract(detail, '$.created') FROM events WHERE kind = 'call' AND tool = 'memory_store' AND outcome = 'ok'")
         .unwrap();

@@ -213,7 +213,7 @@ fn huge_method_names_and_keys_are_never_echoed() {
     assert!(!common::contains(&log, b"mmmmmmmm"));
     assert!(!common::contains(&log, b"KKKKKKKK"));
     assert!(!common::contains(&log, b"hidden-key-name"));
-    let audit = std::fs::read(dir.data().join("audit.db")).unwrap();
+    let audit = dir.audit_bytes();
     assert!(!common::contains(&audit, b"mmmmmmmm"));
     assert!(!common::contains(&audit, b"KKKKKKKK"));
     let all = events(&dir);

@@ -146,7 +146,10 @@ async fn narrow_and_wide_lookups_find_the_same_rows_and_snippets() {
         let two = search(&agent, json!({"query": q, "limit": 50}), &["a", "b", "c"]).await;
         assert_eq!(two, wide, "query {q:?} across namespaces a and b");
         marked += two.values().filter(|(_, s)| s.contains('«')).count();
-        if !["!!!", "absent-word"].iter().any(|w| q.contains(w)) {
+        // Word boundaries are each engine's parser's: PostgreSQL's keeps Devanagari's vowel
+        // signs and virama inside a word (`नमस्ते` is one word), unicode61 splits at them.
+        let split_differently = common::store::on_postgres() && q == "त";
+        if !["!!!", "absent-word"].iter().any(|w| q.contains(w)) && !split_differently {
             assert!(!two.is_empty(), "query {q:?} finds something");
         }
     }

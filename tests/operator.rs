@@ -360,7 +360,7 @@ fn audit_head_reads_a_live_wal_in_a_read_only_data_dir() {
     let dir = TestDir::new();
     let mut s = common::RawSession::start(&dir);
     // A reader holding a snapshot keeps the WAL from being checkpointed away.
-    let reader = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let reader = rusqlite::Connection::open(dir.audit_db()).unwrap();
     reader
         .execute_batch("BEGIN; SELECT count(*) FROM events;")
         .unwrap();

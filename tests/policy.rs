@@ -858,14 +858,8 @@ fn idle_timeout_ends_the_session() {
 
 /// Seals rows with past timestamps through the library, with the data dir's own keyring.
 fn insert_old(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> String {
-    use memwarden::store::{Author, NewEntry, Status, Store, StoreOptions};
-    let ring = memwarden::keys::Keyring::load(&dir.data().join("keyring.toml")).unwrap();
-    let mut store = Store::open(
-        &dir.data().join("memory.db"),
-        ring.entry,
-        StoreOptions::default(),
-    )
-    .unwrap();
+    use memwarden::store::{Author, NewEntry, Status};
+    let mut store = dir.library_store();
     let then = memwarden::clock::now_ms() - age_ms;
     let author = Author {
         principal: "local",

@@ -363,7 +363,7 @@ async fn maintain_while_four_writers_store_loses_and_refuses_nothing() {
         .ok();
     assert_eq!(found["results"].as_array().unwrap().len(), 50);
     c.close().await;
-    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let audit = rusqlite::Connection::open(dir.audit_db()).unwrap();
     let maintained: i64 = audit
         .query_row(
             "SELECT count(*) FROM events WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'maintain'",

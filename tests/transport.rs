@@ -96,7 +96,7 @@ fn requests_before_initialize_are_answered_not_dropped() {
         !contains(&log, secret.as_bytes()),
         "the early message was not logged"
     );
-    let audit = read_all(&dir.data().join("audit.db"));
+    let audit = dir.audit_bytes();
     assert!(!contains(&audit, secret.as_bytes()));
 }
 

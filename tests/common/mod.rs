@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod store;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,15 +20,70 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_memwarden")
 }
 
-/// A temp dir holding a data dir path (not created until init or serve).
+/// A temp dir holding a data dir path (not created until init or serve) and, when the harness
+/// runs on PostgreSQL ([`store::kind`]), a database of its own that every server and
+/// subcommand started through it uses.
 pub struct TestDir {
+    /// Dropped before `tmp`, which holds its connection files.
+    pub pg: Option<store::Database>,
     pub tmp: tempfile::TempDir,
 }
 
+/// Subcommands that open the store: on PostgreSQL they get the database file too.
+const STORE_COMMANDS: &[&str] = &[
+    "serve",
+    "verify",
+    "review",
+    "purge",
+    "maintain",
+    "reseal",
+    "keys",
+    "sandbox-check",
+];
+
 impl TestDir {
     pub fn new() -> Self {
-        Self {
-            tmp: tempfile::tempdir().expect("tempdir"),
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pg = store::on_postgres().then(|| store::Database::create(tmp.path()));
+        Self { pg, tmp }
+    }
+
+    /// The arguments that point a store-opening subcommand at this test's store: none on
+    /// SQLite (the data dir holds it), the database file on PostgreSQL.
+    pub fn store_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.pg {
+            None => Vec::new(),
+            Some(db) => vec![
+                "--store".into(),
+                "postgres".into(),
+                "--database-file".into(),
+                db.app.clone().into_os_string(),
+            ],
+        }
+    }
+
+    /// The arguments for `args` run as a subcommand: the store's for those that open it, the
+    /// auditor role's database file for the auditor's commands on PostgreSQL.
+    fn backend_args(&self, args: &[&str]) -> Vec<std::ffi::OsString> {
+        let Some(db) = &self.pg else {
+            return Vec::new();
+        };
+        match args.first().copied() {
+            Some(c) if STORE_COMMANDS.contains(&c) => self.store_args(),
+            Some("audit")
+                if args
+                    .get(1)
+                    .is_some_and(|s| !matches!(*s, "public-key" | "witness"))
+                    && !args.contains(&"--db") =>
+            {
+                vec![
+                    "--store".into(),
+                    "postgres".into(),
+                    "--database-file".into(),
+                    db.auditor.clone().into_os_string(),
+                ]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -52,7 +108,10 @@ impl TestDir {
     /// Runs a CLI subcommand with `--data-dir`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(bin());
-        cmd.args(args).arg("--data-dir").arg(self.data());
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(self.backend_args(args));
         cmd.output().expect("run memwarden")
     }
 
@@ -71,8 +130,65 @@ impl TestDir {
     /// The test-only tamper path into this data dir's store: what an attacker with write access
     /// to the database could change, named by what it changes rather than by SQL. Every tamper
     /// test goes through it; a second backend's `TestDir` would return its own.
-    pub fn tamper(&self) -> Tamper {
-        Tamper::open(&self.data())
+    pub fn tamper(&self) -> store::Tamper {
+        match &self.pg {
+            None => store::Tamper::Sqlite(Tamper::open(&self.data())),
+            Some(db) => store::Tamper::Postgres(db.tamper()),
+        }
+    }
+
+    /// An audit.db holding this test's audit events: the data dir's own on SQLite; on
+    /// PostgreSQL, a fresh copy of `audit.events` made now by `memwarden db export-audit` as the
+    /// auditor role (the same file the offline verifier reads).
+    pub fn audit_db(&self) -> PathBuf {
+        let Some(db) = &self.pg else {
+            return self.data().join("audit.db");
+        };
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = self.tmp.path().join(format!("exported-audit-{n}.db"));
+        let run = Command::new(bin())
+            .args(["db", "export-audit", "--database-file"])
+            .arg(&db.auditor)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run memwarden db export-audit");
+        assert!(
+            run.status.success(),
+            "export-audit: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    }
+
+    /// Every byte the audit log keeps, for leak greps: audit.db's file on SQLite, a `pg_dump`
+    /// of the `audit` schema on PostgreSQL.
+    pub fn audit_bytes(&self) -> Vec<u8> {
+        match &self.pg {
+            None => read_all(&self.data().join("audit.db")),
+            Some(db) => db.dump_schema("audit"),
+        }
+    }
+
+    /// The store opened through the library, as a server would (the data dir's keyring; this
+    /// test's backend): for tests that seal rows the tools cannot make, such as old ones.
+    pub fn library_store(&self) -> memwarden::store::Store {
+        let ring = memwarden::keys::Keyring::load(&self.data().join("keyring.toml")).unwrap();
+        match &self.pg {
+            None => memwarden::store::Store::open(
+                &self.data().join("memory.db"),
+                ring.entry,
+                memwarden::store::StoreOptions::default(),
+            )
+            .expect("open memory.db"),
+            Some(db) => {
+                use memwarden::store::postgres::{DatabaseSettings, Postgres};
+                let settings = DatabaseSettings::load(&db.app).unwrap();
+                let backend = Postgres::connect(&settings, ring.audit).expect("connect");
+                memwarden::store::Store::with_backend(Box::new(backend), ring.entry)
+            }
+        }
     }
 
     /// Rows of any status.
@@ -95,6 +211,7 @@ impl TestDir {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data())
+            .args(self.store_args())
             .args(extra);
         let (transport, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
@@ -254,6 +371,7 @@ impl RawSession {
             .arg("serve")
             .arg("--data-dir")
             .arg(dir.data())
+            .args(dir.store_args())
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -326,7 +444,8 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Every audit event of a data dir, through `memwarden audit export`.
 pub fn audit_events(dir: &TestDir) -> Vec<Value> {
-    let out = dir.cli(&["audit", "export"]);
+    let db = dir.audit_db();
+    let out = dir.cli(&["audit", "export", "--db", db.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

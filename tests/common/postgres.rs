@@ -129,6 +129,38 @@ impl Cluster {
         );
     }
 
+    /// For a cluster that lives as long as the test process (a `static`, never dropped): a
+    /// watchdog process stops it and removes its directory once this process has gone.
+    pub fn stop_when_process_ends(&self) {
+        let stop = format!(
+            "{} -D {} -m immediate -w stop",
+            self.bin.join("pg_ctl").display(),
+            self.path("data")
+        );
+        let stop = if memwarden::fsafe::current_uid() == 0 {
+            format!("runuser -u nobody -- {stop}")
+        } else {
+            stop
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; cd /; {stop}; rm -rf {dir}",
+            pid = std::process::id(),
+            dir = self.dir.path().display()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the cluster's watchdog");
+    }
+
+    /// The path of one of PostgreSQL's programs (`pg_dump`, `psql`…).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
     /// The socket directory.
     pub fn socket_dir(&self) -> String {
         self.path("sock")
