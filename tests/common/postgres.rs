@@ -131,6 +131,10 @@ impl Cluster {
 
     /// For a cluster that lives as long as the test process (a `static`, never dropped): a
     /// watchdog process stops it and removes its directory once this process has gone.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the watchdog outlives this process by design; init reaps it"
+    )]
     pub fn stop_when_process_ends(&self) {
         let stop = format!(
             "{} -D {} -m immediate -w stop",
