@@ -332,7 +332,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     let found = hits(&store, "upgrade", &filter(&scope, &["ops"]));
     assert_eq!(found.iter().map(|h| &h.0).collect::<Vec<_>>(), [&id]);
     let listed = ids(&store.list(&filter(&scope, &["ops"]), None, 10).unwrap());
-    assert_eq!(listed, [id.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&id));
     // Migration 3: the content reads back whole (its seal holds) and diacritics fold, narrow
     // and wide.
     let all = wide(&["a"]);
