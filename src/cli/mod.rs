@@ -14,6 +14,7 @@ pub mod purge;
 pub mod review;
 pub mod sandbox_check;
 pub mod serve;
+mod stores;
 pub mod verify;
 
 use std::path::PathBuf;
