@@ -55,7 +55,7 @@ pub enum Command {
     /// Merge the full-text indexes, optimize and checkpoint both databases, while servers run.
     Maintain(maintain::MaintainArgs),
     /// Apply serve's sandbox, try what it forbids, and report each attempt.
-    SandboxCheck(DataDirArg),
+    SandboxCheck(sandbox_check::SandboxCheckArgs),
     /// Bridge stdin/stdout to the hardened service's unix socket.
     Connect(connect::ConnectArgs),
     /// Entry keys: list, rotate, retire.
