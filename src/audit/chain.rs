@@ -272,6 +272,34 @@ pub(super) fn write_linked(
     Ok(())
 }
 
+/// Writes `events`, verbatim and in the order given, into a new audit.db at `out` (which must
+/// not exist), in one transaction: a copy the offline verifier reads. Every export (from
+/// PostgreSQL, from another audit.db) writes through here. Returns the copy's head.
+pub(super) fn write_copy(
+    out: &std::path::Path,
+    events: impl IntoIterator<Item = LinkedEvent>,
+) -> Result<Head, AuditError> {
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(AuditError::Open(format!(
+            "{}: already exists",
+            out.display()
+        )));
+    }
+    let mut conn = super::open_rw(out, std::time::Duration::from_secs(10))?;
+    let tx = conn.transaction()?;
+    let mut head = Head {
+        seq: 0,
+        hash: hex::encode(GENESIS),
+    };
+    for e in events {
+        write_linked(&tx, &e)?;
+        head = e.head();
+    }
+    tx.commit()?;
+    conn.close().map_err(|(_, e)| AuditError::from(e))?;
+    Ok(head)
+}
+
 /// Inserts the linked row; returns the number of rows inserted (1 unless something interferes).
 fn write_row(tx: &rusqlite::Transaction<'_>, l: &LinkedEvent) -> Result<usize, AuditError> {
     let row = l.fields();

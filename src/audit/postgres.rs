@@ -134,32 +134,20 @@ pub async fn export_sqlite(
         )
         .await?;
     tx.commit().await?;
-    let mut conn = super::open_rw(out, std::time::Duration::from_secs(10))?;
-    let db = conn.transaction().map_err(AuditError::from)?;
-    let mut head = Head {
-        seq: 0,
-        hash: hex::encode(GENESIS),
-    };
-    for r in &rows {
-        let e = LinkedEvent {
-            seq: r.get(0),
-            ts: r.get(1),
-            kind: r.get(2),
-            session_id: r.get(3),
-            principal: r.get(4),
-            tool: r.get(5),
-            outcome: r.get(6),
-            code: r.get(7),
-            detail: r.get(8),
-            prev_hash: r.get(9),
-            hash: r.get(10),
-            key_id: r.get(11),
-            mac: r.get(12),
-        };
-        super::chain::write_linked(&db, &e)?;
-        head = e.head();
-    }
-    db.commit().map_err(AuditError::from)?;
-    conn.close().map_err(|(_, e)| AuditError::from(e))?;
-    Ok(head)
+    let events = rows.iter().map(|r| LinkedEvent {
+        seq: r.get(0),
+        ts: r.get(1),
+        kind: r.get(2),
+        session_id: r.get(3),
+        principal: r.get(4),
+        tool: r.get(5),
+        outcome: r.get(6),
+        code: r.get(7),
+        detail: r.get(8),
+        prev_hash: r.get(9),
+        hash: r.get(10),
+        key_id: r.get(11),
+        mac: r.get(12),
+    });
+    Ok(super::chain::write_copy(out, events)?)
 }

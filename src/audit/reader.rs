@@ -55,6 +55,23 @@ impl AuditReader {
         super::query::events(&self.conn, filter, with_hashes, each)
     }
 
+    /// Copies every event, verbatim and in seq order, into a new audit.db at `out` (which must
+    /// not exist), as an export from PostgreSQL does; the copy is one consistent prefix of the
+    /// chain (one read statement). Returns the copy's head.
+    ///
+    /// # Errors
+    /// `out` exists, or either file cannot be read or written.
+    pub fn export_sqlite(&self, out: &Path) -> Result<Head, AuditError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
+             prev_hash, hash, key_id, mac FROM events ORDER BY seq",
+        )?;
+        let events = stmt
+            .query_map([], super::chain::LinkedEvent::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        super::chain::write_copy(out, events)
+    }
+
     /// The signed note of the newest checkpoint event, if the log holds one.
     pub fn latest_checkpoint(&self) -> Result<Option<String>, AuditError> {
         let detail: Option<String> = self

@@ -208,12 +208,12 @@ fn record(
     keyring: &Keyring,
     detail: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let mut log = AuditLog::open(
+    let log = AuditLog::open(
         &dir.audit_db(),
         keyring.audit.clone(),
         Duration::from_secs(10),
     )?;
-    admin_event(&mut log, detail)
+    admin_event(&mut log.into(), detail)
 }
 
 /// The backup directory: created 0700, or an existing one only if it is exactly what we would

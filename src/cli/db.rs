@@ -83,6 +83,41 @@ pub fn export_chain(
     })
 }
 
+/// A private copy of a PostgreSQL audit chain as an audit.db, for the offline readers (`verify`'s
+/// reconciliation, `audit verify|head|query|export --store postgres`): in a directory only we
+/// can enter, under the temp dir, removed with what it holds when dropped.
+pub(crate) struct ChainCopy {
+    dir: std::path::PathBuf,
+    db: std::path::PathBuf,
+}
+
+impl ChainCopy {
+    /// Copies the chain of the database `file` names.
+    pub(crate) fn export(file: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("memwarden-chain-{}", uuid::Uuid::new_v4()));
+        // Fails if anything is already there: never a directory someone else prepared.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let copy = Self {
+            db: dir.join("audit.db"),
+            dir,
+        };
+        export_chain(file, &copy.db)?;
+        Ok(copy)
+    }
+
+    /// The copy's audit.db.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.db
+    }
+}
+
+impl Drop for ChainCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn export_audit(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
     let head = export_chain(file, out)?;
     println!("exported the audit chain to {}: head {head}", out.display());

@@ -13,15 +13,21 @@ use serde_json::json;
 
 use super::DataDirArg;
 use super::review::admin_event;
-use crate::audit::AuditLog;
+use super::serve::StoreArgs;
+use super::stores::Engine;
+use crate::audit::sink::Sink;
 use crate::keys::{KeySet, Keyring, KeyringLock};
-use crate::store::{Store, StoreOptions};
+use crate::store::Store;
 
 /// `memwarden keys`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct KeysArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    /// The store whose rows `list` counts and `retire` checks (the keyring is the data dir's
+    /// on either engine).
+    #[command(flatten)]
+    pub store: StoreArgs,
     #[command(subcommand)]
     pub command: KeysCommand,
 }
@@ -49,6 +55,8 @@ pub enum KeysCommand {
 pub struct ResealArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Rows per transaction.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
@@ -60,23 +68,24 @@ struct Opened {
     path: std::path::PathBuf,
     keyring: Keyring,
     store: Store,
-    audit: AuditLog,
+    audit: Sink,
     _keyring_lock: KeyringLock,
     _data_lock: crate::datalock::DataLock,
 }
 
-fn open(args: &DataDirArg) -> anyhow::Result<Opened> {
+fn open(args: &DataDirArg, store: &StoreArgs) -> anyhow::Result<Opened> {
+    let engine = Engine::of(store)?;
     let dir = args.open()?;
     let data_lock = dir.lock_shared()?;
     // Every check runs first, so nothing is created in a dir that is refused: the data dir and
-    // keyring, then audit.db (it refuses a vanished chain before memory.db is touched). Then
-    // the keyring's lock and the read under it: the keyring read is the one the save replaces.
-    let options = StoreOptions::default();
+    // keyring, then the audit log (audit.db refuses a vanished chain before memory.db is
+    // touched). Then the keyring's lock and the read under it: the keyring read is the one the
+    // save replaces.
     let checked = dir.open_keyring()?;
-    let audit = AuditLog::open(&dir.audit_db(), checked.audit, options.busy_timeout)?;
+    let audit = engine.audit(&dir, checked.audit)?;
     let keyring_lock = Keyring::lock(&dir.keyring())?;
     let keyring = dir.open_keyring()?;
-    let store = Store::open(&dir.memory_db(), keyring.entry.clone(), options)?;
+    let store = engine.store(&dir, &keyring)?;
     Ok(Opened {
         path: dir.keyring(),
         keyring,
@@ -97,7 +106,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
         mut audit,
         _keyring_lock,
         _data_lock,
-    } = open(&args.data_dir)?;
+    } = open(&args.data_dir, &args.store)?;
     match &args.command {
         KeysCommand::List => {
             for (i, id) in keyring.entry.ids().iter().enumerate() {
@@ -153,7 +162,7 @@ fn rotate_signing(
     args: &KeysArgs,
     path: &std::path::Path,
     keyring: &mut crate::keys::Keyring,
-    audit: &mut crate::audit::AuditLog,
+    audit: &mut Sink,
 ) -> anyhow::Result<()> {
     let old = keyring
         .audit_signing
@@ -200,7 +209,7 @@ pub fn reseal(args: &ResealArgs) -> anyhow::Result<ExitCode> {
         _keyring_lock,
         _data_lock,
         ..
-    } = open(&args.data_dir)?;
+    } = open(&args.data_dir, &args.store)?;
     let active = keyring.entry.active().0.to_string();
     admin_event(
         &mut audit,

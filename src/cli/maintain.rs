@@ -1,6 +1,7 @@
 //! `memwarden maintain`: brings the full-text indexes and both databases back into shape while
 //! servers keep running (FTS5 merges in short write transactions, `PRAGMA optimize`, passive WAL
-//! checkpoints). Audited as admin events; prints what it did. A nightly timer runs it.
+//! checkpoints). Audited as admin events; prints what it did. A nightly timer runs it. On
+//! PostgreSQL autovacuum does this work: maintain reports what it has left and changes nothing.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,12 +10,16 @@ use serde_json::json;
 
 use super::DataDirArg;
 use super::review::{admin_event, open};
+use crate::audit::sink::Sink;
+use crate::store::MaintainReport;
 
 /// `memwarden maintain`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct MaintainArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
     /// Longest the write lock is held by one merge step, in ms (agents' writes wait that long
     /// at most).
     #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -24,7 +29,7 @@ pub struct MaintainArgs {
 /// Runs the upkeep and reports it.
 pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
     // The data dir lock is held shared for the run: a restore waits for maintain to finish.
-    let (mut store, mut audit, _lock) = open(&args.data_dir)?;
+    let (mut store, mut audit, _lock) = open(&args.data_dir, &args.store)?;
     let before = store.index_shape()?;
     // Audit first: if the log cannot be written, nothing is touched.
     admin_event(
@@ -33,8 +38,19 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
     )?;
     let m = store.maintain(Duration::from_millis(args.max_lock_ms))?;
     drop(store);
-    // The audit log gets the same care through a plain connection: optimize and a checkpoint
-    // only, never a write of its own.
+    match audit {
+        Sink::File(_) => sqlite_audit_upkeep(args, &m, &mut audit),
+        Sink::Postgres(_) => postgres_report(&m, &mut audit),
+    }
+}
+
+/// SQLite: the audit log gets the same care as memory.db through a plain connection (optimize
+/// and a checkpoint only, never a write of its own); then the report.
+fn sqlite_audit_upkeep(
+    args: &MaintainArgs,
+    m: &MaintainReport,
+    audit: &mut Sink,
+) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
     let (audit_log, audit_copied) =
         crate::audit::inspect::optimize_and_checkpoint(&dir.audit_db())?;
@@ -50,7 +66,7 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
         "audit_wal_frames": audit_log,
         "audit_wal_copied": audit_copied,
     });
-    admin_event(&mut audit, detail)?;
+    admin_event(audit, detail)?;
     println!(
         "full-text indexes: {} segments -> {} (one per index is fully merged; {} merge steps, longest {:.1} ms, {:.0} ms in all)",
         m.segments_before, m.segments_after, m.steps, m.longest_step_ms, m.total_ms
@@ -60,5 +76,26 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
         m.log_copied, m.log_frames
     );
     println!("audit.db: optimized; WAL checkpoint copied {audit_copied} of {audit_log} frames");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PostgreSQL: autovacuum does the upkeep (the app role may not VACUUM or ANALYZE tables it
+/// does not own), so maintain changes nothing and says so, with what autovacuum has left.
+fn postgres_report(m: &MaintainReport, audit: &mut Sink) -> anyhow::Result<ExitCode> {
+    admin_event(
+        audit,
+        json!({
+            "event": "maintain",
+            "engine": "postgres",
+            "dead_rows_before": m.segments_before,
+            "dead_rows_after": m.segments_after,
+        }),
+    )?;
+    println!(
+        "memory.entries: {} dead row versions awaiting autovacuum (was {}); nothing changed: \
+         PostgreSQL's autovacuum vacuums, analyses and flushes the text index, and the app role \
+         may not run VACUUM",
+        m.segments_after, m.segments_before
+    );
     Ok(ExitCode::SUCCESS)
 }

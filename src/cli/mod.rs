@@ -14,6 +14,7 @@ pub mod purge;
 pub mod review;
 pub mod sandbox_check;
 pub mod serve;
+mod stores;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -54,7 +55,7 @@ pub enum Command {
     /// Merge the full-text indexes, optimize and checkpoint both databases, while servers run.
     Maintain(maintain::MaintainArgs),
     /// Apply serve's sandbox, try what it forbids, and report each attempt.
-    SandboxCheck(DataDirArg),
+    SandboxCheck(sandbox_check::SandboxCheckArgs),
     /// Bridge stdin/stdout to the hardened service's unix socket.
     Connect(connect::ConnectArgs),
     /// Entry keys: list, rotate, retire.

@@ -16,12 +16,14 @@ pub struct PurgeArgs {
     pub data_dir: DataDirArg,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
 }
 
 /// Applies the policy's retention, recording each removal in the ledger.
 pub fn run(args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     let policy = args.policy.load()?;
-    let (mut store, mut audit, _lock) = open(&args.data_dir)?;
+    let (mut store, mut audit, _lock) = open(&args.data_dir, &args.store)?;
     let now = crate::clock::now_ms();
     let before = |d: Option<std::time::Duration>| d.map(|d| now - d.as_millis() as i64);
     let older_than = before(policy.retention.max_age);

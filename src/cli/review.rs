@@ -7,15 +7,20 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::DataDirArg;
-use crate::audit::{AuditLog, Kind, NewEvent};
+use super::serve::StoreArgs;
+use super::stores::Engine;
+use crate::audit::sink::Sink;
+use crate::audit::{Kind, NewEvent};
 use crate::datalock::DataLock;
-use crate::store::{Store, StoreOptions};
+use crate::store::Store;
 
 /// `memwarden review`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct ReviewArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: StoreArgs,
     #[command(subcommand)]
     pub command: ReviewCommand,
 }
@@ -33,18 +38,24 @@ pub enum ReviewCommand {
     Reject { id: String },
 }
 
-/// The operator's handles on a data dir: the store, the audit log, and the data dir's lock held
-/// shared while they are used (see [`crate::datalock`]).
-pub(crate) fn open(args: &DataDirArg) -> anyhow::Result<(Store, AuditLog, DataLock)> {
+/// The operator's handles on a store of either engine: the store, its audit log, and the data
+/// dir's lock held shared while they are used (see [`crate::datalock`]; on PostgreSQL the data
+/// dir holds the keyring, and `serve` holds the same lock).
+pub(crate) fn open(
+    args: &DataDirArg,
+    store: &StoreArgs,
+) -> anyhow::Result<(Store, Sink, DataLock)> {
+    let engine = Engine::of(store)?;
     let dir = args.open()?;
     let lock = dir.lock_shared()?;
     let keyring = dir.open_keyring()?;
-    let (store, audit) = dir.open_databases(&keyring, StoreOptions::default())?;
+    let audit = engine.audit(&dir, keyring.audit.clone())?;
+    let store = engine.store(&dir, &keyring)?;
     Ok((store, audit, lock))
 }
 
 /// Appends an operator's admin event.
-pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn admin_event(audit: &mut Sink, detail: serde_json::Value) -> anyhow::Result<()> {
     let mut detail = detail;
     detail["operator_uid"] = json!(crate::fsafe::current_uid());
     let event = NewEvent {
@@ -57,7 +68,7 @@ pub(crate) fn admin_event(audit: &mut AuditLog, detail: serde_json::Value) -> an
 
 /// Lists, shows, approves or rejects quarantined entries.
 pub fn run(args: &ReviewArgs) -> anyhow::Result<ExitCode> {
-    let (mut store, mut audit, _lock) = open(&args.data_dir)?;
+    let (mut store, mut audit, _lock) = open(&args.data_dir, &args.store)?;
     let now = crate::clock::now_ms();
     match &args.command {
         ReviewCommand::List => {

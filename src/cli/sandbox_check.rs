@@ -1,6 +1,8 @@
 //! `memwarden sandbox-check`: apply the same sandbox as `serve`, then try what it must forbid
 //! and report each attempt. Exit 0 only when every forbidden operation was denied and the data
-//! dir is still usable.
+//! dir is still usable. With `--store postgres` the sandbox leaves the database's TCP ports open,
+//! as `serve`'s does, and the check also connects to the database: allowed, while another
+//! loopback port stays denied.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,9 +10,57 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::DataDirArg;
+use super::serve::StoreArgs;
+use super::stores::Engine;
+use crate::store::postgres::Endpoint;
+
+/// `memwarden sandbox-check`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct SandboxCheckArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    /// The store `serve` would use: PostgreSQL's TCP ports are left open, as for `serve`.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Where the database listens, resolved before the sandbox (resolving `localhost` reads
+/// /etc/hosts, which the sandbox forbids): what the checks try to reach under it.
+enum Target {
+    Tcp(String, Vec<std::net::SocketAddr>),
+    Unix(std::path::PathBuf),
+}
+
+/// The database's endpoints and the TCP ports the sandbox leaves open (none for SQLite).
+fn database_targets(store: &StoreArgs) -> anyhow::Result<(Vec<Target>, Vec<u16>)> {
+    let Engine::Postgres(settings) = Engine::of(store)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut targets = Vec::new();
+    for endpoint in settings.endpoints() {
+        targets.push(match endpoint {
+            Endpoint::Tcp(host, port) => {
+                let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?;
+                Target::Tcp(format!("{host}:{port}"), addrs.collect())
+            }
+            Endpoint::Unix(path) => Target::Unix(path),
+        });
+    }
+    Ok((targets, settings.tcp_ports()))
+}
+
+/// Connects to the database's endpoint (TCP: its first address that answers).
+fn reach(target: &Target) -> std::io::Result<()> {
+    match target {
+        Target::Tcp(_, addrs) => std::net::TcpStream::connect(&addrs[..]).map(drop),
+        Target::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+    }
+}
 
 /// Applies the sandbox and reports what it blocks.
-pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
+pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
+    let (targets, ports) = database_targets(&args.store)?;
+    let args = &args.data_dir;
     let root = args.resolve()?;
     let (dir, _) = crate::fsafe::Dir::create(&root)?;
     // Opened before the sandbox, as a peer the sandboxed process must not reach.
@@ -23,7 +73,7 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
     // Asked before the sandbox: a seccomp filter answering EPERM is named as such, not taken
     // for an old kernel.
     let probe = crate::sandbox::probe();
-    let status = crate::sandbox::restrict(&root, &[], false)?;
+    let status = crate::sandbox::restrict(&root, &ports, false)?;
 
     let mut checks = Vec::new();
     let mut all_ok = status.filesystem_enforced();
@@ -72,13 +122,52 @@ pub fn run(args: &DataDirArg) -> anyhow::Result<ExitCode> {
             .and_then(|mut f| f.write_all(b"ok"))
             .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
+    // The database must stay reachable. A refusal by the sandbox is "denied"; any other
+    // failure (the database is down, a wrong port) is reported as such, and fails the check
+    // too: serve could not reach it either.
+    let mut notes = Vec::new();
+    for target in &targets {
+        let (name, result) = match target {
+            Target::Tcp(shown, _) => (
+                format!("tcp connect to the database at {shown}"),
+                reach(target),
+            ),
+            Target::Unix(path) => {
+                notes.push(
+                    "landlock does not govern connect(2) to a pathname unix socket (it scopes \
+                     abstract sockets only): the database's socket is reachable under the \
+                     sandbox, as is any other socket this user may open",
+                );
+                (
+                    format!("unix socket connect to the database at {}", path.display()),
+                    reach(target),
+                )
+            }
+        };
+        let denied = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        all_ok &= result.is_ok();
+        checks.push(json!({
+            "check": name,
+            "expected": "allowed",
+            "result": match &result {
+                Ok(()) => "allowed".to_string(),
+                Err(_) if denied => "denied".to_string(),
+                Err(e) => format!("failed: {}", e.kind()),
+            },
+            "ok": result.is_ok(),
+        }));
+    }
     drop(listener);
-    let report = json!({
+    notes.dedup();
+    let mut report = json!({
         "sandbox": status.as_str(),
         "landlock": probe.to_string(),
         "checks": checks,
         "ok": all_ok,
     });
+    if !notes.is_empty() {
+        report["notes"] = json!(notes);
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if all_ok {
         ExitCode::SUCCESS

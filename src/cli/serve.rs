@@ -56,11 +56,17 @@ pub enum StoreKind {
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
     /// The store's engine.
-    #[arg(long = "store", value_enum, default_value = "sqlite")]
+    #[arg(
+        id = "store",
+        long = "store",
+        value_enum,
+        default_value = "sqlite",
+        global = true
+    )]
     pub kind: StoreKind,
     /// PostgreSQL connection settings (libpq URL or key=value; mode 0600, no link)
     /// [default: $CREDENTIALS_DIRECTORY/database when systemd passes one]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub database_file: Option<PathBuf>,
 }
 

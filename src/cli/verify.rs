@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use super::DataDirArg;
+use super::db::ChainCopy;
 use crate::audit::inspect::AuditedWrite as Write;
 use crate::store::ledger::Kind;
 use crate::store::{Store, VerifyReport};
@@ -109,29 +110,9 @@ fn section(items: &[String], ok: &str, failed: &str) -> bool {
     true
 }
 
-/// A directory only we can enter, under the temp dir, removed with what it holds when dropped:
-/// where the chain's copy is reconciled from.
-struct PrivateDir(std::path::PathBuf);
-
-impl PrivateDir {
-    fn new() -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = std::env::temp_dir().join(format!("memwarden-verify-{}", uuid::Uuid::new_v4()));
-        // Fails if anything is already there: never a directory someone else prepared.
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The store, read-only, and the audit.db to reconcile it with (on PostgreSQL a copy of the
 /// chain, in a private directory that lives as long as the returned guard).
-fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<PrivateDir>)> {
+fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<ChainCopy>)> {
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     Ok(match args.store.kind {
@@ -144,13 +125,11 @@ fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<
             let file = args.store.database_file()?;
             let settings = crate::store::postgres::DatabaseSettings::load(&file)?;
             let backend = crate::store::postgres::Postgres::connect(&settings, keyring.audit)?;
-            let tmp = PrivateDir::new()?;
-            let copy = tmp.0.join("audit.db");
-            super::db::export_chain(&file, &copy)?;
+            let copy = ChainCopy::export(&file)?;
             (
                 Store::with_backend(Box::new(backend), keyring.entry),
-                copy,
-                Some(tmp),
+                copy.path().to_path_buf(),
+                Some(copy),
             )
         }
     })

@@ -1,6 +1,8 @@
 //! `memwarden audit verify|query|head|export|checkpoint|witness|public-key`: the auditor's
 //! tools. They open audit.db read-only, need no memory.db, and work on a copy in a read-only
-//! directory; with the public key, they need no secret at all.
+//! directory; with the public key, they need no secret at all. On PostgreSQL
+//! (`--store postgres --database-file F`, the auditor role suffices) they read a private copy of
+//! `audit.events` exported as an audit.db, so both engines are checked by the same reader.
 
 //!
 //! This module holds the command line and dispatches; each group of subcommands has its own
@@ -12,7 +14,7 @@ mod reset;
 mod verify;
 mod witness;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
@@ -39,21 +41,54 @@ pub struct Source {
     /// An audit.db file (for example an auditor's copy); overrides --data-dir.
     #[arg(long, value_name = "FILE")]
     pub db: Option<PathBuf>,
+    /// `--store postgres --database-file F`: the chain in PostgreSQL's `audit.events`.
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
+}
+
+/// The audit.db a command reads, and the private copy it may be (removed when dropped).
+pub(crate) struct Log {
+    path: PathBuf,
+    _copy: Option<super::db::ChainCopy>,
+}
+
+impl Log {
+    /// The audit.db to open.
+    fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl Source {
     /// The audit.db to read. One in a data dir is held to the data dir's checks (0700 dir,
     /// 0600 files, no links); a `--db` copy handed to an auditor may have any mode, and is only
-    /// opened without following links.
-    fn path(&self) -> anyhow::Result<PathBuf> {
-        match &self.db {
-            Some(p) => Ok(p.clone()),
-            None => {
+    /// opened without following links; a PostgreSQL chain is exported first, in one consistent
+    /// snapshot, into a private temporary audit.db.
+    fn open(&self) -> anyhow::Result<Log> {
+        let plain = |path| Log { path, _copy: None };
+        match (&self.db, self.store.kind) {
+            (Some(_), super::serve::StoreKind::Postgres) => {
+                anyhow::bail!("--db and --store postgres name two different logs: give one of them")
+            }
+            (Some(p), _) => Ok(plain(p.clone())),
+            (None, super::serve::StoreKind::Postgres) => {
+                let copy = super::db::ChainCopy::export(&self.store.database_file()?)?;
+                Ok(Log {
+                    path: copy.path().to_path_buf(),
+                    _copy: Some(copy),
+                })
+            }
+            (None, super::serve::StoreKind::Sqlite) => {
                 let dir = self.data_dir.open()?;
                 dir.open_dir()?;
-                Ok(dir.audit_db())
+                Ok(plain(dir.audit_db()))
             }
         }
+    }
+
+    /// Whether the log is the data dir's own audit.db (not a copy, not PostgreSQL's).
+    fn is_data_dirs(&self) -> bool {
+        self.db.is_none() && self.store.kind == super::serve::StoreKind::Sqlite
     }
 }
 
@@ -65,10 +100,13 @@ pub enum Format {
     Csv,
 }
 
-/// How `audit export` prints events.
+/// How `audit export` writes events.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportFormat {
+    /// One JSON object a line, to stdout.
     Jsonl,
+    /// A new audit.db at `--out`, which `memwarden audit verify --db` checks offline.
+    Sqlite,
 }
 
 /// The auditor's subcommands.
@@ -164,12 +202,16 @@ pub enum AuditCommand {
         #[arg(long)]
         i_understand_the_chain_restarts: bool,
     },
-    /// Every event with its hashes, one JSON object a line (for a SIEM).
+    /// Every event with its hashes, one JSON object a line (for a SIEM), or verbatim into a
+    /// new audit.db (`--format sqlite --out FILE`) for the offline verifier.
     Export {
         #[command(flatten)]
         source: Source,
         #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
+        /// The audit.db `--format sqlite` writes; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -226,6 +268,10 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<ExitCode> {
             data_dir,
             i_understand_the_chain_restarts,
         } => reset::reset_cmd(data_dir, *i_understand_the_chain_restarts),
-        AuditCommand::Export { source, format } => query::export_cmd(source, *format),
+        AuditCommand::Export {
+            source,
+            format,
+            out,
+        } => query::export_cmd(source, *format, out.as_deref()),
     }
 }

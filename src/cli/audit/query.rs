@@ -9,7 +9,9 @@ use crate::audit::query::{Event, Filter};
 
 /// `memwarden audit checkpoint`: the newest signed checkpoint's note; exit 1 when there is none.
 pub(super) fn checkpoint_cmd(source: &Source) -> anyhow::Result<ExitCode> {
-    let log = AuditReader::open(&source.path()?)?;
+    // Bound: a PostgreSQL chain's private copy lives as long as the reader.
+    let copy = source.open()?;
+    let log = AuditReader::open(copy.path())?;
     match log.latest_checkpoint()? {
         Some(note) => {
             print!("{note}");
@@ -27,21 +29,42 @@ pub(super) fn checkpoint_cmd(source: &Source) -> anyhow::Result<ExitCode> {
 
 /// `memwarden audit head`: the chain head as SEQ:HASH.
 pub(super) fn head_cmd(source: &Source) -> anyhow::Result<ExitCode> {
-    let log = AuditReader::open(&source.path()?)?;
+    // Bound: a PostgreSQL chain's private copy lives as long as the reader.
+    let copy = source.open()?;
+    let log = AuditReader::open(copy.path())?;
     println!("{}", log.head()?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// `memwarden audit export`: every event with its hashes, one JSON object a line.
-pub(super) fn export_cmd(source: &Source, format: ExportFormat) -> anyhow::Result<ExitCode> {
-    let ExportFormat::Jsonl = format;
-    let log = AuditReader::open(&source.path()?)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    log.events(&Filter::default(), true, |e| {
-        serde_json::to_writer(&mut out, &e)?;
-        out.write_all(b"\n")
-    })?;
-    out.flush()?;
+/// `memwarden audit export`: every event with its hashes, one JSON object a line, or a new
+/// audit.db at `out`.
+pub(super) fn export_cmd(
+    source: &Source,
+    format: ExportFormat,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let log = source.open()?;
+    match (format, out) {
+        (ExportFormat::Sqlite, Some(out)) => {
+            let head = AuditReader::open(log.path())?.export_sqlite(out)?;
+            println!("exported the audit chain to {}: head {head}", out.display());
+        }
+        (ExportFormat::Sqlite, None) => {
+            anyhow::bail!("--format sqlite needs --out FILE (a new audit.db)")
+        }
+        (ExportFormat::Jsonl, Some(_)) => {
+            anyhow::bail!("--out is for --format sqlite; jsonl goes to stdout")
+        }
+        (ExportFormat::Jsonl, None) => {
+            let reader = AuditReader::open(log.path())?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            reader.events(&Filter::default(), true, |e| {
+                serde_json::to_writer(&mut out, &e)?;
+                out.write_all(b"\n")
+            })?;
+            out.flush()?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -51,7 +74,9 @@ pub(super) fn query_cmd(
     filter: &Filter,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let log = AuditReader::open(&source.path()?)?;
+    // Bound: a PostgreSQL chain's private copy lives as long as the reader.
+    let copy = source.open()?;
+    let log = AuditReader::open(copy.path())?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match format {
         Format::Json => {

@@ -19,16 +19,17 @@ pub(super) fn verify_cmd(
     public_key: Option<&PathBuf>,
     checkpoint_files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
-    let path = source.path()?;
+    let log = source.open()?;
+    let path = log.path();
     // In a data dir, an empty or missing chain beside a used memory.db is a failure, not an
-    // empty log (an auditor's --db copy has no memory.db to judge by).
-    if source.db.is_none()
-        && let Some(why) = audit::vanished_chain(&path)?
+    // empty log (an auditor's --db copy, or PostgreSQL's, has no memory.db to judge by).
+    if source.is_data_dirs()
+        && let Some(why) = audit::vanished_chain(path)?
     {
         println!("FAILED: {}", audit::AuditError::ChainMissing { why });
         return Ok(ExitCode::from(1));
     }
-    let log = AuditReader::open(&path)?;
+    let log = AuditReader::open(path)?;
     let keys = audit_keys(source, keyring, public_key.is_some())?;
     let expect = expect_head
         .map(|h| parse_head(h).ok_or_else(|| anyhow::anyhow!("--expect-head must be SEQ:HASH (64 hex digits), as printed by `memwarden audit head`")))

@@ -19,4 +19,4 @@ mod write;
 
 pub use backend::Postgres;
 pub use fail::RETRY_AFTER_MS;
-pub use settings::{DatabaseSettings, SettingsError};
+pub use settings::{DatabaseSettings, Endpoint, SettingsError};

@@ -136,22 +136,40 @@ impl DatabaseSettings {
     /// The TCP ports the settings connect to (none when every host is a unix socket): what the
     /// sandbox lets `serve` connect to, so it can reconnect after a restart.
     pub fn tcp_ports(&self) -> Vec<u16> {
-        let hosts = self.config.get_hosts();
-        let ports = self.config.get_ports();
-        let mut out: Vec<u16> = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| matches!(h, Host::Tcp(_)))
-            // One port for every host, one per host, or libpq's default.
-            .map(|(i, _)| match ports {
-                [] => 5432,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(5432),
+        let mut out: Vec<u16> = self
+            .endpoints()
+            .into_iter()
+            .filter_map(|e| match e {
+                Endpoint::Tcp(_, port) => Some(port),
+                Endpoint::Unix(_) => None,
             })
             .collect();
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Each host with its port (one port for every host, one per host, or libpq's default): TCP hosts as names,
+    /// unix socket directories as the socket's path (`DIR/.s.PGSQL.PORT`). For
+    /// `sandbox-check`, which tries to reach them under the sandbox.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let port = match ports {
+                    [] => 5432,
+                    [one] => *one,
+                    many => many.get(i).copied().unwrap_or(5432),
+                };
+                match h {
+                    Host::Tcp(name) => Endpoint::Tcp(name.clone(), port),
+                    Host::Unix(dir) => Endpoint::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+                }
+            })
+            .collect()
     }
 
     /// Whether every host is a unix socket directory (peer authentication, no password).
@@ -161,6 +179,15 @@ impl DatabaseSettings {
             .iter()
             .all(|h| matches!(h, Host::Unix(_)))
     }
+}
+
+/// Where one of the settings' hosts listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A host name or address, and the port.
+    Tcp(String, u16),
+    /// A unix socket's path.
+    Unix(std::path::PathBuf),
 }
 
 /// `localhost` or a loopback address.
