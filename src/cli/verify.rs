@@ -142,11 +142,11 @@ fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<
         ),
         super::serve::StoreKind::Postgres => {
             let file = args.store.database_file()?;
-            let settings = crate::store::postgres::DatabaseSettings::load(&file)?;
+            let settings = args.store.insecure.load(&file)?;
             let backend = crate::store::postgres::Postgres::connect(&settings, keyring.audit)?;
             let tmp = PrivateDir::new()?;
             let copy = tmp.0.join("audit.db");
-            super::db::export_chain(&file, &copy)?;
+            super::db::export_chain(&settings, &copy)?;
             (
                 Store::with_backend(Box::new(backend), keyring.entry),
                 copy,

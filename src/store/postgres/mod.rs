@@ -15,8 +15,10 @@ pub mod schema;
 mod scoped;
 mod sessions;
 pub mod settings;
+mod tls;
 mod write;
 
 pub use backend::Postgres;
 pub use fail::RETRY_AFTER_MS;
-pub use settings::{DatabaseSettings, SettingsError};
+pub use settings::{Connection, DatabaseSettings, RemotePlaintext, SettingsError};
+pub(crate) use tls::handshake_failure;
