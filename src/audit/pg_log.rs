@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::postgres::{PgAuditError, append, head, is_disconnect};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
-use crate::store::postgres::DatabaseSettings;
+use crate::pgconn::DatabaseSettings;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +38,7 @@ impl std::fmt::Debug for PgLog {
 /// A failure in words safe for a log: the SQLSTATE or the connection's state, never the
 /// settings or the server's text.
 fn safe(e: &tokio_postgres::Error) -> String {
-    if let Some(tls) = crate::store::postgres::handshake_failure(e) {
+    if let Some(tls) = crate::pgconn::handshake_failure(e) {
         return tls;
     }
     match e.code() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::serve::InsecureDatabaseArg;
-use crate::store::postgres::DatabaseSettings;
+use crate::pgconn::DatabaseSettings;
 use crate::store::postgres::schema::{self, APP_ROLE, AUDITOR_ROLE, OWNER_ROLE};
 
 /// `memwarden db`'s arguments.
@@ -113,7 +113,7 @@ fn init(settings: &DatabaseSettings) -> anyhow::Result<ExitCode> {
 
 /// The server's message (its SQLSTATE and text), never the connection settings.
 fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(tls) = crate::store::postgres::handshake_failure(e) {
+    if let Some(tls) = crate::pgconn::handshake_failure(e) {
         return tls;
     }
     match e.as_db_error() {

@@ -78,11 +78,11 @@ pub struct InsecureDatabaseArg {
 
 impl InsecureDatabaseArg {
     /// What loading the database file is told.
-    pub fn remote_plaintext(self) -> crate::store::postgres::RemotePlaintext {
+    pub fn remote_plaintext(self) -> crate::pgconn::RemotePlaintext {
         if self.allow_insecure_database {
-            crate::store::postgres::RemotePlaintext::Allow
+            crate::pgconn::RemotePlaintext::Allow
         } else {
-            crate::store::postgres::RemotePlaintext::Refuse
+            crate::pgconn::RemotePlaintext::Refuse
         }
     }
 
@@ -90,9 +90,8 @@ impl InsecureDatabaseArg {
     pub fn load(
         self,
         path: &std::path::Path,
-    ) -> Result<crate::store::postgres::DatabaseSettings, crate::store::postgres::SettingsError>
-    {
-        crate::store::postgres::DatabaseSettings::load_with(path, self.remote_plaintext())
+    ) -> Result<crate::pgconn::DatabaseSettings, crate::pgconn::SettingsError> {
+        crate::pgconn::DatabaseSettings::load_with(path, self.remote_plaintext())
     }
 
     /// The flag when given, for the audit log's relaxing flags.
@@ -299,7 +298,7 @@ fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow:
 /// ports the sandbox must leave open for reconnecting.
 fn open_postgres(
     dir: &DataDir,
-    settings: &crate::store::postgres::DatabaseSettings,
+    settings: &crate::pgconn::DatabaseSettings,
     keyring: &Keyring,
     policy: &Arc<Policy>,
 ) -> anyhow::Result<(Shared, Vec<u16>)> {

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::fail::detail;
-use super::settings::DatabaseSettings;
+use crate::pgconn::DatabaseSettings;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(250);

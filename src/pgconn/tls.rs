@@ -11,6 +11,8 @@ use std::sync::Arc;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use super::SettingsError;
+
 /// The largest root certificate file read.
 const MAX_ROOTS_BYTES: u64 = 1024 * 1024;
 
@@ -194,7 +196,7 @@ fn split_pairs(text: &str) -> Option<Split> {
 
 /// Why the root certificates at `path` cannot be used.
 #[derive(Debug)]
-pub(super) enum RootsError {
+enum RootsError {
     /// Reading failed (what the OS said).
     Io(String),
     /// Larger than [`MAX_ROOTS_BYTES`].
@@ -207,7 +209,7 @@ pub(super) enum RootsError {
 
 /// The roots in the PEM file at `path`: at least one certificate, every one of them a usable
 /// trust anchor.
-pub(super) fn read_roots(path: &Path) -> Result<rustls::RootCertStore, RootsError> {
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, RootsError> {
     let file = std::fs::File::open(path).map_err(|e| RootsError::Io(e.kind().to_string()))?;
     let mut bytes = Vec::new();
     file.take(MAX_ROOTS_BYTES + 1)
@@ -227,9 +229,37 @@ pub(super) fn read_roots(path: &Path) -> Result<rustls::RootCertStore, RootsErro
     Ok(roots)
 }
 
+/// The verifying connector for the roots in `rootcert` (named by the database file `shown`).
+pub(super) fn verifying(
+    rootcert: &str,
+    shown: &str,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, SettingsError> {
+    let root_error = |reason: String| SettingsError::RootCert {
+        path: shown.to_string(),
+        rootcert: rootcert.to_string(),
+        reason,
+    };
+    if rootcert == "system" {
+        return Err(root_error(
+            "the system's roots are not used: name a PEM file of the CA that signs the server's \
+             certificate"
+                .into(),
+        ));
+    }
+    let roots = read_roots(Path::new(rootcert)).map_err(|e| {
+        root_error(match e {
+            RootsError::Io(reason) => reason,
+            RootsError::TooLarge => "larger than 1 MiB".into(),
+            RootsError::NotPem => "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            RootsError::NotAnchor => "holds a certificate that cannot be used as a root".into(),
+        })
+    })?;
+    connector(roots).map_err(|e| root_error(format!("cannot set up TLS: {e}")))
+}
+
 /// A connector that requires the server's chain to lead to `roots` and its certificate to
 /// name the host connected to (libpq's verify-full), with ring's algorithms.
-pub(super) fn connector(
+fn connector(
     roots: rustls::RootCertStore,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, rustls::Error> {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
