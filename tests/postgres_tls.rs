@@ -220,6 +220,28 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
     };
     assert_eq!(by_tls(true), 2, "store and audit connections over TLS");
     assert_eq!(by_tls(false), 0, "no plaintext connection");
+    // After a restart the store reconnects from inside the sandbox, over TLS again (the roots
+    // were read at start: nothing is read now).
+    tokio::task::block_in_place(|| pg.cluster.restart());
+    let mut stored = false;
+    for i in 0..40 {
+        match c
+            .call("memory_store", json!({"content": format!("after {i}")}))
+            .await
+        {
+            common::Outcome::Ok(_) => {
+                stored = true;
+                break;
+            }
+            common::Outcome::ToolError(v) => {
+                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(stored, "serve reconnected over TLS from inside its sandbox");
+    assert!(by_tls(true) >= 1 && by_tls(false) == 0);
     c.close().await;
 
     // The URL form, by name (the certificate names localhost too).
@@ -233,7 +255,7 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
     );
     let c = serve(&pg, &url, &[]).await;
     let found = c
-        .call("memory_search", json!({"query": "verified"}))
+        .call("memory_search", json!({"query": "verified tls"}))
         .await
         .ok();
     assert_eq!(
@@ -258,7 +280,7 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
     );
 
     let log = std::fs::read_to_string(pg.cluster.dir.path().join("serve.log")).unwrap();
-    assert!(log.contains("sandbox applied"), "{log}");
+    assert!(log.contains("landlock: fully enforced"), "{log}");
     assert!(!log.contains(PASSWORD), "{log}");
     // The server's own log: connections authorised over TLS.
     let pg_log = std::fs::read_to_string(pg.cluster.dir.path().join("pg.log")).unwrap();
@@ -289,10 +311,32 @@ async fn a_server_certificate_from_another_ca_stops_serve_before_anything_is_sto
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "nothing on the protocol channel");
     assert!(
-        stderr.contains("TLS handshake failed") && stderr.contains("certificate"),
+        stderr.contains("TLS handshake failed")
+            && stderr.contains("UnknownIssuer")
+            && stderr.contains("does not lead to a root in sslrootcert"),
         "{stderr}"
     );
     assert!(!stderr.contains(PASSWORD), "{stderr}");
+    // The right CA, but the certificate does not name the host asked for (the connection
+    // still goes to 127.0.0.1, by hostaddr): refused too.
+    let misnamed = database_file(
+        &pg,
+        "misnamed.conf",
+        &format!(
+            "host=db.example.com hostaddr=127.0.0.1 port={} user=memwarden_app dbname=postgres \
+             password={PASSWORD} sslmode=verify-full sslrootcert={}\n",
+            pg.cluster.port,
+            certs.ca.display()
+        ),
+    );
+    let out = serve_once(&pg, &misnamed, &[]);
+    let misnamed_err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        misnamed_err.contains("TLS handshake failed") && misnamed_err.contains("not valid for"),
+        "{misnamed_err}"
+    );
+    assert!(!misnamed_err.contains(PASSWORD), "{misnamed_err}");
     // db init and export-audit refuse it the same way.
     let out = Command::new(common::bin())
         .args(["db", "export-audit", "--database-file"])
@@ -375,6 +419,23 @@ async fn a_host_elsewhere_without_tls_is_refused_unless_allowed_and_the_flag_is_
     assert!(!out.status.success());
     assert!(stderr.contains("--allow-insecure-database"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
+    assert_eq!(count(&pg, "SELECT count(*) FROM audit.events"), 0);
+
+    // verify-full against a server without TLS: refused, never a fallback to plaintext.
+    let certs = certs();
+    let no_tls = database_file(
+        &pg,
+        "no-tls.conf",
+        &format!(
+            "host=127.0.0.1 port={port} user=memwarden_app dbname=postgres password={PASSWORD} \
+             sslmode=verify-full sslrootcert={}\n",
+            certs.ca.display()
+        ),
+    );
+    let out = serve_once(&pg, &no_tls, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("server does not support TLS"), "{stderr}");
     assert_eq!(count(&pg, "SELECT count(*) FROM audit.events"), 0);
 
     // With the flag: it serves, warns, and the session_start event records the flag.

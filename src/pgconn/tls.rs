@@ -271,6 +271,17 @@ fn connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// rustls's reason, with a hint for the commonest one.
+fn explain(e: &rustls::Error) -> String {
+    let hint = match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            " (the server's certificate does not lead to a root in sslrootcert)"
+        }
+        _ => "",
+    };
+    format!("TLS handshake failed: {e}{hint}")
+}
+
 /// Why a connection failed in its TLS handshake, when it did: rustls's reason (an unknown
 /// issuer, a name mismatch, an expired certificate…) or tokio-postgres's (the server does not
 /// offer TLS). Neither carries the settings.
@@ -283,20 +294,21 @@ pub fn handshake_failure(e: &tokio_postgres::Error) -> Option<String> {
             && let Some(inner) = io.get_ref()
             && let Some(tls) = inner.downcast_ref::<rustls::Error>()
         {
-            return Some(format!("TLS handshake failed: {tls}"));
+            return Some(explain(tls));
         }
         if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-            return Some(format!("TLS handshake failed: {tls}"));
+            return Some(explain(tls));
         }
         source = s.source();
     }
-    let text = e.to_string();
-    text.starts_with("error performing TLS handshake").then(|| {
-        format!(
-            "TLS handshake failed: {}",
-            text.trim_start_matches("error performing TLS handshake: ")
-        )
-    })
+    // tokio-postgres's own TLS failures ("server does not support TLS") are fixed words in
+    // the error's source.
+    e.to_string()
+        .starts_with("error performing TLS handshake")
+        .then(|| {
+            let why = std::error::Error::source(e).map_or_else(String::new, |s| format!(": {s}"));
+            format!("TLS handshake failed{why}")
+        })
 }
 
 #[cfg(test)]
