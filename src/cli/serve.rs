@@ -71,7 +71,7 @@ pub struct StoreArgs {
 pub struct InsecureDatabaseArg {
     /// Insecure: allow a database file to name a host that is not this machine without
     /// sslmode=verify-full, so passwords and memories cross the network in plaintext (logged as
-    /// a security warning and recorded in the audit log).
+    /// a security warning; `serve` also records the flag in the audit log's session_start).
     #[arg(long)]
     pub allow_insecure_database: bool,
 }
