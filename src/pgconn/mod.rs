@@ -196,8 +196,7 @@ impl DatabaseSettings {
     /// the server's certificate verified; otherwise plaintext, as checked at load.
     ///
     /// # Errors
-    /// tokio-postgres's (`handshake_failure` in this module's parent describes a TLS one in
-    /// words safe for a log).
+    /// tokio-postgres's ([`handshake_failure`] describes a TLS one in words safe for a log).
     pub async fn connect(
         &self,
     ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
