@@ -44,13 +44,15 @@
 //! following links, [`datalock`] keeps restores and sessions apart, [`clock`] stamps times,
 //! [`sqlite_file`] and [`sqlite_schema`] are what every SQLite file of ours gets (WAL, the
 //! migration runner, the stray-object check), [`session`] holds the session's identity and
-//! counters, [`cli`] is the operator's and auditor's command line (never exposed as tools), and
+//! counters, [`pgconn`] reads the PostgreSQL database file and is the one place a connection
+//! to PostgreSQL is made (TLS with certificate verification, or plaintext where that is safe),
+//! [`cli`] is the operator's and auditor's command line (never exposed as tools), and
 //! [`logging`] writes JSON lines to stderr — stdout carries protocol only, and no log line
 //! carries content, metadata values, queries or keys.
 //!
 //! The top-level modules form a DAG (no import cycle; `tests/layout.rs` keeps it so): leaves
 //! (`catalog`, `clock`, `canon`, `error`, `fsafe`, `agent_text`, `sqlite_file`,
-//! `sqlite_schema`) ← `keys` ← `audit`, `store` ← `config`, `policy`, `schema` ← `tools` ←
+//! `sqlite_schema`) ← `keys`, `pgconn` ← `audit`, `store` ← `config`, `policy`, `schema` ← `tools` ←
 //! `server` ← `cli`.
 
 pub mod agent_text;
@@ -65,6 +67,7 @@ pub mod error;
 pub mod fsafe;
 pub mod keys;
 pub mod logging;
+pub mod pgconn;
 pub mod policy;
 pub mod principal;
 pub mod sandbox;

@@ -10,11 +10,12 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use super::postgres::{PgAuditError, append, head, is_disconnect};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
+use crate::pgconn::DatabaseSettings;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +26,7 @@ pub struct PgLog {
     client: Client,
     keys: KeySet,
     /// What it connects with, again after a lost connection.
-    config: Config,
+    settings: DatabaseSettings,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -37,6 +38,9 @@ impl std::fmt::Debug for PgLog {
 /// A failure in words safe for a log: the SQLSTATE or the connection's state, never the
 /// settings or the server's text.
 fn safe(e: &tokio_postgres::Error) -> String {
+    if let Some(tls) = crate::pgconn::handshake_failure(e) {
+        return tls;
+    }
     match e.code() {
         Some(code) => format!("SQLSTATE {}", code.code()),
         None if e.is_closed() => "the connection is closed".into(),
@@ -65,9 +69,13 @@ fn on_own_thread<T: Send>(
     })
 }
 
-/// Connects with `config` on `rt`, the connection driven by a task on it.
-fn open(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = rt.block_on(config.connect(NoTls))?;
+/// Connects with `settings` on `rt` (TLS or not as they say), the connection driven by a task
+/// on it.
+fn open(
+    rt: &tokio::runtime::Runtime,
+    settings: &DatabaseSettings,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = rt.block_on(settings.connect())?;
     rt.spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(target: "memwarden::audit", error = %safe(&e), "the audit connection to PostgreSQL ended");
@@ -77,23 +85,24 @@ fn open(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Client, tokio_p
 }
 
 impl PgLog {
-    /// Connects with `config` and reads the chain's head (which checks that `db init` made
+    /// Connects with `settings` and reads the chain's head (which checks that `db init` made
     /// `audit.events` and that this role may read it). `keys` MAC the events.
     ///
     /// # Errors
     /// [`AuditError::Open`] naming the step and a SQLSTATE, never the settings.
-    pub fn connect(config: &Config, keys: KeySet) -> Result<Self, AuditError> {
+    pub fn connect(settings: &DatabaseSettings, keys: KeySet) -> Result<Self, AuditError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(|e| AuditError::Open(format!("audit events in PostgreSQL: {e}")))?;
-        let mut config = config.clone();
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config.application_name("memwarden-audit");
-        let client = open(&rt, &config).map_err(|e| {
+        let settings = settings.tuned(|config| {
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(CONNECT_TIMEOUT);
+            }
+            config.application_name("memwarden-audit");
+        });
+        let client = open(&rt, &settings).map_err(|e| {
             AuditError::Open(format!(
                 "audit events in PostgreSQL: cannot connect ({})",
                 safe(&e)
@@ -103,7 +112,7 @@ impl PgLog {
             rt,
             client,
             keys,
-            config,
+            settings,
         };
         log.head().map_err(|e| {
             AuditError::Open(format!(
@@ -125,8 +134,8 @@ impl PgLog {
         // The connection was lost (a restart): connect again, once, and append again. A
         // commit whose answer was lost may have landed: then the event is in the chain
         // twice, never missing.
-        let Self { rt, config, .. } = self;
-        let client = on_own_thread(|| open(rt, config).map_err(PgAuditError::Database))?;
+        let Self { rt, settings, .. } = self;
+        let client = on_own_thread(|| open(rt, settings).map_err(PgAuditError::Database))?;
         self.client = client;
         tracing::info!(target: "memwarden::audit", "reconnected to PostgreSQL for audit events");
         self.append_once(event, now_ms)

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::store::postgres::DatabaseSettings;
+use super::serve::InsecureDatabaseArg;
+use crate::pgconn::DatabaseSettings;
 use crate::store::postgres::schema::{self, APP_ROLE, AUDITOR_ROLE, OWNER_ROLE};
 
 /// `memwarden db`'s arguments.
@@ -25,6 +26,8 @@ pub enum DbCommand {
         /// (libpq URL or key=value; mode 0600, no symlink). Never put a password on argv.
         #[arg(long, value_name = "FILE")]
         admin_database_file: PathBuf,
+        #[command(flatten)]
+        insecure: InsecureDatabaseArg,
     },
     /// Copy every audit event, verbatim, into a new audit.db that `memwarden audit verify --db`
     /// checks offline (connect as the auditor role).
@@ -35,6 +38,8 @@ pub enum DbCommand {
         /// The audit.db to write; it must not exist.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        #[command(flatten)]
+        insecure: InsecureDatabaseArg,
     },
 }
 
@@ -43,8 +48,13 @@ pub fn run(args: &DbArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         DbCommand::Init {
             admin_database_file,
-        } => init(admin_database_file),
-        DbCommand::ExportAudit { database_file, out } => export_audit(database_file, out),
+            insecure,
+        } => init(&insecure.load(admin_database_file)?),
+        DbCommand::ExportAudit {
+            database_file,
+            out,
+            insecure,
+        } => export_audit(&insecure.load(database_file)?, out),
     }
 }
 
@@ -58,8 +68,7 @@ fn with_client<T>(
         .build()?;
     runtime.block_on(async {
         let (mut client, connection) = settings
-            .config()
-            .connect(tokio_postgres::NoTls)
+            .connect()
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the database: {}", describe(&e)))?;
         let driver = tokio::spawn(connection);
@@ -70,13 +79,12 @@ fn with_client<T>(
     })
 }
 
-/// Copies the audit chain of the database `file` names into a new audit.db at `out`.
+/// Copies the audit chain of the database `settings` reach into a new audit.db at `out`.
 pub fn export_chain(
-    file: &std::path::Path,
+    settings: &DatabaseSettings,
     out: &std::path::Path,
 ) -> anyhow::Result<crate::audit::Head> {
-    let settings = DatabaseSettings::load(file)?;
-    with_client(&settings, async |client| {
+    with_client(settings, async |client| {
         crate::audit::postgres::export_sqlite(client, out)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -92,8 +100,8 @@ pub(crate) struct ChainCopy {
 }
 
 impl ChainCopy {
-    /// Copies the chain of the database `file` names.
-    pub(crate) fn export(file: &std::path::Path) -> anyhow::Result<Self> {
+    /// Copies the chain of the database `settings` name.
+    pub(crate) fn export(settings: &DatabaseSettings) -> anyhow::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = std::env::temp_dir().join(format!("memwarden-chain-{}", uuid::Uuid::new_v4()));
         // Fails if anything is already there: never a directory someone else prepared.
@@ -102,7 +110,7 @@ impl ChainCopy {
             db: dir.join("audit.db"),
             dir,
         };
-        export_chain(file, &copy.db)?;
+        export_chain(settings, &copy.db)?;
         Ok(copy)
     }
 
@@ -118,15 +126,14 @@ impl Drop for ChainCopy {
     }
 }
 
-fn export_audit(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let head = export_chain(file, out)?;
+fn export_audit(settings: &DatabaseSettings, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let head = export_chain(settings, out)?;
     println!("exported the audit chain to {}: head {head}", out.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn init(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let settings = DatabaseSettings::load(file)?;
-    let report = with_client(&settings, async |client| {
+fn init(settings: &DatabaseSettings) -> anyhow::Result<ExitCode> {
+    let report = with_client(settings, async |client| {
         schema::init(client)
             .await
             .map_err(|e| anyhow::anyhow!("db init failed: {}", describe(&e)))
@@ -141,6 +148,9 @@ fn init(file: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 /// The server's message (its SQLSTATE and text), never the connection settings.
 fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(tls) = crate::pgconn::handshake_failure(e) {
+        return tls;
+    }
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),

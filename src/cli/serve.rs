@@ -68,6 +68,46 @@ pub struct StoreArgs {
     /// [default: $CREDENTIALS_DIRECTORY/database when systemd passes one]
     #[arg(long, value_name = "FILE", global = true)]
     pub database_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub insecure: InsecureDatabaseArg,
+}
+
+/// The operator's explicit consent to plaintext with a database on another host.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct InsecureDatabaseArg {
+    /// Insecure: allow a database file to name a host that is not this machine without
+    /// sslmode=verify-full, so passwords and memories cross the network in plaintext (logged as
+    /// a security warning; `serve` also records the flag in the audit log's session_start).
+    #[arg(long)]
+    pub allow_insecure_database: bool,
+}
+
+impl InsecureDatabaseArg {
+    /// What loading the database file is told.
+    pub fn remote_plaintext(self) -> crate::pgconn::RemotePlaintext {
+        if self.allow_insecure_database {
+            crate::pgconn::RemotePlaintext::Allow
+        } else {
+            crate::pgconn::RemotePlaintext::Refuse
+        }
+    }
+
+    /// Reads and checks the database file at `path` under this flag.
+    pub fn load(
+        self,
+        path: &std::path::Path,
+    ) -> Result<crate::pgconn::DatabaseSettings, crate::pgconn::SettingsError> {
+        crate::pgconn::DatabaseSettings::load_with(path, self.remote_plaintext())
+    }
+
+    /// The flag when given, for the audit log's relaxing flags.
+    pub fn relaxing_flags(self) -> Vec<String> {
+        if self.allow_insecure_database {
+            vec!["--allow-insecure-database".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl StoreArgs {
@@ -138,7 +178,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let policy = Arc::new(args.policy.load()?);
     let peer = crate::principal::peer_of(0);
     let principal = principal_of(args, &policy, peer)?;
-    let relaxing_flags = args.policy.relaxing_flags();
+    let mut relaxing_flags = args.policy.relaxing_flags();
+    relaxing_flags.extend(args.store.insecure.relaxing_flags());
     tracing::info!(target: "memwarden::security", event = "policy", source = %policy.source,
         sha256 = %policy.sha256, relaxing_flags = ?relaxing_flags, "policy loaded");
     if !policy.principals.contains_key(principal.name()) {
@@ -149,7 +190,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (shared, connect_ports) = match args.store.kind {
         StoreKind::Sqlite => (open_shared(&dir, keyring, &policy)?, Vec::new()),
         StoreKind::Postgres => {
-            open_postgres(&dir, &args.store.database_file()?, &keyring, &policy)?
+            let settings = args.store.insecure.load(&args.store.database_file()?)?;
+            open_postgres(&dir, &settings, &keyring, &policy)?
         }
     };
     let shared = Arc::new(shared);
@@ -262,22 +304,21 @@ fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow:
 /// ports the sandbox must leave open for reconnecting.
 fn open_postgres(
     dir: &DataDir,
-    database_file: &std::path::Path,
+    settings: &crate::pgconn::DatabaseSettings,
     keyring: &Keyring,
     policy: &Arc<Policy>,
 ) -> anyhow::Result<(Shared, Vec<u16>)> {
-    use crate::store::postgres::{DatabaseSettings, Postgres};
+    use crate::store::postgres::Postgres;
     let schemas = Schemas::load()?;
-    let settings = DatabaseSettings::load(database_file)?;
-    let backend = Postgres::connect(&settings, keyring.audit.clone())?;
+    let backend = Postgres::connect(settings, keyring.audit.clone())?;
     let store = crate::store::Store::with_backend(Box::new(backend), keyring.entry.clone());
     if dir.keyring().starts_with(dir.root()) {
         // As on SQLite: follow a keyring rotated in the data dir while this session runs.
         store.watch_keyring(&dir.keyring())?;
     }
-    let audit = crate::audit::pg_log::PgLog::connect(settings.config(), keyring.audit.clone())?;
+    let audit = crate::audit::pg_log::PgLog::connect(settings, keyring.audit.clone())?;
     tracing::info!(target: "memwarden::security", event = "store", engine = "postgres",
-        "store and audit events in PostgreSQL");
+        tls = settings.uses_tls(), "store and audit events in PostgreSQL");
     let shared = Shared::new(
         schemas,
         store,

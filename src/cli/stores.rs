@@ -28,7 +28,7 @@ impl Engine {
         Ok(match args.kind {
             StoreKind::Sqlite => Self::Sqlite,
             StoreKind::Postgres => {
-                Self::Postgres(Box::new(DatabaseSettings::load(&args.database_file()?)?))
+                Self::Postgres(Box::new(args.insecure.load(&args.database_file()?)?))
             }
         })
     }
@@ -42,7 +42,7 @@ impl Engine {
                 keys,
                 StoreOptions::default().busy_timeout,
             )?),
-            Self::Postgres(settings) => Sink::Postgres(PgLog::connect(settings.config(), keys)?),
+            Self::Postgres(settings) => Sink::Postgres(PgLog::connect(settings, keys)?),
         })
     }
 

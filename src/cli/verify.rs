@@ -123,9 +123,9 @@ fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<
         ),
         super::serve::StoreKind::Postgres => {
             let file = args.store.database_file()?;
-            let settings = crate::store::postgres::DatabaseSettings::load(&file)?;
+            let settings = args.store.insecure.load(&file)?;
             let backend = crate::store::postgres::Postgres::connect(&settings, keyring.audit)?;
-            let copy = ChainCopy::export(&file)?;
+            let copy = ChainCopy::export(&settings)?;
             (
                 Store::with_backend(Box::new(backend), keyring.entry),
                 copy.path().to_path_buf(),

@@ -333,3 +333,62 @@ impl Ready {
         })
     }
 }
+
+impl Cluster {
+    /// Like [`Cluster::start_tcp`], with TLS on: `ssl=on` with this certificate (chain) and key,
+    /// copied into the cluster's dir (the key 0600 and the server's, as PostgreSQL demands), and
+    /// `log_connections` on. Restarted so that a bad certificate or key fails here, loudly.
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let cluster = Self::start_tcp()?;
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = cluster.dir.path().join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if memwarden::fsafe::current_uid() == 0 {
+                let st = Command::new("chown")
+                    .arg("nobody")
+                    .arg(&to)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+        }
+        // On a thread of its own: callers may be inside a runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async {
+                    let client = cluster.connect("memwarden").await;
+                    // ALTER SYSTEM cannot run in a transaction block: one statement at a time.
+                    for sql in [
+                        format!(
+                            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                            cluster.path("server.crt")
+                        ),
+                        format!(
+                            "ALTER SYSTEM SET ssl_key_file = '{}'",
+                            cluster.path("server.key")
+                        ),
+                        "ALTER SYSTEM SET ssl = on".to_string(),
+                        "ALTER SYSTEM SET log_connections = on".to_string(),
+                    ] {
+                        client.batch_execute(&sql).await.unwrap();
+                    }
+                });
+            })
+            .join()
+            .unwrap();
+        });
+        cluster.restart();
+        Some(cluster)
+    }
+}
+
+impl Ready {
+    /// Like [`Ready::start`] on a cluster that also listens on loopback TCP with TLS
+    /// ([`Cluster::start_tls`]); `db init` and the app's database file use the unix socket.
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Self> {
+        Self::on(Cluster::start_tls(cert, key)?)
+    }
+}

@@ -72,7 +72,8 @@ impl Source {
             }
             (Some(p), _) => Ok(plain(p.clone())),
             (None, super::serve::StoreKind::Postgres) => {
-                let copy = super::db::ChainCopy::export(&self.store.database_file()?)?;
+                let settings = self.store.insecure.load(&self.store.database_file()?)?;
+                let copy = super::db::ChainCopy::export(&settings)?;
                 Ok(Log {
                     path: copy.path().to_path_buf(),
                     _copy: Some(copy),

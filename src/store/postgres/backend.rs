@@ -38,16 +38,16 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
 use super::connect::{self, Backoff};
 use super::fail::{Failure, RETRY_AFTER_MS, detail, retry};
 use super::rows::{COLUMNS, read_row};
-use super::settings::DatabaseSettings;
 use super::write::PgTx;
 use super::{ledger, read, schema};
 use crate::error::Result;
 use crate::keys::KeySet;
+use crate::pgconn::DatabaseSettings;
 use crate::store::OpenError;
 use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
 use crate::store::ledger::ChainReport;
@@ -94,7 +94,7 @@ pub struct Postgres {
     audit_keys: KeySet,
     connection: Option<JoinHandle<()>>,
     /// What it connects with, again after a lost connection.
-    config: Config,
+    settings: DatabaseSettings,
     backoff: Backoff,
     // Last: fields drop in order, and the client must go before the runtime stops.
     driver: Driver,
@@ -121,20 +121,21 @@ impl Postgres {
             .build()
             .map_err(|e| OpenError::Postgres(format!("cannot start its runtime: {e}")))?;
         let driver = Driver(Some(rt));
-        let mut config = settings.config().clone();
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("memwarden");
-        }
-        let (client, connection) = connect::open(driver.rt(), &config)
+        let settings = settings.tuned(|config| {
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(CONNECT_TIMEOUT);
+            }
+            if config.get_application_name().is_none() {
+                config.application_name("memwarden");
+            }
+        });
+        let (client, connection) = connect::open(driver.rt(), &settings)
             .map_err(|e| OpenError::Postgres(format!("cannot connect: {}", detail(&e))))?;
         let pg = Self {
             client,
             audit_keys,
             connection: Some(connection),
-            config,
+            settings,
             backoff: Backoff::default(),
             driver,
         };
@@ -380,7 +381,7 @@ impl Backend for Postgres {
                 retry_after_ms: wait.as_millis() as u64,
             });
         }
-        let opened = connect::open(self.driver.rt(), &self.config).and_then(|(client, task)| {
+        let opened = connect::open(self.driver.rt(), &self.settings).and_then(|(client, task)| {
             self.driver
                 .rt()
                 .block_on(client.batch_execute(SESSION))

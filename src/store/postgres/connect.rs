@@ -7,22 +7,23 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 use super::fail::detail;
+use crate::pgconn::DatabaseSettings;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// The longest wait between attempts.
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// Connects with `config` on `rt`: the client, and the task that drives its connection (polled
-/// whenever the runtime runs, i.e. during the backend's calls).
+/// Connects with `settings` on `rt` (TLS or not as they say): the client, and the task that
+/// drives its connection (polled whenever the runtime runs, i.e. during the backend's calls).
 pub(super) fn open(
     rt: &Runtime,
-    config: &Config,
+    settings: &DatabaseSettings,
 ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-    let (client, connection) = rt.block_on(config.connect(NoTls))?;
+    let (client, connection) = rt.block_on(settings.connect())?;
     let task = rt.spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(target: "memwarden::store", error = %detail(&e), "the PostgreSQL connection ended");

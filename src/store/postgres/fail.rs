@@ -86,6 +86,10 @@ pub(super) fn detail(e: &tokio_postgres::Error) -> String {
 /// Whether `e` is internal (our bug), and its description.
 fn classify(e: &tokio_postgres::Error) -> (bool, String) {
     let Some(code) = e.code() else {
+        // Before the io check: a failed handshake also ends in an io::Error.
+        if let Some(tls) = crate::pgconn::handshake_failure(e) {
+            return (false, format!("postgresql: {tls}"));
+        }
         if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
             return (
                 false,
