@@ -57,6 +57,51 @@ fn reach(target: &Target) -> std::io::Result<()> {
     }
 }
 
+/// Tries to reach the database under the sandbox, one check per endpoint, appended to
+/// `checks`. It must stay reachable. A refusal by the sandbox is "denied"; any other failure
+/// (the database is down, a wrong port) is reported as such, and fails the check too: serve
+/// could not reach it either. Returns whether all were reached, and notes for the report.
+fn database_checks(
+    targets: &[Target],
+    checks: &mut Vec<serde_json::Value>,
+) -> (bool, Vec<&'static str>) {
+    let mut all_ok = true;
+    let mut notes = Vec::new();
+    for target in targets {
+        let (name, result) = match target {
+            Target::Tcp(shown, _) => (
+                format!("tcp connect to the database at {shown}"),
+                reach(target),
+            ),
+            Target::Unix(path) => {
+                notes.push(
+                    "landlock does not govern connect(2) to a pathname unix socket (it scopes \
+                     abstract sockets only): the database's socket is reachable under the \
+                     sandbox, as is any other socket this user may open",
+                );
+                (
+                    format!("unix socket connect to the database at {}", path.display()),
+                    reach(target),
+                )
+            }
+        };
+        let denied = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        all_ok &= result.is_ok();
+        checks.push(json!({
+            "check": name,
+            "expected": "allowed",
+            "result": match &result {
+                Ok(()) => "allowed".to_string(),
+                Err(_) if denied => "denied".to_string(),
+                Err(e) => format!("failed: {}", e.kind()),
+            },
+            "ok": result.is_ok(),
+        }));
+    }
+    notes.dedup();
+    (all_ok, notes)
+}
+
 /// Applies the sandbox and reports what it blocks.
 pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
     let (targets, ports) = database_targets(&args.store)?;
@@ -122,43 +167,9 @@ pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
             .and_then(|mut f| f.write_all(b"ok"))
             .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
-    // The database must stay reachable. A refusal by the sandbox is "denied"; any other
-    // failure (the database is down, a wrong port) is reported as such, and fails the check
-    // too: serve could not reach it either.
-    let mut notes = Vec::new();
-    for target in &targets {
-        let (name, result) = match target {
-            Target::Tcp(shown, _) => (
-                format!("tcp connect to the database at {shown}"),
-                reach(target),
-            ),
-            Target::Unix(path) => {
-                notes.push(
-                    "landlock does not govern connect(2) to a pathname unix socket (it scopes \
-                     abstract sockets only): the database's socket is reachable under the \
-                     sandbox, as is any other socket this user may open",
-                );
-                (
-                    format!("unix socket connect to the database at {}", path.display()),
-                    reach(target),
-                )
-            }
-        };
-        let denied = matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
-        all_ok &= result.is_ok();
-        checks.push(json!({
-            "check": name,
-            "expected": "allowed",
-            "result": match &result {
-                Ok(()) => "allowed".to_string(),
-                Err(_) if denied => "denied".to_string(),
-                Err(e) => format!("failed: {}", e.kind()),
-            },
-            "ok": result.is_ok(),
-        }));
-    }
+    let (database_ok, notes) = database_checks(&targets, &mut checks);
+    all_ok &= database_ok;
     drop(listener);
-    notes.dedup();
     let mut report = json!({
         "sandbox": status.as_str(),
         "landlock": probe.to_string(),
@@ -169,9 +180,5 @@ pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
         report["notes"] = json!(notes);
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(u8::from(!all_ok)))
 }
