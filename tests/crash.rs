@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,9 +27,8 @@ fn kill_9_during_stores_loses_nothing_acknowledged() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let kills = kills();
     for round in 0..kills {
-        let mut child = Command::new(common::bin())
-            .args(["serve", "--data-dir"])
-            .arg(dir.data())
+        let mut child = dir
+            .command(&["serve"])
             .env("MEMWARDEN_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -97,7 +96,7 @@ fn kill_9_during_stores_loses_nothing_acknowledged() {
         assert_eq!(n, 1, "acknowledged store {id} lost");
     }
     // ...and has its audit event.
-    let audit = rusqlite::Connection::open(dir.data().join("audit.db")).unwrap();
+    let audit = rusqlite::Connection::open(dir.audit_db()).unwrap();
     for id in &acknowledged {
         let n: i64 = audit
             .query_row("SELECT count(*) FROM events WHERE kind = 'call' AND json_extract(detail, '$.created') = ?1", [id], |r| r.get(0))

@@ -685,12 +685,7 @@ async fn redact_and_quarantine_then_review() {
     let review = |args: &[&str]| {
         let mut a = vec!["review"];
         a.extend_from_slice(args);
-        let out = Command::new(common::bin())
-            .args(&a)
-            .arg("--data-dir")
-            .arg(dir.data())
-            .output()
-            .unwrap();
+        let out = dir.command(&a).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -858,6 +853,16 @@ fn idle_timeout_ends_the_session() {
 
 /// Seals rows with past timestamps through the library, with the data dir's own keyring.
 fn insert_old(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> String {
+    // On a thread of its own: a PostgreSQL store drives its own runtime, which cannot run
+    // inside the test's.
+    std::thread::scope(|s| {
+        s.spawn(|| insert_old_here(dir, content, age_ms, deleted))
+            .join()
+            .unwrap()
+    })
+}
+
+fn insert_old_here(dir: &TestDir, content: &str, age_ms: i64, deleted: bool) -> String {
     use memwarden::store::{Author, NewEntry, Status};
     let mut store = dir.library_store();
     let then = memwarden::clock::now_ms() - age_ms;
@@ -917,13 +922,9 @@ async fn the_read_window_hides_old_entries_and_purge_applies_retention() {
     assert_eq!(found["results"].as_array().unwrap().len(), 1);
     c.close().await;
 
-    let mut purge = vec![
-        "purge".to_string(),
-        "--data-dir".into(),
-        dir.data().display().to_string(),
-    ];
-    purge.extend(args.clone());
-    let out = Command::new(common::bin()).args(&purge).output().unwrap();
+    let mut purge = vec!["purge"];
+    purge.extend(args.iter().map(String::as_str));
+    let out = dir.command(&purge).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -54,6 +54,7 @@ fn activate(dir: &TestDir, policy_args: &[String]) -> (Activator, PathBuf) {
             "--data-dir",
         ])
         .arg(dir.data())
+        .args(dir.store_args())
         .args(policy_args)
         .stderr(Stdio::from(
             std::fs::File::create(dir.stderr_log()).unwrap(),

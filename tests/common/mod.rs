@@ -107,12 +107,17 @@ impl TestDir {
 
     /// Runs a CLI subcommand with `--data-dir`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("run memwarden")
+    }
+
+    /// The subcommand `args` on this test's data dir and store, to be run by the caller.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.args(args)
             .arg("--data-dir")
             .arg(self.data())
             .args(self.backend_args(args));
-        cmd.output().expect("run memwarden")
+        cmd
     }
 
     /// Writes a policy file into the temp dir and returns the `serve` arguments that use it.
