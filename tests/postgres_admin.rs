@@ -567,3 +567,71 @@ fn sandbox_check_on_postgresql_over_a_unix_socket_reaches_it_and_says_what_landl
         "{report}"
     );
 }
+
+/// The owner role can disable the append-only triggers and rewrite history; the chain and its
+/// MACs still give it away: `audit verify` as the auditor names the first event that fails,
+/// and an event removed from the middle breaks the linkage there. The app role cannot even
+/// try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_edited_by_the_owner_with_triggers_disabled_fail_audit_verify() {
+    let Some(pg) = Ready::start() else { return };
+    let c = serve(&pg, &[]).await;
+    for i in 0..3 {
+        c.store(&format!("entry {i}")).await;
+    }
+    c.close().await;
+    let auditor = auditor(&pg);
+    let keyring = pg.data.join("keyring.toml");
+    let verify = || {
+        run(&[
+            OsStr::new("audit"),
+            OsStr::new("verify"),
+            OsStr::new("--keyring"),
+            keyring.as_os_str(),
+            OsStr::new("--store"),
+            OsStr::new("postgres"),
+            OsStr::new("--database-file"),
+            auditor.as_os_str(),
+        ])
+    };
+    ok(verify());
+    let app = pg.cluster.connect("memwarden_app").await;
+    for sql in [
+        "UPDATE audit.events SET detail = '{}' WHERE seq = 2",
+        "DELETE FROM audit.events WHERE seq = 2",
+        "TRUNCATE audit.events",
+    ] {
+        let err = app.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}"
+        );
+    }
+
+    // An edited outcome: the event's own hash no longer matches.
+    tokio::task::block_in_place(|| {
+        pg.as_owner("ALTER TABLE audit.events DISABLE TRIGGER USER", &[]);
+        pg.as_owner(
+            "UPDATE audit.events SET outcome = 'denied' WHERE seq = 3",
+            &[],
+        )
+    });
+    let out = verify();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("seq 3"), "{said}");
+
+    // Put back, then remove an event from the middle: the next one's link breaks.
+    let saved = count(&pg, "SELECT count(*) FROM audit.events");
+    tokio::task::block_in_place(|| {
+        pg.as_owner("UPDATE audit.events SET outcome = 'ok' WHERE seq = 3", &[])
+    });
+    ok(verify());
+    tokio::task::block_in_place(|| pg.as_owner("DELETE FROM audit.events WHERE seq = 4", &[]));
+    assert_eq!(count(&pg, "SELECT count(*) FROM audit.events"), saved - 1);
+    let out = verify();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("seq 5") || said.contains("seq 4"), "{said}");
+}

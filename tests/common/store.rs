@@ -48,11 +48,11 @@ pub fn sqlite_only(why: &str) -> bool {
     // libtest keeps a passing test's output to itself: `.ci/run` names a file to list them in.
     if let Some(path) = std::env::var_os("MEMWARDEN_TEST_SQLITE_ONLY_LOG") {
         use std::io::Write;
-        let line = format!(
-            "{}: {why}\n",
-            std::thread::current().name().unwrap_or("?")
-        );
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        let line = format!("{}: {why}\n", std::thread::current().name().unwrap_or("?"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
         file.and_then(|mut f| f.write_all(line.as_bytes()))
             .expect("append to the SQLITE-ONLY log");
     }
