@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks deploy/: unit files verify, EVERY service unit scores exposure <= 1.0, and install.sh
-# installs twice in a row, and uninstall --purge leaves nothing, in a temporary root.
+# installs twice in a row, and uninstall --purge leaves nothing, in a temporary root. The same
+# for the PostgreSQL variant (install.sh --store postgres): every store service with its
+# drop-ins verifies and scores <= 1.0 over the unix socket, <= 1.5 over TCP.
 # Usage: .ci/deploy-check.sh BIN
 set -euo pipefail
 bin=$(realpath "$1")
@@ -114,5 +116,58 @@ if sh "$here/deploy/install.sh" --root "$root" --uninstall --purge >"$work/unins
 else
   bad "uninstall --purge"; cat "$work/uninstall.log"
 fi
+# --- PostgreSQL: install.sh --store postgres, twice, over TCP; the installed units with their
+# drop-ins (merged as systemd reads them: the unit, then each drop-in in order) are verified and
+# scored; over the unix socket the 50- drop-in alone.
+pg="$work/pgroot"
+store_services=(memwarden@.service memwarden-purge.service memwarden-maintain.service
+  memwarden-audit-head.service memwarden-metrics.service)
+for run in 1 2; do
+  sh "$here/deploy/install.sh" --root "$pg" --binary "$bin" --store postgres --database-address 192.0.2.10 \
+    >"$work/pginstall.log" 2>&1 || { bad "install.sh --store postgres run $run"; cat "$work/pginstall.log"; }
+done
+sysd="$pg/etc/systemd/system"
+if [ "$(stat -c %a "$pg/etc/memwarden/database")" = 600 ] && [ ! -e "$sysd/memwarden-backup.timer" ] \
+   && grep -qx 'IPAddressAllow=192.0.2.10' "$sysd/memwarden@.service.d/60-postgres-tcp.conf"; then
+  ok "install.sh --store postgres twice: database file 0600, drop-ins with the database's address, no SQLite backup job"
+else
+  bad "install.sh --store postgres layout"; find "$pg/etc" -ls
+fi
+for variant in unix tcp; do
+  mkdir -p "$work/pg-$variant"
+  for u in "${store_services[@]}"; do
+    drops=("$sysd/$u.d/50-postgres.conf")
+    [ "$variant" = tcp ] && drops+=("$sysd/$u.d/60-postgres-tcp.conf")
+    cat "$sysd/$u" "${drops[@]}" | sed "s#/usr/local/bin/memwarden#$bin#" >"$work/pg-$variant/$u"
+  done
+  # What the services name: the socket, the slice, the timers.
+  others=(memwarden.slice memwarden.socket memwarden-purge.timer memwarden-maintain.timer
+    memwarden-audit-head.timer memwarden-metrics.timer)
+  for u in "${others[@]}"; do cp "$sysd/$u" "$work/pg-$variant/"; done
+  threshold=10; limit=1.0
+  [ "$variant" = tcp ] && { threshold=15; limit=1.5; }
+  if (cd "$work/pg-$variant" && systemd-analyze verify "${store_services[@]/#/./}" "${others[@]/#/./}") >"$work/verify.log" 2>&1; then
+    ok "systemd-analyze verify: PostgreSQL $variant variant"
+  else
+    bad "systemd-analyze verify: PostgreSQL $variant variant"; cat "$work/verify.log"
+  fi
+  for u in "${store_services[@]}"; do
+    score=$(systemd-analyze security --offline=yes "$work/pg-$variant/$u" 2>&1 | grep -o 'exposure level for [^:]*: [0-9.]*' | awk '{print $NF}')
+    if systemd-analyze security --offline=yes --threshold=$threshold "$work/pg-$variant/$u" >/dev/null 2>&1; then
+      ok "$u on PostgreSQL ($variant) exposure: $score (<= $limit)"
+    else
+      bad "$u on PostgreSQL ($variant) exposure above $limit: $score"
+    fi
+  done
+done
+sh "$here/deploy/install.sh" --root "$pg" --binary "$bin" >"$work/pginstall.log" 2>&1
+if [ -z "$(find "$sysd" -name '*postgres*.conf')" ] && [ -e "$sysd/memwarden-backup.timer" ]; then
+  ok "install.sh without --store postgres switches back: no drop-ins, the backup job again"
+else
+  bad "switching back to SQLite"; find "$sysd" -ls
+fi
+sh "$here/deploy/install.sh" --root "$pg" --uninstall --purge >/dev/null 2>&1
+[ -z "$(cd "$pg" && find . -name '*memwarden*')" ] || bad "uninstall --purge after PostgreSQL left files"
+
 echo "deploy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

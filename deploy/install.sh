@@ -3,10 +3,17 @@
 # update the binary and units; existing policy, keyring and data are never overwritten.
 #
 #   deploy/install.sh [--root DIR] [--binary PATH] [--policy FILE]   install or update
+#       [--store sqlite|postgres [--database-address ADDR]]
 #   deploy/install.sh [--root DIR] --uninstall [--purge]              remove (--purge: data, backups,
 #                                                                     keys, logs, users and groups too)
 #
 # --root installs into DIR instead of / (for packaging and CI); nothing is started then.
+# --store postgres keeps the rows and audit events in the PostgreSQL database that
+# /etc/memwarden/database names (written as a unix-socket template when missing, never
+# overwritten): every service gets deploy/postgres/50-postgres.conf as a drop-in, and with
+# --database-address (the database server's IP address: TCP) 60-postgres-tcp.conf too, opened
+# to that address alone. The backup job is SQLite's and is not installed on PostgreSQL. Running
+# again with another --store switches the drop-ins.
 set -eu
 
 root=""
@@ -14,6 +21,8 @@ binary=""
 policy=""
 uninstall=0
 purge=0
+store=sqlite
+database_address=""
 here=$(cd "$(dirname "$0")" && pwd)
 
 while [ $# -gt 0 ]; do
@@ -23,10 +32,23 @@ while [ $# -gt 0 ]; do
     --policy) policy=$2; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --purge) purge=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --store) store=$2; shift 2 ;;
+    --database-address) database_address=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+
+case "$store" in
+  sqlite) [ -z "$database_address" ] || { echo "install.sh: --database-address needs --store postgres" >&2; exit 2; } ;;
+  postgres) ;;
+  *) echo "install.sh: --store is sqlite or postgres, not $store" >&2; exit 2 ;;
+esac
+# An address, not a name: IPAddressAllow= takes addresses, and a name would be resolved by
+# systemd at start, outside the operator's review.
+case "$database_address" in
+  *[!0-9a-fA-F.:/]*) echo "install.sh: --database-address takes an IP address (or prefix), not $database_address" >&2; exit 2 ;;
+esac
 
 [ -n "$binary" ] || binary="$here/../target/release/memwarden"
 [ -n "$policy" ] || policy="$here/../policies/strict.toml"
@@ -73,6 +95,14 @@ unit_files="memwarden.slice memwarden.socket memwarden@.service memwarden-purge.
   memwarden-maintain.service memwarden-maintain.timer"
 timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer
   memwarden-maintain.timer"
+# The services that open the store: on PostgreSQL each gets the drop-ins.
+store_services="memwarden@.service memwarden-purge.service memwarden-maintain.service
+  memwarden-audit-head.service memwarden-metrics.service"
+# SQLite's file backup: not on PostgreSQL (use the database's own tools there).
+backup_units="memwarden-backup.service memwarden-backup.timer"
+if [ "$store" = postgres ]; then
+  timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-maintain.timer"
+fi
 
 remove_user_and_groups() {
   if [ -z "$root" ]; then
@@ -95,6 +125,10 @@ if [ "$uninstall" = 1 ]; then
     systemctl disable --now memwarden.socket $timers 2>/dev/null || true
   fi
   for u in $unit_files; do rm -f "$units/$u"; done
+  for u in $store_services; do
+    rm -f "$units/$u.d/50-postgres.conf" "$units/$u.d/60-postgres-tcp.conf"
+    rmdir "$units/$u.d" 2>/dev/null || true
+  done
   rm -f "$root/etc/logrotate.d/memwarden" "$bin"
   [ "$live" = 1 ] && systemctl daemon-reload
   if [ "$purge" = 1 ]; then
@@ -153,8 +187,33 @@ chown -R "$uid:$gid" "$state"
 chmod 0600 "$etc/keyring.toml"
 
 for u in $unit_files; do
+  case " $backup_units " in *" $u "*) [ "$store" = postgres ] && { rm -f "$units/$u"; continue; } ;; esac
   install -m 0644 "$here/$u" "$units/$u"
 done
+# The store's drop-ins: written for PostgreSQL, removed for SQLite (so a second run switches).
+for u in $store_services; do
+  if [ "$store" = postgres ]; then
+    install -d -m 0755 "$units/$u.d"
+    install -m 0644 "$here/postgres/50-postgres.conf" "$units/$u.d/50-postgres.conf"
+    if [ -n "$database_address" ]; then
+      sed "s#^IPAddressAllow=.*#IPAddressAllow=$database_address#" "$here/postgres/60-postgres-tcp.conf" >"$units/$u.d/60-postgres-tcp.conf"
+      chmod 0644 "$units/$u.d/60-postgres-tcp.conf"
+    else
+      rm -f "$units/$u.d/60-postgres-tcp.conf"
+    fi
+  else
+    rm -f "$units/$u.d/50-postgres.conf" "$units/$u.d/60-postgres-tcp.conf"
+    rmdir "$units/$u.d" 2>/dev/null || true
+  fi
+done
+if [ "$store" = postgres ] && [ ! -f "$etc/database" ]; then
+  # A template for the recommended setup; the operator edits it (and runs db init).
+  umask 077
+  printf '%s\n' "host=/run/postgresql dbname=memwarden user=memwarden_app" >"$etc/database"
+  umask 022
+  say "wrote $etc/database (0600 root): edit it, then run: memwarden db init --admin-database-file FILE"
+fi
+[ "$store" = postgres ] && chmod 0600 "$etc/database"
 install -m 0644 "$here/memwarden.logrotate" "$root/etc/logrotate.d/memwarden"
 
 if [ "$live" = 1 ]; then

@@ -1048,3 +1048,63 @@ fn metrics_out_never_writes_through_a_planted_link() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The PostgreSQL variant (install.sh --store postgres): the session unit and the jobs that
+/// open the store, each with deploy/postgres/50-postgres.conf read after it as systemd reads a
+/// drop-in, run under their own filter as the service uid, with the `database` credential
+/// naming a real cluster's socket. The memory lands in PostgreSQL, not in the state dir, and
+/// every job does its work there.
+#[test]
+fn the_postgresql_drop_in_serves_and_runs_the_jobs_from_the_database() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let Some(pg) = common::postgres::Ready::start() else {
+        return;
+    };
+    let root = Root::new();
+    let creds = root.path("creds/database");
+    std::fs::copy(&pg.app, &creds).expect("database credential");
+    chmod(&creds, 0o600);
+    chown(&creds, SVC);
+    let drop_in = std::fs::read_to_string(Path::new(DEPLOY).join("postgres/50-postgres.conf"))
+        .expect("drop-in");
+    let with_drop_in = |name: &str| {
+        let unit = std::fs::read_to_string(Path::new(DEPLOY).join(name)).expect("unit");
+        Unit::parse(name, &format!("{unit}\n{drop_in}"))
+    };
+    let unit = with_drop_in("memwarden@.service");
+    assert_eq!(unit.last("Environment"), Some("MEMWARDEN_STORE=postgres"));
+    let id = session(&unit, &root).expect("a session from the PostgreSQL unit");
+    let rows = pg.query_i64(&format!(
+        "SELECT count(*) FROM memory.entries WHERE id = '{id}'"
+    ));
+    assert_eq!(rows, 1, "the memory is in PostgreSQL");
+    let local = Command::new(common::bin())
+        .args(["verify", "--data-dir"])
+        .arg(root.path("var/lib/memwarden"))
+        .output()
+        .expect("verify");
+    assert!(
+        !String::from_utf8_lossy(&local.stdout).contains(&id),
+        "nothing in the state dir's memory.db"
+    );
+    for job in [
+        "memwarden-purge.service",
+        "memwarden-maintain.service",
+        "memwarden-audit-head.service",
+    ] {
+        let unit = with_drop_in(job);
+        let said = all_ok(&unit, &run_unit(&unit, &root));
+        if job == "memwarden-audit-head.service" {
+            let seq = pg.query_i64("SELECT max(seq) FROM audit.events");
+            assert!(said.starts_with(&format!("{seq}:")), "{said}");
+        }
+    }
+    let maintained = pg.query_i64(
+        "SELECT count(*) FROM audit.events WHERE kind = 'admin' \
+         AND detail::jsonb ->> 'event' = 'maintain'",
+    );
+    assert_eq!(maintained, 1, "maintain ran on PostgreSQL");
+}

@@ -55,12 +55,14 @@ pub enum StoreKind {
 /// How the operator names the store.
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
-    /// The store's engine.
+    /// The store's engine (the hardened units' PostgreSQL drop-in sets it through the
+    /// environment, for every command they run).
     #[arg(
         id = "store",
         long = "store",
         value_enum,
         default_value = "sqlite",
+        env = "MEMWARDEN_STORE",
         global = true
     )]
     pub kind: StoreKind,
