@@ -189,11 +189,12 @@ pub(super) async fn some_words(
 /// some word too, and there are fewer than `size` of them), so the merge's newest `size`
 /// positions are the window, and which words each holds is which subqueries returned it. The
 /// alternative, one `||` lookup with `words @@ word` per row for which words it holds, reads
-/// every matching row's `words` back from TOAST (about 5 µs a row) and gives the planner an
-/// estimate of the `||` it misjudges: near the window's size it walks the table newest first
-/// instead, reading `words` for every row (45 ms at 10,000 rows, growing with the store).
-/// One word's estimate is the column statistics' own, and the planner still walks newest
-/// first where a word is common (it stops early there).
+/// every matching row's `words` back, not only the window's (from TOAST, about 5 µs a row,
+/// before migration 4), and gives the planner an estimate of the `||` it misjudges: near the
+/// window's size it walked the table newest first instead, checking every row (45 ms at 10,000
+/// rows, growing with the store). One word's estimate is the column statistics' own, and the
+/// planner still walks newest first where a word is common (it stops early there); since
+/// migration 4 the walk checks `words` in the row.
 async fn window(
     client: &Client,
     words: &[String],
