@@ -326,7 +326,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     let admin = pg.cluster.settings_file("admin.conf", "memwarden");
     let out = super::db_init(&admin);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 1 -> 3"), "{stdout}");
+    assert!(stdout.contains("schema version 1 -> 4"), "{stdout}");
     let store = pg.store();
     let scope = narrow(&["a"]);
     let found = hits(&store, "upgrade", &filter(&scope, &["ops"]));

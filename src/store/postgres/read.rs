@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use super::fail::Failure;
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
-use super::scoped::{self, Words};
+use super::scoped;
 use crate::error::Error;
 use crate::store::backend::Match;
 use crate::store::model::{Filter, Query};
@@ -37,23 +37,14 @@ fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
     format!("({})", parts.join(join))
 }
 
-/// The text match of a search: in `entries_scoped` for a narrow scope (its tags inside the
-/// lookup too), else in the shared `words`.
-fn lookup(
-    sql: &mut Sql,
-    filter: &Filter,
-    words: &[String],
-    join: Words,
-) -> crate::error::Result<String> {
+/// The text match of a search, rows holding every word of `words`: in `entries_scoped` for a
+/// narrow scope (its tags inside the lookup too), else in the shared `words`.
+fn lookup(sql: &mut Sql, filter: &Filter, words: &[String]) -> crate::error::Result<String> {
     if let Some(namespaces) = filter.scope.narrow() {
         let ns = sql.bind(namespaces.to_vec());
-        return scoped::condition(sql, &format!("{ns}::text[]"), words, join, &filter.tags);
+        return scoped::condition(sql, &format!("{ns}::text[]"), words, &filter.tags);
     }
-    let join = match join {
-        Words::All => " && ",
-        Words::Any => " || ",
-    };
-    Ok(format!("e.words @@ {}", tsquery(sql, words, join)))
+    Ok(format!("e.words @@ {}", tsquery(sql, words, " && ")))
 }
 
 /// Up to `want` active rows inside `filter`, newest first, below the entry `after`.
@@ -92,8 +83,7 @@ pub(super) async fn list(
             let ns = sql.bind(namespaces.clone());
             let mut extra = " AND e.namespace = s.ns".to_string();
             if filter.scope.narrow().is_some() && !filter.tags.is_empty() {
-                let tagged =
-                    scoped::condition(&mut sql, "ARRAY[s.ns]", &[], Words::All, &filter.tags)?;
+                let tagged = scoped::condition(&mut sql, "ARRAY[s.ns]", &[], &filter.tags)?;
                 extra.push_str(&format!(" AND {tagged}"));
             }
             sql.push(&format!(
@@ -150,7 +140,7 @@ pub(super) async fn all_words(
         return Ok(Vec::new());
     }
     let mut sql = Sql::default();
-    let all = lookup(&mut sql, filter, query.words(), Words::All)?;
+    let all = lookup(&mut sql, filter, query.words())?;
     let limit = sql.bind(limit as i64);
     sql.push(&format!(
         "SELECT {COLUMNS} FROM memory.entries e WHERE {all}"
@@ -162,8 +152,8 @@ pub(super) async fn all_words(
 
 /// Up to `need` matches inside `filter` holding some of the words, best first by
 /// [`rank::by_word_weight`] over the newest [`SEARCH_WINDOW`] (or `need`, if more) of them;
-/// rows in `skip` passed over. The window statement returns positions and which words each
-/// holds; rows are read for the best alone.
+/// rows in `skip` passed over. The window statement returns positions and which word each
+/// holds ([`window`]); rows are read for the best alone.
 pub(super) async fn some_words(
     client: &Client,
     query: &Query,
@@ -175,36 +165,7 @@ pub(super) async fn some_words(
     if filter.scope.is_empty() || need == 0 || words.len() < 2 {
         return Ok(Vec::new());
     }
-    let window = SEARCH_WINDOW.max(need);
-    let mut sql = Sql::default();
-    let held: Vec<String> = words
-        .iter()
-        .map(|w| {
-            format!(
-                "e.words @@ plainto_tsquery('memory.words', {})",
-                sql.bind(w.clone())
-            )
-        })
-        .collect();
-    let any = lookup(&mut sql, filter, words, Words::Any)?;
-    let limit = sql.bind(window as i64);
-    sql.push(&format!(
-        "SELECT e.pos, ARRAY[{}] FROM memory.entries e WHERE {any}",
-        held.join(", ")
-    ));
-    push_filter(&mut sql, filter, true)?;
-    sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit}"));
-    let rows = sql.query(client).await?;
-    let mut by_word = vec![Vec::new(); words.len()];
-    for row in &rows {
-        let pos: i64 = row.try_get(0)?;
-        let holds: Vec<bool> = row.try_get(1)?;
-        for (i, h) in holds.iter().enumerate() {
-            if *h && let Some(list) = by_word.get_mut(i) {
-                list.push(pos);
-            }
-        }
-    }
+    let by_word = window(client, words, filter, SEARCH_WINDOW.max(need)).await?;
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|pos| !skip.contains(pos));
     // Rows are read in slices of what is still needed: one removed since the window was read
@@ -217,6 +178,71 @@ pub(super) async fn some_words(
         rest = left;
     }
     Ok(out)
+}
+
+/// For each word, the positions of the newest `size` rows inside `filter` holding some word
+/// that hold this one.
+///
+/// One statement of one subquery per word — the newest `size` rows inside `filter` holding
+/// that word — merged here. A row among the newest `size` holding some word is among the
+/// newest `size` holding each word it holds (the rows newer than it holding that word hold
+/// some word too, and there are fewer than `size` of them), so the merge's newest `size`
+/// positions are the window, and which words each holds is which subqueries returned it. The
+/// alternative, one `||` lookup with `words @@ word` per row for which words it holds, reads
+/// every matching row's `words` back, not only the window's (from TOAST, about 5 µs a row,
+/// before migration 4), and gives the planner an estimate of the `||` it misjudges: near the
+/// window's size it walked the table newest first instead, checking every row (45 ms at 10,000
+/// rows, growing with the store). One word's estimate is the column statistics' own, and the
+/// planner still walks newest first where a word is common (it stops early there); since
+/// migration 4 the walk checks `words` in the row.
+async fn window(
+    client: &Client,
+    words: &[String],
+    filter: &Filter,
+    size: usize,
+) -> Result<Vec<Vec<i64>>, Failure> {
+    let mut sql = Sql::default();
+    let limit = sql.bind(size as i64);
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        let holds = lookup(&mut sql, filter, std::slice::from_ref(word))?;
+        sql.push(&format!(
+            "(SELECT {i}::int, e.pos FROM memory.entries e WHERE {holds}"
+        ));
+        push_filter(&mut sql, filter, true)?;
+        sql.push(&format!(" ORDER BY e.pos DESC LIMIT {limit})"));
+    }
+    let rows = sql.query(client).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let word: i32 = row.try_get(0)?;
+        let pos: i64 = row.try_get(1)?;
+        found.push((pos, word));
+    }
+    Ok(newest_by_word(found, words.len(), size))
+}
+
+/// `(position, word)` pairs cut to the newest `size` positions, then grouped by word.
+fn newest_by_word(mut found: Vec<(i64, i32)>, words: usize, size: usize) -> Vec<Vec<i64>> {
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    let mut by_word = vec![Vec::new(); words];
+    let mut distinct = 0;
+    let mut last = None;
+    for (pos, word) in found {
+        if last != Some(pos) {
+            if distinct == size {
+                break;
+            }
+            distinct += 1;
+            last = Some(pos);
+        }
+        if let Some(list) = usize::try_from(word).ok().and_then(|w| by_word.get_mut(w)) {
+            list.push(pos);
+        }
+    }
+    by_word
 }
 
 /// The matches among `positions` that are inside the filter, in the order of `positions`.
@@ -267,11 +293,27 @@ mod tests {
             until: Some(2),
         };
         let mut sql = Sql::default();
-        let q = lookup(&mut sql, &filter, &words, Words::All).unwrap();
+        let q = lookup(&mut sql, &filter, &words).unwrap();
         sql.push(&format!("SELECT 1 FROM memory.entries e WHERE {q}"));
         push_filter(&mut sql, &filter, true).unwrap();
         let (text, args) = sql.parts();
         (text.to_string(), args)
+    }
+
+    #[test]
+    fn the_window_is_the_newest_positions_holding_some_word() {
+        // Word 0 in 9, 7, 5, 3; word 1 in 9, 8, 2: a window of four is 9, 8, 7, 5.
+        let found = vec![(3, 0), (9, 1), (7, 0), (2, 1), (9, 0), (5, 0), (8, 1)];
+        assert_eq!(
+            newest_by_word(found.clone(), 2, 4),
+            vec![vec![9, 7, 5], vec![9, 8]]
+        );
+        assert_eq!(newest_by_word(found.clone(), 2, 1), vec![vec![9], vec![9]]);
+        assert_eq!(
+            newest_by_word(found, 2, 100),
+            vec![vec![9, 7, 5, 3], vec![9, 8, 2]]
+        );
+        assert_eq!(newest_by_word(vec![], 2, 4), vec![Vec::<i64>::new(); 2]);
     }
 
     #[test]

@@ -14,33 +14,21 @@
 use super::rows::Sql;
 use crate::error::{Error, Result};
 
-/// Whether a lookup wants rows holding every word or some of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Words {
-    /// Every word (`&&`).
-    All,
-    /// Some word (`||`).
-    Any,
-}
-
 /// The condition on `e` that a narrow lookup adds: rows of `namespaces` (an SQL `text[]`
-/// expression of ours, e.g. a bound array or `ARRAY[s.ns]`) holding `words` as `join` says,
-/// carrying every tag of `tags`. No words: the tags alone (there must be some).
+/// expression of ours, e.g. a bound array or `ARRAY[s.ns]`) holding every word of `words`,
+/// carrying every tag of `tags`. No words: the tags alone (there must be some). (A search's
+/// some-words group looks its words up one at a time, `read.rs`, so `memory.scoped_query`'s
+/// any-word form is not used.)
 pub(super) fn condition(
     sql: &mut Sql,
     namespaces: &str,
     words: &[String],
-    join: Words,
     tags: &[String],
 ) -> Result<String> {
     let words = sql.bind(words.to_vec());
-    let every = match join {
-        Words::All => "TRUE",
-        Words::Any => "FALSE",
-    };
     let tags = sql.bind(json_escaped(tags)?);
     Ok(format!(
-        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], {every}, {tags}::text[])"
+        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], TRUE, {tags}::text[])"
     ))
 }
 
@@ -68,10 +56,10 @@ mod tests {
         let mut sql = Sql::default();
         let ns = sql.bind(vec!["a'); --".to_string()]);
         let words = ["x' OR true".to_string(), "a & !b:*".to_string()];
-        let cond = condition(&mut sql, &ns, &words, Words::Any, &["t\"q".into()]).unwrap();
+        let cond = condition(&mut sql, &ns, &words, &["t\"q".into()]).unwrap();
         assert_eq!(
             cond,
-            "e.scoped @@ memory.scoped_query($1, $2::text[], FALSE, $3::text[])"
+            "e.scoped @@ memory.scoped_query($1, $2::text[], TRUE, $3::text[])"
         );
         assert_eq!(sql.parts().1, 3);
         assert_eq!(

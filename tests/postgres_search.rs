@@ -1,0 +1,279 @@
+//! Search on PostgreSQL past the search window: the some-words group ranks the newest
+//! `SEARCH_WINDOW` rows holding some word inside the scope, looked up one word at a time and
+//! merged (`read.rs`), and must rank exactly what SQLite's FTS5 lookup ranks — same rows, same
+//! order, same groups — narrow and wide; and `db init` from schema version 3 leaves the shared
+//! text index without a pending list and the tsvectors in the row (migration 4), rows written
+//! before it still found.
+
+mod common;
+
+use common::postgres::Ready;
+use memwarden::keys::KeySet;
+use memwarden::store::{
+    Author, Filter, Matched, NewEntry, Query, Scope, Status, Store, StoreOptions,
+};
+
+const AUTHOR: Author<'static> = Author {
+    principal: "alice",
+    session_id: "s1",
+};
+
+const VOCABULARY: [&str; 10] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+];
+
+fn put(store: &mut Store, namespace: &str, content: &str, at: i64) {
+    let entry = NewEntry {
+        namespace: namespace.to_string(),
+        content: content.to_string(),
+        tags: vec![],
+        metadata: None,
+        status: Status::Active,
+    };
+    store
+        .insert(AUTHOR, entry, at)
+        .unwrap()
+        .commit_unaudited()
+        .unwrap();
+}
+
+/// Content, group and snippet of each hit, in order (ids differ between the two stores).
+fn hits(store: &Store, text: &str, scope: &Scope, limit: usize) -> Vec<(String, Matched, String)> {
+    let filter = Filter {
+        scope: scope.clone(),
+        ..Default::default()
+    };
+    let hits = store
+        .search(&Query::parse(text).unwrap(), &filter, limit)
+        .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+    assert_eq!(hits.withheld, 0);
+    hits.hits
+        .into_iter()
+        .map(|h| (h.entry.content, h.matched, h.snippet))
+        .collect()
+}
+
+/// A small deterministic generator (xorshift), so both stores get the same rows.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn some_words_past_the_window_rank_as_sqlite_ranks_them_narrow_and_wide() {
+    let Some(pg) = Ready::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeySet::generate("e1").unwrap();
+    let mut lite = Store::open(
+        &dir.path().join("memory.db"),
+        keys.clone(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    let mut postgres = pg.store_with(keys);
+    // 1,400 rows of three words from ten: each word in about a quarter of them, two words'
+    // rows past the 500-row window, rows holding both words a few, so the some-words group
+    // fills most of each page. Namespace `c` holds a third of them.
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..1_400 {
+        let words: Vec<&str> = (0..3).map(|_| VOCABULARY[rng.below(10)]).collect();
+        let content = format!("row{i} {}", words.join(" "));
+        let namespace = ["a", "b", "c"][i % 3];
+        let at = 1_000_000 + i as i64 * 1_000;
+        put(&mut lite, namespace, &content, at);
+        put(&mut postgres, namespace, &content, at);
+    }
+    let narrow = Scope::only(["a".to_string(), "b".to_string()]);
+    let wide = Scope::only(
+        ["a", "b"]
+            .into_iter()
+            .map(str::to_string)
+            .chain((0..=memwarden::store::scope::MAX_NARROW_NAMESPACES).map(|i| format!("p{i}"))),
+    );
+    assert!(narrow.narrow().is_some() && wide.narrow().is_none());
+    let mut some = 0;
+    for query in [
+        "alpha bravo",
+        "charlie delta echo",
+        "juliet alpha",
+        "golf golf hotel",
+        "india nothere",
+        "foxtrot echo delta charlie bravo",
+    ] {
+        for limit in [1, 20, 200] {
+            let want = hits(&lite, query, &Scope::All, limit);
+            assert_eq!(
+                hits(&postgres, query, &Scope::All, limit),
+                want,
+                "{query:?}, {limit} hits, every namespace"
+            );
+            let want = hits(&lite, query, &narrow, limit);
+            assert_eq!(
+                hits(&postgres, query, &narrow, limit),
+                want,
+                "{query:?}, {limit} hits, narrow"
+            );
+            assert_eq!(
+                hits(&postgres, query, &wide, limit),
+                want,
+                "{query:?}, {limit} hits, wide"
+            );
+            assert!(want.iter().all(|h| !h.0.is_empty()));
+            some += want.iter().filter(|h| h.1 == Matched::Some).count();
+        }
+    }
+    // The comparison reached deep into the some-words group, not only the all-words one.
+    assert!(some > 1_000, "{some} some-words hits compared");
+    postgres.close().unwrap();
+}
+
+/// Runs `sql` as the cluster's superuser.
+fn superuser(pg: &Ready, sql: &str) -> Vec<tokio_postgres::Row> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = pg.cluster.connect("memwarden").await;
+        client.query(sql, &[]).await.unwrap()
+    })
+}
+
+/// Entries waiting in `entries_words`' pending list.
+fn pending(pg: &Ready) -> i64 {
+    superuser(
+        pg,
+        "SELECT pending_tuples::bigint FROM pgstatginindex('memory.entries_words')",
+    )[0]
+    .get(0)
+}
+
+/// Pages a lookup of one word reads checking every row (no index), and the heap's pages.
+fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = pg.cluster.connect("memwarden").await;
+        client
+            .batch_execute("SET enable_bitmapscan = off; SET enable_indexscan = off")
+            .await
+            .unwrap();
+        // Explained as text (the simple protocol): EXPLAIN's JSON column needs a serde feature.
+        let messages = client
+            .simple_query(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) \
+                 SELECT count(*) FROM memory.entries WHERE words @@ 'nothere'::tsquery",
+            )
+            .await
+            .unwrap();
+        let plan = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        let top = &plan[0]["Plan"];
+        let read = top["Shared Hit Blocks"].as_i64().unwrap()
+            + top["Shared Read Blocks"].as_i64().unwrap();
+        let heap: i64 = client
+            .query_one(
+                "SELECT (pg_relation_size('memory.entries') / 8192)::bigint",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (read, heap)
+    })
+}
+
+#[test]
+fn db_init_from_version_3_empties_the_pending_list_keeps_it_off_and_the_words_in_the_row() {
+    let Some(pg) = Ready::start() else { return };
+    superuser(&pg, "CREATE EXTENSION IF NOT EXISTS pgstattuple");
+    // Back to version 3: the shared index with PostgreSQL's default pending list, rows written
+    // into it (the store refuses a schema older than its own, so they are written first).
+    superuser(
+        &pg,
+        "ALTER INDEX memory.entries_words SET (fastupdate = on)",
+    );
+    superuser(
+        &pg,
+        "ALTER TABLE memory.entries ALTER COLUMN words SET STORAGE EXTENDED, \
+         ALTER COLUMN scoped SET STORAGE EXTENDED",
+    );
+    let mut store = pg.store();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for i in 0..20 {
+        // Eighty random words: content and both tsvectors pass the TOAST threshold, and do
+        // not compress below it.
+        let long: Vec<String> = (0..80)
+            .map(|_| {
+                (0..8)
+                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .collect()
+            })
+            .collect();
+        let content = format!("before the upgrade {i} {}", long.join(" "));
+        put(&mut store, "a", &content, 1_000 + i);
+    }
+    store.close().unwrap();
+    assert_eq!(pending(&pg), 20, "version 3 queues new rows' words");
+    let (read, heap) = scan_for_a_word(&pg);
+    assert!(
+        read > heap,
+        "version 3 keeps words in TOAST: {read} pages read, {heap} in the heap"
+    );
+    superuser(&pg, "DELETE FROM memory.schema_version WHERE version = 4");
+
+    let admin = pg.cluster.settings_file("admin.conf", "memwarden");
+    let out = std::process::Command::new(common::bin())
+        .args(["db", "init", "--admin-database-file"])
+        .arg(&admin)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("schema version 3 -> 4"), "{stdout}");
+    assert_eq!(pending(&pg), 0, "the queued words moved into the index");
+    let options: Option<Vec<String>> = superuser(
+        &pg,
+        "SELECT reloptions FROM pg_class WHERE oid = 'memory.entries_words'::regclass",
+    )[0]
+    .get(0);
+    assert_eq!(options.unwrap_or_default(), ["fastupdate=off"]);
+    let storage: String = superuser(
+        &pg,
+        "SELECT string_agg(attname || '=' || attstorage::text, ' ' ORDER BY attname) FROM pg_attribute \
+         WHERE attrelid = 'memory.entries'::regclass AND attname IN ('words', 'scoped')",
+    )[0]
+    .get(0);
+    assert_eq!(
+        storage, "scoped=m words=m",
+        "both tsvectors kept in the row"
+    );
+    let (read, heap) = scan_for_a_word(&pg);
+    assert!(
+        read <= heap,
+        "rows written before the upgrade were moved into the new layout: {read} pages read, {heap} in the heap"
+    );
+
+    let mut store = pg.store();
+    for i in 0..5 {
+        put(
+            &mut store,
+            "a",
+            &format!("after the upgrade {i}"),
+            2_000 + i,
+        );
+    }
+    assert_eq!(pending(&pg), 0, "new rows go straight into the index");
+    let found = hits(&store, "upgrade", &Scope::All, 50);
+    assert_eq!(found.len(), 25);
+    assert_eq!(found[0].0, "after the upgrade 4");
+    assert!(found[24].0.starts_with("before the upgrade 0 "));
+    store.close().unwrap();
+}
