@@ -440,6 +440,19 @@ fn store_get_update_delete_list_filters_quota_and_purge() {
         .unwrap();
     assert_eq!(report.steps, 0);
     assert_eq!(store.count_rows().unwrap(), 4);
+
+    // Bytes are content's own, whatever the column writes for backslashes and U+0000: 8 + 1
+    // bytes fit a 9-byte quota exactly.
+    store.set_quota(Quota {
+        max_entries: None,
+        max_bytes: Some(9),
+    });
+    put(&mut store, "b", "a\\b\\\0\\0\0", &[], 8_000_000);
+    put(&mut store, "b", "x", &[], 8_000_001);
+    let over = store
+        .insert(AUTHOR, new_entry("b", "y", &[]), 8_000_002)
+        .map(|p| p.entry().id.clone());
+    assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
     store.close().unwrap();
 }
 

@@ -118,7 +118,11 @@ impl WriteTx for PgTx<'_> {
         let (count, used): (i64, i64) = self.run(async |tx| {
             let r = tx
                 .query_one(
-                    "SELECT count(*), coalesce(sum(octet_length(content)), 0)::bigint \
+                    // Content's own bytes: the column keeps a backslash as `\\` and U+0000
+                    // as `\0`, two bytes each (rows.rs), which the quota does not count.
+                    "SELECT count(*), coalesce(sum(CASE WHEN strpos(content, '\\') > 0 \
+                     THEN octet_length(regexp_replace(content, '\\\\(.)', '\\1', 'g')) \
+                     ELSE octet_length(content) END), 0)::bigint \
                      FROM memory.entries WHERE namespace = $1",
                     &[&namespace],
                 )
