@@ -19,6 +19,10 @@ pub struct Stats {
     pub sessions: i64,
     /// Security events by their `event`, in that order.
     pub security: Vec<(String, i64)>,
+    /// Reconnections to PostgreSQL that serving processes recorded (`store_reconnected`).
+    pub reconnects: i64,
+    /// Connection attempts that failed before those reconnections.
+    pub connection_errors: i64,
 }
 
 /// `PRAGMA quick_check` on the file: `Ok("ok")`, or what SQLite found.
@@ -62,11 +66,19 @@ pub fn stats(path: &Path) -> Result<Stats, AuditError> {
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    let (reconnects, connection_errors) = conn.query_row(
+        "SELECT count(*), coalesce(sum(json_extract(detail, '$.failed_attempts')), 0) \
+         FROM events WHERE kind = 'security' AND json_extract(detail, '$.event') = ?1",
+        [crate::store::postgres::backend::RECONNECTED],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     Ok(Stats {
         calls,
         durations_us,
         sessions,
         security,
+        reconnects,
+        connection_errors,
     })
 }
 

@@ -59,7 +59,7 @@ pub fn run(args: &DbArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Connects with `settings` and runs `work` on a current-thread runtime.
-fn with_client<T>(
+pub(crate) fn with_client<T>(
     settings: &DatabaseSettings,
     work: impl AsyncFnOnce(&mut tokio_postgres::Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
@@ -147,7 +147,7 @@ fn init(settings: &DatabaseSettings) -> anyhow::Result<ExitCode> {
 }
 
 /// The server's message (its SQLSTATE and text), never the connection settings.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(tls) = crate::pgconn::handshake_failure(e) {
         return tls;
     }

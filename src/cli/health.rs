@@ -1,14 +1,18 @@
 //! `memwarden health` (JSON, non-zero exit when anything is wrong) and `memwarden metrics`
 //! (Prometheus text exposition derived from the databases, for node_exporter's textfile
-//! collector). Both read only.
+//! collector). Both read only, on either store: the SQLite files here, PostgreSQL's checks and
+//! figures in [`postgres`].
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
+mod postgres;
+
 use super::DataDirArg;
-use super::serve::PolicyArgs;
+use super::serve::{PolicyArgs, StoreArgs};
+use super::stores::Engine;
 use crate::audit;
 use crate::store::sqlite::inspect;
 
@@ -19,6 +23,8 @@ pub struct HealthArgs {
     pub data_dir: DataDirArg,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Least free space on the data dir's filesystem, in MiB.
     #[arg(long, default_value_t = 64)]
     pub min_free_mib: u64,
@@ -29,6 +35,8 @@ pub struct HealthArgs {
 pub struct MetricsArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Replace FILE atomically instead of printing: a fresh temp file in FILE's directory,
     /// created exclusively without following links, then fsync and rename (mode 0644). A link
     /// planted at either name is replaced, never written through.
@@ -78,9 +86,12 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Checks the data dir, both databases, the chain, the keyring, the disk and the kernel; prints
-/// the findings as JSON and exits non-zero when any failed.
+/// Checks the data dir, the store's databases, the chain, the keyring, the disk and the kernel;
+/// prints the findings as JSON and exits non-zero when any failed. On PostgreSQL the database
+/// checks are [`postgres::checks`]; the keyring, disk and landlock checks stay about the data dir
+/// (the keyring is there, and `serve` sandboxes itself to it whichever store it uses).
 pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::of(&args.store)?;
     let mut report = Report::default();
     let dir = args.data_dir.open()?;
     // A data dir others can read, or a linked database, is refused before anything opens it.
@@ -97,8 +108,15 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
             .map(|p| json!({"source": p.source, "sha256": p.sha256}))
             .map_err(|e| e.to_string()),
     );
-    database_checks(&mut report, &dir);
-    chain_checks(&mut report, &dir, keyring.as_ref().ok());
+    match &engine {
+        Engine::Sqlite => {
+            database_checks(&mut report, &dir);
+            chain_checks(&mut report, &dir.audit_db(), keyring.as_ref().ok());
+        }
+        Engine::Postgres(settings) => {
+            postgres::checks(&mut report, settings, keyring.as_ref().ok())
+        }
+    }
     let min = args.min_free_mib * 1024 * 1024;
     report.add(
         "free disk",
@@ -184,10 +202,10 @@ fn database_checks(report: &mut Report, dir: &crate::config::DataDir) {
     );
 }
 
-/// The chain verified with the keyring's keys, and the signing key's presence.
+/// The chain in `audit_db` verified with the keyring's keys, and the signing key's presence.
 fn chain_checks(
     report: &mut Report,
-    dir: &crate::config::DataDir,
+    audit_db: &std::path::Path,
     keyring: Option<&crate::keys::Keyring>,
 ) {
     // The keyring's own signing keys check the checkpoints' signatures (an auditor uses the
@@ -201,7 +219,7 @@ fn chain_checks(
                 .collect(),
         )
     });
-    let chain = audit::AuditReader::open(&dir.audit_db())
+    let chain = audit::AuditReader::open(audit_db)
         .map_err(|e| e.to_string())
         .and_then(|reader| {
             let checks = audit::verify::Checks {
@@ -238,14 +256,53 @@ const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
-/// Prometheus text for the series the databases hold.
-pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.data_dir.open()?;
+/// What the metrics are computed from, on either store.
+struct Figures {
+    /// The audit chain's counts.
+    stats: audit::inspect::Stats,
+    /// Entries by status.
+    statuses: Vec<(String, i64)>,
+    /// Bytes held, by database (`memory`, `audit`).
+    sizes: Vec<(&'static str, u64)>,
+}
+
+/// The figures of memory.db and audit.db in the data dir.
+fn sqlite_figures(dir: &crate::config::DataDir) -> anyhow::Result<Figures> {
     dir.open_dir()?;
     let stats = audit::inspect::stats(&dir.audit_db())?;
     let statuses = inspect::rows_by_status(&dir.memory_db()).map_err(anyhow::Error::msg)?;
+    let sizes = [("memory", dir.memory_db()), ("audit", dir.audit_db())]
+        .into_iter()
+        .map(|(db, path)| {
+            let mut bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            bytes += std::fs::metadata(std::path::PathBuf::from(wal))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            (db, bytes)
+        })
+        .collect();
+    Ok(Figures {
+        stats,
+        statuses,
+        sizes,
+    })
+}
+
+/// Prometheus text for the series the databases hold; the same series on both stores.
+pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
+    let Figures {
+        stats,
+        statuses,
+        sizes,
+    } = match Engine::of(&args.store)? {
+        Engine::Sqlite => sqlite_figures(&args.data_dir.open()?)?,
+        Engine::Postgres(settings) => postgres::figures(&settings)?,
+    };
     let mut out = String::new();
     call_series(&mut out, &stats);
+    connection_series(&mut out, &stats);
     let name = family(
         &mut out,
         "memwarden_sessions_total",
@@ -275,15 +332,10 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
         &mut out,
         "memwarden_db_bytes",
         "gauge",
-        "Database file sizes, WAL included.",
+        "Database sizes: on SQLite the files, WAL included; on PostgreSQL the schema's tables \
+         with their indexes and TOAST.",
     );
-    for (db, path) in [("memory", dir.memory_db()), ("audit", dir.audit_db())] {
-        let mut bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        bytes += std::fs::metadata(std::path::PathBuf::from(wal))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    for (db, bytes) in &sizes {
         let _ = writeln!(out, "{name}{{db=\"{db}\"}} {bytes}");
     }
     match &args.out {
@@ -304,6 +356,29 @@ fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Reconnections to PostgreSQL and the failed attempts before them, as serving processes
+/// recorded them in the audit chain (the only durable place a one-shot `metrics` can read them
+/// from; PostgreSQL's own statistics are not per application).
+fn connection_series(out: &mut String, stats: &audit::inspect::Stats) {
+    let name = family(
+        out,
+        "memwarden_store_reconnects_total",
+        "counter",
+        "Reconnections to PostgreSQL after a lost connection, recorded in the audit log by the \
+         serving process once the connection was back (an outage still going on, or whose \
+         process ended first, is not counted). Always 0 on SQLite.",
+    );
+    let _ = writeln!(out, "{name} {}", stats.reconnects);
+    let name = family(
+        out,
+        "memwarden_store_connection_errors_total",
+        "counter",
+        "Connection attempts to PostgreSQL that failed before those reconnections, recorded \
+         with them. Always 0 on SQLite.",
+    );
+    let _ = writeln!(out, "{name} {}", stats.connection_errors);
 }
 
 /// Calls by tool and outcome, and the call-latency histogram.

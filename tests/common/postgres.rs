@@ -392,3 +392,15 @@ impl Ready {
         Self::on(Cluster::start_tls(cert, key)?)
     }
 }
+
+impl Ready {
+    /// Runs `sql` as the cluster's superuser (what only an administrator may do: create a role,
+    /// grant membership); returns the rows changed.
+    pub fn as_superuser(&self, sql: &str) -> u64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = self.cluster.connect("memwarden").await;
+            client.execute(sql, &[]).await.unwrap()
+        })
+    }
+}

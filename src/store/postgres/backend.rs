@@ -64,6 +64,9 @@ const SESSION: &str = "SET lock_timeout = '10s'; \
      SET idle_in_transaction_session_timeout = '60s'; \
      SET default_transaction_isolation = 'read committed'";
 
+/// The `event` of the security event a reconnection records (counted by `memwarden metrics`).
+pub const RECONNECTED: &str = "store_reconnected";
+
 /// Rows read per statement when walking the whole table.
 const PAGE: i64 = 1000;
 
@@ -212,6 +215,38 @@ impl Postgres {
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?)
         })
+    }
+
+    /// Records a reconnection in the audit chain (a security event `store_reconnected` with the
+    /// attempts that failed before it), so `memwarden metrics`, a process of its own, can count
+    /// reconnections and connection errors from a durable place. An outage is recorded when it
+    /// ends: while the database is down nothing can be written to it. Failing to record one
+    /// loses a metric, not a write, so it is logged and the reconnection stands.
+    fn record_reconnect(&mut self, failed_attempts: u32) {
+        let event = crate::audit::NewEvent::new(
+            crate::audit::Kind::Security,
+            serde_json::json!({"event": RECONNECTED, "failed_attempts": failed_attempts}),
+        );
+        let Self {
+            client,
+            audit_keys,
+            driver,
+            ..
+        } = self;
+        let recorded = driver.rt().block_on(async {
+            let tx = client.transaction().await?;
+            crate::audit::postgres::append(&tx, audit_keys, &event, crate::clock::now_ms()).await?;
+            tx.commit().await?;
+            Ok::<_, crate::audit::postgres::PgAuditError>(())
+        });
+        if let Err(e) = recorded {
+            let why = match &e {
+                crate::audit::postgres::PgAuditError::Database(e) => detail(e),
+                other => other.to_string(),
+            };
+            tracing::warn!(target: "memwarden::store", error = %why,
+                "the reconnection could not be recorded in the audit log");
+        }
     }
 
     /// Dead row versions in `memory.entries` awaiting vacuum, from the statistics views.
@@ -393,8 +428,10 @@ impl Backend for Postgres {
                     old.abort();
                 }
                 self.client = client;
-                self.backoff.reset();
-                tracing::info!(target: "memwarden::store", "reconnected to PostgreSQL");
+                let failed = self.backoff.reset();
+                tracing::info!(target: "memwarden::store", failed_attempts = failed,
+                    "reconnected to PostgreSQL");
+                self.record_reconnect(failed);
                 Ok(())
             }
             Err(e) => {

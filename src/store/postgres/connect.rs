@@ -37,6 +37,8 @@ pub(super) fn open(
 pub(super) struct Backoff {
     not_before: Option<Instant>,
     delay: Option<Duration>,
+    /// Attempts that failed since the last success.
+    failures: u32,
 }
 
 impl Backoff {
@@ -50,13 +52,14 @@ impl Backoff {
     pub(super) fn failed(&mut self, now: Instant) -> Duration {
         let delay = self.delay.map_or(FIRST_DELAY, |d| (d * 2).min(MAX_DELAY));
         self.delay = Some(delay);
+        self.failures = self.failures.saturating_add(1);
         self.not_before = Some(now + delay);
         delay
     }
 
-    /// An attempt succeeded.
-    pub(super) fn reset(&mut self) {
-        *self = Self::default();
+    /// An attempt succeeded: returns how many failed before it, and starts afresh.
+    pub(super) fn reset(&mut self) -> u32 {
+        std::mem::take(self).failures
     }
 }
 
@@ -75,7 +78,8 @@ mod tests {
         assert_eq!(delays[0], FIRST_DELAY * 2);
         assert_eq!(*delays.last().unwrap(), MAX_DELAY);
         assert_eq!(b.wait(t + MAX_DELAY), Duration::ZERO);
-        b.reset();
+        assert_eq!(b.reset(), 7, "every failed attempt is counted");
+        assert_eq!(b.reset(), 0);
         assert_eq!(b.wait(t), Duration::ZERO);
     }
 }
