@@ -266,6 +266,7 @@ async fn an_unreachable_database_fails_health_clearly_without_the_settings() {
         detail.contains("cannot connect to the database"),
         "{detail}"
     );
+    eprintln!("unreachable: {detail}");
     for secret in ["s3cr3t-pw", socket.as_str()] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
@@ -392,6 +393,23 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
         }
     }
     assert!(stored, "a store succeeds after the restart");
+    // Down for a while: the attempts made meanwhile fail, and are counted once it is back.
+    tokio::task::block_in_place(|| pg.cluster.stop());
+    for _ in 0..8 {
+        let refused = c.call("memory_list", json!({})).await;
+        assert_eq!(refused.tool_code(), "UNAVAILABLE");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    tokio::task::block_in_place(|| pg.cluster.start_again());
+    let mut back = false;
+    for _ in 0..40 {
+        if let common::Outcome::Ok(_) = c.call("memory_list", json!({})).await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(back, "the session goes on once the database is back");
     c.close().await;
     let out = run(&pg, "metrics", &pg.app);
     assert!(
@@ -415,9 +433,9 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
         "SELECT count(*) FROM audit.events WHERE kind = 'security' \
          AND detail::jsonb ->> 'event' = 'store_reconnected'",
     );
-    assert_eq!(recorded, 1);
+    assert_eq!(recorded, 2);
     assert!(
-        text.contains("memwarden_store_reconnects_total 1"),
+        text.contains("memwarden_store_reconnects_total 2"),
         "{text}"
     );
     let (code, report) = health(&pg, &pg.app);
@@ -428,10 +446,17 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
     assert_eq!(parsed["memwarden_store_reconnects"]["type"], "counter");
     assert_eq!(
         sample(&parsed, "memwarden_store_reconnects", json!({})),
-        1.0
+        2.0
     );
+    // At least one attempt failed while it was down (fewer than the calls: backoff).
     let errors = sample(&parsed, "memwarden_store_connection_errors", json!({}));
-    assert!(errors >= 0.0);
+    assert!((1.0..8.0).contains(&errors), "{errors}");
+    let failed = count(
+        &pg,
+        "SELECT sum((detail::jsonb ->> 'failed_attempts')::bigint)::bigint FROM audit.events \
+         WHERE detail::jsonb ->> 'event' = 'store_reconnected'",
+    );
+    assert_eq!(errors, failed as f64);
     assert_eq!(
         sample(&parsed, "memwarden_entries", json!({"status": "active"})),
         4.0
@@ -450,12 +475,28 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
             "memwarden_security_events",
             json!({"event": "store_reconnected"})
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         parsed["memwarden_call_duration_seconds"]["type"],
         "histogram"
     );
+    // Every audited call has its duration in the histogram.
+    let calls: f64 = parsed["memwarden_calls"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[2].as_f64().unwrap())
+        .sum();
+    let histogram = parsed["memwarden_call_duration_seconds"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == "memwarden_call_duration_seconds_count")
+        .unwrap()[2]
+        .as_f64()
+        .unwrap();
+    assert_eq!(histogram, calls);
     assert!(sample(&parsed, "memwarden_db_bytes", json!({"db": "memory"})) > 0.0);
     assert!(sample(&parsed, "memwarden_db_bytes", json!({"db": "audit"})) > 0.0);
     eprintln!("connection errors before the reconnection: {errors}");

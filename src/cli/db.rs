@@ -146,13 +146,18 @@ fn init(settings: &DatabaseSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The server's message (its SQLSTATE and text), never the connection settings.
+/// The server's message (its SQLSTATE and text), or the socket's error (`Connection refused`,
+/// which names no host or path), never the connection settings.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(tls) = crate::pgconn::handshake_failure(e) {
         return tls;
     }
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => match std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>())
+        {
+            Some(io) => format!("{e}: {io}"),
+            None => e.to_string(),
+        },
     }
 }

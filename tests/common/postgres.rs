@@ -404,3 +404,30 @@ impl Ready {
         })
     }
 }
+
+impl Cluster {
+    /// `pg_ctl stop` (fast: every connection is cut); [`Cluster::start_again`] brings it back.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// `pg_ctl start` after [`Cluster::stop`], waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let opts = self.server_options();
+        self.pg_ctl(&["-l", &self.path("pg.log"), "-w", "-o", &opts, "start"]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = self
+            .as_server("pg_ctl")
+            .args(["-D", &self.path("data")])
+            .args(args)
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -9,8 +9,10 @@ use serde_json::{Value, json};
 use tokio_postgres::Client;
 
 use super::{Figures, Report, chain_checks};
+use crate::audit::inspect::Stats;
 use crate::cli::db::{ChainCopy, describe, with_client};
 use crate::pgconn::DatabaseSettings;
+use crate::store::postgres::backend::RECONNECTED;
 use crate::store::postgres::schema::CURRENT_VERSION;
 
 /// How long connecting may take when the settings do not say: a health check must answer.
@@ -210,13 +212,78 @@ async fn chain_present(client: &Client) -> Result<Value, String> {
     }
 }
 
-/// The figures `metrics` reports: the chain's counts from a private copy (as `audit` reads it),
-/// entries by status, and the bytes each schema's tables hold.
+/// The chain's counts, as [`crate::audit::inspect::stats`] reads them from an audit.db, read
+/// from `audit.events` in place (no copy of the whole chain on every scrape). One REPEATABLE
+/// READ snapshot, so the series agree with each other.
+async fn chain_stats(client: &mut Client) -> Result<Stats, tokio_postgres::Error> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let calls = tx
+        .query(
+            "SELECT coalesce(tool, 'unknown'), coalesce(outcome, 'unknown'), count(*) \
+             FROM audit.events WHERE kind = 'call' GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let durations_us = tx
+        .query(
+            "SELECT (detail::jsonb ->> 'duration_us')::numeric::bigint FROM audit.events \
+             WHERE kind = 'call' AND jsonb_typeof(detail::jsonb -> 'duration_us') = 'number'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let sessions: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM audit.events WHERE kind = 'session_start'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let security = tx
+        .query(
+            "SELECT coalesce(detail::jsonb ->> 'event', 'unknown'), count(*) FROM audit.events \
+             WHERE kind = 'security' GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let row = tx
+        .query_one(
+            "SELECT count(*), coalesce(sum((detail::jsonb ->> 'failed_attempts')::numeric), 0)::bigint \
+             FROM audit.events WHERE kind = 'security' AND detail::jsonb ->> 'event' = $1",
+            &[&RECONNECTED],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Stats {
+        calls,
+        durations_us,
+        sessions,
+        security,
+        reconnects: row.get(0),
+        connection_errors: row.get(1),
+    })
+}
+
+/// The figures `metrics` reports: the chain's counts, entries by status, and the bytes each
+/// schema's tables hold.
 pub(super) fn figures(settings: &DatabaseSettings) -> anyhow::Result<Figures> {
-    let settings = bounded(settings);
-    let copy = ChainCopy::export(&settings)?;
-    let stats = crate::audit::inspect::stats(copy.path())?;
-    let (statuses, sizes) = with_client(&settings, async |client| {
+    with_client(&bounded(settings), async |client| {
+        let stats = chain_stats(client)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot count audit events: {}", describe(&e)))?;
         let statuses = client
             .query(
                 "SELECT status, count(*) FROM memory.entries GROUP BY 1 ORDER BY 1",
@@ -241,11 +308,10 @@ pub(super) fn figures(settings: &DatabaseSettings) -> anyhow::Result<Figures> {
                 .map_err(|e| anyhow::anyhow!("cannot measure {schema}: {}", describe(&e)))?;
             sizes.push((schema, bytes.max(0) as u64));
         }
-        Ok((statuses, sizes))
-    })?;
-    Ok(Figures {
-        stats,
-        statuses,
-        sizes,
+        Ok(Figures {
+            stats,
+            statuses,
+            sizes,
+        })
     })
 }
