@@ -124,9 +124,12 @@ async fn a_healthy_store_passes_every_check() {
     let c = serve(&pg).await;
     c.store("a healthy memory").await;
     c.close().await;
+    let events = count(&pg, "SELECT count(*) FROM audit.events");
     let (code, report) = health(&pg, &pg.app);
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["ok"], true);
+    // Read only: looking appends nothing.
+    assert_eq!(count(&pg, "SELECT count(*) FROM audit.events"), events);
     assert!(failed(&report).is_empty(), "{report:#}");
     for name in DATABASE_CHECKS {
         assert_eq!(check(&report, name)["ok"], true, "{name}: {report:#}");
@@ -192,6 +195,12 @@ async fn a_widened_grant_on_audit_events_fails_health_until_db_init_narrows_it()
     assert!(detail.contains("audit_fixers DELETE"), "{detail}");
     // Nothing was changed by looking: the chain is whole.
     assert_eq!(check(&report, "audit chain")["ok"], true, "{report:#}");
+    // Serving as a superuser is the widest grant of all.
+    let superuser = pg.cluster.settings_file("super.conf", "memwarden");
+    let (code, report) = health(&pg, &superuser);
+    assert_eq!(code, Some(1), "{report:#}");
+    let detail = check(&report, "audit grants")["detail"].as_str().unwrap();
+    assert!(detail.contains("memwarden is a superuser"), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +251,7 @@ async fn disabled_or_extra_triggers_on_audit_events_fail_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_database_fails_health_clearly_without_the_settings() {
+async fn an_unreachable_database_or_another_schema_version_fails_health_clearly() {
     use std::os::unix::fs::PermissionsExt;
     let Some(pg) = Ready::start() else { return };
     let socket = pg.cluster.socket_dir();
@@ -288,6 +297,28 @@ async fn an_unreachable_database_fails_health_clearly_without_the_settings() {
         .as_str()
         .unwrap();
     assert!(detail.contains("run `memwarden db init`"), "{detail}");
+    // Put back (as the migration's own row), then newer than this binary.
+    owner(
+        &pg,
+        &format!(
+            "INSERT INTO memory.schema_version (version) VALUES ({})",
+            memwarden::store::postgres::schema::CURRENT_VERSION
+        ),
+    );
+    assert_eq!(health(&pg, &pg.app).0, Some(0));
+    owner(
+        &pg,
+        &format!(
+            "INSERT INTO memory.schema_version (version) VALUES ({})",
+            memwarden::store::postgres::schema::CURRENT_VERSION + 1
+        ),
+    );
+    let (code, report) = health(&pg, &pg.app);
+    assert_eq!(code, Some(1), "{report:#}");
+    let detail = check(&report, "database schema version")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(detail.contains("newer than this binary"), "{detail}");
 }
 
 /// Parses `text` with python3's prometheus_client; returns {family: {sample line: value}}, or
