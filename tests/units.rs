@@ -1094,6 +1094,7 @@ fn the_postgresql_drop_in_serves_and_runs_the_jobs_from_the_database() {
         "memwarden-purge.service",
         "memwarden-maintain.service",
         "memwarden-audit-head.service",
+        "memwarden-metrics.service",
     ] {
         let unit = with_drop_in(job);
         let said = all_ok(&unit, &run_unit(&unit, &root));
@@ -1107,4 +1108,11 @@ fn the_postgresql_drop_in_serves_and_runs_the_jobs_from_the_database() {
          AND detail::jsonb ->> 'event' = 'maintain'",
     );
     assert_eq!(maintained, 1, "maintain ran on PostgreSQL");
+    let prom = std::fs::read_to_string(root.path("var/lib/memwarden-metrics/memwarden.prom"))
+        .expect("metrics written");
+    assert!(
+        prom.contains("memwarden_store_reconnects_total 0")
+            && prom.contains("memwarden_entries{status=\"active\"} 1"),
+        "metrics of the PostgreSQL store: {prom}"
+    );
 }
