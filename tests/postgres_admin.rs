@@ -7,12 +7,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use common::Client;
 use common::postgres::Ready;
-use rmcp::ServiceExt;
-use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 
 /// The injection pack quarantines; retention expires everything after a second.
@@ -37,25 +35,7 @@ fn policy_args(pg: &Ready) -> Vec<String> {
 
 /// `serve --store postgres` as the app role, with `extra` flags.
 async fn serve(pg: &Ready, extra: &[String]) -> Client {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pg.cluster.dir.path().join("serve.log"))
-        .unwrap();
-    let mut cmd = tokio::process::Command::new(common::bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&pg.data)
-        .args(["--store", "postgres", "--database-file"])
-        .arg(&pg.app)
-        .args(extra);
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn memwarden serve");
-    Client {
-        service: ().serve(transport).await.expect("MCP initialize"),
-    }
+    pg.serve_from(&pg.data, &pg.app, extra).await
 }
 
 /// Runs `memwarden ARGS`.

@@ -11,8 +11,6 @@ use std::process::{Command, Output, Stdio};
 
 use common::Client;
 use common::postgres::Ready;
-use rmcp::ServiceExt;
-use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 
 /// Runs `memwarden CMD --data-dir … --store postgres --database-file FILE`.
@@ -64,24 +62,7 @@ fn failed(report: &Value) -> Vec<String> {
 
 /// `serve --store postgres` as the app role.
 async fn serve(pg: &Ready) -> Client {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pg.cluster.dir.path().join("serve.log"))
-        .unwrap();
-    let mut cmd = tokio::process::Command::new(common::bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&pg.data)
-        .args(["--store", "postgres", "--database-file"])
-        .arg(&pg.app);
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn memwarden serve");
-    Client {
-        service: ().serve(transport).await.expect("MCP initialize"),
-    }
+    pg.serve_from::<&str>(&pg.data, &pg.app, &[]).await
 }
 
 /// Runs `sql` as the owner role (off the async worker: the helper starts a runtime of its own).
@@ -321,47 +302,6 @@ async fn an_unreachable_database_or_another_schema_version_fails_health_clearly(
     assert!(detail.contains("newer than this binary"), "{detail}");
 }
 
-/// Parses `text` with python3's prometheus_client; returns {family: {sample line: value}}, or
-/// `None` (SKIPPED) where it is not installed.
-fn parse_prometheus(text: &str) -> Option<Value> {
-    let probe = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        eprintln!("SKIPPED: python3 prometheus_client is not installed");
-        return None;
-    }
-    let script = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = {}
-for f in text_string_to_metric_families(sys.stdin.read()):
-    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
-print(json.dumps(out))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "parser refused: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(serde_json::from_slice(&out.stdout).unwrap())
-}
-
 /// The value of the one sample of `family` whose labels include `labels`.
 fn sample(parsed: &Value, family: &str, labels: Value) -> f64 {
     let samples = parsed[family]["samples"]
@@ -406,23 +346,7 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
         "{text}"
     );
     tokio::task::block_in_place(|| pg.cluster.restart());
-    let mut stored = false;
-    for i in 0..40 {
-        match c
-            .call("memory_store", json!({"content": format!("after {i}")}))
-            .await
-        {
-            common::Outcome::Ok(_) => {
-                stored = true;
-                break;
-            }
-            common::Outcome::ToolError(v) => {
-                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    let stored = c.store_once_back().await;
     assert!(stored, "a store succeeds after the restart");
     // Down for a while: the attempts made meanwhile fail, and are counted once it is back.
     tokio::task::block_in_place(|| pg.cluster.stop());
@@ -471,7 +395,7 @@ async fn metrics_count_the_store_and_a_reconnection_after_a_restart() {
     );
     let (code, report) = health(&pg, &pg.app);
     assert_eq!(code, Some(0), "{report:#}");
-    let Some(parsed) = parse_prometheus(&text) else {
+    let Some(parsed) = common::parse_prometheus(&text) else {
         return;
     };
     assert_eq!(parsed["memwarden_store_reconnects"]["type"], "counter");

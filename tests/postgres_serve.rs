@@ -23,25 +23,7 @@ async fn serve_from(
     database_file: &std::path::Path,
     extra: &[String],
 ) -> Client {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pg.cluster.dir.path().join("serve.log"))
-        .unwrap();
-    let mut cmd = tokio::process::Command::new(common::bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--store", "postgres", "--database-file"])
-        .arg(database_file)
-        .args(extra);
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn memwarden serve");
-    Client {
-        service: ().serve(transport).await.expect("MCP initialize"),
-    }
+    pg.serve_from(data, database_file, extra).await
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
@@ -602,23 +584,7 @@ async fn over_loopback_tcp_the_sandbox_leaves_the_database_port_open_for_reconne
     // The reconnect after the restart happens under the sandbox: only the database's port may
     // be connected to, and it must be.
     tokio::task::block_in_place(|| pg.cluster.restart());
-    let mut stored = false;
-    for i in 0..40 {
-        match c
-            .call("memory_store", json!({"content": format!("after {i}")}))
-            .await
-        {
-            common::Outcome::Ok(_) => {
-                stored = true;
-                break;
-            }
-            common::Outcome::ToolError(v) => {
-                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    let stored = c.store_once_back().await;
     assert!(stored, "serve reconnected over TCP from inside its sandbox");
     c.close().await;
     let log = std::fs::read_to_string(pg.cluster.dir.path().join("serve.log")).unwrap();

@@ -12,8 +12,6 @@ use std::process::{Command, Stdio};
 
 use common::Client;
 use common::postgres::Ready;
-use rmcp::ServiceExt;
-use rmcp::transport::TokioChildProcess;
 use serde_json::json;
 
 const PASSWORD: &str = "hunter2";
@@ -144,25 +142,7 @@ fn database_file(pg: &Ready, name: &str, text: &str) -> PathBuf {
 
 /// `serve --store postgres` over MCP, stderr appended to serve.log in the cluster's dir.
 async fn serve(pg: &Ready, database_file: &Path, extra: &[&str]) -> Client {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pg.cluster.dir.path().join("serve.log"))
-        .unwrap();
-    let mut cmd = tokio::process::Command::new(common::bin());
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(&pg.data)
-        .args(["--store", "postgres", "--database-file"])
-        .arg(database_file)
-        .args(extra);
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn memwarden serve");
-    Client {
-        service: ().serve(transport).await.expect("MCP initialize"),
-    }
+    pg.serve_from(&pg.data, database_file, extra).await
 }
 
 /// `serve` with nothing on stdin: what it says when it cannot start.
@@ -223,23 +203,7 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
     // After a restart the store reconnects from inside the sandbox, over TLS again (the roots
     // were read at start: nothing is read now).
     tokio::task::block_in_place(|| pg.cluster.restart());
-    let mut stored = false;
-    for i in 0..40 {
-        match c
-            .call("memory_store", json!({"content": format!("after {i}")}))
-            .await
-        {
-            common::Outcome::Ok(_) => {
-                stored = true;
-                break;
-            }
-            common::Outcome::ToolError(v) => {
-                assert_eq!(v["code"], "UNAVAILABLE", "{v}");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
+    let stored = c.store_once_back().await;
     assert!(stored, "serve reconnected over TLS from inside its sandbox");
     assert!(by_tls(true) >= 1 && by_tls(false) == 0);
     c.close().await;

@@ -298,6 +298,25 @@ impl Client {
         v["id"].as_str().expect("id").to_string()
     }
 
+    /// After the database went away: stores until a call succeeds, every refusal meanwhile
+    /// `UNAVAILABLE` (never another code), 40 tries 250 ms apart. Whether one succeeded.
+    pub async fn store_once_back(&self) -> bool {
+        for i in 0..40 {
+            match self
+                .call("memory_store", json!({"content": format!("after {i}")}))
+                .await
+            {
+                Outcome::Ok(_) => return true,
+                Outcome::ToolError(v) => {
+                    assert_eq!(v["code"], "UNAVAILABLE", "{v}");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        false
+    }
+
     pub async fn close(self) {
         let _ = self.service.cancel().await;
     }
@@ -480,4 +499,77 @@ pub fn data_snapshot(dir: &TestDir) -> std::collections::BTreeMap<String, Vec<u8
             !scratch
         })
         .collect()
+}
+
+/// Parses `text` with python3's prometheus_client; returns {family: {sample line: value}}, or
+/// `None` (SKIPPED) where it is not installed.
+pub fn parse_prometheus(text: &str) -> Option<Value> {
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("SKIPPED: python3 prometheus_client is not installed");
+        return None;
+    }
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "parser refused: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+impl postgres::Ready {
+    /// `serve --store postgres` over MCP, with the data dir `data` (its keyring), the database
+    /// file `database_file` and `extra` flags; stderr appended to serve.log in the cluster's dir.
+    pub async fn serve_from<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        data: &Path,
+        database_file: &Path,
+        extra: &[S],
+    ) -> Client {
+        use rmcp::ServiceExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cluster.dir.path().join("serve.log"))
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--store", "postgres", "--database-file"])
+            .arg(database_file)
+            .args(extra);
+        let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("spawn memwarden serve");
+        Client {
+            service: ().serve(transport).await.expect("MCP initialize"),
+        }
+    }
 }
