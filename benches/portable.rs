@@ -82,8 +82,11 @@ fn main() {
     let dst = tmp.path().join("dst");
     std::fs::DirBuilder::new().mode(0o700).create(&dst).unwrap();
     std::fs::copy(src.join("keyring.toml"), dst.join("keyring.toml")).unwrap();
-    std::fs::set_permissions(dst.join("keyring.toml"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        dst.join("keyring.toml"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     memwarden(&["init"], &dst);
     let import = memwarden(&["import", file.to_str().unwrap()], &dst);
 

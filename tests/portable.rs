@@ -56,10 +56,7 @@ async fn populated(dir: &TestDir) -> [String; 5] {
             .ok(),
     );
     let gone = client.store("a note that gets deleted").await;
-    client
-        .call("memory_delete", json!({"id": gone}))
-        .await
-        .ok();
+    client.call("memory_delete", json!({"id": gone})).await.ok();
     client.close().await;
     [awkward, plain, old, new, gone]
 }
@@ -139,10 +136,19 @@ async fn sqlite_round_trip_keeps_every_byte_and_verifies() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the export holds memories: private");
     let exported = rows(&file);
-    let mut want = vec![awkward.clone(), plain.clone(), old.clone(), new, gone.clone()];
+    let mut want = vec![
+        awkward.clone(),
+        plain.clone(),
+        old.clone(),
+        new,
+        gone.clone(),
+    ];
     want.sort();
     assert_eq!(ids(&exported), want);
-    let line = exported.iter().find(|r| r["id"] == awkward.as_str()).unwrap();
+    let line = exported
+        .iter()
+        .find(|r| r["id"] == awkward.as_str())
+        .unwrap();
     assert_eq!(line["content"], AWKWARD);
     assert_eq!(line["tags"], json!(["a", "b"]));
     assert_eq!(line["mac"].as_str().unwrap().len(), 64);
@@ -162,13 +168,18 @@ async fn sqlite_round_trip_keeps_every_byte_and_verifies() {
     assert_eq!(event.len(), 1);
     assert_eq!(event[0]["rows"], 5);
     assert_eq!(event[0]["file_sha256"], sha.as_str());
-    assert!(!String::from_utf8_lossy(&common::read_all(&dst.data().join("audit.db")))
-        .contains("second line"));
+    assert!(
+        !String::from_utf8_lossy(&common::read_all(&dst.data().join("audit.db")))
+            .contains("second line")
+    );
 
     let client = dst.connect().await;
     let got = client.call("memory_get", json!({"id": awkward})).await.ok();
     assert_eq!(got["memory"]["content"], AWKWARD);
-    assert_eq!(got["memory"]["metadata"], json!({"source": "runbook", "n": 3}));
+    assert_eq!(
+        got["memory"]["metadata"],
+        json!({"source": "runbook", "n": 3})
+    );
     let got = client.call("memory_get", json!({"id": plain})).await.ok();
     assert_eq!(got["memory"]["status"], "active");
     let got = client.call("memory_get", json!({"id": old})).await.ok();
@@ -220,10 +231,17 @@ async fn a_tampered_line_is_refused_by_id_unless_resealed() {
 
     let dst = sharing_keyring(&src);
     let out = dst.cli(&["import", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "a tampered line refuses the file");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a tampered line refuses the file"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&plain), "{stderr}");
-    assert!(!stderr.contains(&awkward), "only the failing id is named: {stderr}");
+    assert!(
+        !stderr.contains(&awkward),
+        "only the failing id is named: {stderr}"
+    );
     assert!(!stderr.contains("planted"), "never the content: {stderr}");
     assert_eq!(dst.row_count(), 0, "nothing was written");
     let refused = admin_events(&dst, "import_refused");
@@ -277,7 +295,10 @@ async fn an_id_already_present_refuses_the_import() {
     let out = dst.cli(&["import", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already in the store") && stderr.contains(&awkward), "{stderr}");
+    assert!(
+        stderr.contains("already in the store") && stderr.contains(&awkward),
+        "{stderr}"
+    );
     assert_eq!(dst.row_count(), 1, "nothing more was written");
     verify_ok(&dst);
 }
@@ -374,7 +395,10 @@ fn round_trip_into_postgres_and_back() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&awkward));
     assert_eq!(pg.query_i64("SELECT count(*) FROM memory.entries"), 0);
 
-    ok(&on_pg(&pg, &["import", file.to_str().unwrap()]), "import into postgres");
+    ok(
+        &on_pg(&pg, &["import", file.to_str().unwrap()]),
+        "import into postgres",
+    );
     assert_eq!(pg.query_i64("SELECT count(*) FROM memory.entries"), 5);
     ok(&on_pg(&pg, &["verify"]), "verify on postgres");
     let out = on_pg(&pg, &["import", file.to_str().unwrap()]);
@@ -397,6 +421,12 @@ fn round_trip_into_postgres_and_back() {
     assert_eq!(a, b);
     let line = b.iter().find(|r| r["id"] == awkward.as_str()).unwrap();
     assert_eq!(line["content"], AWKWARD);
-    assert!(b.iter().any(|r| r["id"] == old.as_str() && r["status"] == "superseded"));
-    assert!(b.iter().any(|r| r["id"] == gone.as_str() && r["status"] == "deleted"));
+    assert!(
+        b.iter()
+            .any(|r| r["id"] == old.as_str() && r["status"] == "superseded")
+    );
+    assert!(
+        b.iter()
+            .any(|r| r["id"] == gone.as_str() && r["status"] == "deleted")
+    );
 }

@@ -104,8 +104,9 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         json!({"event": "export_start", "namespaces": args.namespace, "since": since,
                "to": if args.out.is_some() { "file" } else { "stdout" }}),
     )?;
-    let sink: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(create_out(path)?),
+    let file = args.out.as_deref().map(create_out).transpose()?;
+    let sink: Box<dyn Write + '_> = match &file {
+        Some(f) => Box::new(f),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = Hashing {
@@ -120,6 +121,10 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let report = store.export_rows(&keep, &mut |line: &Line| write_line(&mut out, line))?;
     out.flush()?;
     let sha256 = hex::encode(out.hash.finalize());
+    if let Some(f) = &file {
+        // Durable before the event that names its hash.
+        f.sync_all()?;
+    }
     admin_event(
         &mut audit,
         json!({"event": "export", "rows": report.exported, "refused": report.refused,

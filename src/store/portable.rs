@@ -11,8 +11,8 @@ use super::ledger::Kind;
 use super::model::{Entry, Status};
 use super::rows::{Checked, RawRow, SealedRow, seal_entry};
 use super::{Store, seal};
-use crate::audit::sink::Sink;
 use crate::audit::NewEvent;
+use crate::audit::sink::Sink;
 use crate::error::Result;
 use crate::keys::KeySet;
 
@@ -300,9 +300,10 @@ fn check(keys: &KeySet, line: Line) -> Checked<Imported> {
 
 fn reseal(keys: &KeySet, line: Line) -> Checked<Imported> {
     let status = Status::parse(&line.status).ok_or_else(|| line.id.clone())?;
-    let metadata_ok = line.metadata.as_deref().is_none_or(|m| {
-        serde_json::from_str::<serde_json::Value>(m).is_ok_and(|v| v.is_object())
-    });
+    let metadata_ok = line
+        .metadata
+        .as_deref()
+        .is_none_or(|m| serde_json::from_str::<serde_json::Value>(m).is_ok_and(|v| v.is_object()));
     if !line.tags.windows(2).all(|w| w[0] < w[1]) || !metadata_ok {
         return Err(line.id);
     }
