@@ -329,3 +329,83 @@ fn reseal(keys: &KeySet, line: Line) -> Checked<Imported> {
         mac,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(keys: &KeySet) -> Line {
+        let entry = Entry {
+            id: "0190d3c4-0000-7000-8000-000000000001".into(),
+            namespace: "ops".into(),
+            content: "nul \u{0} and caf\u{e9}".into(),
+            tags: vec!["a".into(), "b".into()],
+            metadata: Some(r#"{"n":3}"#.into()),
+            status: Status::Superseded,
+            supersedes: None,
+            principal: "local".into(),
+            session_id: "s1".into(),
+            created_at: 1,
+            updated_at: 2,
+            content_sha256: seal::content_sha256("nul \u{0} and caf\u{e9}"),
+        };
+        let (key_id, key) = keys.active();
+        let mac = seal_entry(&entry, key_id, key).mac;
+        Line::of(entry, key_id.to_string(), &mac)
+    }
+
+    #[test]
+    fn a_line_round_trips_through_json_and_its_seal() {
+        let keys = KeySet::generate("e").unwrap();
+        let line = sealed(&keys);
+        let text = serde_json::to_string(&line).unwrap();
+        let back: Line = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+        let row = check(&keys, back).unwrap();
+        assert_eq!(row.entry.content, "nul \u{0} and caf\u{e9}");
+        assert_eq!(hex::encode(row.mac), line.mac);
+    }
+
+    #[test]
+    fn any_edit_or_another_keyring_fails_and_reseal_makes_it_verify() {
+        let keys = KeySet::generate("e").unwrap();
+        let line = sealed(&keys);
+        let edits: Vec<Box<dyn Fn(&mut Line)>> = vec![
+            Box::new(|l| l.content.push('!')),
+            Box::new(|l| l.namespace = "other".into()),
+            Box::new(|l| l.status = "active".into()),
+            Box::new(|l| l.tags = vec!["a".into()]),
+            Box::new(|l| l.updated_at += 1),
+            Box::new(|l| l.key_id = "e9".into()),
+            Box::new(|l| l.mac = "zz".into()),
+            Box::new(|l| l.content_sha256 = hex::encode([0u8; 32])),
+        ];
+        for edit in &edits {
+            let mut bad = line.clone();
+            edit(&mut bad);
+            assert_eq!(check(&keys, bad).unwrap_err(), line.id);
+        }
+        let other = KeySet::generate("e").unwrap();
+        assert!(check(&other, line.clone()).is_err());
+        let mut edited = line.clone();
+        edited.content = "changed".into();
+        let resealed = reseal(&keys, edited).unwrap();
+        let again = Line::of(resealed.entry, resealed.key_id, &resealed.mac);
+        assert!(check(&keys, again).is_ok());
+        let mut unsorted = line;
+        unsorted.tags = vec!["b".into(), "a".into()];
+        assert!(reseal(&keys, unsorted).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_other_versions_are_refused() {
+        let keys = KeySet::generate("e").unwrap();
+        let mut v = serde_json::to_value(sealed(&keys)).unwrap();
+        v["extra"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<Line>(v).is_err());
+        let mut h = Header::new("sqlite", 0);
+        assert!(h.supported());
+        h.version = 2;
+        assert!(!h.supported());
+    }
+}
