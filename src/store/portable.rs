@@ -334,6 +334,8 @@ fn reseal(keys: &KeySet, line: Line) -> Checked<Imported> {
 mod tests {
     use super::*;
 
+    type Edit = Box<dyn Fn(&mut Line)>;
+
     fn sealed(keys: &KeySet) -> Line {
         let entry = Entry {
             id: "0190d3c4-0000-7000-8000-000000000001".into(),
@@ -370,7 +372,7 @@ mod tests {
     fn any_edit_or_another_keyring_fails_and_reseal_makes_it_verify() {
         let keys = KeySet::generate("e").unwrap();
         let line = sealed(&keys);
-        let edits: Vec<Box<dyn Fn(&mut Line)>> = vec![
+        let edits: [Edit; 8] = [
             Box::new(|l| l.content.push('!')),
             Box::new(|l| l.namespace = "other".into()),
             Box::new(|l| l.status = "active".into()),
