@@ -430,3 +430,22 @@ fn round_trip_into_postgres_and_back() {
             .any(|r| r["id"] == gone.as_str() && r["status"] == "deleted")
     );
 }
+
+#[test]
+fn a_file_of_another_format_or_version_is_refused() {
+    let dir = TestDir::new();
+    dir.init();
+    let file = dir.tmp.path().join("future.jsonl");
+    for header in [
+        r#"{"format":"memwarden-export","version":2,"source_engine":"sqlite","exported_at":0}"#,
+        r#"{"format":"other","version":1,"source_engine":"sqlite","exported_at":0}"#,
+        "not json",
+    ] {
+        std::fs::write(&file, format!("{header}\n")).unwrap();
+        let out = dir.cli(&["import", file.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("line 1"), "{stderr}");
+    }
+    assert_eq!(dir.row_count(), 0);
+}

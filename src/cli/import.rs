@@ -96,10 +96,9 @@ impl<R: Read> Lines<R> {
         let header: Header = serde_json::from_slice(bytes)
             .map_err(|_| anyhow::anyhow!("line 1: not a memwarden export header"))?;
         if !header.supported() {
+            // The header's own text is not echoed: it is the file's, not ours.
             bail!(
-                "line 1: format {} version {} is not one this build reads ({} version {})",
-                header.format,
-                header.version,
+                "line 1: not a format this build reads (it reads {} version {})",
                 crate::store::portable::FORMAT,
                 crate::store::portable::VERSION
             );
