@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -44,6 +44,7 @@ fn main() {
     let ring = Keyring::load(&src.join("keyring.toml")).unwrap();
     let vocab = common::vocabulary(5000);
     let mut rng = common::Rng::new(7);
+    let populate = Instant::now();
     {
         let mut store = Store::open(
             &src.join("memory.db"),
@@ -75,21 +76,27 @@ fn main() {
                 .unwrap();
         }
     }
+    let populate = populate.elapsed().as_secs_f64();
     let file = tmp.path().join("export.jsonl");
     let export = memwarden(&["export", "--out", file.to_str().unwrap()], &src);
     let bytes = std::fs::metadata(&file).unwrap().len();
 
+    // A fresh data dir sharing the source's keyring (init with it, then keep it in the dir).
     let dst = tmp.path().join("dst");
-    std::fs::DirBuilder::new().mode(0o700).create(&dst).unwrap();
-    std::fs::copy(src.join("keyring.toml"), dst.join("keyring.toml")).unwrap();
-    std::fs::set_permissions(
-        dst.join("keyring.toml"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    memwarden(&["init"], &dst);
+    let shared = tmp.path().join("shared-keyring.toml");
+    let private = || std::fs::Permissions::from_mode(0o600);
+    std::fs::copy(src.join("keyring.toml"), &shared).unwrap();
+    std::fs::set_permissions(&shared, private()).unwrap();
+    memwarden(&["init", "--keyring-file", shared.to_str().unwrap()], &dst);
+    std::fs::copy(&shared, dst.join("keyring.toml")).unwrap();
+    std::fs::set_permissions(dst.join("keyring.toml"), private()).unwrap();
     let import = memwarden(&["import", file.to_str().unwrap()], &dst);
 
+    println!(
+        "reference: the same rows sealed and inserted in-process, one commit each \
+         (synchronous=NORMAL): {populate:.2} s = {:.0} rows/s",
+        n as f64 / populate
+    );
     println!(
         "portable@{n} rows, {:.1} MB file: export {:.2} s = {:.0} rows/s; import {:.2} s = {:.0} rows/s",
         bytes as f64 / 1e6,
