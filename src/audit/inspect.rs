@@ -106,10 +106,12 @@ pub fn head(path: &Path) -> Result<super::append::Head, AuditError> {
     super::append::head(&conn)
 }
 
-/// One audited agent write, or operator reject (for reconciling the store with the log).
+/// One audited agent write, or operator reject or import (for reconciling the store with the
+/// log).
 #[derive(Debug, Clone)]
 pub struct AuditedWrite {
-    /// `memory_store`, `memory_update`, `memory_delete` or `review_reject`.
+    /// `memory_store`, `memory_update`, `memory_delete`, `review_reject`, or `import` (one per
+    /// imported entry: an import creates the entries it lists).
     pub tool: String,
     /// The entry the write created (store, update).
     pub created: Option<String>,
@@ -132,7 +134,10 @@ pub fn audited_writes(path: &Path) -> Result<Vec<AuditedWrite>, AuditError> {
          AND tool IN ('memory_store', 'memory_update', 'memory_delete') \
          UNION ALL \
          SELECT 'review_reject', NULL, json_extract(detail, '$.id'), 0 FROM events \
-         WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'review_reject'",
+         WHERE kind = 'admin' AND json_extract(detail, '$.event') = 'review_reject' \
+         UNION ALL \
+         SELECT 'import', ids.value, NULL, 0 FROM events, json_each(events.detail, '$.ids') AS ids \
+         WHERE events.kind = 'admin' AND json_extract(events.detail, '$.event') = 'import'",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(AuditedWrite {

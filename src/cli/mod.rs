@@ -5,7 +5,9 @@ pub mod audit;
 pub mod backup;
 pub mod connect;
 pub mod db;
+pub mod export;
 pub mod health;
+pub mod import;
 pub mod init;
 pub mod keys;
 pub mod maintain;
@@ -66,6 +68,10 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Verify a backup and swap it in (stop the service first).
     Restore(backup::RestoreArgs),
+    /// Write sealed rows, seals included, as portable JSON lines (to stdout or --out).
+    Export(export::ExportArgs),
+    /// Load a portable export into this store: every seal checked first, rows kept unchanged.
+    Import(import::ImportArgs),
     /// Check databases, keyring, policy, audit chain, disk and landlock; JSON, exit 1 if unwell.
     Health(health::HealthArgs),
     /// Prometheus text exposition derived from the databases.
@@ -142,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reseal(args) => keys::reseal(&args),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Import(args) => import::run(&args),
         Command::Health(args) => health::health(&args),
         Command::Metrics(args) => health::metrics(&args),
         Command::Db(args) => db::run(&args),

@@ -47,6 +47,9 @@ fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
         let created = w.created.as_deref();
         let target = w.target.as_deref();
         match (w.tool.as_str(), created, target) {
+            // An import's event commits with its rows, like an agent's store: an imported
+            // entry missing without a purge or reject record was removed.
+            ("import", Some(x), _) if !present(x) && !gone(x) => out.missing.push(x.to_string()),
             ("memory_store", Some(x), _) if !present(x) && !gone(x) => {
                 if w.last {
                     out.not_applied.push(x.to_string());

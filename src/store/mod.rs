@@ -13,6 +13,7 @@ mod admin;
 pub mod backend;
 pub mod ledger;
 mod model;
+pub mod portable;
 pub mod postgres;
 pub mod rank;
 pub mod rows;
