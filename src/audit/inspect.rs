@@ -25,6 +25,10 @@ pub struct Stats {
     pub connection_errors: i64,
 }
 
+/// The `event` of the security event a store's reconnection to its database records (written by
+/// the PostgreSQL backend, counted by `memwarden metrics`).
+pub const RECONNECTED: &str = "store_reconnected";
+
 /// `PRAGMA quick_check` on the file: `Ok("ok")`, or what SQLite found.
 pub fn quick_check(path: &Path) -> Result<String, String> {
     crate::sqlite_file::quick_check(path)
@@ -69,7 +73,7 @@ pub fn stats(path: &Path) -> Result<Stats, AuditError> {
     let (reconnects, connection_errors) = conn.query_row(
         "SELECT count(*), coalesce(sum(json_extract(detail, '$.failed_attempts')), 0) \
          FROM events WHERE kind = 'security' AND json_extract(detail, '$.event') = ?1",
-        [crate::store::postgres::backend::RECONNECTED],
+        [RECONNECTED],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(Stats {

@@ -39,6 +39,8 @@ const STORE_COMMANDS: &[&str] = &[
     "reseal",
     "keys",
     "sandbox-check",
+    "export",
+    "import",
 ];
 
 impl TestDir {

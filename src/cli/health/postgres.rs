@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use tokio_postgres::Client;
 
 use super::{Figures, Report, chain_checks};
+use crate::audit::inspect::RECONNECTED;
 use crate::audit::inspect::Stats;
 use crate::cli::db::{ChainCopy, describe, with_client};
 use crate::pgconn::DatabaseSettings;
-use crate::store::postgres::backend::RECONNECTED;
 use crate::store::postgres::schema::CURRENT_VERSION;
 
 /// How long connecting may take when the settings do not say: a health check must answer.

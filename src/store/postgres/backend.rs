@@ -64,8 +64,7 @@ const SESSION: &str = "SET lock_timeout = '10s'; \
      SET idle_in_transaction_session_timeout = '60s'; \
      SET default_transaction_isolation = 'read committed'";
 
-/// The `event` of the security event a reconnection records (counted by `memwarden metrics`).
-pub const RECONNECTED: &str = "store_reconnected";
+use crate::audit::inspect::RECONNECTED;
 
 /// Rows read per statement when walking the whole table.
 const PAGE: i64 = 1000;
