@@ -471,18 +471,7 @@ fn result_of<'a>(checks: &'a [Value], prefix: &str) -> &'a str {
 #[test]
 fn sandbox_check_on_postgresql_over_tcp_allows_the_database_port_and_nothing_else() {
     let Some(pg) = Ready::start_tcp() else { return };
-    let file = pg.cluster.dir.path().join("tcp.conf");
-    std::fs::write(
-        &file,
-        format!(
-            "host=127.0.0.1 port={} user=memwarden_app dbname=postgres\n",
-            pg.cluster.port
-        ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&file).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&file, perms).unwrap();
+    let file = pg.cluster.tcp_settings_file("tcp.conf", "memwarden_app");
     let out = op_with(&pg, &file, &["sandbox-check"]);
     assert!(out.status.success(), "{}", text(&out));
     let checks = checks_in(&out);

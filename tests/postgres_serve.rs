@@ -565,18 +565,7 @@ async fn verify_on_postgresql_reconciles_rows_with_the_chain_and_catches_an_owne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_loopback_tcp_the_sandbox_leaves_the_database_port_open_for_reconnecting() {
     let Some(pg) = Ready::start_tcp() else { return };
-    let file = pg.cluster.dir.path().join("tcp.conf");
-    std::fs::write(
-        &file,
-        format!(
-            "host=127.0.0.1 port={} user=memwarden_app dbname=postgres\n",
-            pg.cluster.port
-        ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&file).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&file, perms).unwrap();
+    let file = pg.cluster.tcp_settings_file("tcp.conf", "memwarden_app");
     let c = serve(&pg, &file).await;
     c.call("memory_store", json!({"content": "over tcp"}))
         .await

@@ -205,11 +205,19 @@ impl Cluster {
 
     /// Writes connection settings for `user` to a 0600 file and returns its path.
     pub fn settings_file(&self, name: &str, user: &str) -> PathBuf {
+        self.write_settings(name, &self.socket_dir(), user)
+    }
+
+    /// Like [`Cluster::settings_file`], over loopback TCP (a cluster from `start_tcp`).
+    pub fn tcp_settings_file(&self, name: &str, user: &str) -> PathBuf {
+        self.write_settings(name, "127.0.0.1", user)
+    }
+
+    fn write_settings(&self, name: &str, host: &str, user: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = self.dir.path().join(name);
         let text = format!(
-            "host={} port={} user={user} dbname=postgres\n",
-            self.socket_dir(),
+            "host={host} port={} user={user} dbname=postgres\n",
             self.port
         );
         std::fs::write(&path, text).unwrap();
