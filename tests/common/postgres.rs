@@ -251,6 +251,20 @@ impl Drop for Cluster {
     }
 }
 
+/// `memwarden db init` (the real binary) with the admin settings in `admin`; asserts success.
+pub fn db_init(admin: &Path) {
+    let out = Command::new(super::bin())
+        .args(["db", "init", "--admin-database-file"])
+        .arg(admin)
+        .output()
+        .expect("run memwarden db init");
+    assert!(
+        out.status.success(),
+        "db init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A cluster after `memwarden db init` (the real binary), a data dir with a keyring from
 /// `memwarden init`, and the app role's database file: what a library user of the PostgreSQL
 /// store starts from.
@@ -273,17 +287,7 @@ impl Ready {
     }
 
     fn on(cluster: Cluster) -> Option<Self> {
-        let admin = cluster.settings_file("admin.conf", "memwarden");
-        let out = Command::new(super::bin())
-            .args(["db", "init", "--admin-database-file"])
-            .arg(&admin)
-            .output()
-            .expect("run memwarden db init");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        db_init(&cluster.settings_file("admin.conf", "memwarden"));
         let data = cluster.dir.path().join("data-dir");
         let out = Command::new(super::bin())
             .args(["init", "--data-dir"])

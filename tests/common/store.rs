@@ -129,16 +129,7 @@ impl Database {
         let admin = file("admin.conf", "memwarden");
         {
             let _one_at_a_time = shared.init.lock().unwrap_or_else(|p| p.into_inner());
-            let out = Command::new(super::bin())
-                .args(["db", "init", "--admin-database-file"])
-                .arg(&admin)
-                .output()
-                .expect("run memwarden db init");
-            assert!(
-                out.status.success(),
-                "db init: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            super::postgres::db_init(&admin);
         }
         Self {
             app: file("app.conf", "memwarden_app"),
