@@ -54,7 +54,8 @@ impl Default for Limits {
 
 /// Prefix of a keyring being written, before it is linked into place.
 const KEYRING_STAGING: &str = ".keyring.staging-";
-const KEYRING: &str = "keyring.toml";
+/// The keyring's name inside a data dir.
+pub const KEYRING: &str = "keyring.toml";
 const MEMORY_DB: &str = "memory.db";
 const AUDIT_DB: &str = "audit.db";
 /// What SQLite opens in a data dir: the databases and their WAL and shared-memory files.

@@ -8,6 +8,7 @@ pub mod append;
 mod chain;
 pub mod checkpoint;
 mod checkpointer;
+pub mod copy;
 pub mod inspect;
 pub mod pg_log;
 pub mod postgres;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 pub use append::{AuditLog, CheckpointPolicy, Head, NewEvent};
+pub use chain::LinkedEvent;
 pub use reader::AuditReader;
 
 /// What an event records.

@@ -15,7 +15,7 @@ use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 
 /// Key of the advisory lock every append takes.
-const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
+pub(super) const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
 
 /// True when `e` means the connection is gone (closed, reset, the server shutting it down or
 /// not yet accepting): the same statement on a new connection may well succeed.
@@ -126,28 +126,26 @@ pub async fn export_sqlite(
         .read_only(true)
         .start()
         .await?;
-    let rows = tx
-        .query(
-            "SELECT seq, ts, kind, session_id, principal, tool, outcome, code, detail, \
-             prev_hash, hash, key_id, mac FROM audit.events ORDER BY seq",
-            &[],
-        )
-        .await?;
+    // A page at a time, so memory stays flat however long the chain; verbatim, so a damaged
+    // chain is copied as it is and the verifier reports it.
+    let mut copy = super::copy::FileCopy::open(out)?;
+    let mut head = Head {
+        seq: 0,
+        hash: hex::encode(GENESIS),
+    };
+    let mut from = i64::MIN;
+    loop {
+        let events = super::copy::pg_events_from(&tx, from, EXPORT_PAGE).await?;
+        let Some(last) = events.last() else { break };
+        from = last.seq + 1;
+        head = copy.append_verbatim(&events)?;
+        if (events.len() as i64) < EXPORT_PAGE {
+            break;
+        }
+    }
     tx.commit().await?;
-    let events = rows.iter().map(|r| LinkedEvent {
-        seq: r.get(0),
-        ts: r.get(1),
-        kind: r.get(2),
-        session_id: r.get(3),
-        principal: r.get(4),
-        tool: r.get(5),
-        outcome: r.get(6),
-        code: r.get(7),
-        detail: r.get(8),
-        prev_hash: r.get(9),
-        hash: r.get(10),
-        key_id: r.get(11),
-        mac: r.get(12),
-    });
-    Ok(super::chain::write_copy(out, events)?)
+    Ok(head)
 }
+
+/// Events per page of an export.
+const EXPORT_PAGE: i64 = 1000;

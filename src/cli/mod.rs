@@ -11,12 +11,14 @@ pub mod import;
 pub mod init;
 pub mod keys;
 pub mod maintain;
+pub mod migrate;
 pub mod policy;
 pub mod purge;
 pub mod review;
 pub mod sandbox_check;
 pub mod serve;
 mod stores;
+mod transfer;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -72,6 +74,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Load a portable export into this store: every seal checked first, rows kept unchanged.
     Import(import::ImportArgs),
+    /// Move a whole store between SQLite and PostgreSQL (seals and audit chain unchanged;
+    /// resumable; both sides verified at the end).
+    Migrate(migrate::MigrateArgs),
     /// Check databases, keyring, policy, audit chain, disk and landlock; JSON, exit 1 if unwell.
     Health(health::HealthArgs),
     /// Prometheus text exposition derived from the databases.
@@ -150,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => backup::restore(&args),
         Command::Export(args) => export::run(&args),
         Command::Import(args) => import::run(&args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::Health(args) => health::health(&args),
         Command::Metrics(args) => health::metrics(&args),
         Command::Db(args) => db::run(&args),

@@ -226,6 +226,7 @@ pub(crate) fn mac_ok(key: &SecretKey, key_id: &str, hash: &[u8], tag: &[u8]) -> 
 }
 
 /// One record as stored, before it is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: i64,
     pub entry_id: String,

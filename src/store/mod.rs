@@ -23,6 +23,7 @@ pub mod snippet;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
+pub mod transfer;
 mod verifier;
 pub mod words;
 mod write;

@@ -332,6 +332,34 @@ impl Backend for Postgres {
             .map_err(Into::into)
     }
 
+    fn copy_out(
+        &self,
+        from: &crate::store::transfer::From,
+        sink: &mut dyn crate::store::transfer::CopySink,
+    ) -> Result<()> {
+        // Not retried: `sink` has seen what was handed over.
+        self.driver
+            .rt()
+            .block_on(
+                self.in_snapshot(async |client| {
+                    super::transfer::copy_out(client, from, sink).await
+                }),
+            )
+            .map_err(Into::into)
+    }
+
+    fn copy_in(&mut self, batch: &crate::store::transfer::Batch) -> Result<()> {
+        let Self { client, driver, .. } = self;
+        driver
+            .rt()
+            .block_on(super::transfer::copy_in(client, batch))
+            .map_err(Into::into)
+    }
+
+    fn copied(&self) -> Result<crate::store::transfer::Copied> {
+        self.block_on(async || super::transfer::copied(&self.client).await)
+    }
+
     fn ledger_chain(&self, keys: &KeySet) -> Result<ChainReport> {
         self.block_on(async || {
             self.in_snapshot(async |client| Ok(ledger::check_chain(client, keys).await?))

@@ -179,3 +179,31 @@ pub(super) async fn reseal_batch(
     }
     Ok((resealed.len(), failed))
 }
+
+/// Hands each record after seq `after` to `each`, in seq order, a page at a time (the caller
+/// holds one snapshot).
+pub(super) async fn each_after(
+    client: &Client,
+    mut after: i64,
+    each: &mut dyn FnMut(Record) -> crate::error::Result<()>,
+) -> Result<(), super::fail::Failure> {
+    loop {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM memory.ledger WHERE seq > $1 \
+                     ORDER BY seq LIMIT $2"
+                ),
+                &[&after, &PAGE],
+            )
+            .await?;
+        for row in &rows {
+            let rec = read_record(row)?;
+            after = rec.seq;
+            each(rec)?;
+        }
+        if (rows.len() as i64) < PAGE {
+            return Ok(());
+        }
+    }
+}

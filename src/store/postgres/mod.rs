@@ -14,6 +14,7 @@ mod rows;
 pub mod schema;
 mod scoped;
 mod sessions;
+mod transfer;
 mod write;
 
 /// The database file and connecting live in [`crate::pgconn`] (the audit log connects too).

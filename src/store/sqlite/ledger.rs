@@ -19,7 +19,7 @@ macro_rules! rank_sql {
 pub(crate) use rank_sql;
 
 /// Reads a record; a column of the wrong type is an error.
-fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+pub(super) fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
         seq: r.get(0)?,
         entry_id: r.get(1)?,
@@ -63,7 +63,7 @@ pub(crate) fn append(
     Ok(r.seq)
 }
 
-const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
+pub(super) const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
 
 /// Walks the whole chain in seq order: every record's hash and MAC, and every link.
 pub(crate) fn check_chain(conn: &Connection, keys: &KeySet) -> rusqlite::Result<ChainReport> {

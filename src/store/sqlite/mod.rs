@@ -11,6 +11,7 @@ pub mod migrations;
 mod read;
 pub mod scoped;
 mod terms;
+mod transfer;
 mod write;
 
 use std::path::Path;
@@ -231,6 +232,22 @@ impl Backend for Sqlite {
 
     fn ledger_chain(&self, keys: &KeySet) -> Result<ChainReport> {
         ledger::check_chain(&self.conn, keys).map_err(sql)
+    }
+
+    fn copy_out(
+        &self,
+        from: &crate::store::transfer::From,
+        sink: &mut dyn crate::store::transfer::CopySink,
+    ) -> Result<()> {
+        transfer::copy_out(&self.conn, from, sink)
+    }
+
+    fn copy_in(&mut self, batch: &crate::store::transfer::Batch) -> Result<()> {
+        transfer::copy_in(&self.conn, batch)
+    }
+
+    fn copied(&self) -> Result<crate::store::transfer::Copied> {
+        transfer::copied(&self.conn)
     }
 
     fn quarantined(&self) -> Result<Vec<Checked<RawRow>>> {
