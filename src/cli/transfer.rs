@@ -22,7 +22,7 @@ use crate::pgconn::DatabaseSettings;
 use crate::store::Store;
 use crate::store::ledger::Record;
 use crate::store::rows::{Checked, RawRow};
-use crate::store::transfer::{Batch, CopySink, Digest, From, SessionStart};
+use crate::store::transfer::{Batch, CopySink, Digest, Resume, SessionStart};
 
 /// Where a side's audit chain lives.
 pub(crate) enum Chain {
@@ -108,7 +108,7 @@ pub(crate) struct Moved {
 /// How a copy starts.
 pub(crate) struct Plan {
     /// Where the source resumes.
-    pub from: From,
+    pub from: Resume,
     /// The source's event at `expect.seq` must be this one (the target's tail, or the head a
     /// finished copy started from); `None` for an empty target.
     pub expect: Option<Head>,
@@ -129,7 +129,7 @@ impl Plan {
         }
         let events_from = tail.as_ref().map_or(1, |t| t.seq);
         Ok(Self {
-            from: From {
+            from: Resume {
                 after_entry: copied.last_entry,
                 after_ledger: copied.ledger_seq,
                 session_starts: copied.session_starts == 0,
@@ -337,7 +337,7 @@ pub(crate) fn copy(
 }
 
 /// Events first (from audit.db, or with the rows from PostgreSQL), then the store.
-fn read_all(source: &Side, from: &From, mover: &mut Mover<'_>) -> crate::error::Result<()> {
+fn read_all(source: &Side, from: &Resume, mover: &mut Mover<'_>) -> crate::error::Result<()> {
     if let Chain::File(path) = &source.chain {
         let events_from = mover.expect.as_ref().map_or(1, |h| h.seq);
         let mut failed = None;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use super::ledger::{ChainReport, Kind};
 use super::model::{Filter, Query};
 use super::rows::{Checked, RawRow, SealedRow};
+use super::transfer::{Batch, Copied, CopySink, Resume};
 use crate::audit::{AuditLog, NewEvent};
 use crate::error::Result;
 use crate::keys::KeySet;
@@ -111,30 +112,6 @@ pub trait Backend: Send {
     /// Walks the ledger's chain with `keys`.
     fn ledger_chain(&self, keys: &KeySet) -> Result<ChainReport>;
 
-    /// Hands `sink` what `from` says is not copied yet, from one consistent snapshot: audit
-    /// events (only where this database holds them, and only when `from` asks), entries in
-    /// storage order, ledger records, session starts. See [`super::transfer`].
-    ///
-    /// # Errors
-    /// The backend cannot be read, an entry `from` names is gone, or `sink` fails.
-    fn copy_out(
-        &self,
-        from: &super::transfer::From,
-        sink: &mut dyn super::transfer::CopySink,
-    ) -> Result<()>;
-
-    /// Writes `batch` exactly as given, in one transaction.
-    ///
-    /// # Errors
-    /// The backend refuses a row (a repeated id or seq), or cannot write.
-    fn copy_in(&mut self, batch: &super::transfer::Batch) -> Result<()>;
-
-    /// What the store holds, as a copy's target: where the next batch continues.
-    ///
-    /// # Errors
-    /// The backend cannot be read.
-    fn copied(&self) -> Result<super::transfer::Copied>;
-
     /// Quarantined rows, unverified, by id.
     fn quarantined(&self) -> Result<Vec<Checked<RawRow>>>;
 
@@ -173,6 +150,26 @@ pub trait Backend: Send {
 
     /// Ends the connection, reporting what the engine says about it.
     fn close(self: Box<Self>) -> Result<()>;
+
+    /// Hands `sink` what `from` says is not copied yet, from one consistent snapshot: audit
+    /// events (only where this database holds them, and only when `from` asks), entries in
+    /// storage order, ledger records, session starts. See [`super::transfer`].
+    ///
+    /// # Errors
+    /// The backend cannot be read, an entry `from` names is gone, or `sink` fails.
+    fn copy_out(&self, from: &Resume, sink: &mut dyn CopySink) -> Result<()>;
+
+    /// Writes `batch` exactly as given, in one transaction.
+    ///
+    /// # Errors
+    /// The backend refuses a row (a repeated id or seq), or cannot write.
+    fn copy_in(&mut self, batch: &Batch) -> Result<()>;
+
+    /// What the store holds, as a copy's target: where the next batch continues.
+    ///
+    /// # Errors
+    /// The backend cannot be read.
+    fn copied(&self) -> Result<Copied>;
 }
 
 /// One write transaction. Dropping it without [`WriteTx::commit`] rolls everything back.

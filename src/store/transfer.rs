@@ -47,7 +47,7 @@ pub struct SessionStart {
 
 /// Where a source resumes: what the target already holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct From {
+pub struct Resume {
     /// Entries after this one (storage order); all when `None`.
     pub after_entry: Option<String>,
     /// Ledger records after this seq.
@@ -194,7 +194,7 @@ impl super::Store {
     ///
     /// # Errors
     /// As `copy_out`.
-    pub fn copy_out(&self, from: &From, sink: &mut dyn CopySink) -> Result<()> {
+    pub fn copy_out(&self, from: &Resume, sink: &mut dyn CopySink) -> Result<()> {
         self.backend.copy_out(from, sink)
     }
 

@@ -334,7 +334,7 @@ impl Backend for Postgres {
 
     fn copy_out(
         &self,
-        from: &crate::store::transfer::From,
+        from: &crate::store::transfer::Resume,
         sink: &mut dyn crate::store::transfer::CopySink,
     ) -> Result<()> {
         // Not retried: `sink` has seen what was handed over.

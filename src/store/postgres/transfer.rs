@@ -10,14 +10,14 @@ use super::fail::Failure;
 use super::rows::{COLUMN_COUNT, COLUMNS, content_to_column, read_row};
 use crate::audit::copy::{pg_append, pg_events_from};
 use crate::error::Error;
-use crate::store::transfer::{BATCH, Batch, Copied, CopySink, From, SessionStart};
+use crate::store::transfer::{BATCH, Batch, Copied, CopySink, Resume, SessionStart};
 
 const PAGE: i64 = BATCH as i64;
 
 /// Streams what `from` has not copied yet; the caller holds the snapshot.
 pub(super) async fn copy_out(
     client: &Client,
-    from: &From,
+    from: &Resume,
     sink: &mut dyn CopySink,
 ) -> Result<(), Failure> {
     if let Some(mut seq) = from.events_from {

@@ -236,7 +236,7 @@ impl Backend for Sqlite {
 
     fn copy_out(
         &self,
-        from: &crate::store::transfer::From,
+        from: &crate::store::transfer::Resume,
         sink: &mut dyn crate::store::transfer::CopySink,
     ) -> Result<()> {
         transfer::copy_out(&self.conn, from, sink)

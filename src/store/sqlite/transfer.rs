@@ -8,10 +8,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use super::{COLUMNS, read_row};
 use crate::error::{Error, Result};
 use crate::sqlite_file::storage_error as sql;
-use crate::store::transfer::{Batch, Copied, CopySink, From, SessionStart};
+use crate::store::transfer::{Batch, Copied, CopySink, Resume, SessionStart};
 
 /// Streams what `from` has not copied yet (see [`crate::store::Backend::copy_out`]).
-pub(super) fn copy_out(conn: &Connection, from: &From, sink: &mut dyn CopySink) -> Result<()> {
+pub(super) fn copy_out(conn: &Connection, from: &Resume, sink: &mut dyn CopySink) -> Result<()> {
     // One read transaction: one snapshot of the file for the whole walk.
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred).map_err(sql)?;
     let after = match &from.after_entry {
