@@ -39,6 +39,9 @@ use crate::store::Store;
 pub struct BackupArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    /// The store: SQLite (the data dir's files) or PostgreSQL (one snapshot of the database).
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
     /// Directory to write the backup into: created 0700, or an existing empty directory of
     /// ours with mode 0700. A symbolic link is refused.
     #[arg(long, value_name = "DIR")]
@@ -50,6 +53,9 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
+    /// The store to restore into: the data dir's files, or an empty PostgreSQL database.
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
     /// A directory written by `memwarden backup`.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
@@ -58,20 +64,20 @@ pub struct RestoreArgs {
 /// What a backup holds, written last.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Manifest {
-    version: u32,
-    created_at: String,
-    memwarden_version: String,
+pub(super) struct Manifest {
+    pub version: u32,
+    pub created_at: String,
+    pub memwarden_version: String,
     /// File name → SHA-256 (hex).
-    files: std::collections::BTreeMap<String, String>,
-    entries: u64,
-    audit_head: String,
+    pub files: std::collections::BTreeMap<String, String>,
+    pub entries: u64,
+    pub audit_head: String,
     /// Id of the audit key the MAC is made with.
-    mac_key: String,
+    pub mac_key: String,
 }
 
 /// Manifest format: 2 added `mac_key` and `mac`.
-const MANIFEST_VERSION: u32 = 2;
+pub(super) const MANIFEST_VERSION: u32 = 2;
 
 /// Domain-separating prefix of the manifest MAC (the audit key also MACs chain hashes).
 const MANIFEST_MAC_TAG: &[u8] = b"memwarden/backup-manifest/v1\n";
@@ -109,7 +115,7 @@ fn canonical_json(v: &Value) -> String {
 }
 
 /// Serialises a manifest with its MAC under the active audit key.
-fn sign_manifest(manifest: &Manifest, audit: &KeySet) -> anyhow::Result<String> {
+pub(super) fn sign_manifest(manifest: &Manifest, audit: &KeySet) -> anyhow::Result<String> {
     let Value::Object(mut map) = serde_json::to_value(manifest)? else {
         anyhow::bail!("a manifest serialises to a JSON object");
     };
@@ -121,7 +127,7 @@ fn sign_manifest(manifest: &Manifest, audit: &KeySet) -> anyhow::Result<String> 
 
 /// Parses manifest.json and checks its MAC before believing a word of it. The refusals name
 /// the problem, never a MAC or key value.
-fn read_manifest(text: &str, audit: &KeySet) -> anyhow::Result<Manifest> {
+pub(super) fn read_manifest(text: &str, audit: &KeySet) -> anyhow::Result<Manifest> {
     let refuse = |why: &str| anyhow::anyhow!("refusing: manifest.json {why}");
     let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
         return Err(refuse("is not a JSON object"));
@@ -158,10 +164,10 @@ fn read_manifest(text: &str, audit: &KeySet) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-const FILES: [&str; 2] = ["memory.db", "audit.db"];
+pub(super) const FILES: [&str; 2] = ["memory.db", "audit.db"];
 
 /// SHA-256 of what a reader yields, as hex.
-fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
+pub(super) fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -175,7 +181,11 @@ fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
 }
 
 /// Everything that must hold for a pair of database copies; returns (entries, audit head).
-fn verify_copy(memory: &Path, audit_db: &Path, keyring: &Keyring) -> anyhow::Result<(u64, String)> {
+pub(super) fn verify_copy(
+    memory: &Path,
+    audit_db: &Path,
+    keyring: &Keyring,
+) -> anyhow::Result<(u64, String)> {
     for (f, path) in [("memory.db", memory), ("audit.db", audit_db)] {
         snapshot::integrity_check(path).map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
     }
@@ -220,7 +230,7 @@ fn record(
 /// have created — a real directory (not a link), ours, mode 0700, empty. Anything looser could
 /// let another uid read the copy of every memory, or swap files between our write and our
 /// verify; we refuse rather than chmod a directory the operator made.
-fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
+pub(super) fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
     let (dir, created) = Dir::create(out)?;
     if created {
         return Ok(dir);
@@ -249,6 +259,9 @@ fn backup_dir(out: &Path) -> anyhow::Result<Dir> {
 
 /// Writes a verified, consistent backup of both databases.
 pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
+    if args.store.kind == super::serve::StoreKind::Postgres {
+        return super::backup_pg::backup(args);
+    }
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     let out = backup_dir(&args.out)?;
@@ -294,7 +307,7 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
 
 /// Name of a database staged for restore, beside the live one.
 /// The backup's manifest, read without following a link, at most 1 MiB.
-fn read_manifest_text(from: &Dir) -> anyhow::Result<String> {
+pub(super) fn read_manifest_text(from: &Dir) -> anyhow::Result<String> {
     let mut text = String::new();
     from.open_file("manifest.json")?
         .take(1 << 20)
@@ -302,13 +315,13 @@ fn read_manifest_text(from: &Dir) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn staged(f: &str) -> String {
+pub(super) fn staged(f: &str) -> String {
     format!(".{f}.restore")
 }
 
 /// Removes staged copies and anything SQLite left beside them. Unlinking a link removes the
 /// link, never its target.
-fn remove_staged(data: &Dir) -> anyhow::Result<()> {
+pub(super) fn remove_staged(data: &Dir) -> anyhow::Result<()> {
     for f in FILES {
         for side in ["", "-journal", "-wal", "-shm"] {
             data.remove(&format!("{}{side}", staged(f)))?;
@@ -320,7 +333,7 @@ fn remove_staged(data: &Dir) -> anyhow::Result<()> {
 /// Copies each backup file into a new staged file in the data dir, hashing what it copies, and
 /// checks the hashes against the manifest. The staged copies are what is verified and renamed
 /// into place, so a backup changed after these reads changes nothing.
-fn stage(from: &Dir, manifest: &Manifest, data: &Dir) -> anyhow::Result<()> {
+pub(super) fn stage(from: &Dir, manifest: &Manifest, data: &Dir) -> anyhow::Result<()> {
     for f in FILES {
         let want = manifest
             .files
@@ -359,6 +372,9 @@ impl Read for Tee<'_> {
 
 /// Verifies a backup and puts it in place, keeping the replaced audit log.
 pub fn restore(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.store.kind == super::serve::StoreKind::Postgres {
+        return super::backup_pg::restore(args);
+    }
     let dir = args.data_dir.open()?;
     let keyring = dir.open_keyring()?;
     let data = dir.open_dir()?;

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backup;
+mod backup_pg;
 pub mod connect;
 pub mod db;
 pub mod export;
