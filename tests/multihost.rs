@@ -40,8 +40,11 @@ const HOSTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the service may take to come back by itself after a fault.
 const RECOVERY: Duration = Duration::from_secs(30);
-/// How long a host's link stays cut.
-const LINK_CUT: Duration = Duration::from_secs(3);
+/// How long a host's link stays cut: a few seconds, which TCP rides out by itself...
+const SHORT_CUT: Duration = Duration::from_secs(3);
+/// ... and long enough that a call in flight would outlast [`CALL_TIMEOUT`] waiting for TCP's
+/// next retransmission (at 12.6 s, then 25.4 s): the client must give the connection up.
+const LONG_CUT: Duration = Duration::from_secs(14);
 /// The tmpfs under memory's table.
 const SPACE_BYTES: &str = "16m";
 
@@ -598,8 +601,8 @@ async fn agent(
 /// The faults, one after another.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// Host 2's link down for [`LINK_CUT`], then up.
-    CutLink,
+    /// Host 2's link down for this long, then up.
+    CutLink(Duration),
     /// `pg_ctl restart -m fast`.
     RestartDatabase,
     /// `kill -9` host 3's server, then a new one there.
@@ -611,7 +614,8 @@ enum Fault {
 impl Fault {
     fn label(self) -> &'static str {
         match self {
-            Fault::CutLink => "link-cut",
+            Fault::CutLink(d) if d <= SHORT_CUT => "short-link-cut",
+            Fault::CutLink(_) => "long-link-cut",
             Fault::RestartDatabase => "db-restart",
             Fault::KillServer => "kill-9",
             Fault::FillDisk => "disk-full",
@@ -653,23 +657,46 @@ impl Campaign {
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let fault_end = match fault {
-            Fault::CutLink => {
+            Fault::CutLink(length) => {
                 let ns = &self.hosts[1].ns;
+                let refused_before = tallies[1].lock().unwrap().refused;
                 ip(&["-n", ns, "link", "set", "pg", "down"]);
                 let cut = Instant::now();
-                tokio::time::sleep(LINK_CUT).await;
+                tokio::time::sleep(length).await;
                 ip(&["-n", ns, "link", "set", "pg", "up"]);
                 let end = Instant::now();
+                let succeeded = |i: usize, from: Duration| {
+                    tallies[i]
+                        .lock()
+                        .unwrap()
+                        .successes
+                        .iter()
+                        .filter(|t| **t > cut + from && **t < end)
+                        .count()
+                };
                 // The cut took: nothing went through host 2's link meanwhile (a call in
                 // flight as it went down may still have come back in its first moments).
-                let through = tallies[1]
-                    .lock()
-                    .unwrap()
-                    .successes
-                    .iter()
-                    .filter(|t| **t > cut + Duration::from_millis(500) && **t < end)
-                    .count();
-                assert_eq!(through, 0, "calls went through a cut link");
+                assert_eq!(
+                    succeeded(1, Duration::from_millis(500)),
+                    0,
+                    "calls went through a cut link"
+                );
+                if length > SHORT_CUT {
+                    // Host 2's calls failed UNAVAILABLE in bounded time, none hung (`call`
+                    // checks); the other hosts went on while it was away, even if it held the
+                    // store's lock when its link went (the server drops a silent client).
+                    assert!(
+                        tallies[1].lock().unwrap().refused > refused_before,
+                        "host 2 was refused nothing in {length:?} without a network"
+                    );
+                    for i in [0, 2] {
+                        assert!(
+                            succeeded(i, length - Duration::from_secs(4)) > 0,
+                            "host {} stalled while host 2 was cut off",
+                            i + 1
+                        );
+                    }
+                }
                 end
             }
             Fault::RestartDatabase => {
@@ -703,20 +730,27 @@ impl Campaign {
                 end
             }
             Fault::FillDisk => {
-                let refused = || tallies.iter().map(|t| t.lock().unwrap().refused).sum::<u32>();
+                let refused = || -> Vec<u32> {
+                    tallies.iter().map(|t| t.lock().unwrap().refused).collect()
+                };
                 let before = refused();
                 let fill = self.net.path("space/fill");
                 tokio::task::block_in_place(|| fill_up(&fill));
-                let deadline = Instant::now() + RECOVERY;
-                while refused() == before {
+                let full = Instant::now();
+                // Full until every host has been refused a few times (reads too: their audit
+                // events need the disk), for a couple of seconds at least.
+                let deadline = full + RECOVERY;
+                while full.elapsed() < Duration::from_secs(2)
+                    || refused().iter().zip(&before).any(|(now, then)| now - then < 5)
+                {
                     assert!(
                         Instant::now() < deadline,
-                        "writes went on with the tablespace full"
+                        "calls went on with the tablespace full: refused {:?} -> {:?}",
+                        before,
+                        refused()
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                // A moment longer full: every host meets it.
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 std::fs::remove_file(&fill).unwrap();
                 Instant::now()
             }
@@ -732,6 +766,11 @@ impl Campaign {
                     .iter()
                     .find(|t| **t > fault_end)
                     .copied();
+                assert!(
+                    !tally.lock().unwrap().gone,
+                    "host {}'s server ended the session during {label}",
+                    i + 1
+                );
                 if let Some(t) = first {
                     recovered.push(format!(
                         "host {} {} ms",
@@ -871,6 +910,27 @@ impl Campaign {
     }
 }
 
+impl Drop for Campaign {
+    fn drop(&mut self) {
+        // What the servers said, for a failure in CI.
+        if std::thread::panicking() {
+            for host in &self.hosts {
+                eprintln!("--- host {}'s serve.log (last lines):", host.n);
+                eprintln!("{}", tail(&host.log, 12));
+            }
+            eprintln!("--- PostgreSQL's log (last lines):");
+            eprintln!("{}", tail(&self.net.path("pg/pg.log"), 20));
+        }
+    }
+}
+
+/// The last `n` lines of a file (empty when it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Writes `path` until its file system is full (ENOSPC), to the last page.
 fn fill_up(path: &Path) {
     use std::io::Write;
@@ -902,7 +962,14 @@ async fn set_up(pg_bin: PathBuf, hosts: usize) -> (Net, PathBuf, PathBuf) {
             "CREATE TABLESPACE mw_space LOCATION '{}'",
             net.path("space").display()
         ),
-        "ALTER TABLE memory.entries SET TABLESPACE mw_space".to_string(),
+        // Every table and index of memwarden's (the owner role's): the memories and the audit
+        // events alike live on the disk that fills.
+        "ALTER TABLE ALL IN TABLESPACE pg_default OWNED BY memwarden_owner \
+         SET TABLESPACE mw_space"
+            .to_string(),
+        "ALTER INDEX ALL IN TABLESPACE pg_default OWNED BY memwarden_owner \
+         SET TABLESPACE mw_space"
+            .to_string(),
     ] {
         net.sql(&sql).await;
     }
@@ -938,7 +1005,8 @@ async fn three_hosts_over_tls_ride_out_a_cut_link_a_restart_a_kill_9_and_a_full_
         net,
     };
     for fault in [
-        Fault::CutLink,
+        Fault::CutLink(SHORT_CUT),
+        Fault::CutLink(LONG_CUT),
         Fault::RestartDatabase,
         Fault::KillServer,
         Fault::FillDisk,
