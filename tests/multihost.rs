@@ -265,9 +265,17 @@ impl Net {
     /// One of PostgreSQL's programs, run as nobody inside the server's namespace.
     fn as_server(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns("pg"), "runuser", "-u", "nobody", "--"])
-            .arg(self.pg_bin.join(program))
-            .current_dir("/");
+        c.args([
+            "netns",
+            "exec",
+            &self.ns("pg"),
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+        ])
+        .arg(self.pg_bin.join(program))
+        .current_dir("/");
         c
     }
 
@@ -560,7 +568,7 @@ async fn agent(
         round += 1;
         let content = format!("host {n} {label} note {round}: the campaign keeps writing");
         let mut calls = vec![("memory_store", json!({"content": content}))];
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             calls.push((
                 "memory_search",
                 json!({"query": "campaign writing", "limit": 5}),
@@ -730,9 +738,8 @@ impl Campaign {
                 end
             }
             Fault::FillDisk => {
-                let refused = || -> Vec<u32> {
-                    tallies.iter().map(|t| t.lock().unwrap().refused).collect()
-                };
+                let refused =
+                    || -> Vec<u32> { tallies.iter().map(|t| t.lock().unwrap().refused).collect() };
                 let before = refused();
                 let fill = self.net.path("space/fill");
                 tokio::task::block_in_place(|| fill_up(&fill));
@@ -741,7 +748,10 @@ impl Campaign {
                 // events need the disk), for a couple of seconds at least.
                 let deadline = full + RECOVERY;
                 while full.elapsed() < Duration::from_secs(2)
-                    || refused().iter().zip(&before).any(|(now, then)| now - then < 5)
+                    || refused()
+                        .iter()
+                        .zip(&before)
+                        .any(|(now, then)| now - then < 5)
                 {
                     assert!(
                         Instant::now() < deadline,
@@ -772,11 +782,7 @@ impl Campaign {
                     i + 1
                 );
                 if let Some(t) = first {
-                    recovered.push(format!(
-                        "host {} {} ms",
-                        i + 1,
-                        (t - fault_end).as_millis()
-                    ));
+                    recovered.push(format!("host {} {} ms", i + 1, (t - fault_end).as_millis()));
                     break;
                 }
                 assert!(
@@ -798,11 +804,7 @@ impl Campaign {
         let mut acked = Vec::new();
         for (i, tally) in tallies.iter().enumerate() {
             let t = tally.lock().unwrap();
-            assert!(
-                !t.gone,
-                "host {}'s server went away during {label}",
-                i + 1
-            );
+            assert!(!t.gone, "host {}'s server went away during {label}", i + 1);
             calls += t.calls;
             refused += t.refused;
             acked.extend(t.acked.iter().cloned());
@@ -844,17 +846,17 @@ impl Campaign {
         }
         let client = self.net.superuser().await;
         let stored: HashSet<String> = client
-            .query(
-                "SELECT id FROM memory.entries WHERE status = 'active'",
-                &[],
-            )
+            .query("SELECT id FROM memory.entries WHERE status = 'active'", &[])
             .await
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
         for id in self.acked.keys() {
-            assert!(stored.contains(id), "after {label}: {id} is not in the table");
+            assert!(
+                stored.contains(id),
+                "after {label}: {id} is not in the table"
+            );
         }
         let unlinked: i64 = client
             .query_one(
@@ -921,9 +923,12 @@ impl Campaign {
         let host = &self.hosts[0];
         let database = host.database.display().to_string();
         tokio::task::block_in_place(|| {
-            run(host
-                .command(&["verify"])
-                .args(["--store", "postgres", "--database-file", &database]))
+            run(host.command(&["verify"]).args([
+                "--store",
+                "postgres",
+                "--database-file",
+                &database,
+            ]))
         });
     }
 }
@@ -1066,7 +1071,12 @@ async fn a_server_certificate_the_host_does_not_trust_or_for_another_name_stops_
     // The right database file works: the refusals below are the certificate's doing.
     let (session, _) = host.serve().await;
     assert!(matches!(
-        call(&session, "memory_store", json!({"content": "over verified TLS"})).await,
+        call(
+            &session,
+            "memory_store",
+            json!({"content": "over verified TLS"})
+        )
+        .await,
         Reply::Ok(_)
     ));
     if let Ok(session) = Arc::try_unwrap(session) {

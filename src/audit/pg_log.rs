@@ -100,9 +100,7 @@ fn open(
     });
     rt.block_on(async {
         client.batch_execute(SESSION).await?;
-        client
-            .batch_execute(crate::pgconn::DEAD_PEER_SESSION)
-            .await
+        client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
     })?;
     Ok(client)
 }

@@ -70,9 +70,7 @@ use crate::audit::inspect::RECONNECTED;
 /// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]).
 async fn configure(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(SESSION).await?;
-    client
-        .batch_execute(crate::pgconn::DEAD_PEER_SESSION)
-        .await
+    client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
 }
 
 /// Rows read per statement when walking the whole table.
