@@ -113,9 +113,10 @@ pub enum AuditError {
     ChainMissing { why: String },
     #[error("{0}")]
     Open(String),
-    /// The database holding the events cannot be reached right now (PostgreSQL restarting,
-    /// the network down): nothing is done without its event, but the log is not broken, and
-    /// the server tries again on the next call instead of failing closed for good.
+    /// The database holding the events cannot be reached or cannot take them right now
+    /// (PostgreSQL restarting, the network down, its disk full, a lock wait timed out): nothing
+    /// is done without its event, but the log is not broken, and the server tries again on the
+    /// next call instead of failing closed for good.
     #[error("{0}")]
     Unreachable(String),
 }

@@ -12,13 +12,18 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::postgres::{PgAuditError, append, head, is_disconnect};
+use super::postgres::{PgAuditError, append, head, is_disconnect, is_transient};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The session: an append waits for the chain's lock as long as a write waits for the store's
+/// (a writer whose host has gone may hold it until the server drops that writer), then the
+/// call fails UNAVAILABLE instead of hanging.
+const SESSION: &str = "SET lock_timeout = '10s'";
 
 /// An open connection for appending audit events to PostgreSQL.
 pub struct PgLog {
@@ -53,20 +58,32 @@ fn safe(e: &tokio_postgres::Error) -> String {
 fn on_own_thread<T: Send>(
     work: impl FnOnce() -> Result<T, PgAuditError> + Send,
 ) -> Result<T, AuditError> {
+    raw_on_own_thread(work).map_err(for_caller)
+}
+
+/// Like [`on_own_thread`], the failure as it came.
+fn raw_on_own_thread<T: Send>(
+    work: impl FnOnce() -> Result<T, PgAuditError> + Send,
+) -> Result<T, PgAuditError> {
     std::thread::scope(|s| {
         s.spawn(work)
             .join()
             .unwrap_or_else(|_| Err(AuditError::Corrupt("an audit append panicked".into()).into()))
     })
-    .map_err(|e| match e {
-        PgAuditError::Database(e) if is_disconnect(&e) => {
+}
+
+/// A failure in the server's terms, in words safe for a log: a lost connection or a refusal
+/// for now ([`is_transient`]) leaves the log usable (`Unreachable`); anything else breaks it.
+fn for_caller(e: PgAuditError) -> AuditError {
+    match e {
+        PgAuditError::Database(e) if is_disconnect(&e) || is_transient(&e) => {
             AuditError::Unreachable(format!("audit events in PostgreSQL: {}", safe(&e)))
         }
         PgAuditError::Database(e) => {
             AuditError::Open(format!("audit events in PostgreSQL: {}", safe(&e)))
         }
         PgAuditError::Audit(e) => e,
-    })
+    }
 }
 
 /// Connects with `settings` on `rt` (TLS or not as they say), the connection driven by a task
@@ -81,6 +98,10 @@ fn open(
             tracing::warn!(target: "memwarden::audit", error = %safe(&e), "the audit connection to PostgreSQL ended");
         }
     });
+    rt.block_on(async {
+        client.batch_execute(SESSION).await?;
+        client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
+    })?;
     Ok(client)
 }
 
@@ -127,9 +148,11 @@ impl PgLog {
     /// # Errors
     /// The server refused, the connection is gone, or the chain does not link.
     pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
-        let first = self.append_once(event, now_ms);
-        if !matches!(&first, Err(AuditError::Unreachable(_))) {
-            return first;
+        // Only a lost connection is made again: a server that refused for now (a full disk,
+        // a lock wait) is still connected.
+        match self.append_once(event, now_ms) {
+            Err(PgAuditError::Database(e)) if is_disconnect(&e) => {}
+            first => return first.map_err(for_caller),
         }
         // The connection was lost (a restart): connect again, once, and append again. A
         // commit whose answer was lost may have landed: then the event is in the chain
@@ -138,14 +161,14 @@ impl PgLog {
         let client = on_own_thread(|| open(rt, settings).map_err(PgAuditError::Database))?;
         self.client = client;
         tracing::info!(target: "memwarden::audit", "reconnected to PostgreSQL for audit events");
-        self.append_once(event, now_ms)
+        self.append_once(event, now_ms).map_err(for_caller)
     }
 
-    fn append_once(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+    fn append_once(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, PgAuditError> {
         let Self {
             rt, client, keys, ..
         } = self;
-        on_own_thread(|| {
+        raw_on_own_thread(|| {
             rt.block_on(async {
                 let tx = client.transaction().await?;
                 let head = append(&tx, keys, event, now_ms).await?;

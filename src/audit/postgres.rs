@@ -28,6 +28,19 @@ pub fn is_disconnect(e: &tokio_postgres::Error) -> bool {
             || *c == SqlState::CANNOT_CONNECT_NOW)
 }
 
+/// True when the server refused `e` for now, the connection intact: out of disk, memory or
+/// connections (class 53), a lock wait or statement past its timeout, a conflict lost. The
+/// log is not broken — the call is refused, nothing is done without its event — and the next
+/// append may well succeed, so the server must not fail closed for good on it.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(e.code(), Some(c) if c.code().starts_with("53")
+        || *c == SqlState::LOCK_NOT_AVAILABLE
+        || *c == SqlState::QUERY_CANCELED
+        || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
 /// Why an append or export failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode};
 
@@ -35,6 +36,28 @@ pub use tls::handshake_failure;
 
 /// The largest database file read.
 const MAX_BYTES: u64 = 64 * 1024;
+
+/// A TCP connection whose peer has acknowledged nothing for this long is given up (the
+/// kernel's `TCP_USER_TIMEOUT`), and an idle one is probed after [`KEEPALIVE_IDLE`], every
+/// [`KEEPALIVE_INTERVAL`]. Without these a call in flight when the network path to the
+/// database is cut waits as long as TCP retransmits (minutes), holding the session and perhaps
+/// the store's locks; with them it fails UNAVAILABLE within seconds and the backend reconnects.
+/// Unless the database file sets its own (`tcp_user_timeout`, `keepalives_*`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// See [`TCP_USER_TIMEOUT`].
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+/// See [`TCP_USER_TIMEOUT`].
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The keepalive probes sent before an idle connection is dropped.
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The same bounds for the server's side of the session (user-settable, ignored over a unix
+/// socket): PostgreSQL ends the backend of a client whose network has gone, so the locks its
+/// transaction held are released for the other hosts instead of waiting for
+/// `idle_in_transaction_session_timeout`. Run once on every new connection that serves calls.
+pub const DEAD_PEER_SESSION: &str = "SET tcp_user_timeout = 5000; \
+     SET tcp_keepalives_idle = 3; SET tcp_keepalives_interval = 1; \
+     SET tcp_keepalives_count = 3";
 
 /// Whether a database file may send its traffic unencrypted to a host that is not this
 /// machine: the operator's `--allow-insecure-database`, passed in explicitly.
@@ -160,6 +183,7 @@ impl DatabaseSettings {
                 Some(tls::verifying(&rootcert, shown)?)
             }
         };
+        bound_dead_peers(&mut config);
         Ok(Self {
             config,
             tls,
@@ -260,6 +284,23 @@ impl DatabaseSettings {
             .get_hosts()
             .iter()
             .all(|h| matches!(h, Host::Unix(_)))
+    }
+}
+
+/// Sets the dead-peer bounds ([`TCP_USER_TIMEOUT`] and the keepalives) the settings left at
+/// tokio-postgres's defaults (none, and a first probe after two hours).
+fn bound_dead_peers(config: &mut tokio_postgres::Config) {
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVE_RETRIES);
     }
 }
 

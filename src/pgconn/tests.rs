@@ -138,3 +138,25 @@ fn tls_settings_that_cannot_be_honoured_are_refused_by_name() {
     assert!(err.contains("no PEM certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_dead_network_path_is_given_up_in_seconds_unless_the_file_says_otherwise() {
+    let s = DatabaseSettings::parse("host=127.0.0.1 user=a", "F").unwrap();
+    let c = s.config();
+    assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+    assert!(c.get_keepalives());
+    assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+    assert_eq!(c.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+    assert_eq!(c.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
+    let s = DatabaseSettings::parse(
+        "host=127.0.0.1 user=a tcp_user_timeout=30 keepalives_idle=60 \
+         keepalives_interval=10 keepalives_retries=9",
+        "F",
+    )
+    .unwrap();
+    let c = s.config();
+    assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(30)));
+    assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+    assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(10)));
+    assert_eq!(c.get_keepalives_retries(), Some(9));
+}

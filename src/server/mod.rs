@@ -238,7 +238,7 @@ impl Server {
         self.shared.append(&event).map_err(|e| match e {
             AuditError::Unreachable(why) => {
                 tracing::warn!(target: "memwarden::security", event = "audit_unreachable", error = %why,
-                    "the audit log's database cannot be reached: refusing this call");
+                    "the audit log's database cannot be reached or cannot take events right now: refusing this call");
                 Error::Disconnected {
                     retry_after_ms: crate::store::postgres::RETRY_AFTER_MS,
                 }

@@ -443,3 +443,10 @@ impl Cluster {
         );
     }
 }
+
+/// The directory of PostgreSQL's programs (`initdb`, `pg_ctl`…), newest version first, or
+/// `None` where PostgreSQL is not installed: for a test that runs its own server (in a network
+/// namespace, say) rather than a [`Cluster`].
+pub fn server_bin_dir() -> Option<PathBuf> {
+    pg_bin()
+}

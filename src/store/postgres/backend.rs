@@ -66,6 +66,13 @@ const SESSION: &str = "SET lock_timeout = '10s'; \
 
 use crate::audit::inspect::RECONNECTED;
 
+/// Sets up a new connection's session: [`SESSION`], and the server's side of the dead-peer
+/// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]).
+async fn configure(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SESSION).await?;
+    client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
+}
+
 /// Rows read per statement when walking the whole table.
 const PAGE: i64 = 1000;
 
@@ -150,7 +157,7 @@ impl Postgres {
             .driver
             .rt()
             .block_on(async {
-                self.client.batch_execute(SESSION).await?;
+                configure(&self.client).await?;
                 let row = self
                     .client
                     .query_one(
@@ -446,7 +453,7 @@ impl Backend for Postgres {
         let opened = connect::open(self.driver.rt(), &self.settings).and_then(|(client, task)| {
             self.driver
                 .rt()
-                .block_on(client.batch_execute(SESSION))
+                .block_on(configure(&client))
                 .map(|()| (client, task))
         });
         match opened {
