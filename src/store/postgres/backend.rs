@@ -53,6 +53,7 @@ use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx}
 use crate::store::ledger::ChainReport;
 use crate::store::model::{Filter, Query};
 use crate::store::rows::{Checked, RawRow};
+use crate::store::transfer::{Batch, Copied, CopySink, Resume};
 
 /// How long a connection attempt may take when the settings do not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -339,23 +340,13 @@ impl Backend for Postgres {
             .map_err(Into::into)
     }
 
-    fn copy_out(
-        &self,
-        from: &crate::store::transfer::Resume,
-        sink: &mut dyn crate::store::transfer::CopySink,
-    ) -> Result<()> {
+    fn copy_out(&self, from: &Resume, sink: &mut dyn CopySink) -> Result<()> {
         // Not retried: `sink` has seen what was handed over.
-        self.driver
-            .rt()
-            .block_on(
-                self.in_snapshot(async |client| {
-                    super::transfer::copy_out(client, from, sink).await
-                }),
-            )
-            .map_err(Into::into)
+        let copy = self.in_snapshot(async |c| super::transfer::copy_out(c, from, sink).await);
+        self.driver.rt().block_on(copy).map_err(Into::into)
     }
 
-    fn copy_in(&mut self, batch: &crate::store::transfer::Batch) -> Result<()> {
+    fn copy_in(&mut self, batch: &Batch) -> Result<()> {
         let Self { client, driver, .. } = self;
         driver
             .rt()
@@ -363,7 +354,7 @@ impl Backend for Postgres {
             .map_err(Into::into)
     }
 
-    fn copied(&self) -> Result<crate::store::transfer::Copied> {
+    fn copied(&self) -> Result<Copied> {
         self.block_on(async || super::transfer::copied(&self.client).await)
     }
 
