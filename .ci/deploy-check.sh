@@ -121,15 +121,16 @@ fi
 # scored; over the unix socket the 50- drop-in alone.
 pg="$work/pgroot"
 store_services=(memwarden@.service memwarden-purge.service memwarden-maintain.service
-  memwarden-audit-head.service memwarden-metrics.service)
+  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service)
 for run in 1 2; do
   sh "$here/deploy/install.sh" --root "$pg" --binary "$bin" --store postgres --database-address 192.0.2.10 \
     >"$work/pginstall.log" 2>&1 || { bad "install.sh --store postgres run $run"; cat "$work/pginstall.log"; }
 done
 sysd="$pg/etc/systemd/system"
-if [ "$(stat -c %a "$pg/etc/memwarden/database")" = 600 ] && [ ! -e "$sysd/memwarden-backup.timer" ] \
+if [ "$(stat -c %a "$pg/etc/memwarden/database")" = 600 ] && [ -e "$sysd/memwarden-backup.timer" ] \
+   && [ -e "$sysd/memwarden-backup.service.d/50-postgres.conf" ] \
    && grep -qx 'IPAddressAllow=192.0.2.10' "$sysd/memwarden@.service.d/60-postgres-tcp.conf"; then
-  ok "install.sh --store postgres twice: database file 0600, drop-ins with the database's address, no SQLite backup job"
+  ok "install.sh --store postgres twice: database file 0600, drop-ins with the database's address, the backup job on the database"
 else
   bad "install.sh --store postgres layout"; find "$pg/etc" -ls
 fi
@@ -142,7 +143,7 @@ for variant in unix tcp; do
   done
   # What the services name: the socket, the slice, the timers.
   others=(memwarden.slice memwarden.socket memwarden-purge.timer memwarden-maintain.timer
-    memwarden-audit-head.timer memwarden-metrics.timer)
+    memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer)
   for u in "${others[@]}"; do cp "$sysd/$u" "$work/pg-$variant/"; done
   threshold=10; limit=1.0
   [ "$variant" = tcp ] && { threshold=15; limit=1.5; }
@@ -162,7 +163,7 @@ for variant in unix tcp; do
 done
 sh "$here/deploy/install.sh" --root "$pg" --binary "$bin" >"$work/pginstall.log" 2>&1
 if [ -z "$(find "$sysd" -name '*postgres*.conf')" ] && [ -e "$sysd/memwarden-backup.timer" ]; then
-  ok "install.sh without --store postgres switches back: no drop-ins, the backup job again"
+  ok "install.sh without --store postgres switches back: no drop-ins, the backup job on the files"
 else
   bad "switching back to SQLite"; find "$sysd" -ls
 fi

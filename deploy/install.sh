@@ -12,8 +12,8 @@
 # /etc/memwarden/database names (written as a unix-socket template when missing, never
 # overwritten): every service gets deploy/postgres/50-postgres.conf as a drop-in, and with
 # --database-address (the database server's IP address: TCP) 60-postgres-tcp.conf too, opened
-# to that address alone. The backup job is SQLite's and is not installed on PostgreSQL. Running
-# again with another --store switches the drop-ins.
+# to that address alone. The backup job backs up the database then (one snapshot, the same
+# verified backup format). Running again with another --store switches the drop-ins.
 set -eu
 
 root=""
@@ -97,12 +97,7 @@ timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer
   memwarden-maintain.timer"
 # The services that open the store: on PostgreSQL each gets the drop-ins.
 store_services="memwarden@.service memwarden-purge.service memwarden-maintain.service
-  memwarden-audit-head.service memwarden-metrics.service"
-# SQLite's file backup: not on PostgreSQL (use the database's own tools there).
-backup_units="memwarden-backup.service memwarden-backup.timer"
-if [ "$store" = postgres ]; then
-  timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-maintain.timer"
-fi
+  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service"
 
 remove_user_and_groups() {
   if [ -z "$root" ]; then
@@ -187,7 +182,6 @@ chown -R "$uid:$gid" "$state"
 chmod 0600 "$etc/keyring.toml"
 
 for u in $unit_files; do
-  case " $backup_units " in *" $u "*) [ "$store" = postgres ] && { rm -f "$units/$u"; continue; } ;; esac
   install -m 0644 "$here/$u" "$units/$u"
 done
 # The store's drop-ins: written for PostgreSQL, removed for SQLite (so a second run switches).

@@ -1095,6 +1095,7 @@ fn the_postgresql_drop_in_serves_and_runs_the_jobs_from_the_database() {
         "memwarden-maintain.service",
         "memwarden-audit-head.service",
         "memwarden-metrics.service",
+        "memwarden-backup.service",
     ] {
         let unit = with_drop_in(job);
         let said = all_ok(&unit, &run_unit(&unit, &root));
@@ -1108,6 +1109,18 @@ fn the_postgresql_drop_in_serves_and_runs_the_jobs_from_the_database() {
          AND detail::jsonb ->> 'event' = 'maintain'",
     );
     assert_eq!(maintained, 1, "maintain ran on PostgreSQL");
+    let backups = root.backups();
+    assert_eq!(backups.len(), 1, "one backup of the database: {backups:?}");
+    let manifest = root.path(&format!(
+        "var/backups/memwarden/{}/manifest.json",
+        backups[0]
+    ));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).expect("manifest")).unwrap();
+    assert_eq!(
+        manifest["entries"], 1,
+        "the backup holds the database's row: {manifest}"
+    );
     let prom = std::fs::read_to_string(root.path("var/lib/memwarden-metrics/memwarden.prom"))
         .expect("metrics written");
     assert!(
