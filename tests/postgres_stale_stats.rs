@@ -21,13 +21,13 @@ const ROWS: usize = 24_000;
 /// 997th, `ancient` in the 50 oldest only, and a word of its own.
 fn content(i: usize) -> String {
     let mut words = vec![format!("w{i}")];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         words.push("common".into());
     }
-    if i % 40 == 0 {
+    if i.is_multiple_of(40) {
         words.push("medium".into());
     }
-    if i % 997 == 0 {
+    if i.is_multiple_of(997) {
         words.push("rare".into());
     }
     if i < 50 {

@@ -427,6 +427,36 @@ mod tests {
     }
 
     #[test]
+    fn ranges_widen_by_the_density_found_until_they_hold_every_row() {
+        let mut ranges = Ranges {
+            top: 100_000,
+            span: 2_048,
+            want: 500,
+        };
+        assert_eq!(ranges.above(), 100_000 - 2_048);
+        // Nothing found: the most growth; 100 of 500: 10-fold wanted, 8-fold at most; 400 of
+        // 500: 2-fold, the least.
+        assert!(ranges.widen(0));
+        assert_eq!(ranges.span, 2_048 * 8);
+        assert!(ranges.widen(100));
+        assert_eq!(ranges.span, 2_048 * 64);
+        // Past the oldest row: every row, no condition, and no wider range.
+        assert_eq!(ranges.above(), 0);
+        let mut sql = Sql::default();
+        assert_eq!(ranges.condition(&mut sql), "");
+        assert!(!ranges.widen(0));
+        let mut ranges = Ranges {
+            top: 100_000,
+            span: 2_048,
+            want: 500,
+        };
+        assert!(ranges.widen(400));
+        assert_eq!(ranges.span, 4_096);
+        assert_eq!(ranges.condition(&mut sql), " AND e.pos > $1");
+        assert_eq!(sql.parts().1, 1);
+    }
+
+    #[test]
     fn query_words_and_filter_values_are_bound_never_written_into_the_statement() {
         let hostile_words = ["x') OR true --", "a & !b", "c:*", "'", "$1"];
         let plain_words = ["one", "two", "three", "four", "five"];
