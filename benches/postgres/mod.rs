@@ -5,7 +5,11 @@
 //! - the floor: one INSERT of a sealed-size row per transaction with the chained audit insert
 //!   (advisory lock, tail read, linked event), what the database allows before any protocol work;
 //! - memwarden end to end over MCP (`serve --store postgres`): stores, gets and searches at
-//!   growing sizes (`MEMWARDEN_BENCH_MAX`, default 10,000);
+//!   growing sizes (`MEMWARDEN_BENCH_MAX`, default 10,000). With `MEMWARDEN_BENCH_BULK=1` each
+//!   size past the first is reached by loading sealed rows in batches ([`bulk_fill`], the same
+//!   sentences into the same namespace) up to its last 1,000 entries, which are stored over MCP
+//!   and timed as before: filling a million entries through MCP takes hours. The searches then
+//!   run on statistics that lag the table, as after any fast growth;
 //! - aggregate stores/s with 1, 4 and 16 concurrent sessions (one server process each), on
 //!   PostgreSQL and on SQLite, and the peak RSS of a session.
 
@@ -35,6 +39,96 @@ async fn serve_pg(data: &Path, file: &Path) -> Server {
         .arg(file)
         .env("MEMWARDEN_LOG", "warn");
     spawn_command(cmd).await
+}
+
+/// Entries each size stores over MCP when the rest is loaded in bulk.
+const TIMED_STORES: usize = 1_000;
+
+/// Loads `n` sealed entries of sentences from `vocab` into `namespace`, in batches of
+/// [`memwarden::store::transfer::BATCH`] rows (one INSERT each), as `memwarden migrate` writes
+/// them: the rows the MCP fill would have stored, without the protocol, audit and ledger.
+async fn bulk_fill(
+    pg: &cluster::Ready,
+    namespace: &str,
+    n: usize,
+    vocab: &[String],
+    rng: &mut common::Rng,
+) {
+    use memwarden::store::rows::{RawRow, seal_entry};
+    use memwarden::store::transfer::{BATCH, Batch};
+    use memwarden::store::{Entry, Status};
+
+    let mut batches = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(BATCH);
+        batches.push(
+            (0..take)
+                .map(|_| common::sentence(rng, vocab, 60))
+                .collect::<Vec<_>>(),
+        );
+        left -= take;
+    }
+    let (app, entry_keys, audit_keys) = (
+        pg.app.clone(),
+        pg.keyring.entry.clone(),
+        pg.keyring.audit.clone(),
+    );
+    let namespace = namespace.to_string();
+    // The library's PostgreSQL backend runs its own runtime: off this one's thread.
+    tokio::task::spawn_blocking(move || {
+        let settings = memwarden::store::postgres::DatabaseSettings::load(&app).unwrap();
+        let backend = memwarden::store::postgres::Postgres::connect(&settings, audit_keys).unwrap();
+        let mut store =
+            memwarden::store::Store::with_backend(Box::new(backend), entry_keys.clone());
+        let (key_id, key) = entry_keys.active();
+        for contents in batches {
+            let mut batch = Batch::default();
+            for content in contents {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let entry = Entry {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    namespace: namespace.clone(),
+                    content_sha256: memwarden::store::seal::content_sha256(&content),
+                    content,
+                    tags: vec![],
+                    metadata: None,
+                    status: Status::Active,
+                    supersedes: None,
+                    principal: "bench".into(),
+                    session_id: "bulk".into(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                let sealed = seal_entry(&entry, key_id, key);
+                let mac = sealed.mac.to_vec();
+                batch.entries.push(RawRow {
+                    tags: "[]".into(),
+                    id: entry.id,
+                    namespace: entry.namespace,
+                    content: entry.content,
+                    metadata: None,
+                    status: "active".into(),
+                    supersedes: None,
+                    principal: entry.principal,
+                    session_id: entry.session_id,
+                    created_at: now,
+                    updated_at: now,
+                    content_sha256: entry.content_sha256.to_vec(),
+                    key_id: key_id.to_string(),
+                    mac,
+                    ledger_rank: 0,
+                });
+            }
+            store.copy_in(&batch).unwrap();
+        }
+        store.close().unwrap();
+    })
+    .await
+    .unwrap();
 }
 
 /// Rows per second and per-row latencies of the floor.
@@ -140,13 +234,25 @@ pub async fn run() -> serde_json::Value {
     // The namespace every entry lands in (the principal's default), searched as a narrow scope.
     let mut namespace = String::new();
     let mut rows = Vec::new();
+    let bulk = std::env::var("MEMWARDEN_BENCH_BULK").is_ok_and(|v| v == "1");
+    let mut loaded = 0;
     for size in [1_000, 10_000, 100_000, 1_000_000]
         .into_iter()
         .filter(|&n| n <= max)
     {
+        if bulk && !namespace.is_empty() {
+            let n = size.saturating_sub(TIMED_STORES + ids.len() + loaded);
+            let started = Instant::now();
+            bulk_fill(&pg, &namespace, n, &vocab, &mut rng).await;
+            loaded += n;
+            println!(
+                "(loaded {n} entries in bulk in {:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let mut lat = Vec::new();
         let started = Instant::now();
-        while ids.len() < size {
+        while ids.len() + loaded < size {
             let content = common::sentence(&mut rng, &vocab, 60);
             let t = Instant::now();
             let v = call(&server.client, "memory_store", json!({"content": content})).await;

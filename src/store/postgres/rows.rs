@@ -139,10 +139,16 @@ impl Sql {
 /// Appends the filter's conditions on `e`: active rows, since, until, tags, and (when
 /// `with_scope`) the scope's namespaces. They stand beside the text match and the ordering in
 /// one statement, so PostgreSQL never hands over, counts or ranks a row outside them.
+///
+/// The namespaces (only searches pass `with_scope`) are a check on rows the text lookup found,
+/// written so no index can serve it (`… IS TRUE`; the column is NOT NULL, so it is the same
+/// condition): on statistics that lag the table, PostgreSQL took a namespace for a few rows and
+/// scanned `entries_scope` for it, checking every row of the namespace for the words (58 ms at
+/// 10,000 rows against 4 ms through the text index; `read.rs`).
 pub(super) fn push_filter(sql: &mut Sql, filter: &Filter, with_scope: bool) -> Result<()> {
     if with_scope && let Scope::Only(namespaces) = &filter.scope {
         let p = sql.bind(namespaces.clone());
-        sql.push(&format!(" AND e.namespace = ANY({p})"));
+        sql.push(&format!(" AND (e.namespace = ANY({p})) IS TRUE"));
     }
     sql.push(" AND e.status = 'active'");
     if let Some(since) = filter.since {
