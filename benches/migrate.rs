@@ -29,6 +29,8 @@ fn bin() -> &'static str {
 }
 
 /// Runs memwarden with `args`; returns seconds and peak RSS in MiB of that process alone.
+// The child is waited for by `wait4` (for its own rusage), which std's `Child` cannot do.
+#[allow(clippy::zombie_processes)]
 fn measure(args: &[&str]) -> (f64, f64) {
     let started = Instant::now();
     let child = Command::new(bin())

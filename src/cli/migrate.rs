@@ -352,9 +352,11 @@ fn finish(
     for (side, d) in [("source", &from), ("target", &to)] {
         if !d.clean() {
             bail!(
-                "the {side} does not verify: {} entries fail (first: {}); ledger: {}",
+                "the {side} does not verify: {} entries fail their seal (first: {}), {} are \
+                 less retired than their ledger records; ledger: {}",
                 d.failed_count,
                 d.failed.join(", "),
+                d.rolled_back,
                 d.ledger_problems.join("; ")
             );
         }

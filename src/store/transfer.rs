@@ -130,10 +130,12 @@ pub struct Digest {
     pub ledger_records: u64,
     /// The rows' SHA-256, hex.
     pub sha256: String,
-    /// Rows that fail (seal, or rolled back), by id: at most [`Digest::SHOWN`].
+    /// Rows whose seal fails (or that cannot be read), by id: at most [`Digest::SHOWN`].
     pub failed: Vec<String>,
-    /// How many rows fail in all.
+    /// How many rows fail their seal in all.
     pub failed_count: u64,
+    /// Rows less retired than their ledger records (an older sealed copy put back).
+    pub rolled_back: u64,
     /// Ledger problems.
     pub ledger_problems: Vec<String>,
 }
@@ -144,7 +146,7 @@ impl Digest {
 
     /// Whether every row and record verified.
     pub fn clean(&self) -> bool {
-        self.failed_count == 0 && self.ledger_problems.is_empty()
+        self.failed_count == 0 && self.rolled_back == 0 && self.ledger_problems.is_empty()
     }
 }
 
@@ -172,7 +174,8 @@ impl super::Store {
                     }
                     hash.update(&raw.mac);
                     let id = raw.id.clone();
-                    (raw.rolled_back() || raw.verify_seal(&keys).is_none()).then_some(id)
+                    out.rolled_back += u64::from(raw.rolled_back());
+                    raw.verify_seal(&keys).is_none().then_some(id)
                 }
                 Err(label) => Some(label),
             };
