@@ -6,35 +6,18 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Client;
 use common::postgres::Ready;
+use common::{memwarden as run, stdout_ok as ok};
 use memwarden::store::rows::{RawRow, seal_entry};
 use memwarden::store::transfer::Batch;
 use memwarden::store::{Entry, Status, Store, StoreOptions};
 use rmcp::ServiceExt;
 use serde_json::{Value, json};
-
-fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .output()
-        .expect("run memwarden")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn refused(out: &Output) -> String {
     assert!(

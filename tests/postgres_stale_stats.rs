@@ -145,54 +145,6 @@ fn compare(lite: &Store, postgres: &Store, when: &str) -> usize {
     compared
 }
 
-/// Runs `sql` as the cluster's superuser.
-fn superuser(pg: &Ready, sql: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = pg.cluster.connect("memwarden").await;
-        client.batch_execute(sql).await.unwrap();
-    });
-}
-
-/// The server log, from byte `from` on.
-fn log_since(pg: &Ready, from: usize) -> String {
-    let log = std::fs::read(pg.cluster.dir.path().join("pg.log")).unwrap();
-    String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned()
-}
-
-/// The rows each logged plan of a search statement handled in `memory.entries` and its
-/// indexes: every row a scan returned or removed (by filter or recheck), over all its loops.
-fn rows_touched(log: &str) -> Vec<(usize, String)> {
-    fn walk(node: &serde_json::Value, sum: &mut f64) {
-        let on_entries = node["Relation Name"] == "entries"
-            || node["Index Name"]
-                .as_str()
-                .is_some_and(|i| i.starts_with("entries"));
-        if on_entries {
-            let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
-            let rows = n("Actual Rows") + n("Rows Removed by Filter");
-            *sum += (rows + n("Rows Removed by Index Recheck")) * n("Actual Loops");
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            walk(child, sum);
-        }
-    }
-    let mut out = Vec::new();
-    for part in log.split("plan:").skip(1) {
-        let mut plans = serde_json::Deserializer::from_str(part).into_iter::<serde_json::Value>();
-        let Some(Ok(plan)) = plans.next() else {
-            continue;
-        };
-        let text = plan["Query Text"].as_str().unwrap_or_default().to_string();
-        if text.contains("FROM memory.entries e") && text.contains("@@") {
-            let mut sum = 0.0;
-            walk(&plan["Plan"], &mut sum);
-            out.push((sum as usize, text));
-        }
-    }
-    out
-}
-
 #[test]
 fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
     let Some(pg) = Ready::start() else { return };
@@ -201,8 +153,7 @@ fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
         "ALTER TABLE memory.entries SET (autovacuum_enabled = off)",
         &[],
     );
-    superuser(
-        &pg,
+    pg.batch_as_superuser(
         "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
          ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
          ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
@@ -249,7 +200,7 @@ fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
             assert!(!hits(&postgres, query, scope, 20).is_empty(), "{query}");
         }
     }
-    let plans = rows_touched(&log_since(&pg, from));
+    let plans = common::postgres::rows_touched(&pg.log_since(from));
     assert!(plans.len() >= 15, "{plans:#?}");
     for (rows, text) in &plans {
         // `medium` is in 600 rows: 1,200 counted once, a few times over for the ranges.

@@ -21,17 +21,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::sqlite_file::snapshot::{self, Snapshots};
-use hmac::{Hmac, KeyInit, Mac};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::DataDirArg;
+use super::manifest::{MANIFEST_VERSION, Manifest, read_manifest, sign_manifest};
 use super::review::admin_event;
 use crate::audit::{self, AuditLog};
 use crate::datalock::DataLock;
 use crate::fsafe::Dir;
-use crate::keys::{KeySet, Keyring, SecretKey};
+use crate::keys::Keyring;
 use crate::store::Store;
 
 /// `memwarden backup`'s arguments.
@@ -59,109 +58,6 @@ pub struct RestoreArgs {
     /// A directory written by `memwarden backup`.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-}
-
-/// What a backup holds, written last.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Manifest {
-    pub version: u32,
-    pub created_at: String,
-    pub memwarden_version: String,
-    /// File name → SHA-256 (hex).
-    pub files: std::collections::BTreeMap<String, String>,
-    pub entries: u64,
-    pub audit_head: String,
-    /// Id of the audit key the MAC is made with.
-    pub mac_key: String,
-}
-
-/// Manifest format: 2 added `mac_key` and `mac`.
-pub(super) const MANIFEST_VERSION: u32 = 2;
-
-/// Domain-separating prefix of the manifest MAC (the audit key also MACs chain hashes).
-const MANIFEST_MAC_TAG: &[u8] = b"memwarden/backup-manifest/v1\n";
-
-/// HMAC-SHA256(audit key, tag ‖ canonical manifest): the manifest as a JSON object without
-/// its `mac` member, object keys sorted at every level, no whitespace. Computed over what was
-/// parsed, so any member — known or not — is covered.
-fn manifest_mac(key: &SecretKey, manifest: &Map<String, Value>) -> Hmac<Sha256> {
-    let mut body = manifest.clone();
-    body.remove("mac");
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
-    mac.update(MANIFEST_MAC_TAG);
-    mac.update(canonical_json(&Value::Object(body)).as_bytes());
-    mac
-}
-
-/// Compact JSON with object keys sorted, whatever map type serde_json was built with.
-fn canonical_json(v: &Value) -> String {
-    match v {
-        Value::Object(map) => {
-            let sorted: std::collections::BTreeMap<&String, String> =
-                map.iter().map(|(k, v)| (k, canonical_json(v))).collect();
-            let members: Vec<String> = sorted
-                .iter()
-                .map(|(k, v)| format!("{}:{v}", Value::String((*k).clone())))
-                .collect();
-            format!("{{{}}}", members.join(","))
-        }
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(canonical_json).collect();
-            format!("[{}]", items.join(","))
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Serialises a manifest with its MAC under the active audit key.
-pub(super) fn sign_manifest(manifest: &Manifest, audit: &KeySet) -> anyhow::Result<String> {
-    let Value::Object(mut map) = serde_json::to_value(manifest)? else {
-        anyhow::bail!("a manifest serialises to a JSON object");
-    };
-    let (_, key) = audit.active();
-    let mac = hex::encode(manifest_mac(key, &map).finalize().into_bytes());
-    map.insert("mac".into(), Value::String(mac));
-    Ok(serde_json::to_string_pretty(&Value::Object(map))?)
-}
-
-/// Parses manifest.json and checks its MAC before believing a word of it. The refusals name
-/// the problem, never a MAC or key value.
-pub(super) fn read_manifest(text: &str, audit: &KeySet) -> anyhow::Result<Manifest> {
-    let refuse = |why: &str| anyhow::anyhow!("refusing: manifest.json {why}");
-    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
-        return Err(refuse("is not a JSON object"));
-    };
-    let Some(Value::String(mac)) = map.remove("mac") else {
-        return Err(refuse(
-            "carries no MAC (made by a memwarden before manifest version 2, or stripped): \
-             its SHA-256s alone prove nothing, anyone can recompute them",
-        ));
-    };
-    let key_id = match map.get("mac_key") {
-        Some(Value::String(id)) => id.clone(),
-        _ => return Err(refuse("names no MAC key")),
-    };
-    let key = audit.get(&key_id).ok_or_else(|| {
-        refuse(
-            "is MAC'd with an audit key this keyring does not hold (a backup of another data dir?)",
-        )
-    })?;
-    let mac = hex::decode(mac).map_err(|_| refuse("has a malformed MAC"))?;
-    manifest_mac(key, &map).verify_slice(&mac).map_err(|_| {
-        refuse(
-            "has a MAC that does not verify under the audit key: the manifest was changed \
-             after the backup was made, or made with another keyring",
-        )
-    })?;
-    let manifest: Manifest = serde_json::from_value(Value::Object(map))
-        .map_err(|e| anyhow::anyhow!("manifest.json: {e}"))?;
-    anyhow::ensure!(
-        manifest.version == MANIFEST_VERSION,
-        "refusing: manifest.json has version {}, this memwarden reads {MANIFEST_VERSION}",
-        manifest.version
-    );
-    Ok(manifest)
 }
 
 pub(super) const FILES: [&str; 2] = ["memory.db", "audit.db"];
@@ -275,8 +171,24 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
         Snapshots::pin(&dir.memory_db(), &dir.audit_db()).map_err(anyhow::Error::from_boxed)?;
     snapshots.copy_to(&out).map_err(anyhow::Error::from_boxed)?;
     drop(snapshots);
+    let manifest = verify_and_sign(&out, &keyring)?;
+    record(
+        &dir,
+        &keyring,
+        json!({"event": "backup", "entries": manifest.entries, "audit_head": manifest.audit_head, "files": manifest.files}),
+    )?;
+    println!(
+        "backup verified: {} entries, audit head {}",
+        manifest.entries, manifest.audit_head
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the two files a backup wrote into `out`, then writes their manifest (SHA-256s, the
+/// entry count and audit head the check found), MAC'd with the active audit key, and syncs.
+pub(super) fn verify_and_sign(out: &Dir, keyring: &Keyring) -> anyhow::Result<Manifest> {
     let (entries, audit_head) =
-        verify_copy(&out.join("memory.db"), &out.join("audit.db"), &keyring)?;
+        verify_copy(&out.join("memory.db"), &out.join("audit.db"), keyring)?;
     let mut files = std::collections::BTreeMap::new();
     for f in FILES {
         files.insert(f.to_string(), sha256_of(out.open_file(f)?)?);
@@ -294,19 +206,9 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
     f.write_all(sign_manifest(&manifest, &keyring.audit)?.as_bytes())?;
     f.sync_all()?;
     out.sync()?;
-    record(
-        &dir,
-        &keyring,
-        json!({"event": "backup", "entries": manifest.entries, "audit_head": manifest.audit_head, "files": manifest.files}),
-    )?;
-    println!(
-        "backup verified: {} entries, audit head {}",
-        manifest.entries, manifest.audit_head
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(manifest)
 }
 
-/// Name of a database staged for restore, beside the live one.
 /// The backup's manifest, read without following a link, at most 1 MiB.
 pub(super) fn read_manifest_text(from: &Dir) -> anyhow::Result<String> {
     let mut text = String::new();

@@ -10,16 +10,16 @@
 //! append-only audit grants mean a live chain is never replaced, so a restore goes into a new
 //! database (`memwarden db init`), and its event there names the backup's head.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::backup::{
-    BackupArgs, FILES, MANIFEST_VERSION, Manifest, RestoreArgs, backup_dir, read_manifest,
-    read_manifest_text, remove_staged, sha256_of, sign_manifest, stage, staged, verify_copy,
+    BackupArgs, FILES, RestoreArgs, backup_dir, read_manifest_text, remove_staged, stage, staged,
+    verify_and_sign, verify_copy,
 };
+use super::manifest::read_manifest;
 use super::review::admin_event;
 use super::transfer::{Chain, Plan, Side, copy};
 use crate::audit::sink::Sink;
@@ -76,25 +76,7 @@ pub(super) fn backup(args: &BackupArgs) -> anyhow::Result<ExitCode> {
         .context("copying the snapshot")?;
         // Dropped here: each file closes, its WAL folded in, before it is hashed.
     }
-    let (entries, audit_head) =
-        verify_copy(&out.join("memory.db"), &out.join("audit.db"), &keyring)?;
-    let mut files = std::collections::BTreeMap::new();
-    for f in FILES {
-        files.insert(f.to_string(), sha256_of(out.open_file(f)?)?);
-    }
-    let manifest = Manifest {
-        version: MANIFEST_VERSION,
-        created_at: crate::clock::format_ms(crate::clock::now_ms()),
-        memwarden_version: env!("CARGO_PKG_VERSION").into(),
-        files,
-        entries,
-        audit_head,
-        mac_key: keyring.audit.active().0.to_string(),
-    };
-    let mut f = out.create_new("manifest.json")?;
-    f.write_all(sign_manifest(&manifest, &keyring.audit)?.as_bytes())?;
-    f.sync_all()?;
-    out.sync()?;
+    let manifest = verify_and_sign(&out, &keyring)?;
     event(
         &settings,
         &keyring,

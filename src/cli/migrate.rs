@@ -148,6 +148,11 @@ fn open_sqlite_source(
     if let Some(why) = crate::audit::vanished_chain(&data.audit_db())? {
         return Err(crate::audit::AuditError::ChainMissing { why }.into());
     }
+    sqlite_side(&data, keyring, lock)
+}
+
+/// A data dir's store and chain, with the lock that holds it.
+fn sqlite_side(data: &DataDir, keyring: &Keyring, lock: DataLock) -> anyhow::Result<Opened> {
     let store = Store::open(
         &data.memory_db(),
         keyring.entry.clone(),
@@ -185,19 +190,7 @@ fn open_sqlite_target(dir: &Path, keyring: &Keyring) -> anyhow::Result<Opened> {
     }
     let data = DataDir::new(dir);
     let lock = DataLock::exclusive(&data.open_dir()?).context("the target data dir is in use")?;
-    let store = Store::open(
-        &data.memory_db(),
-        keyring.entry.clone(),
-        StoreOptions::default(),
-    )?;
-    Ok(Opened {
-        side: Side {
-            engine: "sqlite",
-            store,
-            chain: Chain::File(data.audit_db()),
-        },
-        _lock: Some(lock),
-    })
+    sqlite_side(&data, keyring, lock)
 }
 
 /// The side's audit log, to append the operator's event.

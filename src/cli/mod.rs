@@ -12,6 +12,7 @@ pub mod import;
 pub mod init;
 pub mod keys;
 pub mod maintain;
+mod manifest;
 pub mod migrate;
 pub mod policy;
 pub mod purge;

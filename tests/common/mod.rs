@@ -468,6 +468,25 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Runs the binary with `args` (no data dir implied), waiting for it.
+pub fn memwarden<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run memwarden")
+}
+
+/// Its stdout, after asserting it succeeded (both streams shown when it did not).
+pub fn stdout_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Every audit event of a data dir, through `memwarden audit export`.
 pub fn audit_events(dir: &TestDir) -> Vec<Value> {
     let db = dir.audit_db();

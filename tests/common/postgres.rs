@@ -450,3 +450,54 @@ impl Cluster {
 pub fn server_bin_dir() -> Option<PathBuf> {
     pg_bin()
 }
+
+impl Ready {
+    /// Runs `sql` (any number of statements) as the cluster's superuser.
+    pub fn batch_as_superuser(&self, sql: &str) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = self.cluster.connect("memwarden").await;
+            client.batch_execute(sql).await.unwrap();
+        });
+    }
+
+    /// The server log, from byte `from` on.
+    pub fn log_since(&self, from: usize) -> String {
+        let log = std::fs::read(self.cluster.dir.path().join("pg.log")).unwrap();
+        String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned()
+    }
+}
+
+/// The rows each plan `auto_explain` logged for a search statement (`FROM memory.entries e` with
+/// `@@`) handled in that table and its indexes: every row a scan returned or removed (by filter
+/// or recheck), over all its loops; with the statement's text.
+pub fn rows_touched(log: &str) -> Vec<(usize, String)> {
+    fn walk(node: &serde_json::Value, sum: &mut f64) {
+        let on_entries = node["Relation Name"] == "entries"
+            || node["Index Name"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("entries"));
+        if on_entries {
+            let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
+            let rows = n("Actual Rows") + n("Rows Removed by Filter");
+            *sum += (rows + n("Rows Removed by Index Recheck")) * n("Actual Loops");
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, sum);
+        }
+    }
+    let mut out = Vec::new();
+    for part in log.split("plan:").skip(1) {
+        let mut plans = serde_json::Deserializer::from_str(part).into_iter::<serde_json::Value>();
+        let Some(Ok(plan)) = plans.next() else {
+            continue;
+        };
+        let text = plan["Query Text"].as_str().unwrap_or_default().to_string();
+        if text.contains("FROM memory.entries e") && text.contains("@@") {
+            let mut sum = 0.0;
+            walk(&plan["Plan"], &mut sum);
+            out.push((sum as usize, text));
+        }
+    }
+    out
+}

@@ -174,60 +174,11 @@ fn narrow_and_wide_lookups_find_the_same_rows_through_writes() {
     assert!(!c.is_empty() && c.iter().all(|h| h.1 == "c_z"));
 }
 
-/// Runs `sql` as the cluster's superuser.
-fn superuser(pg: &Ready, sql: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = pg.cluster.connect("memwarden").await;
-        client.batch_execute(sql).await.unwrap();
-    });
-}
-
-/// The server log, from byte `from` on.
-fn log_since(pg: &Ready, from: usize) -> String {
-    let log = std::fs::read(pg.cluster.dir.path().join("pg.log")).unwrap();
-    String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned()
-}
-
-/// The rows each logged plan of a statement on `memory.entries e` handled in that table and its
-/// indexes: every row a scan returned or removed (by filter or recheck), over all its loops.
-fn rows_touched(log: &str) -> Vec<(usize, String)> {
-    fn walk(node: &serde_json::Value, sum: &mut f64) {
-        let on_entries = node["Relation Name"] == "entries"
-            || node["Index Name"]
-                .as_str()
-                .is_some_and(|i| i.starts_with("entries"));
-        if on_entries {
-            let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
-            let rows = n("Actual Rows") + n("Rows Removed by Filter");
-            *sum += (rows + n("Rows Removed by Index Recheck")) * n("Actual Loops");
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            walk(child, sum);
-        }
-    }
-    let mut out = Vec::new();
-    for part in log.split("plan:").skip(1) {
-        let mut plans = serde_json::Deserializer::from_str(part).into_iter::<serde_json::Value>();
-        let Some(Ok(plan)) = plans.next() else {
-            continue;
-        };
-        let text = plan["Query Text"].as_str().unwrap_or_default().to_string();
-        if text.contains("FROM memory.entries e") && text.contains("@@") {
-            let mut sum = 0.0;
-            walk(&plan["Plan"], &mut sum);
-            out.push((sum as usize, text));
-        }
-    }
-    out
-}
-
 #[test]
 fn a_narrow_search_reads_only_the_scopes_postings() {
     let Some(pg) = Ready::start() else { return };
     // Every statement the app role runs has its plan logged with actual row counts.
-    superuser(
-        &pg,
+    pg.batch_as_superuser(
         "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
          ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
          ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
@@ -280,7 +231,7 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
     assert!(some.iter().all(|h| h.2 == Matched::Some));
     let listed = ids(&store.list(&filter(&small, &["ops"]), None, 50).unwrap());
     assert_eq!(listed.len(), 5);
-    let plans = rows_touched(&log_since(&pg, log));
+    let plans = crate::common::postgres::rows_touched(&pg.log_since(log));
     assert!(plans.len() >= 6, "{plans:#?}");
     for (rows, text) in &plans {
         // 5 matches, each counted by the index and by the heap scan, and nothing else.
@@ -296,7 +247,7 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
         hits(&store, "deploy", &filter(&wide(&["small"]), &[])).len(),
         5
     );
-    let plans = rows_touched(&log_since(&pg, log));
+    let plans = crate::common::postgres::rows_touched(&pg.log_since(log));
     let most = plans.iter().map(|p| p.0).max().unwrap_or(0);
     assert!(most > 3_000, "{plans:#?}");
 }
@@ -310,8 +261,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     store.close().unwrap();
     // Back to version 1: what migrations 2 and 3 added, gone, and the content as version 1
     // kept it (backslashes single).
-    superuser(
-        &pg,
+    pg.batch_as_superuser(
         r"SET ROLE memwarden_owner;
          ALTER TABLE memory.entries DROP COLUMN scoped, DROP COLUMN words;
          DROP FUNCTION memory.scoped_query, memory.every_lexeme, memory.scoped_words,
