@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use memwarden::store::rows::{RawRow, seal_entry};
+use memwarden::store::rows::RawRow;
 use memwarden::store::transfer::Batch;
 use memwarden::store::{Entry, Status, Store, StoreOptions};
 
@@ -91,24 +91,7 @@ fn fill(data: &Path, n: usize) {
                 created_at: 1_764_000_000_000 + i as i64,
                 updated_at: 1_764_000_000_000 + i as i64,
             };
-            let mac = seal_entry(&entry, key_id, key).mac.to_vec();
-            batch.entries.push(RawRow {
-                tags: serde_json::to_string(&entry.tags).unwrap(),
-                status: "active".into(),
-                content_sha256: entry.content_sha256.to_vec(),
-                key_id: key_id.to_string(),
-                mac,
-                ledger_rank: 0,
-                id: entry.id,
-                namespace: entry.namespace,
-                content: entry.content,
-                metadata: None,
-                supersedes: None,
-                principal: entry.principal,
-                session_id: entry.session_id,
-                created_at: entry.created_at,
-                updated_at: entry.updated_at,
-            });
+            batch.entries.push(RawRow::sealed(entry, key_id, key));
         }
         store.copy_in(&batch).unwrap();
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::Client;
 use common::postgres::Ready;
 use common::{memwarden as run, stdout_ok as ok};
-use memwarden::store::rows::{RawRow, seal_entry};
+use memwarden::store::rows::RawRow;
 use memwarden::store::transfer::Batch;
 use memwarden::store::{Entry, Status, Store, StoreOptions};
 use rmcp::ServiceExt;
@@ -231,24 +231,7 @@ fn fill(data: &Path, n: usize) {
                 created_at: 1_764_000_000_000 + i as i64,
                 updated_at: 1_764_000_000_000 + i as i64,
             };
-            let sealed = seal_entry(&entry, key_id, key);
-            batch.entries.push(RawRow {
-                tags: serde_json::to_string(&entry.tags).unwrap(),
-                id: entry.id.clone(),
-                namespace: entry.namespace.clone(),
-                content: entry.content.clone(),
-                metadata: None,
-                status: "active".into(),
-                supersedes: None,
-                principal: entry.principal.clone(),
-                session_id: entry.session_id.clone(),
-                created_at: entry.created_at,
-                updated_at: entry.updated_at,
-                content_sha256: entry.content_sha256.to_vec(),
-                key_id: key_id.to_string(),
-                mac: sealed.mac.to_vec(),
-                ledger_rank: 0,
-            });
+            batch.entries.push(RawRow::sealed(entry, key_id, key));
         }
         store.copy_in(&batch).unwrap();
     }

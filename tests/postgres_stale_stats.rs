@@ -10,7 +10,7 @@ mod common;
 
 use common::postgres::Ready;
 use memwarden::keys::KeySet;
-use memwarden::store::rows::{RawRow, seal_entry};
+use memwarden::store::rows::RawRow;
 use memwarden::store::transfer::Batch;
 use memwarden::store::{Entry, Filter, Matched, Query, Scope, Status, Store, StoreOptions};
 
@@ -59,24 +59,7 @@ fn batches(keys: &KeySet) -> Vec<Batch> {
                 created_at: at,
                 updated_at: at,
             };
-            let mac = seal_entry(&entry, key_id, key).mac.to_vec();
-            batch.entries.push(RawRow {
-                id: entry.id,
-                namespace: entry.namespace,
-                content: entry.content,
-                tags: "[]".into(),
-                metadata: None,
-                status: "active".into(),
-                supersedes: None,
-                principal: entry.principal,
-                session_id: entry.session_id,
-                created_at: at,
-                updated_at: at,
-                content_sha256: entry.content_sha256.to_vec(),
-                key_id: key_id.to_string(),
-                mac,
-                ledger_rank: 0,
-            });
+            batch.entries.push(RawRow::sealed(entry, key_id, key));
         }
         out.push(batch);
     }

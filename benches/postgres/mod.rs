@@ -54,7 +54,7 @@ async fn bulk_fill(
     vocab: &[String],
     rng: &mut common::Rng,
 ) {
-    use memwarden::store::rows::{RawRow, seal_entry};
+    use memwarden::store::rows::RawRow;
     use memwarden::store::transfer::{BATCH, Batch};
     use memwarden::store::{Entry, Status};
 
@@ -103,25 +103,7 @@ async fn bulk_fill(
                     created_at: now,
                     updated_at: now,
                 };
-                let sealed = seal_entry(&entry, key_id, key);
-                let mac = sealed.mac.to_vec();
-                batch.entries.push(RawRow {
-                    tags: "[]".into(),
-                    id: entry.id,
-                    namespace: entry.namespace,
-                    content: entry.content,
-                    metadata: None,
-                    status: "active".into(),
-                    supersedes: None,
-                    principal: entry.principal,
-                    session_id: entry.session_id,
-                    created_at: now,
-                    updated_at: now,
-                    content_sha256: entry.content_sha256.to_vec(),
-                    key_id: key_id.to_string(),
-                    mac,
-                    ledger_rank: 0,
-                });
+                batch.entries.push(RawRow::sealed(entry, key_id, key));
             }
             store.copy_in(&batch).unwrap();
         }

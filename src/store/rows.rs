@@ -47,6 +47,32 @@ pub struct RawRow {
 }
 
 impl RawRow {
+    /// The row a store writes for `entry`, sealed now with `key` (id `key_id`): exactly what a
+    /// backend reads back. For bulk loads ([`super::Store::copy_in`]) of new rows.
+    ///
+    /// # Panics
+    /// When the tags cannot be written as JSON (strings always can).
+    pub fn sealed(entry: Entry, key_id: &str, key: &SecretKey) -> Self {
+        let mac = seal_entry(&entry, key_id, key).mac.to_vec();
+        Self {
+            tags: serde_json::to_string(&entry.tags).expect("tags are strings"),
+            status: entry.status.as_str().into(),
+            content_sha256: entry.content_sha256.to_vec(),
+            key_id: key_id.into(),
+            mac,
+            ledger_rank: 0,
+            id: entry.id,
+            namespace: entry.namespace,
+            content: entry.content,
+            metadata: entry.metadata,
+            supersedes: entry.supersedes,
+            principal: entry.principal,
+            session_id: entry.session_id,
+            created_at: entry.created_at,
+            updated_at: entry.updated_at,
+        }
+    }
+
     /// Whether the row is less retired than its ledger records: an older sealed copy put back.
     pub fn rolled_back(&self) -> bool {
         ledger::status_rank(&self.status) < self.ledger_rank
