@@ -153,6 +153,17 @@ pub fn restrict(
     connect_ports: &[u16],
     require: bool,
 ) -> Result<Status, SandboxError> {
+    restrict_with(data_dir, &[], connect_ports, require)
+}
+
+/// [`restrict`], also leaving `read_dirs` readable (nothing else: no write, no exec) — for
+/// `serve-http`, the directory of its tokens file, which it re-reads when it is replaced.
+pub fn restrict_with(
+    data_dir: &Path,
+    read_dirs: &[&Path],
+    connect_ports: &[u16],
+    require: bool,
+) -> Result<Status, SandboxError> {
     let status = if simulated() {
         Status::NotEnforced
     } else {
@@ -164,6 +175,10 @@ pub fn restrict(
             .scope(Scope::AbstractUnixSocket | Scope::Signal)?
             .create()?
             .add_rules(path_beneath_rules([data_dir], fs))?
+            .add_rules(path_beneath_rules(
+                read_dirs,
+                AccessFs::ReadFile | AccessFs::ReadDir,
+            ))?
             .add_rules(connect_ports.iter().map(|&port| {
                 Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))
             }))?

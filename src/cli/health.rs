@@ -14,6 +14,7 @@ use super::DataDirArg;
 use super::serve::{PolicyArgs, StoreArgs};
 use super::stores::Engine;
 use crate::audit;
+use crate::prometheus::{BUCKETS, family, label};
 use crate::store::sqlite::inspect;
 
 /// `memwarden health`'s arguments.
@@ -251,11 +252,6 @@ fn chain_checks(
     }
 }
 
-/// Upper bounds of the call-latency histogram, in seconds.
-const BUCKETS: [f64; 10] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
-];
-
 /// What the metrics are computed from, on either store.
 struct Figures {
     /// The audit chain's counts.
@@ -292,13 +288,32 @@ fn sqlite_figures(dir: &crate::config::DataDir) -> anyhow::Result<Figures> {
 
 /// Prometheus text for the series the databases hold; the same series on both stores.
 pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::of(&args.store)?;
+    let out = match &engine {
+        Engine::Sqlite => exposition(&engine, Some(&args.data_dir.open()?))?,
+        Engine::Postgres(_) => exposition(&engine, None)?,
+    };
+    match &args.out {
+        Some(path) => write_atomically(path, &out)?,
+        None => print!("{out}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The series `memwarden metrics` prints, from the databases of `engine` (on SQLite, those in
+/// `dir`); `serve-http`'s `/metrics` serves them too, beside its live series.
+pub(crate) fn exposition(
+    engine: &Engine,
+    dir: Option<&crate::config::DataDir>,
+) -> anyhow::Result<String> {
     let Figures {
         stats,
         statuses,
         sizes,
-    } = match Engine::of(&args.store)? {
-        Engine::Sqlite => sqlite_figures(&args.data_dir.open()?)?,
-        Engine::Postgres(settings) => postgres::figures(&settings)?,
+    } = match (engine, dir) {
+        (Engine::Sqlite, Some(dir)) => sqlite_figures(dir)?,
+        (Engine::Sqlite, None) => anyhow::bail!("no data dir"),
+        (Engine::Postgres(settings), _) => postgres::figures(settings)?,
     };
     let mut out = String::new();
     call_series(&mut out, &stats);
@@ -338,24 +353,7 @@ pub fn metrics(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
     for (db, bytes) in &sizes {
         let _ = writeln!(out, "{name}{{db=\"{db}\"}} {bytes}");
     }
-    match &args.out {
-        Some(path) => write_atomically(path, &out)?,
-        None => print!("{out}"),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Starts a metric family: its HELP and TYPE lines; returns its name.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) -> String {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    name.to_string()
-}
-
-/// A label value, escaped as the exposition format requires.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    Ok(out)
 }
 
 /// Reconnections to PostgreSQL and the failed attempts before them, as serving processes

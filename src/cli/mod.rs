@@ -19,7 +19,9 @@ pub mod purge;
 pub mod review;
 pub mod sandbox_check;
 pub mod serve;
+pub mod serve_http;
 mod stores;
+pub mod token;
 mod transfer;
 pub mod verify;
 
@@ -32,7 +34,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "memwarden",
     version,
-    about = "A secure, sandboxed memory store for AI agents, over MCP (stdio)."
+    about = "A secure, sandboxed memory store for AI agents, over MCP (stdio or Streamable HTTP)."
 )]
 /// The command line.
 pub struct Cli {
@@ -47,6 +49,10 @@ pub enum Command {
     Init(DataDirArg),
     /// Serve one MCP session over stdin/stdout (initialises a missing data dir first).
     Serve(serve::ServeArgs),
+    /// Serve MCP over Streamable HTTP (loopback or a unix socket), bearer tokens required.
+    ServeHttp(serve_http::ServeHttpArgs),
+    /// Bearer tokens for serve-http: issue, list, revoke.
+    Token(token::TokenArgs),
     /// Check every stored row's seal and reconcile entries with the audit log; exits 1 listing
     /// what fails.
     Verify(verify::VerifyArgs),
@@ -133,6 +139,7 @@ impl Cli {
     pub fn log_file(&self) -> Option<&std::path::Path> {
         match &self.command {
             Command::Serve(args) => args.log_file.as_deref(),
+            Command::ServeHttp(args) => args.log_file.as_deref(),
             _ => None,
         }
     }
@@ -143,6 +150,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::ServeHttp(args) => serve_http::run(&args),
+        Command::Token(args) => token::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Audit(args) => audit::run(&args),
         Command::Policy(args) => policy::run(&args),

@@ -205,6 +205,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         sandbox: String::new(),
         relaxing_flags,
         peer,
+        connection: None,
     };
     let data_root = dir.root().to_path_buf();
     let require_sandbox = args.require_sandbox;
@@ -249,9 +250,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Set once the sandbox is applied to the runtime's thread.
-static SANDBOX_APPLIED: AtomicBool = AtomicBool::new(false);
+pub(super) static SANDBOX_APPLIED: AtomicBool = AtomicBool::new(false);
 /// Set when a runtime thread (a blocking-pool thread, which runs tool calls) started before it.
-static THREAD_BEFORE_SANDBOX: AtomicBool = AtomicBool::new(false);
+pub(super) static THREAD_BEFORE_SANDBOX: AtomicBool = AtomicBool::new(false);
 
 /// Who is calling: over a unix socket from another uid (the hardened install), the kernel says
 /// — the peer's uid through the policy. A peer with our own uid (an MCP client that spawned us
@@ -278,7 +279,11 @@ fn principal_of(
 
 /// What the process shares between sessions: the schemas, both databases (audit.db first: it
 /// refuses a vanished chain before memory.db is touched) and the policy.
-fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow::Result<Shared> {
+pub(super) fn open_shared(
+    dir: &DataDir,
+    keyring: Keyring,
+    policy: &Arc<Policy>,
+) -> anyhow::Result<Shared> {
     let schemas = Schemas::load()?;
     let options = StoreOptions {
         synchronous: policy.synchronous,
@@ -304,7 +309,7 @@ fn open_shared(dir: &DataDir, keyring: Keyring, policy: &Arc<Policy>) -> anyhow:
 /// to the database the file names (both made now, before the sandbox; a database that cannot
 /// be reached stops `serve` here). The data dir holds the keyring alone. Also returns the TCP
 /// ports the sandbox must leave open for reconnecting.
-fn open_postgres(
+pub(super) fn open_postgres(
     dir: &DataDir,
     settings: &crate::pgconn::DatabaseSettings,
     keyring: &Keyring,
@@ -331,7 +336,7 @@ fn open_postgres(
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Dropping the guard stops watching.
-fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<SignalGuard> {
+pub(super) fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<SignalGuard> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let task = tokio::spawn(async move {
@@ -345,7 +350,7 @@ fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<SignalGuard> {
     Ok(SignalGuard(task))
 }
 
-struct SignalGuard(tokio::task::JoinHandle<()>);
+pub(super) struct SignalGuard(tokio::task::JoinHandle<()>);
 
 impl Drop for SignalGuard {
     fn drop(&mut self) {

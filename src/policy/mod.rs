@@ -5,6 +5,7 @@
 //! names into a set, times into durations. Everything after start-up uses the compiled
 //! [`Policy`]; nothing an agent sends can change it.
 
+pub mod http;
 pub mod limits;
 pub mod load;
 pub mod normalize;
@@ -119,6 +120,8 @@ pub struct Policy {
     pub principals: BTreeMap<String, Grant>,
     /// When the server signs audit checkpoints (`[audit]`).
     pub checkpoints: crate::audit::CheckpointPolicy,
+    /// What `serve-http` allows (`[http]`).
+    pub http: http::HttpPolicy,
 }
 
 impl Policy {
@@ -160,6 +163,8 @@ pub(crate) struct RawPolicy {
     rules: RawRules,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    http: http::RawHttp,
     principals: BTreeMap<String, RawPrincipal>,
 }
 
@@ -281,6 +286,7 @@ impl RawPolicy {
             rules,
             principals,
             checkpoints: compile_checkpoints(&self.audit),
+            http: self.http.compile(),
         })
     }
 }

@@ -55,6 +55,9 @@ pub struct StartFacts {
     pub relaxing_flags: Vec<String>,
     /// The socket peer, when stdin is a unix socket.
     pub peer: Option<crate::principal::Peer>,
+    /// How an HTTP session was opened (transport, source address, the credential's label
+    /// and digest prefix — never the credential).
+    pub connection: Option<Value>,
 }
 
 impl Server {
@@ -108,6 +111,7 @@ impl Server {
             "sandbox": facts.sandbox,
             "relaxing_flags": facts.relaxing_flags,
             "peer": facts.peer.map(|p| json!({"pid": p.pid, "uid": p.uid, "gid": p.gid})),
+            "connection": facts.connection,
             "server_version": env!("CARGO_PKG_VERSION"),
         });
         self.append(NewEvent::new(Kind::SessionStart, detail))?;
@@ -145,6 +149,16 @@ fn schema_error(tool: &str, err: &Error) -> ErrorData {
 pub struct Handler {
     pub(super) server: Server,
     pub(super) facts: Arc<StartFacts>,
+}
+
+impl Handler {
+    /// The handler of `server`'s session, started as `facts` say.
+    pub fn new(server: Server, facts: StartFacts) -> Self {
+        Self {
+            server,
+            facts: Arc::new(facts),
+        }
+    }
 }
 
 impl ServerHandler for Handler {
@@ -218,12 +232,18 @@ impl ServerHandler for Handler {
         match result {
             Ok(value) => {
                 session.record(true);
+                server.shared.live().record(name, "ok", None, micros);
                 tracing::info!(session = %session.id, tool = name, outcome = "ok", micros, "call");
                 Ok(CallToolResult::structured(value).into())
             }
             Err(err) => {
                 session.record(false);
                 let code = err.code().as_str();
+                let outcome = if err.is_internal() { "error" } else { "denied" };
+                server
+                    .shared
+                    .live()
+                    .record(name, outcome, Some(code), micros);
                 if err.is_internal() {
                     tracing::error!(session = %session.id, tool = name, outcome = "error", code, micros, detail = %DetailOf(&err), "call failed");
                 } else {
@@ -245,7 +265,7 @@ impl ServerHandler for Handler {
 }
 
 /// The transport's questions, answered by the session.
-pub(super) struct SessionGate(pub(super) Server);
+pub struct SessionGate(pub(super) Server);
 
 impl Gate for SessionGate {
     fn refused(&self, refusal: Refusal, method: Option<&str>) {

@@ -53,9 +53,11 @@ impl EndReason {
     }
 }
 
-/// Ends the session when it has been idle, or alive, for longer than the policy allows.
-async fn session_clock(server: Server) {
-    let limits = server.shared.policy.sessions;
+/// Ends the session when it has been idle, or alive, for longer than the policy allows
+/// (`idle_fallback` stands in for an idle timeout the policy does not set).
+async fn session_clock(server: Server, idle_fallback: Option<Duration>) {
+    let mut limits = server.shared.policy.sessions;
+    limits.idle_timeout = limits.idle_timeout.or(idle_fallback);
     if limits.idle_timeout.is_none() && limits.max_age.is_none() {
         return;
     }
@@ -115,7 +117,7 @@ where
         session_end.cancelled().await;
         watcher_token.cancel();
     });
-    let clock = tokio::spawn(session_clock(server.clone()));
+    let clock = tokio::spawn(session_clock(server.clone(), None));
     let handshake = match handler.serve_with_ct(transport, service_token).await {
         Ok(running) => {
             let _ = running.waiting().await;
@@ -137,6 +139,35 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     let reason = end_reason(&server, &shutdown, handshake);
     record_end(&server, reason);
+    reason
+}
+
+/// Waits for the end of a session whose messages arrive elsewhere (Streamable HTTP), running
+/// its clock (`idle_fallback` when the policy sets no idle timeout): the server ends it, the
+/// client ends it (`client_closed`) or `shutdown` fires. Then stop routing requests to it and
+/// call [`finish`].
+pub async fn wait_end(
+    server: &Server,
+    idle_fallback: Duration,
+    client_closed: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    let clock = tokio::spawn(session_clock(server.clone(), Some(idle_fallback)));
+    tokio::select! {
+        _ = server.state.end.cancelled() => {}
+        _ = client_closed.cancelled() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    clock.abort();
+}
+
+/// Records the end of a session [`wait_end`] saw end, once a call still running has finished
+/// (as [`run`] does for a stdio session).
+pub async fn finish(server: Server, shutdown: &CancellationToken) -> EndReason {
+    let _turn = tokio::time::timeout(Duration::from_secs(15), server.state.calls.lock()).await;
+    let reason = end_reason(&server, shutdown, true);
+    let ending = server.clone();
+    let _ = tokio::task::spawn_blocking(move || record_end(&ending, reason)).await;
     reason
 }
 

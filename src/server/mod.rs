@@ -17,6 +17,7 @@
 mod call;
 mod handler;
 mod lifecycle;
+pub mod live;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,8 +36,8 @@ use crate::policy::{Grant, Policy, RateLimiter};
 use crate::schema::Schemas;
 use crate::session::Session;
 use crate::store::{Quota, Store};
-pub use handler::{Handler, StartFacts};
-pub use lifecycle::{EndReason, run};
+pub use handler::{Handler, SessionGate, StartFacts};
+pub use lifecycle::{EndReason, finish, run, wait_end};
 
 /// What every session of one process shares.
 pub struct Shared {
@@ -52,6 +53,8 @@ pub struct Shared {
     describer: Describer,
     /// Keyed digest of each call's arguments (keyed by the audit key).
     args_digest: Describer,
+    /// This process's call counters.
+    live: live::Live,
 }
 
 impl std::fmt::Debug for Shared {
@@ -83,6 +86,7 @@ impl Shared {
             policy,
             describer,
             args_digest,
+            live: live::Live::default(),
         }
     }
 
@@ -102,6 +106,16 @@ impl Shared {
     /// The audit log, locked (after the store, when both are held).
     fn audit(&self) -> MutexGuard<'_, Option<Sink>> {
         self.audit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This process's call counters.
+    pub fn live(&self) -> &live::Live {
+        &self.live
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
     }
 
     /// Whether an append has failed in any session of this process.
@@ -124,6 +138,23 @@ impl Shared {
             self.trip();
         }
         result
+    }
+
+    /// Records a security event that belongs to no session (a refused HTTP connection); the
+    /// fail-closed latch applies as to any append.
+    pub fn record_security(&self, detail: serde_json::Value) -> Result<(), AuditError> {
+        self.append(&NewEvent::new(crate::audit::Kind::Security, detail))
+    }
+
+    /// Whether the store is open and the audit log takes events (for `/healthz`).
+    pub fn ready(&self) -> bool {
+        !self.audit_failed()
+            && self.audit().is_some()
+            && self
+                .store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
     }
 
     /// Trips the fail-closed latch.
@@ -278,8 +309,23 @@ impl Server {
         });
     }
 
+    /// The session's gate, for a transport that checks messages itself (Streamable HTTP).
+    pub fn gate(&self) -> SessionGate {
+        SessionGate(self.clone())
+    }
+
+    /// Whether the session start was recorded (its `initialize` succeeded).
+    pub fn started(&self) -> bool {
+        self.state.started_logged.load(Ordering::SeqCst)
+    }
+
+    /// The process's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Marks the session active now (for the idle timeout).
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.state
             .last_activity
             .store(now_ms() as u64, Ordering::Relaxed);

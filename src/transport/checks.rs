@@ -5,7 +5,7 @@
 
 use rmcp::RoleServer;
 use rmcp::service::RxJsonRpcMessage;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::AsyncRead;
 
 use super::{Gate, LineTransport, Refusal};
@@ -106,9 +106,10 @@ where
                 return None;
             }
         };
-        let checked = self
-            .envelope(&value, line)
-            .and_then(|envelope| self.check_method(&value, envelope));
+        let initialized = self.initialized;
+        let checked = envelope(&value, line).and_then(|envelope| {
+            check_method(&value, envelope, initialized, |id| self.waiting_for(id))
+        });
         match checked {
             Ok(envelope) => self.pass(value, envelope),
             Err(Stop::Refuse(r)) => {
@@ -119,133 +120,143 @@ where
             Err(Stop::Ignore) => None,
         }
     }
+}
 
-    /// The shape of the message: one object, no repeated key, a method.
-    fn envelope(&self, value: &Value, line: &[u8]) -> Result<Envelope, Stop> {
-        let Value::Object(object) = value else {
-            let (refusal, message) = if value.is_array() {
-                (Refusal::Batch, "Invalid Request: batches are not supported")
-            } else {
-                (Refusal::NotObject, "Invalid Request: not a JSON object")
-            };
-            return Err(refuse(
-                refusal,
-                None,
-                Some(Value::Null),
-                INVALID_REQUEST,
-                message,
-            ));
-        };
-        let id = object
-            .get("id")
-            .filter(|v| v.is_string() || v.is_i64() || v.is_u64())
-            .cloned();
-        let has_id = object.contains_key("id");
-        let reply_to = has_id.then(|| id.clone().unwrap_or(Value::Null));
-        if has_duplicate_keys(line) {
-            return Err(refuse(
-                Refusal::DuplicateKey,
-                None,
-                reply_to,
-                INVALID_REQUEST,
-                "Invalid Request: an object repeats a key",
-            ));
-        }
-        let Some(method) = object.get("method").and_then(Value::as_str) else {
-            // A response (we send no requests) or a message without a method.
-            let refusal = if object.contains_key("result") || object.contains_key("error") {
-                Refusal::UnexpectedResponse
-            } else {
-                Refusal::InvalidRequest
-            };
-            let reply = (refusal == Refusal::InvalidRequest)
-                .then_some(reply_to)
-                .flatten();
-            return Err(refuse(
-                refusal,
-                None,
-                reply,
-                INVALID_REQUEST,
-                "Invalid Request: not a request this server understands",
-            ));
-        };
-        Ok(Envelope {
-            id,
-            has_id,
-            reply_to,
-            method: method.to_owned(),
-        })
-    }
-
-    /// The method against the session: served, a valid id, the handshake first and once,
-    /// `tools/call` params well formed, the id not in flight.
-    fn check_method(&self, value: &Value, e: Envelope) -> Result<Envelope, Stop> {
-        let method = Some(e.method.as_str());
-        let reply_to = || e.reply_to.clone();
-        let known = if e.has_id {
-            REQUESTS.contains(&e.method.as_str())
+/// The shape of the message: one object, no repeated key, a method.
+fn envelope(value: &Value, line: &[u8]) -> Result<Envelope, Stop> {
+    let Value::Object(object) = value else {
+        let (refusal, message) = if value.is_array() {
+            (Refusal::Batch, "Invalid Request: batches are not supported")
         } else {
-            NOTIFICATIONS.contains(&e.method.as_str())
+            (Refusal::NotObject, "Invalid Request: not a JSON object")
         };
-        if !known {
-            // A notification gets no reply (JSON-RPC 2.0 §4.1), but it is still audited.
-            let why = Refusal::UnknownMethod;
-            return Err(refuse(
-                why,
-                method,
-                reply_to(),
-                METHOD_NOT_FOUND,
-                "Method not found",
-            ));
-        }
-        if e.has_id && e.id.is_none() {
-            let message = "Invalid Request: id must be a string or an integer";
-            let why = Refusal::InvalidRequest;
-            return Err(refuse(
-                why,
-                method,
-                Some(Value::Null),
-                INVALID_REQUEST,
-                message,
-            ));
-        }
-        if e.method == "initialize" && self.initialized {
-            let message = "Invalid Request: this session is already initialized";
-            let why = Refusal::Reinitialize;
-            return Err(refuse(why, method, reply_to(), INVALID_REQUEST, message));
-        }
-        if !self.initialized && !matches!(e.method.as_str(), "initialize" | "ping") {
-            // Requests other than ping wait for the handshake; notifications before it are
-            // dropped, as JSON-RPC gives them no reply.
-            if !e.has_id {
-                return Err(Stop::Ignore);
-            }
-            let message = "not initialized: send initialize first";
-            let why = Refusal::NotInitialized;
-            return Err(refuse(why, method, reply_to(), NOT_INITIALIZED, message));
-        }
-        if e.method == "tools/call" && !call_params_ok(value.get("params")) {
-            let message =
-                "Invalid params: tools/call needs a string name and an object of arguments";
-            let why = Refusal::BadCallParams;
-            return Err(refuse(why, method, reply_to(), INVALID_PARAMS, message));
-        }
-        if let Some(id) = &e.id
-            && self.waiting_for(id)
-        {
-            let message = "Invalid Request: a request with this id is still in flight";
-            let why = Refusal::DuplicateId;
-            return Err(refuse(
-                why,
-                method,
-                Some(id.clone()),
-                INVALID_REQUEST,
-                message,
-            ));
-        }
-        Ok(e)
+        return Err(refuse(
+            refusal,
+            None,
+            Some(Value::Null),
+            INVALID_REQUEST,
+            message,
+        ));
+    };
+    let id = object
+        .get("id")
+        .filter(|v| v.is_string() || v.is_i64() || v.is_u64())
+        .cloned();
+    let has_id = object.contains_key("id");
+    let reply_to = has_id.then(|| id.clone().unwrap_or(Value::Null));
+    if has_duplicate_keys(line) {
+        return Err(refuse(
+            Refusal::DuplicateKey,
+            None,
+            reply_to,
+            INVALID_REQUEST,
+            "Invalid Request: an object repeats a key",
+        ));
     }
+    let Some(method) = object.get("method").and_then(Value::as_str) else {
+        // A response (we send no requests) or a message without a method.
+        let refusal = if object.contains_key("result") || object.contains_key("error") {
+            Refusal::UnexpectedResponse
+        } else {
+            Refusal::InvalidRequest
+        };
+        let reply = (refusal == Refusal::InvalidRequest)
+            .then_some(reply_to)
+            .flatten();
+        return Err(refuse(
+            refusal,
+            None,
+            reply,
+            INVALID_REQUEST,
+            "Invalid Request: not a request this server understands",
+        ));
+    };
+    Ok(Envelope {
+        id,
+        has_id,
+        reply_to,
+        method: method.to_owned(),
+    })
+}
 
+/// The method against the session: served, a valid id, the handshake first and once,
+/// `tools/call` params well formed, the id not in flight.
+fn check_method(
+    value: &Value,
+    e: Envelope,
+    initialized: bool,
+    in_flight: impl Fn(&Value) -> bool,
+) -> Result<Envelope, Stop> {
+    let method = Some(e.method.as_str());
+    let reply_to = || e.reply_to.clone();
+    let known = if e.has_id {
+        REQUESTS.contains(&e.method.as_str())
+    } else {
+        NOTIFICATIONS.contains(&e.method.as_str())
+    };
+    if !known {
+        // A notification gets no reply (JSON-RPC 2.0 §4.1), but it is still audited.
+        let why = Refusal::UnknownMethod;
+        return Err(refuse(
+            why,
+            method,
+            reply_to(),
+            METHOD_NOT_FOUND,
+            "Method not found",
+        ));
+    }
+    if e.has_id && e.id.is_none() {
+        let message = "Invalid Request: id must be a string or an integer";
+        let why = Refusal::InvalidRequest;
+        return Err(refuse(
+            why,
+            method,
+            Some(Value::Null),
+            INVALID_REQUEST,
+            message,
+        ));
+    }
+    if e.method == "initialize" && initialized {
+        let message = "Invalid Request: this session is already initialized";
+        let why = Refusal::Reinitialize;
+        return Err(refuse(why, method, reply_to(), INVALID_REQUEST, message));
+    }
+    if !initialized && !matches!(e.method.as_str(), "initialize" | "ping") {
+        // Requests other than ping wait for the handshake; notifications before it are
+        // dropped, as JSON-RPC gives them no reply.
+        if !e.has_id {
+            return Err(Stop::Ignore);
+        }
+        let message = "not initialized: send initialize first";
+        let why = Refusal::NotInitialized;
+        return Err(refuse(why, method, reply_to(), NOT_INITIALIZED, message));
+    }
+    if e.method == "tools/call" && !call_params_ok(value.get("params")) {
+        let message = "Invalid params: tools/call needs a string name and an object of arguments";
+        let why = Refusal::BadCallParams;
+        return Err(refuse(why, method, reply_to(), INVALID_PARAMS, message));
+    }
+    if let Some(id) = &e.id
+        && in_flight(id)
+    {
+        let message = "Invalid Request: a request with this id is still in flight";
+        let why = Refusal::DuplicateId;
+        return Err(refuse(
+            why,
+            method,
+            Some(id.clone()),
+            INVALID_REQUEST,
+            message,
+        ));
+    }
+    Ok(e)
+}
+
+impl<R, F> LineTransport<R, F>
+where
+    R: AsyncRead + Unpin + Send,
+    F: Gate,
+{
     /// A message that passed the checks: through the gate (the handshake's own
     /// `notifications/initialized` passes free), then to rmcp, holding its permit.
     fn pass(&mut self, value: Value, e: Envelope) -> Option<RxJsonRpcMessage<RoleServer>> {
@@ -290,6 +301,67 @@ where
             self.hold(&id);
         }
         Some(msg)
+    }
+}
+
+/// A request body that passed the checks (one JSON-RPC message over HTTP).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Its method.
+    pub method: String,
+    /// True for a request, false for a notification.
+    pub is_request: bool,
+}
+
+/// A request body the checks refused: what to audit and the JSON-RPC error to answer with
+/// (none for a notification).
+#[derive(Debug, Clone)]
+pub struct BodyRefusal {
+    /// Which check.
+    pub refusal: Refusal,
+    /// The method as sent (agent text: the gate decides what to keep of it).
+    pub method: Option<String>,
+    /// The whole JSON-RPC error message, for a request.
+    pub reply: Option<Value>,
+}
+
+/// The same checks as a stdio line, for one HTTP request body: JSON, one object, no repeated
+/// key, a method this server serves, a valid id, `initialize` only first (`initialized` says
+/// whether the session has had it), well-formed `tools/call` params. rmcp tracks ids in flight
+/// per HTTP stream itself.
+pub fn check_body(body: &[u8], initialized: bool) -> Result<Checked, BodyRefusal> {
+    let refused = |r: Refused| {
+        BodyRefusal {
+        refusal: r.refusal,
+        method: r.method,
+        reply: r.reply_to.map(|id| {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": r.code, "message": r.message}})
+        }),
+    }
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        refused(Refused {
+            refusal: Refusal::ParseError,
+            method: None,
+            reply_to: Some(Value::Null),
+            code: PARSE_ERROR,
+            message: "Parse error: not valid JSON",
+        })
+    })?;
+    let checked =
+        envelope(&value, body).and_then(|e| check_method(&value, e, initialized, |_| false));
+    match checked {
+        Ok(e) => Ok(Checked {
+            method: e.method,
+            is_request: e.has_id,
+        }),
+        Err(Stop::Refuse(r)) => Err(refused(r)),
+        // A notification before the handshake: refused like the request would be, unanswered.
+        Err(Stop::Ignore) => Err(BodyRefusal {
+            refusal: Refusal::NotInitialized,
+            method: None,
+            reply: None,
+        }),
     }
 }
 

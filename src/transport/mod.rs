@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 mod checks;
 
 use checks::INVALID_REQUEST;
-pub use checks::has_duplicate_keys;
+pub use checks::{BodyRefusal, Checked, check_body, has_duplicate_keys};
 
 /// Lines waiting for the writer; a full queue stops reading.
 const QUEUE: usize = 64;

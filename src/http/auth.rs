@@ -1,0 +1,145 @@
+//! Who is calling: the bearer token (never a token in the URL), and the limit on failed
+//! authentications per source address. Every refusal is counted and audited with its reason
+//! and source, never with the credential.
+
+use std::sync::atomic::Ordering;
+
+use http::{HeaderValue, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::Daemon;
+use super::front::{Reply, Source, error};
+use super::tokens::{AuthFailure, Holder, Scope};
+
+/// Failed authentications of one source address in the current minute.
+#[derive(Debug, Clone, Copy)]
+pub struct Failures {
+    pub(super) minute: u64,
+    count: u32,
+    /// Whether the limit's own security event was recorded this minute.
+    logged: bool,
+}
+
+fn unauthorized(failure: AuthFailure) -> Reply {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "a valid bearer token is required (Authorization: Bearer TOKEN)",
+    );
+    let challenge = match failure {
+        AuthFailure::Missing => "Bearer realm=\"memwarden\"",
+        _ => "Bearer realm=\"memwarden\", error=\"invalid_token\"",
+    };
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    r
+}
+
+fn minute_now() -> u64 {
+    crate::clock::now_ms() as u64 / 60_000
+}
+
+impl Daemon {
+    /// The token's holder, when it opens `scope`; else the refusal to send.
+    pub(super) async fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        source: &Source,
+        scope: Scope,
+    ) -> Result<Holder, Reply> {
+        if self.over_failure_limit(source).await {
+            self.refused.limited.fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many failed authentications from this address; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return Err(r);
+        }
+        let query = req.uri().query().unwrap_or("");
+        let checked = if query.contains(super::tokens::TOKEN_PREFIX)
+            || query.to_ascii_lowercase().contains("token=")
+        {
+            Err(AuthFailure::InQuery)
+        } else {
+            let header = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            self.tokens.check(header)
+        };
+        let failure = match checked {
+            Ok(holder) if holder.scope == scope => return Ok(holder),
+            Ok(_) => AuthFailure::WrongScope,
+            Err(f) => f,
+        };
+        self.auth_failed(source, failure).await;
+        Err(match failure {
+            AuthFailure::WrongScope => error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "this token does not open this endpoint",
+            ),
+            f => unauthorized(f),
+        })
+    }
+
+    /// Whether `source` has used up its failed authentications for this minute.
+    async fn over_failure_limit(&self, source: &Source) -> bool {
+        let limit = self.policy.auth_failures_per_minute;
+        let first_over = {
+            let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let now = minute_now();
+            table.retain(|_, f| f.minute == now);
+            match table.get_mut(&source.0) {
+                Some(f) if f.count >= limit => {
+                    let first = !f.logged;
+                    f.logged = true;
+                    Some(first)
+                }
+                _ => None,
+            }
+        };
+        if first_over == Some(true) {
+            self.security(
+                json!({"event": "http_auth_failures_limited", "source": source.0,
+                                 "limit_per_minute": limit}),
+            )
+            .await;
+        }
+        first_over.is_some()
+    }
+
+    /// Counts and audits one failed authentication (its reason and source, never the token).
+    async fn auth_failed(&self, source: &Source, failure: AuthFailure) {
+        {
+            let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let now = minute_now();
+            let f = table.entry(source.0.clone()).or_insert(Failures {
+                minute: now,
+                count: 0,
+                logged: false,
+            });
+            f.count += 1;
+        }
+        *self
+            .refused
+            .auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(failure.as_str())
+            .or_default() += 1;
+        tracing::warn!(target: "memwarden::security", event = "http_auth_failed",
+            reason = failure.as_str(), source = %source.0, "refused an HTTP request without a valid token");
+        self.security(
+            json!({"event": "http_auth_failed", "reason": failure.as_str(),
+                             "source": source.0}),
+        )
+        .await;
+    }
+}
