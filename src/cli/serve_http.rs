@@ -207,18 +207,17 @@ async fn serve(p: Prepared, require_sandbox: bool) -> anyhow::Result<()> {
     };
     let mut main_task = listen(p.main, Role::Main);
     let monitoring_task = p.monitoring.map(|bound| listen(bound, Role::Monitoring));
-    let mut failed = None;
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        ended = &mut main_task => {
-            failed = ended.map_err(anyhow::Error::from).and_then(|r| r).err();
-            shutdown.cancel();
-        }
-    }
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut main_task => Some(ended),
+    };
+    shutdown.cancel();
     daemon.close_sessions(Duration::from_secs(20)).await;
-    if failed.is_none() {
-        let _ = main_task.await;
-    }
+    let ended = match ended {
+        Some(ended) => ended,
+        None => main_task.await,
+    };
+    let failed = ended.map_err(anyhow::Error::from).and_then(|r| r).err();
     if let Some(task) = monitoring_task {
         let _ = task.await;
     }

@@ -75,6 +75,14 @@ pub enum TokenCommand {
 /// Runs `token …`.
 pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     let path = args.file.path(&args.data_dir)?;
+    if path.starts_with(args.data_dir.resolve()?) {
+        // The default place, DATA_DIR/tokens.toml: a new machine's first `token issue`
+        // creates the data dir as `serve` would, so `serve-http` finds it initialised.
+        let dir = args.data_dir.open()?;
+        if dir.init_if_needed()? {
+            eprintln!("initialised a new data dir at {}", dir.root().display());
+        }
+    }
     let _lock = lock(&path)?;
     match &args.command {
         TokenCommand::List => {
@@ -142,7 +150,6 @@ fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
-    std::fs::create_dir_all(parent)?;
     let dir = crate::fsafe::Dir::open(parent)?;
     Ok(dir.lock_exclusive(&format!(".{name}.lock"))?)
 }

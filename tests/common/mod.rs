@@ -2,6 +2,7 @@
 //! raw line-level session for transport tests.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod postgres;
 pub mod store;
 
@@ -32,6 +33,7 @@ pub struct TestDir {
 /// Subcommands that open the store: on PostgreSQL they get the database file too.
 const STORE_COMMANDS: &[&str] = &[
     "serve",
+    "serve-http",
     "verify",
     "review",
     "purge",
