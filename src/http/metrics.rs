@@ -23,7 +23,14 @@ impl Daemon {
         let (store, audit) = tokio::task::spawn_blocking(move || {
             let audit = match &readiness {
                 Readiness::AuditFile(path) => {
-                    std::fs::OpenOptions::new().append(true).open(path).is_ok()
+                    // audit.db and, in WAL mode, the -wal file the appends go to first.
+                    let mut wal = path.as_os_str().to_owned();
+                    wal.push("-wal");
+                    let wal = std::path::PathBuf::from(wal);
+                    let writable = |p: &std::path::Path| {
+                        std::fs::OpenOptions::new().append(true).open(p).is_ok()
+                    };
+                    writable(path) && (!wal.exists() || writable(&wal))
                 }
                 Readiness::Database => true,
             };

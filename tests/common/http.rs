@@ -15,13 +15,27 @@ use serde_json::{Value, json};
 
 use super::{Client, TestDir, bin};
 
-/// A running daemon.
+/// A running daemon; its TCP address's client through `Deref`.
 pub struct Daemon {
     pub child: Child,
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
+    pub http: Http,
     /// Its unix socket, when started with one.
     pub socket: Option<PathBuf>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Http;
+
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+/// A raw HTTP/1.1 client of one address.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
 }
 
 /// A free loopback port (bound and released: another process could take it first, which
@@ -76,7 +90,9 @@ impl TestDir {
             .expect("spawn serve-http");
         let daemon = Daemon {
             child,
-            addr: addr.to_string(),
+            http: Http {
+                addr: addr.to_string(),
+            },
             socket,
         };
         daemon.wait_ready();
@@ -123,6 +139,22 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// rmcp's Streamable HTTP client over the daemon's unix socket, with `token`.
+    pub async fn rmcp_client(&self, token: &str) -> Client {
+        let socket = self.socket.as_ref().expect("started with a unix socket");
+        let config = StreamableHttpClientTransportConfig::with_uri("http://localhost/mcp")
+            .auth_header(token.to_string());
+        let transport = StreamableHttpClientTransport::from_unix_socket_with_config(
+            socket.to_str().unwrap(),
+            config,
+        );
+        Client {
+            service: ().serve(transport).await.expect("MCP initialize over HTTP"),
+        }
+    }
+}
+
+impl Http {
     /// One request, `Connection: close`; the whole response.
     pub fn request(
         &self,
@@ -198,20 +230,6 @@ impl Daemon {
         assert_eq!(r.status, 200, "{tool}: {} {}", r.status, r.body);
         r.message()
             .unwrap_or_else(|| panic!("no JSON-RPC message in {}", r.body))
-    }
-
-    /// rmcp's Streamable HTTP client over the daemon's unix socket, with `token`.
-    pub async fn rmcp_client(&self, token: &str) -> Client {
-        let socket = self.socket.as_ref().expect("started with a unix socket");
-        let config = StreamableHttpClientTransportConfig::with_uri("http://localhost/mcp")
-            .auth_header(token.to_string());
-        let transport = StreamableHttpClientTransport::from_unix_socket_with_config(
-            socket.to_str().unwrap(),
-            config,
-        );
-        Client {
-            service: ().serve(transport).await.expect("MCP initialize over HTTP"),
-        }
     }
 }
 
