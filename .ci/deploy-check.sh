@@ -16,7 +16,7 @@ bad() { failed=$((failed+1)); echo "FAILED: $1"; }
 units=(memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service memwarden-purge.timer
        memwarden-audit-head.service memwarden-audit-head.timer memwarden-metrics.service
        memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer
-       memwarden-maintain.service memwarden-maintain.timer)
+       memwarden-maintain.service memwarden-maintain.timer memwarden-http.socket memwarden-http.service)
 mkdir -p "$work/units"
 for u in "${units[@]}"; do cp "$here/deploy/$u" "$work/units/"; done
 # verify needs ExecStart to exist: point it at the binary under test.
@@ -67,8 +67,9 @@ for run in 1 2; do
 done
 mode() { stat -c %a "$1"; }
 if [ "$(mode "$root/etc/memwarden/keyring.toml")" = 600 ] && [ "$(mode "$root/var/lib/memwarden")" = 700 ] \
+   && [ "$(mode "$root/etc/memwarden/tokens")" = 600 ] \
    && [ "$(mode "$root/etc/memwarden/policy.toml")" = 644 ] && [ "$(grep -c '^memwarden:' "$root/etc/passwd")" = 1 ]; then
-  ok "installed modes 0600 keyring, 0700 state, 0644 policy; one service user after two runs"
+  ok "installed modes 0600 keyring and tokens, 0700 state, 0644 policy; one service user after two runs"
 else
   bad "installed modes or users"; ls -la "$root/etc/memwarden" "$root/var/lib/memwarden"; cat "$root/etc/passwd"
 fi
@@ -121,7 +122,7 @@ fi
 # scored; over the unix socket the 50- drop-in alone.
 pg="$work/pgroot"
 store_services=(memwarden@.service memwarden-purge.service memwarden-maintain.service
-  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service)
+  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service memwarden-http.service)
 for run in 1 2; do
   sh "$here/deploy/install.sh" --root "$pg" --binary "$bin" --store postgres --database-address 192.0.2.10 \
     >"$work/pginstall.log" 2>&1 || { bad "install.sh --store postgres run $run"; cat "$work/pginstall.log"; }
@@ -143,7 +144,7 @@ for variant in unix tcp; do
   done
   # What the services name: the socket, the slice, the timers.
   others=(memwarden.slice memwarden.socket memwarden-purge.timer memwarden-maintain.timer
-    memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer)
+    memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer memwarden-http.socket)
   for u in "${others[@]}"; do cp "$sysd/$u" "$work/pg-$variant/"; done
   threshold=10; limit=1.0
   [ "$variant" = tcp ] && { threshold=15; limit=1.5; }

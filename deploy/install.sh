@@ -92,12 +92,13 @@ next_id() { # file: the next free id in the system range, from 990 down
 unit_files="memwarden.slice memwarden.socket memwarden@.service memwarden-purge.service
   memwarden-purge.timer memwarden-audit-head.service memwarden-audit-head.timer
   memwarden-metrics.service memwarden-metrics.timer memwarden-backup.service memwarden-backup.timer
-  memwarden-maintain.service memwarden-maintain.timer"
+  memwarden-maintain.service memwarden-maintain.timer memwarden-http.socket memwarden-http.service"
 timers="memwarden-purge.timer memwarden-audit-head.timer memwarden-metrics.timer memwarden-backup.timer
   memwarden-maintain.timer"
 # The services that open the store: on PostgreSQL each gets the drop-ins.
 store_services="memwarden@.service memwarden-purge.service memwarden-maintain.service
-  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service"
+  memwarden-audit-head.service memwarden-metrics.service memwarden-backup.service
+  memwarden-http.service"
 
 remove_user_and_groups() {
   if [ -z "$root" ]; then
@@ -117,7 +118,7 @@ gid_of() { if [ -z "$root" ]; then getent group "$1" | cut -d: -f3; else grep "^
 if [ "$uninstall" = 1 ]; then
   if [ "$live" = 1 ]; then
     # shellcheck disable=SC2086
-    systemctl disable --now memwarden.socket $timers 2>/dev/null || true
+    systemctl disable --now memwarden.socket memwarden-http.socket $timers 2>/dev/null || true
   fi
   for u in $unit_files; do rm -f "$units/$u"; done
   for u in $store_services; do
@@ -181,6 +182,15 @@ fi
 chown -R "$uid:$gid" "$state"
 chmod 0600 "$etc/keyring.toml"
 
+# serve-http's bearer tokens (SHA-256 digests only), root-only like the keyring; empty until
+# the operator issues one. The HTTP unit reads it as a credential.
+if [ ! -f "$etc/tokens" ]; then
+  umask 077
+  : >"$etc/tokens"
+  umask 022
+fi
+chmod 0600 "$etc/tokens"
+
 for u in $unit_files; do
   install -m 0644 "$here/$u" "$units/$u"
 done
@@ -215,6 +225,7 @@ if [ "$live" = 1 ]; then
   # shellcheck disable=SC2086
   systemctl enable --now memwarden.socket $timers
   say "enabled memwarden.socket; agents in group memwarden-agents run: memwarden connect /run/memwarden/mcp.sock"
+  say "for Streamable HTTP on 127.0.0.1:8787: memwarden token issue PRINCIPAL --tokens-file $etc/tokens, then systemctl enable --now memwarden-http.socket"
 else
   say "installed into ${root:-/} (systemd not running here: nothing started)"
 fi

@@ -687,6 +687,91 @@ fn session(unit: &Unit, root: &Root) -> Result<String, String> {
     }
 }
 
+/// The HTTP daemon unit under its own filter, started the way memwarden-http.socket starts it:
+/// a listening socket as fd 3 with LISTEN_FDS and LISTEN_PID (through systemd-socket-activate,
+/// which forks and execs the unit's command on the first connection), a token for the `ci`
+/// principal among its credentials. One HTTP session stores a memory and gets it back.
+fn http_daemon(unit: &Unit, root: &Root) -> Result<(), String> {
+    let tokens = root.path("creds/tokens");
+    let issued = Command::new(common::bin())
+        .args(["token", "issue", "ci", "--tokens-file"])
+        .arg(&tokens)
+        .output()
+        .expect("token issue");
+    assert!(issued.status.success(), "{}", text(&issued));
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    chown(&tokens, SVC);
+    let exec = Exec::new(unit, root);
+    // What systemd does for memwarden-http.socket: it binds, the service gets the socket as
+    // fd 3 with LISTEN_FDS=1 and LISTEN_PID=its own pid (set here by the shell that execs).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"".into(),
+    ];
+    let line = unit.last("ExecStart").expect("ExecStart");
+    argv.extend(split_exec(line, &exec.env).iter().map(|w| root.map(w)));
+    let mut cmd = exec.command(&argv);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    // SAFETY: dup2 is async-signal-safe; it runs in the child after fork (and after the
+    // unit's own filter, which allows it), on a descriptor opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve-http");
+    let http = common::http::Http { addr: addr.clone() };
+    let result = std::panic::catch_unwind(|| {
+        let id = http.open_session(&token);
+        let stored = http.call(
+            &token,
+            &id,
+            1,
+            "memory_store",
+            json!({"content": "over http, under the unit's filter"}),
+        );
+        let mid = stored["result"]["structuredContent"]["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let got = http.call(&token, &id, 2, "memory_get", json!({"id": mid}));
+        got["result"]["structuredContent"]["memory"]["content"]
+            == "over http, under the unit's filter"
+    });
+    drop(listener);
+    // SAFETY: kill has no memory preconditions; the group is the one spawned above.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match result {
+        Ok(true)
+            if stderr.contains("landlock: fully enforced")
+                && stderr.contains("\"reason\":\"shutdown\"") =>
+        {
+            Ok(())
+        }
+        other => Err(format!("session {other:?}; stderr: {stderr}")),
+    }
+}
+
 // ---- the tests --------------------------------------------------------------------------
 
 #[test]
@@ -704,11 +789,21 @@ fn every_unit_starts_and_works_under_its_own_syscall_filter() {
         .expect("session unit");
     let id = session(serve, &root).unwrap_or_else(|e| panic!("memwarden@.service: {e}"));
     let mut seen = vec![serve.name.clone()];
+    // Then the HTTP daemon, which leaves a second one.
+    let http = units
+        .iter()
+        .find(|u| u.name == "memwarden-http.service")
+        .expect("HTTP unit");
+    http_daemon(http, &root).unwrap_or_else(|e| panic!("{}: {e}", http.name));
+    seen.push(http.name.clone());
     for unit in &units {
         if filter_of(unit).is_none() {
             panic!("{}: every service needs a SystemCallFilter=", unit.name);
         }
         if unit.name == serve.name {
+            continue;
+        }
+        if unit.name == "memwarden-http.service" {
             continue;
         }
         let outs = run_unit(unit, &root);
@@ -726,7 +821,7 @@ fn every_unit_starts_and_works_under_its_own_syscall_filter() {
                     std::fs::read_to_string(root.path("var/lib/memwarden-metrics/memwarden.prom"))
                         .expect("metrics file");
                 assert!(
-                    prom.contains("memwarden_entries{status=\"active\"} 1"),
+                    prom.contains("memwarden_entries{status=\"active\"} 2"),
                     "{prom}"
                 );
             }
@@ -744,7 +839,7 @@ fn every_unit_starts_and_works_under_its_own_syscall_filter() {
         }
         seen.push(unit.name.clone());
     }
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
     // What the session stored survived every job, and the data dir still verifies.
     let out = Command::new(common::bin())
         .args(["verify", "--data-dir"])
