@@ -488,3 +488,44 @@ impl Drop for Immutable {
         }
     }
 }
+
+#[test]
+fn sandbox_check_shows_serve_http_reads_its_tokens_and_binds_nothing() {
+    let dir = TestDir::new();
+    dir.issue_token("local");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let tokens = elsewhere.path().join("tokens");
+    let out = common::memwarden(&[
+        "token",
+        "issue",
+        "local",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    common::stdout_ok(&out);
+    let out = dir.cli(&["sandbox-check", "--tokens-file", tokens.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if report["sandbox"] != "landlock: fully enforced" {
+        eprintln!(
+            "SKIPPED: landlock is not enforced here: {}",
+            report["landlock"]
+        );
+        return;
+    }
+    assert!(out.status.success(), "{report:#}");
+    let result = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| c["result"].as_str().unwrap().to_string())
+    };
+    assert_eq!(result("read the tokens file").as_deref(), Some("allowed"));
+    assert_eq!(
+        result("write beside the tokens file").as_deref(),
+        Some("denied")
+    );
+    assert_eq!(result("tcp bind").as_deref(), Some("denied"));
+    assert_eq!(result("read /etc/passwd").as_deref(), Some("denied"));
+}

@@ -2,7 +2,9 @@
 //! and report each attempt. Exit 0 only when every forbidden operation was denied and the data
 //! dir is still usable. With `--store postgres` the sandbox leaves the database's TCP ports open,
 //! as `serve`'s does, and the check also connects to the database: allowed, while another
-//! loopback port stays denied.
+//! loopback port stays denied. With `--tokens-file` it applies `serve-http`'s sandbox: the
+//! tokens file's directory is readable (the daemon re-reads the file when it is replaced) and
+//! nothing there is writable.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -22,6 +24,10 @@ pub struct SandboxCheckArgs {
     /// The store `serve` would use: PostgreSQL's TCP ports are left open, as for `serve`.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// serve-http's tokens file: check the sandbox serve-http applies, which leaves its
+    /// directory readable.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 /// Where the database listens, resolved before the sandbox (resolving `localhost` reads
@@ -105,6 +111,18 @@ fn database_checks(
 /// Applies the sandbox and reports what it blocks.
 pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
     let (targets, ports) = database_targets(&args.store)?;
+    let tokens = args.tokens_file.clone();
+    let tokens_dir = tokens
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .map(std::path::Path::to_path_buf);
     let args = &args.data_dir;
     let root = args.resolve()?;
     let (dir, _) = crate::fsafe::Dir::create(&root)?;
@@ -118,7 +136,8 @@ pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
     // Asked before the sandbox: a seccomp filter answering EPERM is named as such, not taken
     // for an old kernel.
     let probe = crate::sandbox::probe();
-    let status = crate::sandbox::restrict(&root, &ports, false)?;
+    let read_dirs: Vec<&std::path::Path> = tokens_dir.iter().map(|p| p.as_path()).collect();
+    let status = crate::sandbox::restrict_with(&root, &read_dirs, &ports, false)?;
 
     let mut checks = Vec::new();
     let mut all_ok = status.filesystem_enforced();
@@ -167,6 +186,17 @@ pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
             .and_then(|mut f| f.write_all(b"ok"))
             .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
+    if let (Some(file), Some(dir)) = (&tokens, &tokens_dir) {
+        check("read the tokens file", false, std::fs::read(file).map(drop));
+        check(
+            "write beside the tokens file",
+            true,
+            std::fs::File::create(
+                dir.join(format!(".sandbox-check-{}", uuid::Uuid::new_v4().simple())),
+            )
+            .map(drop),
+        );
+    }
     let (database_ok, notes) = database_checks(&targets, &mut checks);
     all_ok &= database_ok;
     drop(listener);
