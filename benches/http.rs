@@ -1,0 +1,276 @@
+//! The Streamable HTTP transport beside stdio, in one run, on SQLite: stores/s and per-call
+//! p50/p99 with 1, 4 and 16 concurrent sessions; search p50/p95; the daemon's RSS with one
+//! session and with 200 idle sessions. Both sides are driven by rmcp's own clients: the
+//! child-process client for `serve` (one process per session, as MCP clients launch it), the
+//! Streamable HTTP client over a unix socket for `serve-http` (one daemon for every session).
+//!
+//! Run with `cargo bench --bench http` (a few minutes). `MEMWARDEN_BENCH_STORES=N` sets the
+//! stores per configuration (default 2000). Prints a table and a verdict per target, and writes
+//! `target/bench-http.json`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use serde_json::{Value, json};
+
+type Client = RunningService<RoleClient, ()>;
+
+const BIN: &str = env!("CARGO_BIN_EXE_memwarden");
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Current and peak resident set of a live process, MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn stdio_client(data: &Path) -> Client {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("serve").arg("--data-dir").arg(data);
+    cmd.env("MEMWARDEN_LOG", "warn");
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    ().serve(transport).await.expect("initialize over stdio")
+}
+
+async fn http_client(socket: &Path, token: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri("http://localhost/mcp")
+        .auth_header(token.to_string());
+    let transport = StreamableHttpClientTransport::from_unix_socket_with_config(
+        socket.to_str().unwrap(),
+        config,
+    );
+    ().serve(transport).await.expect("initialize over HTTP")
+}
+
+async fn call(client: &Client, tool: &str, args: Value) {
+    let Value::Object(map) = args else {
+        unreachable!()
+    };
+    let r = client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
+        .await
+        .expect("call");
+    assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.structured_content);
+}
+
+/// One configuration's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    per_second: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// `total` stores spread over `clients`, all at once: stores/s and per-call latency.
+async fn stores(clients: Vec<Arc<Client>>, total: usize, tag: &str) -> Run {
+    let vocab = Arc::new(common::vocabulary(2000));
+    let per = total / clients.len();
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let vocab = vocab.clone();
+            let tag = tag.to_string();
+            tokio::spawn(async move {
+                let mut rng = common::Rng::new(c as u64 + 1);
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let content =
+                        format!("{tag} {c} {i} {}", common::sentence(&mut rng, &vocab, 24));
+                    let t = Instant::now();
+                    call(&client, "memory_store", json!({"content": content})).await;
+                    lat.push(ms(t.elapsed()));
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Run {
+        per_second: lat.len() as f64 / elapsed,
+        p50: common::percentile(&lat, 0.5),
+        p99: common::percentile(&lat, 0.99),
+    }
+}
+
+/// Searches for vocabulary words on one session: p50 and p95.
+async fn searches(client: &Client, n: usize) -> (f64, f64) {
+    let vocab = common::vocabulary(2000);
+    let mut rng = common::Rng::new(99);
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let word = &vocab[rng.below(vocab.len())];
+        let t = Instant::now();
+        call(client, "memory_search", json!({"query": word})).await;
+        lat.push(ms(t.elapsed()));
+    }
+    lat.sort_by(f64::total_cmp);
+    (
+        common::percentile(&lat, 0.5),
+        common::percentile(&lat, 0.95),
+    )
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "MET" } else { "MISSED" }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let total: usize = std::env::var("MEMWARDEN_BENCH_STORES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-http");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let stdio_dir = root.join("stdio");
+    let http_dir = root.join("http");
+    let issued = std::process::Command::new(BIN)
+        .args(["token", "issue", "local", "--data-dir"])
+        .arg(&http_dir)
+        .output()
+        .expect("token issue");
+    assert!(issued.status.success());
+    let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    let socket = root.join("http.sock");
+    let mut daemon = std::process::Command::new(BIN)
+        .args(["serve-http", "--data-dir"])
+        .arg(&http_dir)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .env("MEMWARDEN_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve-http");
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    println!(
+        "{total} stores per configuration, SQLite synchronous=full, rmcp clients on both sides"
+    );
+    println!(
+        "| sessions | stdio stores/s | stdio p50 ms | stdio p99 ms | HTTP stores/s | HTTP p50 ms | HTTP p99 ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut rss_one = (f64::NAN, f64::NAN);
+    for sessions in [1usize, 4, 16] {
+        let mut clients = Vec::new();
+        for _ in 0..sessions {
+            clients.push(Arc::new(stdio_client(&stdio_dir).await));
+        }
+        let stdio = stores(clients.clone(), total, "stdio").await;
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                let _ = c.cancel().await;
+            }
+        }
+        let mut clients = Vec::new();
+        for _ in 0..sessions {
+            clients.push(Arc::new(http_client(&socket, &token).await));
+        }
+        let http = stores(clients.clone(), total, "http").await;
+        if sessions == 1 {
+            rss_one = rss_mib(daemon.id());
+        }
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                let _ = c.cancel().await;
+            }
+        }
+        println!(
+            "| {sessions} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            stdio.per_second, stdio.p50, stdio.p99, http.per_second, http.p50, http.p99
+        );
+        rows.push((sessions, stdio, http));
+    }
+
+    let stdio_client_1 = stdio_client(&stdio_dir).await;
+    let (s50, s95) = searches(&stdio_client_1, 300).await;
+    let _ = stdio_client_1.cancel().await;
+    let http_client_1 = http_client(&socket, &token).await;
+    let (h50, h95) = searches(&http_client_1, 300).await;
+    let _ = http_client_1.cancel().await;
+    println!(
+        "\nsearch ({} rows): stdio p50 {s50:.2} ms p95 {s95:.2} ms; HTTP p50 {h50:.2} ms p95 {h95:.2} ms",
+        total * 3
+    );
+
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(http_client(&socket, &token).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_200 = rss_mib(daemon.id());
+    println!(
+        "serve-http RSS: {:.1} MiB with 1 session (peak {:.1}); {:.1} MiB with 200 idle sessions (peak {:.1})",
+        rss_one.0, rss_one.1, rss_200.0, rss_200.1
+    );
+    for c in idle {
+        let _ = c.cancel().await;
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+
+    let one = rows[0];
+    let sixteen = rows[2];
+    let p50_gap = one.2.p50 - one.1.p50;
+    let scale = sixteen.2.per_second / one.2.per_second;
+    println!("\ntargets:");
+    println!(
+        "  one session's store p50 within 0.3 ms of stdio's: {p50_gap:+.2} ms — {}",
+        verdict(p50_gap <= 0.3)
+    );
+    println!(
+        "  16 HTTP sessions ≥ 2x one session's stores/s: {scale:.2}x — {}",
+        verdict(scale >= 2.0)
+    );
+    println!(
+        "  RSS ≤ 64 MiB at 200 idle sessions: {:.1} MiB — {}",
+        rss_200.0,
+        verdict(rss_200.0 <= 64.0)
+    );
+    let json = json!({
+        "stores_per_configuration": total,
+        "rows": rows.iter().map(|(n, s, h)| json!({
+            "sessions": n,
+            "stdio": {"stores_per_s": s.per_second, "p50_ms": s.p50, "p99_ms": s.p99},
+            "http": {"stores_per_s": h.per_second, "p50_ms": h.p50, "p99_ms": h.p99},
+        })).collect::<Vec<_>>(),
+        "search": {"stdio": {"p50_ms": s50, "p95_ms": s95}, "http": {"p50_ms": h50, "p95_ms": h95}},
+        "rss_mib": {"one_session": rss_one.0, "idle_200": rss_200.0, "idle_200_peak": rss_200.1},
+    });
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench-http.json");
+    let _ = std::fs::write(out, serde_json::to_string_pretty(&json).unwrap());
+}
