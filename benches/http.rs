@@ -162,8 +162,20 @@ async fn main() {
     assert!(issued.status.success());
     let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
     let socket = root.join("http.sock");
+    // The built-in policy, with room for the 200 idle sessions at the end.
+    let policy = root.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n[http]\nmax_sessions = 512\nmax_sessions_per_principal = 512\n",
+            memwarden::policy::DEFAULT_POLICY
+        ),
+    )
+    .unwrap();
     let mut daemon = std::process::Command::new(BIN)
-        .args(["serve-http", "--data-dir"])
+        .args(["serve-http", "--allow-owned-policy", "--policy"])
+        .arg(&policy)
+        .arg("--data-dir")
         .arg(&http_dir)
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))

@@ -98,7 +98,11 @@ async fn rmcp_streamable_http_client_runs_the_six_tools() {
         start["detail"]["connection"]["transport"],
         "streamable_http"
     );
-    assert_eq!(start["detail"]["connection"]["token"]["label"], "local-1");
+    assert_eq!(
+        start["detail"]["connection"]["credential"]["label"],
+        "local-1"
+    );
+    assert_eq!(start["detail"]["connection"]["credential"]["kind"], "token");
     let calls = events.iter().filter(|e| e["kind"] == "call").count();
     assert!(calls >= 5, "{calls} call events");
     assert!(events.iter().any(|e| e["kind"] == "session_end"));
@@ -303,6 +307,13 @@ fn a_non_loopback_address_and_a_bad_tokens_file_are_refused_at_start() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{addr} was accepted");
+        if addr.starts_with("0.0.0.0") {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("not a loopback address") && err.contains("--tls-cert"),
+                "{err}"
+            );
+        }
     }
     let tokens = dir.data().join("tokens.toml");
     use std::os::unix::fs::PermissionsExt;

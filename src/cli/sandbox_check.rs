@@ -108,21 +108,57 @@ fn database_checks(
     (all_ok, notes)
 }
 
+/// What serve-http's sandbox must allow and forbid around its tokens file: (check, whether it
+/// must be denied, the attempt).
+fn tokens_attempts(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> Vec<(&'static str, bool, std::io::Result<()>)> {
+    let beside = dir.join(format!(".sandbox-check-{}", uuid::Uuid::new_v4().simple()));
+    vec![
+        ("read the tokens file", false, std::fs::read(file).map(drop)),
+        (
+            "write beside the tokens file",
+            true,
+            std::fs::File::create(beside).map(drop),
+        ),
+    ]
+}
+
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &std::path::Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Prints the report as JSON on stdout.
+fn print_report(
+    sandbox: &str,
+    landlock: &str,
+    checks: Vec<serde_json::Value>,
+    all_ok: bool,
+    notes: &[&str],
+) -> anyhow::Result<()> {
+    let mut report = json!({
+        "sandbox": sandbox,
+        "landlock": landlock,
+        "checks": checks,
+        "ok": all_ok,
+    });
+    if !notes.is_empty() {
+        report["notes"] = json!(notes);
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 /// Applies the sandbox and reports what it blocks.
 pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
     let (targets, ports) = database_targets(&args.store)?;
     let tokens = args.tokens_file.clone();
-    let tokens_dir = tokens
-        .as_deref()
-        .and_then(std::path::Path::parent)
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                p
-            }
-        })
-        .map(std::path::Path::to_path_buf);
+    let tokens_dir = tokens.as_deref().map(parent_dir);
     let args = &args.data_dir;
     let root = args.resolve()?;
     let (dir, _) = crate::fsafe::Dir::create(&root)?;
@@ -187,28 +223,13 @@ pub fn run(args: &SandboxCheckArgs) -> anyhow::Result<ExitCode> {
             .and_then(|()| dir.remove(&inside).map_err(std::io::Error::other)),
     );
     if let (Some(file), Some(dir)) = (&tokens, &tokens_dir) {
-        check("read the tokens file", false, std::fs::read(file).map(drop));
-        check(
-            "write beside the tokens file",
-            true,
-            std::fs::File::create(
-                dir.join(format!(".sandbox-check-{}", uuid::Uuid::new_v4().simple())),
-            )
-            .map(drop),
-        );
+        for (name, expect_denied, result) in tokens_attempts(file, dir) {
+            check(name, expect_denied, result);
+        }
     }
     let (database_ok, notes) = database_checks(&targets, &mut checks);
     all_ok &= database_ok;
     drop(listener);
-    let mut report = json!({
-        "sandbox": status.as_str(),
-        "landlock": probe.to_string(),
-        "checks": checks,
-        "ok": all_ok,
-    });
-    if !notes.is_empty() {
-        report["notes"] = json!(notes);
-    }
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(status.as_str(), &probe.to_string(), checks, all_ok, &notes)?;
     Ok(ExitCode::from(u8::from(!all_ok)))
 }

@@ -44,6 +44,17 @@ pub struct ServeHttpArgs {
     pub metrics_listen: Option<Address>,
     #[command(flatten)]
     pub tokens: TokensFileArg,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needed for any address that
+    /// is not loopback.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; mode 0600, no link).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept client certificates signed by these CAs (PEM); `[http]
+    /// client_certificates` maps their names to principals.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Refuse to run unless the landlock filesystem sandbox is enforced.
     #[arg(long)]
     pub require_sandbox: bool,
@@ -67,6 +78,7 @@ struct Prepared {
     connect_ports: Vec<u16>,
     tokens: Tokens,
     main: Bound,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     monitoring: Option<Bound>,
     readiness: Readiness,
     durable: Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>,
@@ -122,7 +134,15 @@ fn prepare(args: &ServeHttpArgs) -> anyhow::Result<Prepared> {
         (None, Some(bound)) => bound,
         (None, None) => Bound::bind(&DEFAULT_LISTEN.parse().map_err(anyhow::Error::msg)?)?,
     };
+    let tls = tls_for(args, &main)?;
     let monitoring = args.metrics_listen.as_ref().map(Bound::bind).transpose()?;
+    if let Some(m) = &monitoring {
+        anyhow::ensure!(
+            m.is_local(),
+            "--metrics-listen {} is not loopback or a unix socket: /metrics there needs no token",
+            m.describe()
+        );
+    }
     let mut relaxing_flags = args.policy.relaxing_flags();
     relaxing_flags.extend(args.store.insecure.relaxing_flags());
     tracing::info!(target: "memwarden::security", event = "policy", source = %policy.source,
@@ -158,11 +178,35 @@ fn prepare(args: &ServeHttpArgs) -> anyhow::Result<Prepared> {
         connect_ports,
         tokens,
         main,
+        tls,
         monitoring,
         readiness,
         durable: Box::new(move || super::health::exposition(&engine, Some(&durable_dir))),
         _lock: lock,
     })
+}
+
+/// The TLS acceptor the flags ask for; without one, only a local listener is allowed.
+fn tls_for(
+    args: &ServeHttpArgs,
+    main: &Bound,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(&crate::http::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    anyhow::ensure!(
+        tls.is_some() || main.is_local(),
+        "{} is not a loopback address: without TLS memwarden serves HTTP on loopback or a unix \
+         socket only (tokens and memories would cross the network in clear); give --tls-cert \
+         and --tls-key, or put a TLS-terminating proxy in front",
+        main.describe()
+    );
+    Ok(tls)
 }
 
 /// The sandbox, then the listeners until a signal (or a listener fails); then every session's
@@ -197,16 +241,19 @@ async fn serve(p: Prepared, require_sandbox: bool) -> anyhow::Result<()> {
         durable: p.durable,
     };
     let daemon = Daemon::new(parts, shutdown.clone());
-    let listen = |bound, role| {
+    let listen = |bound, role, tls| {
         tokio::spawn(crate::http::listen::serve(
             daemon.clone(),
             bound,
             role,
+            tls,
             shutdown.clone(),
         ))
     };
-    let mut main_task = listen(p.main, Role::Main);
-    let monitoring_task = p.monitoring.map(|bound| listen(bound, Role::Monitoring));
+    let mut main_task = listen(p.main, Role::Main, p.tls);
+    let monitoring_task = p
+        .monitoring
+        .map(|bound| listen(bound, Role::Monitoring, None));
     let ended = tokio::select! {
         _ = shutdown.cancelled() => None,
         ended = &mut main_task => Some(ended),

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::Daemon;
 use super::front::{Reply, Source, error};
+use super::tls::ClientIdentity;
 use super::tokens::{AuthFailure, Holder, Scope};
 
 /// Failed authentications of one source address in the current minute.
@@ -48,6 +49,7 @@ impl Daemon {
         &self,
         req: &Request<Incoming>,
         source: &Source,
+        client: Option<&ClientIdentity>,
         scope: Scope,
     ) -> Result<Holder, Reply> {
         if self.over_failure_limit(source).await {
@@ -71,7 +73,11 @@ impl Daemon {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes);
-            self.tokens.check(header)
+            match (header, client) {
+                // A verified client certificate and no token: the policy maps its name.
+                (None, Some(client)) => self.by_certificate(client),
+                _ => self.tokens.check(header),
+            }
         };
         let failure = match checked {
             Ok(holder) if holder.scope == scope => return Ok(holder),
@@ -141,5 +147,25 @@ impl Daemon {
                              "source": source.0}),
         )
         .await;
+    }
+
+    /// The principal `[http] client_certificates` maps one of the certificate's names to.
+    fn by_certificate(&self, client: &ClientIdentity) -> Result<Holder, AuthFailure> {
+        let map = &self.policy.client_certificates;
+        let (name, principal) = client
+            .names
+            .iter()
+            .find_map(|n| map.get(n).map(|p| (n, p)))
+            .ok_or(AuthFailure::UnmappedCertificate)?;
+        Ok(Holder {
+            scope: Scope::Mcp,
+            principal: Some(
+                crate::principal::Principal::from_flag(principal)
+                    .map_err(|_| AuthFailure::UnmappedCertificate)?,
+            ),
+            kind: "certificate",
+            label: name.clone(),
+            shown: client.sha256[..12].to_string(),
+        })
     }
 }

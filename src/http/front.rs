@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::sessions::{Cap, Open};
+use super::tls::ClientIdentity;
 use super::tokens::{Holder, Scope};
 use super::{Daemon, OPENING};
 use crate::server::{Handler, Server};
@@ -64,6 +65,7 @@ impl Daemon {
         self: Arc<Self>,
         req: Request<Incoming>,
         source: Source,
+        client: Option<Arc<ClientIdentity>>,
         role: Role,
     ) -> Result<Reply, Infallible> {
         if let Some(refusal) = self.origin_refused(&req, &source).await {
@@ -74,12 +76,15 @@ impl Daemon {
             (_, Method::GET, "/healthz") => self.healthz().await,
             (Role::Monitoring, Method::GET, "/metrics") => self.metrics().await,
             (Role::Main, Method::GET, "/metrics") => {
-                match self.authenticate(&req, &source, Scope::Metrics).await {
+                match self.authenticate(&req, &source, None, Scope::Metrics).await {
                     Ok(_) => self.metrics().await,
                     Err(r) => r,
                 }
             }
-            (Role::Main, _, "/mcp") => match self.authenticate(&req, &source, Scope::Mcp).await {
+            (Role::Main, _, "/mcp") => match self
+                .authenticate(&req, &source, client.as_deref(), Scope::Mcp)
+                .await
+            {
                 Ok(holder) => self.mcp(req, &source, holder).await,
                 Err(r) => r,
             },
@@ -287,7 +292,7 @@ impl Daemon {
         let server = Server::for_session(self.shared.clone(), Session::new(principal.clone()));
         let mut facts = self.facts.clone();
         facts.connection = Some(json!({"transport": "streamable_http", "source": source.0,
-            "token": {"label": holder.label, "sha256_prefix": holder.shown}}));
+            "credential": {"kind": holder.kind, "label": holder.label, "sha256_prefix": holder.shown}}));
         let handler = Handler::new(server.clone(), facts);
         let req = Request::from_parts(parts, Full::new(bytes));
         let answer = OPENING.scope(handler, self.mcp.handle(req)).await;

@@ -21,7 +21,8 @@ use super::front::{Role, Source};
 /// A listen address as the operator writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    /// `127.0.0.1:8787`, `[::1]:8787`: loopback only (plain HTTP never leaves the machine).
+    /// `127.0.0.1:8787`, `[::1]:8787`; any other address only with TLS (plain HTTP never
+    /// leaves the machine).
     Tcp(SocketAddr),
     /// `unix:/run/memwarden/http.sock`.
     Unix(PathBuf),
@@ -40,13 +41,6 @@ impl std::str::FromStr for Address {
         let addr: SocketAddr = s
             .parse()
             .map_err(|_| format!("{s:?} is neither HOST:PORT with an IP address nor unix:PATH"))?;
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "{addr} is not a loopback address: memwarden serves plain HTTP on loopback or a \
-                 unix socket only (tokens and memories would cross the network in clear); put a \
-                 TLS-terminating proxy in front for other hosts"
-            ));
-        }
         Ok(Self::Tcp(addr))
     }
 }
@@ -106,13 +100,7 @@ impl Bound {
                 None,
             ),
             libc::AF_INET | libc::AF_INET6 => {
-                let l = unsafe { std::net::TcpListener::from_raw_fd(FD) };
-                let addr = l.local_addr()?;
-                anyhow::ensure!(
-                    addr.ip().is_loopback(),
-                    "the socket systemd passed listens on {addr}, which is not loopback"
-                );
-                Self::Tcp(l)
+                Self::Tcp(unsafe { std::net::TcpListener::from_raw_fd(FD) })
             }
             other => anyhow::bail!("the socket systemd passed has address family {other}"),
         };
@@ -128,6 +116,15 @@ impl Bound {
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
                 .unwrap_or_else(|| "unix".into()),
+        }
+    }
+
+    /// Whether only this machine can connect: a loopback address or a unix socket. Anything
+    /// else needs TLS.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Tcp(l) => l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+            Self::Unix(..) => true,
         }
     }
 
@@ -174,6 +171,7 @@ pub async fn serve(
     daemon: Arc<Daemon>,
     bound: Bound,
     role: Role,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(daemon.policy().max_connections));
@@ -194,14 +192,21 @@ pub async fn serve(
                     Ok((stream, peer)) => {
                         let source = Source(peer.ip().to_string());
                         let _ = stream.set_nodelay(true);
-                        connections.spawn(connection(
-                            daemon.clone(),
-                            stream,
-                            source,
-                            role,
-                            shutdown.clone(),
-                            permit,
-                        ));
+                        let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
+                        match &tls {
+                            Some(tls) => connections.spawn(handshake(
+                                daemon,
+                                tls.clone(),
+                                stream,
+                                source,
+                                role,
+                                shutdown,
+                                permit,
+                            )),
+                            None => connections.spawn(connection(
+                                daemon, stream, source, None, role, shutdown, permit,
+                            )),
+                        };
                     }
                     Err(e) => accept_failed(&e).await,
                 }
@@ -227,6 +232,7 @@ pub async fn serve(
                             daemon.clone(),
                             stream,
                             source,
+                            None,
                             role,
                             shutdown.clone(),
                             permit,
@@ -258,12 +264,39 @@ async fn accept_failed(e: &std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 }
 
+/// The TLS handshake (within the header timeout), then the connection with the client
+/// certificate's identity, if one was presented (and verified against the client CA).
+async fn handshake(
+    daemon: Arc<Daemon>,
+    tls: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    source: Source,
+    role: Role,
+    shutdown: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let timeout = daemon.policy().header_timeout;
+    let stream = match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            // A certificate from another CA, a client that does not speak TLS…
+            tracing::info!(target: "memwarden::security", event = "tls_handshake_failed",
+                source = %source.0, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => return,
+    };
+    let client = super::tls::identity(stream.get_ref().1.peer_certificates()).map(Arc::new);
+    connection(daemon, stream, source, client, role, shutdown, permit).await;
+}
+
 /// One connection: HTTP/1.1 with the policy's header timeout; on shutdown, the request in
 /// progress finishes and the connection closes.
 async fn connection<S>(
     daemon: Arc<Daemon>,
     stream: S,
     source: Source,
+    client: Option<Arc<super::tls::ClientIdentity>>,
     role: Role,
     shutdown: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -271,7 +304,11 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = daemon.policy().header_timeout;
-    let service = service_fn(move |req| daemon.clone().handle(req, source.clone(), role));
+    let service = service_fn(move |req| {
+        daemon
+            .clone()
+            .handle(req, source.clone(), client.clone(), role)
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)

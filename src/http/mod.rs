@@ -21,6 +21,7 @@ pub mod front;
 pub mod listen;
 pub mod metrics;
 pub mod sessions;
+pub mod tls;
 pub mod tokens;
 
 use std::collections::HashMap;

@@ -290,7 +290,9 @@ pub struct Holder {
     pub scope: Scope,
     /// The principal, for an MCP token.
     pub principal: Option<Principal>,
-    /// The token's label.
+    /// `token` or `certificate`.
+    pub kind: &'static str,
+    /// The token's label (a certificate's name).
     pub label: String,
     /// Its digest prefix.
     pub shown: String,
@@ -311,6 +313,8 @@ pub enum AuthFailure {
     FileUnreadable,
     /// A valid token whose scope does not open this endpoint.
     WrongScope,
+    /// A verified client certificate none of whose names the policy maps to a principal.
+    UnmappedCertificate,
 }
 
 impl AuthFailure {
@@ -323,6 +327,7 @@ impl AuthFailure {
             Self::InQuery => "token_in_query",
             Self::FileUnreadable => "tokens_file_unreadable",
             Self::WrongScope => "wrong_scope",
+            Self::UnmappedCertificate => "unmapped_certificate",
         }
     }
 }
@@ -397,6 +402,7 @@ impl Tokens {
                 .principal
                 .as_deref()
                 .and_then(|p| Principal::from_flag(p).ok()),
+            kind: "token",
             label: entry.label.clone(),
             shown: entry.shown().to_string(),
         })

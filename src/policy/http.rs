@@ -28,6 +28,9 @@ pub struct HttpPolicy {
     /// A session with no request for this long ends, when `[sessions]` sets no idle timeout
     /// (an HTTP client can vanish without a word; stdio sessions end with their pipe).
     pub idle_timeout: Duration,
+    /// Mutual TLS: a client certificate name (a DNS or URI subject alternative name, signed
+    /// by the operator's client CA) and the principal it stands for.
+    pub client_certificates: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for HttpPolicy {
@@ -41,6 +44,7 @@ impl Default for HttpPolicy {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(1800),
+            client_certificates: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -57,11 +61,32 @@ pub(crate) struct RawHttp {
     header_timeout_seconds: Option<u64>,
     body_timeout_seconds: Option<u64>,
     idle_timeout_seconds: Option<u64>,
+    client_certificates: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl RawHttp {
-    /// The compiled section (the schema has bounded every number already).
-    pub(crate) fn compile(&self) -> HttpPolicy {
+    /// The compiled section (the schema has bounded every number already). Every principal a
+    /// client certificate maps to must be in `principals`.
+    pub(crate) fn compile(
+        &self,
+        principals: &std::collections::BTreeMap<String, super::Grant>,
+    ) -> Result<HttpPolicy, super::Problem> {
+        let client_certificates = self.client_certificates.clone().unwrap_or_default();
+        for (name, principal) in &client_certificates {
+            if !principals.contains_key(principal) {
+                return Err((
+                    format!("http.client_certificates.{name}"),
+                    format!("maps to {principal:?}, which is not a principal of this policy"),
+                ));
+            }
+        }
+        Ok(self.compile_with(client_certificates))
+    }
+
+    fn compile_with(
+        &self,
+        client_certificates: std::collections::BTreeMap<String, String>,
+    ) -> HttpPolicy {
         let d = HttpPolicy::default();
         let secs = |s: Option<u64>, default| s.map_or(default, Duration::from_secs);
         HttpPolicy {
@@ -82,6 +107,7 @@ impl RawHttp {
             header_timeout: secs(self.header_timeout_seconds, d.header_timeout),
             body_timeout: secs(self.body_timeout_seconds, d.body_timeout),
             idle_timeout: secs(self.idle_timeout_seconds, d.idle_timeout),
+            client_certificates,
         }
     }
 }

@@ -264,6 +264,7 @@ impl RawPolicy {
         check_rates(&self.rates)?;
         let rules = compile_rules(&self.rules)?;
         let principals = compile_principals(self.principals)?;
+        let http = self.http.compile(&principals)?;
         Ok(Policy {
             source,
             sha256,
@@ -286,7 +287,7 @@ impl RawPolicy {
             rules,
             principals,
             checkpoints: compile_checkpoints(&self.audit),
-            http: self.http.compile(),
+            http,
         })
     }
 }

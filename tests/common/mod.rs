@@ -2,6 +2,7 @@
 //! raw line-level session for transport tests.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod http;
 pub mod postgres;
 pub mod store;
