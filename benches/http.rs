@@ -26,6 +26,9 @@ type Client = RunningService<RoleClient, ()>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_memwarden");
 
+/// The policy both sides serve with (set once in `main`).
+static STDIO_POLICY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -46,6 +49,9 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 async fn stdio_client(data: &Path) -> Client {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("serve").arg("--data-dir").arg(data);
+    if let Some(policy) = STDIO_POLICY.get() {
+        cmd.arg("--allow-owned-policy").arg("--policy").arg(policy);
+    }
     cmd.env("MEMWARDEN_LOG", "warn");
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(Stdio::null())
@@ -162,16 +168,22 @@ async fn main() {
     assert!(issued.status.success());
     let token = String::from_utf8_lossy(&issued.stdout).trim().to_string();
     let socket = root.join("http.sock");
-    // The built-in policy, with room for the 200 idle sessions at the end.
+    // The built-in policy, with room for the 200 idle sessions at the end;
+    // MEMWARDEN_BENCH_SYNC=normal measures both sides with `synchronous = "normal"`.
+    let sync = std::env::var("MEMWARDEN_BENCH_SYNC").unwrap_or_else(|_| "full".into());
     let policy = root.join("policy.toml");
     std::fs::write(
         &policy,
         format!(
             "{}\n[http]\nmax_sessions = 512\nmax_sessions_per_principal = 512\n",
-            memwarden::policy::DEFAULT_POLICY
+            memwarden::policy::DEFAULT_POLICY.replace(
+                "synchronous = \"full\"",
+                &format!("synchronous = \"{sync}\"")
+            ),
         ),
     )
     .unwrap();
+    STDIO_POLICY.set(policy.clone()).unwrap();
     let mut daemon = std::process::Command::new(BIN)
         .args(["serve-http", "--allow-owned-policy", "--policy"])
         .arg(&policy)

@@ -110,82 +110,12 @@ fn private_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-fn openssl(args: &[&str]) {
-    run(Command::new("openssl").args(args));
-}
-
-/// A throwaway CA, `NAME.pem` and `NAME.key` in `dir`: returns the certificate's path.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let ca = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN=memwarden campaign {name}"),
-        "-keyout",
-        &key.display().to_string(),
-        "-out",
-        &ca.display().to_string(),
-    ]);
-    ca
-}
-
-/// The server's certificate, signed by the CA `make_ca(dir, "ca")` made, for [`SERVER_NAME`]
-/// and each host's address of the server: (certificate, key).
-fn make_server_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let [key, csr, cert, ext] = ["server.key", "server.csr", "server.pem", "server.ext"]
-        .map(|name| dir.join(name).display().to_string());
+/// The server's certificate, signed by the CA "ca", for [`SERVER_NAME`] and each host's
+/// address of the server.
+fn make_server_cert(dir: &Path) {
     let ips: Vec<String> = (1..=HOSTS).map(|n| format!("IP:10.213.{n}.1")).collect();
-    std::fs::write(
-        &ext,
-        format!(
-            "subjectAltName=DNS:{SERVER_NAME},{}\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-            ips.join(",")
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        &format!("/CN={SERVER_NAME}"),
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-    ]);
-    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca.display().to_string(),
-        "-CAkey",
-        &ca_key.display().to_string(),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-        "-out",
-        &cert,
-    ]);
-    (cert.into(), key.into())
+    let san = format!("DNS:{SERVER_NAME},{}", ips.join(","));
+    common::certs::make_leaf(dir, "ca", "server", "serverAuth", &san);
 }
 
 /// One test's network: a namespace for PostgreSQL and one per host, a veth pair from the
@@ -238,8 +168,8 @@ impl Net {
             ip(&["-n", &host, "addr", "add", &addr, "dev", "pg"]);
             ip(&["-n", &host, "link", "set", "pg", "up"]);
         }
-        make_ca(net.dir.path(), "ca");
-        make_ca(net.dir.path(), "other");
+        common::certs::make_ca(net.dir.path(), "ca");
+        common::certs::make_ca(net.dir.path(), "other");
         make_server_cert(net.dir.path());
         net
     }

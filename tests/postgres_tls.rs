@@ -16,97 +16,6 @@ use serde_json::json;
 
 const PASSWORD: &str = "hunter2";
 
-/// A throwaway CA, `NAME.pem` and `NAME.key` in `dir`: returns the certificate's path.
-fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let ca = dir.join(format!("{name}.pem"));
-    let mut args: Vec<String> = [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "2",
-    ]
-    .map(String::from)
-    .into();
-    args.extend([
-        "-subj".into(),
-        format!("/CN=memwarden test {name}"),
-        "-keyout".into(),
-        path(&dir.join(format!("{name}.key"))),
-        "-out".into(),
-        path(&ca),
-    ]);
-    openssl(&args);
-    ca
-}
-
-/// A server certificate for 127.0.0.1 and localhost signed by the CA `make_ca(dir, ca)` made:
-/// (certificate, key).
-fn make_server_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join("server.key");
-    let csr = dir.join("server.csr");
-    let cert = dir.join("server.pem");
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req".into(),
-        "-newkey".into(),
-        "ec".into(),
-        "-pkeyopt".into(),
-        "ec_paramgen_curve:prime256v1".into(),
-        "-nodes".into(),
-        "-subj".into(),
-        "/CN=localhost".into(),
-        "-keyout".into(),
-        path(&key),
-        "-out".into(),
-        path(&csr),
-    ]);
-    openssl(&[
-        "x509".into(),
-        "-req".into(),
-        "-in".into(),
-        path(&csr),
-        "-CA".into(),
-        path(&dir.join(format!("{ca}.pem"))),
-        "-CAkey".into(),
-        path(&dir.join(format!("{ca}.key"))),
-        "-CAcreateserial".into(),
-        "-days".into(),
-        "2".into(),
-        "-extfile".into(),
-        path(&ext),
-        "-out".into(),
-        path(&cert),
-    ]);
-    (cert, key)
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
-
-fn openssl(args: &[String]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Certificates for one test: the server's CA ("ca"), an unrelated one ("other"), and the
 /// server's certificate and key.
 struct Certs {
@@ -119,9 +28,15 @@ struct Certs {
 
 fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let ca = make_ca(dir.path(), "ca");
-    let other = make_ca(dir.path(), "other");
-    let (cert, key) = make_server_cert(dir.path(), "ca");
+    let ca = common::certs::make_ca(dir.path(), "ca");
+    let other = common::certs::make_ca(dir.path(), "other");
+    let (cert, key) = common::certs::make_leaf(
+        dir.path(),
+        "ca",
+        "server",
+        "serverAuth",
+        "IP:127.0.0.1,DNS:localhost",
+    );
     Certs {
         _dir: dir,
         ca,
