@@ -529,3 +529,30 @@ fn sandbox_check_shows_serve_http_reads_its_tokens_and_binds_nothing() {
     assert_eq!(result("tcp bind").as_deref(), Some("denied"));
     assert_eq!(result("read /etc/passwd").as_deref(), Some("denied"));
 }
+
+#[test]
+fn an_http_session_left_idle_ends_and_its_id_gets_404() {
+    let dir = TestDir::new();
+    // The built-in policy's [sessions] idle timeout is a day; [http]'s shorter one wins.
+    let policy = policy_with(&dir, "[http]\nidle_timeout_seconds = 1\n");
+    let token = dir.issue_token("local");
+    let daemon = dir.serve_http(&strs(&policy));
+    let id = daemon.open_session(&token);
+    // No request for four times the idle timeout (any request would be activity).
+    std::thread::sleep(Duration::from_secs(4));
+    let status = daemon
+        .post(
+            Some(&token),
+            Some(&id),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+        )
+        .status;
+    assert_eq!(status, 404);
+    daemon.stop_ok(&dir);
+    let ends: Vec<Value> = common::audit_events(&dir)
+        .into_iter()
+        .filter(|e| e["kind"] == "session_end")
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["detail"]["reason"], "idle_timeout");
+}

@@ -4,8 +4,8 @@
 //! As `serve`, everything that can fail is checked before the first connection: data dir,
 //! keyring, policy, tokens file, listen addresses, store. Listeners are bound, then the sandbox
 //! applied (no further bind, the data dir and the tokens file's directory only), then a
-//! single-threaded runtime serves until SIGTERM/SIGINT: each session's end is recorded and the
-//! store closed before exit.
+//! runtime of two workers, started under the sandbox, serves until SIGTERM/SIGINT: each
+//! session's end is recorded and the store closed before exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,7 +95,20 @@ pub fn run(args: &ServeHttpArgs) -> anyhow::Result<ExitCode> {
         .flatten()
         .filter_map(|b| b.owned_path().map(PathBuf::from))
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Everything is open and bound: give up the rest of the filesystem, bind, connect (but
+    // the database's ports), signals and abstract sockets, before any other thread exists.
+    // The runtime's workers and blocking threads, all started later, inherit the restriction.
+    let status = crate::sandbox::restrict_with(
+        &prepared.data_root,
+        &[prepared.tokens_dir.as_path()],
+        &prepared.connect_ports,
+        args.require_sandbox,
+    )?;
+    SANDBOX_APPLIED.store(true, Ordering::SeqCst);
+    tracing::info!(target: "memwarden::security", event = "sandbox", status = status.as_str(), "sandbox applied");
+    // Two workers: HTTP and JSON work for some sessions while others' calls hold the store.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .on_thread_start(|| {
             if !SANDBOX_APPLIED.load(Ordering::SeqCst) {
@@ -103,7 +116,7 @@ pub fn run(args: &ServeHttpArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .build()?;
-    let served = runtime.block_on(serve(prepared, args.require_sandbox));
+    let served = runtime.block_on(serve(prepared, status));
     shared.close();
     for path in owned_paths {
         // Under the sandbox this works only for a socket in the data dir; a stale socket
@@ -209,21 +222,13 @@ fn tls_for(
     Ok(tls)
 }
 
-/// The sandbox, then the listeners until a signal (or a listener fails); then every session's
+/// The listeners until a signal (or a listener fails); then every session's
 /// end is recorded.
-async fn serve(p: Prepared, require_sandbox: bool) -> anyhow::Result<()> {
-    let status = crate::sandbox::restrict_with(
-        &p.data_root,
-        &[p.tokens_dir.as_path()],
-        &p.connect_ports,
-        require_sandbox,
-    )?;
-    SANDBOX_APPLIED.store(true, Ordering::SeqCst);
+async fn serve(p: Prepared, status: crate::sandbox::Status) -> anyhow::Result<()> {
     anyhow::ensure!(
         !THREAD_BEFORE_SANDBOX.load(Ordering::SeqCst),
         "a runtime thread started before the sandbox was applied: refusing to serve"
     );
-    tracing::info!(target: "memwarden::security", event = "sandbox", status = status.as_str(), "sandbox applied");
     let facts = StartFacts {
         policy_sha256: Some(p.policy_sha256),
         sandbox: status.as_str().to_string(),

@@ -25,8 +25,9 @@ pub struct HttpPolicy {
     pub header_timeout: Duration,
     /// Time allowed for a request's body.
     pub body_timeout: Duration,
-    /// A session with no request for this long ends, when `[sessions]` sets no idle timeout
-    /// (an HTTP client can vanish without a word; stdio sessions end with their pipe).
+    /// An HTTP session with no request for this long ends (or after `[sessions]`'s idle
+    /// timeout, when that is shorter): an HTTP client can vanish without a word, while a stdio
+    /// session ends with its pipe.
     pub idle_timeout: Duration,
     /// Mutual TLS: a client certificate name (a DNS or URI subject alternative name, signed
     /// by the operator's client CA) and the principal it stands for.

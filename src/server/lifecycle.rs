@@ -54,10 +54,14 @@ impl EndReason {
 }
 
 /// Ends the session when it has been idle, or alive, for longer than the policy allows
-/// (`idle_fallback` stands in for an idle timeout the policy does not set).
-async fn session_clock(server: Server, idle_fallback: Option<Duration>) {
+/// (`idle_cap`, when given, shortens the idle timeout: an HTTP client can vanish without a
+/// word, while a stdio session ends with its pipe).
+async fn session_clock(server: Server, idle_cap: Option<Duration>) {
     let mut limits = server.shared.policy.sessions;
-    limits.idle_timeout = limits.idle_timeout.or(idle_fallback);
+    limits.idle_timeout = match (limits.idle_timeout, idle_cap) {
+        (Some(policy), Some(cap)) => Some(policy.min(cap)),
+        (policy, cap) => policy.or(cap),
+    };
     if limits.idle_timeout.is_none() && limits.max_age.is_none() {
         return;
     }
@@ -143,7 +147,7 @@ where
 }
 
 /// Waits for the end of a session whose messages arrive elsewhere (Streamable HTTP), running
-/// its clock (`idle_fallback` when the policy sets no idle timeout): the server ends it, the
+/// its clock (idle for at most `idle_fallback`, or the policy's shorter one): the server ends it, the
 /// client ends it (`client_closed`) or `shutdown` fires. Then stop routing requests to it and
 /// call [`finish`].
 pub async fn wait_end(
