@@ -200,7 +200,7 @@ async fn main() {
     }
 
     println!(
-        "{total} stores per configuration, SQLite synchronous=full, rmcp clients on both sides"
+        "{total} stores per configuration, SQLite synchronous={sync}, rmcp clients on both sides"
     );
     println!(
         "| sessions | stdio stores/s | stdio p50 ms | stdio p99 ms | HTTP stores/s | HTTP p50 ms | HTTP p99 ms |"
