@@ -145,6 +145,23 @@ async fn searches(client: &Client, n: usize) -> (f64, f64) {
     )
 }
 
+/// CPU seconds (user + system) a process has used: its own `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "MET" } else { "MISSED" }
 }
@@ -208,6 +225,7 @@ async fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     let mut rss_one = (f64::NAN, f64::NAN);
+    let mut cpu = Vec::new();
     for sessions in [1usize, 4, 16] {
         let mut clients = Vec::new();
         for _ in 0..sessions {
@@ -223,7 +241,15 @@ async fn main() {
         for _ in 0..sessions {
             clients.push(Arc::new(http_client(&socket, &token).await));
         }
+        let (daemon_cpu, client_cpu) = (cpu_seconds(daemon.id()), cpu_seconds(std::process::id()));
+        let started = Instant::now();
         let http = stores(clients.clone(), total, "http").await;
+        let wall = started.elapsed().as_secs_f64();
+        cpu.push(format!(
+            "{sessions} HTTP sessions: daemon {:.1} s CPU, bench client {:.1} s CPU, over {wall:.1} s (2 cores)",
+            cpu_seconds(daemon.id()) - daemon_cpu,
+            cpu_seconds(std::process::id()) - client_cpu
+        ));
         if sessions == 1 {
             rss_one = rss_mib(daemon.id());
         }
@@ -239,6 +265,9 @@ async fn main() {
         rows.push((sessions, stdio, http));
     }
 
+    for line in &cpu {
+        println!("{line}");
+    }
     let stdio_client_1 = stdio_client(&stdio_dir).await;
     let (s50, s95) = searches(&stdio_client_1, 300).await;
     let _ = stdio_client_1.cancel().await;
