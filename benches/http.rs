@@ -46,6 +46,9 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The pids of the `serve` processes the stdio clients started (for their CPU time).
+static STDIO_PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 async fn stdio_client(data: &Path) -> Client {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("serve").arg("--data-dir").arg(data);
@@ -57,6 +60,9 @@ async fn stdio_client(data: &Path) -> Client {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
+    if let Some(pid) = transport.id() {
+        STDIO_PIDS.lock().unwrap().push(pid);
+    }
     ().serve(transport).await.expect("initialize over stdio")
 }
 
@@ -231,7 +237,13 @@ async fn main() {
         for _ in 0..sessions {
             clients.push(Arc::new(stdio_client(&stdio_dir).await));
         }
+        let pids: Vec<u32> = STDIO_PIDS.lock().unwrap().drain(..).collect();
+        let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
         let stdio = stores(clients.clone(), total, "stdio").await;
+        let used: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - before;
+        cpu.push(format!(
+            "{sessions} stdio sessions: servers {used:.1} s CPU"
+        ));
         for c in clients {
             if let Ok(c) = Arc::try_unwrap(c) {
                 let _ = c.cancel().await;
