@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
@@ -88,27 +87,10 @@ fn db_bytes(path: &Path) -> u64 {
 }
 
 async fn call(client: &Client, tool: &str, args: Value) -> Value {
-    call_tool(client, tool, args)
+    common::call_tool(client, tool, args)
         .await
         .structured_content
         .expect("structured")
-}
-
-async fn call_tool(client: &Client, tool: &str, args: Value) -> rmcp::model::CallToolResult {
-    let Value::Object(map) = args else {
-        unreachable!()
-    };
-    let r = client
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
-        .await
-        .expect("call");
-    assert_ne!(
-        r.is_error,
-        Some(true),
-        "{tool} failed: {:?}",
-        r.structured_content
-    );
-    r
 }
 
 /// Raw rusqlite insert + HMAC-SHA256 per row, WAL + synchronous=FULL, one BEGIN IMMEDIATE
@@ -233,7 +215,7 @@ impl Kind {
             }
             Kind::Reference => {
                 let name = format!("memory-{n}");
-                call_tool(
+                common::call_tool(
                     client,
                     "create_entities",
                     json!({"entities": [{"name": name, "entityType": "memory", "observations": [content]}]}),
@@ -248,7 +230,7 @@ impl Kind {
         match self {
             Kind::Memwarden => call(client, "memory_get", json!({"id": id})).await,
             Kind::Reference => {
-                call_tool(client, "open_nodes", json!({"names": [id]})).await;
+                common::call_tool(client, "open_nodes", json!({"names": [id]})).await;
                 Value::Null
             }
         };
@@ -258,7 +240,7 @@ impl Kind {
         match self {
             Kind::Memwarden => call(client, "memory_search", json!({"query": query})).await,
             Kind::Reference => {
-                call_tool(client, "search_nodes", json!({"query": query})).await;
+                common::call_tool(client, "search_nodes", json!({"query": query})).await;
                 Value::Null
             }
         };

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -77,14 +76,7 @@ async fn http_client(socket: &Path, token: &str) -> Client {
 }
 
 async fn call(client: &Client, tool: &str, args: Value) {
-    let Value::Object(map) = args else {
-        unreachable!()
-    };
-    let r = client
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
-        .await
-        .expect("call");
-    assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.structured_content);
+    common::call_tool(client, tool, args).await;
 }
 
 /// One configuration's figures.

@@ -41,22 +41,7 @@ async fn rmcp_streamable_http_client_runs_the_six_tools() {
         .map(|t| t.name.to_string())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "memory_delete",
-            "memory_get",
-            "memory_list",
-            "memory_search",
-            "memory_update",
-            "memory_store"
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect::<Vec<_>>()
-    );
+    assert_eq!(names, common::TOOL_NAMES);
     let id = client.store("the harbour opens at dawn").await;
     let got = client.call("memory_get", json!({"id": id})).await.ok();
     assert_eq!(got["memory"]["content"], "the harbour opens at dawn");

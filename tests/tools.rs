@@ -18,17 +18,7 @@ async fn server_info_and_tool_list_match_schema_files() {
     let tools = client.tools().await;
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "memory_delete",
-            "memory_get",
-            "memory_list",
-            "memory_search",
-            "memory_store",
-            "memory_update"
-        ]
-    );
+    assert_eq!(names, common::TOOL_NAMES);
     // Golden check: what tools/list advertises is exactly schema/, so they cannot drift.
     for tool in &tools {
         let root = env!("CARGO_MANIFEST_DIR");

@@ -57,3 +57,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
 }
+
+/// One tool call through rmcp's client; a tool error fails the benchmark.
+pub async fn call_tool(
+    client: &rmcp::service::RunningService<rmcp::service::RoleClient, ()>,
+    tool: &str,
+    args: serde_json::Value,
+) -> rmcp::model::CallToolResult {
+    let serde_json::Value::Object(map) = args else {
+        unreachable!()
+    };
+    let r = client
+        .call_tool(rmcp::model::CallToolRequestParams::new(tool.to_string()).with_arguments(map))
+        .await
+        .expect("call");
+    assert_ne!(
+        r.is_error,
+        Some(true),
+        "{tool} failed: {:?}",
+        r.structured_content
+    );
+    r
+}

@@ -180,72 +180,77 @@ pub async fn serve(
         Bound::Tcp(l) => {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
-            loop {
-                let Some(permit) = permit(&limit, &shutdown).await else {
-                    break;
-                };
-                let accepted = tokio::select! {
-                    a = l.accept() => a,
-                    _ = shutdown.cancelled() => break,
-                };
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let source = Source(peer.ip().to_string());
-                        let _ = stream.set_nodelay(true);
-                        let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
-                        match &tls {
-                            Some(tls) => connections.spawn(handshake(
-                                daemon,
-                                tls.clone(),
-                                stream,
-                                source,
-                                role,
-                                shutdown,
-                                permit,
-                            )),
-                            None => connections.spawn(connection(
-                                daemon, stream, source, None, role, shutdown, permit,
-                            )),
-                        };
-                    }
-                    Err(e) => accept_failed(&e).await,
-                }
-            }
+            accept_loop(
+                &limit,
+                &shutdown,
+                || l.accept(),
+                |(stream, peer), permit| {
+                    let source = Source(peer.ip().to_string());
+                    let _ = stream.set_nodelay(true);
+                    let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
+                    match &tls {
+                        Some(tls) => {
+                            let tls = tls.clone();
+                            connections.spawn(handshake(
+                                daemon, tls, stream, source, role, shutdown, permit,
+                            ))
+                        }
+                        None => connections.spawn(connection(
+                            daemon, stream, source, None, role, shutdown, permit,
+                        )),
+                    };
+                },
+            )
+            .await;
         }
         Bound::Unix(l, _) => {
             l.set_nonblocking(true)?;
             let l = tokio::net::UnixListener::from_std(l)?;
-            loop {
-                let Some(permit) = permit(&limit, &shutdown).await else {
-                    break;
-                };
-                let accepted = tokio::select! {
-                    a = l.accept() => a,
-                    _ = shutdown.cancelled() => break,
-                };
-                match accepted {
-                    Ok((stream, _)) => {
-                        use std::os::fd::AsRawFd;
-                        let uid = crate::principal::peer_of(stream.as_raw_fd()).map(|p| p.uid);
-                        let source = Source(uid.map_or("unix".into(), |u| format!("unix:uid={u}")));
-                        connections.spawn(connection(
-                            daemon.clone(),
-                            stream,
-                            source,
-                            None,
-                            role,
-                            shutdown.clone(),
-                            permit,
-                        ));
-                    }
-                    Err(e) => accept_failed(&e).await,
-                }
-            }
+            accept_loop(
+                &limit,
+                &shutdown,
+                || l.accept(),
+                |(stream, _), permit| {
+                    use std::os::fd::AsRawFd;
+                    let uid = crate::principal::peer_of(stream.as_raw_fd()).map(|p| p.uid);
+                    let source = Source(uid.map_or("unix".into(), |u| format!("unix:uid={u}")));
+                    let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
+                    connections.spawn(connection(
+                        daemon, stream, source, None, role, shutdown, permit,
+                    ));
+                },
+            )
+            .await;
         }
     }
     connections.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), connections.wait()).await;
     Ok(())
+}
+
+/// Takes connections until `shutdown`, each under a permit of `limit` (none free: the next
+/// connection waits in the kernel's backlog), handing each to `serve_one`.
+async fn accept_loop<T, F>(
+    limit: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    mut accept: impl FnMut() -> F,
+    mut serve_one: impl FnMut(T, tokio::sync::OwnedSemaphorePermit),
+) where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    loop {
+        let Some(permit) = permit(limit, shutdown).await else {
+            break;
+        };
+        let accepted = tokio::select! {
+            a = accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok(accepted) => serve_one(accepted, permit),
+            Err(e) => accept_failed(&e).await,
+        }
+    }
 }
 
 async fn permit(

@@ -18,6 +18,16 @@ use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
 
+/// The six tools, sorted.
+pub const TOOL_NAMES: [&str; 6] = [
+    "memory_delete",
+    "memory_get",
+    "memory_list",
+    "memory_search",
+    "memory_store",
+    "memory_update",
+];
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_memwarden")
 }
