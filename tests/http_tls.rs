@@ -14,11 +14,22 @@ use common::http::free_port;
 
 const SIX: &str = r#"["memory_store", "memory_get", "memory_search", "memory_list", "memory_update", "memory_delete"]"#;
 
-fn python_sdk() -> bool {
-    Command::new("python3")
-        .args(["-c", "import mcp, httpx"])
+/// Whether the openssl CLI and the Python SDK are here; in CI (`CI` set) their absence is a
+/// failure, not a skip.
+fn tools_here() -> bool {
+    let sdk = Command::new("python3")
+        .args(["-c", "import mcp, httpx2"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if available() && sdk {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have the openssl CLI and the Python MCP SDK (pip install mcp)"
+    );
+    eprintln!("SKIPPED: needs the openssl CLI and the Python MCP SDK (pip install mcp)");
+    false
 }
 
 /// The Python client in `mode` against `url` with `args`: its stdout.
@@ -44,8 +55,7 @@ fn client(mode: &str, url: &str, ca: &Path, args: &[&str]) -> String {
 
 #[test]
 fn mutual_tls_maps_a_client_certificate_to_its_principal() {
-    if !available() || !python_sdk() {
-        eprintln!("SKIPPED: needs the openssl CLI and the Python MCP SDK (pip install mcp)");
+    if !tools_here() {
         return;
     }
     let dir = TestDir::new();
@@ -144,6 +154,10 @@ fn mutual_tls_maps_a_client_certificate_to_its_principal() {
 #[test]
 fn tls_files_are_checked_and_a_mapping_to_an_unknown_principal_is_refused() {
     if !available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the openssl CLI"
+        );
         eprintln!("SKIPPED: needs the openssl CLI");
         return;
     }

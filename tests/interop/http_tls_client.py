@@ -1,4 +1,4 @@
-"""serve-http over TLS with the official MCP Python SDK (httpx underneath).
+"""serve-http over TLS with the official MCP Python SDK (httpx2, its HTTP client, underneath).
 
 Usage: http_tls_client.py MODE URL --ca CA [--cert CERT --key KEY] [--token TOKEN]
   MODE mcp:   a whole MCP session (store, then get it back); prints "mcp: ok NAMESPACE".
@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import ssl
 
-import httpx
+import httpx2 as httpx
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
