@@ -40,7 +40,7 @@ fn origins_big_bodies_slow_headers_stale_sessions_and_session_caps_are_refused()
     let policy = policy_with(
         &dir,
         "[http]\nallowed_origins = [\"http://localhost:3000\"]\nheader_timeout_seconds = 2\n\
-         max_sessions_per_principal = 2\n",
+         max_sessions_per_principal = 2\nauth_failures_per_minute = 5\n",
     );
     let token = dir.issue_token("local");
     let daemon = dir.serve_http(&strs(&policy));
@@ -128,6 +128,14 @@ fn origins_big_bodies_slow_headers_stale_sessions_and_session_caps_are_refused()
     std::thread::sleep(Duration::from_millis(300));
     let again = daemon.post(Some(&token), None, &initialize());
     assert_eq!(again.status, 200, "{}", again.body);
+    // A page that keeps trying fills nothing: past the failure limit (5 here) the refusals
+    // are no longer recorded one by one, and the address waits out the minute.
+    for _ in 0..10 {
+        let again = send("http://evil.example", b"{}");
+        assert_eq!(again.status, 403);
+    }
+    let limited = daemon.post(Some(&token), None, &initialize());
+    assert_eq!(limited.status, 429, "{}", limited.body);
     daemon.stop_ok(&dir);
 
     let events = common::audit_events(&dir);
@@ -137,7 +145,9 @@ fn origins_big_bodies_slow_headers_stale_sessions_and_session_caps_are_refused()
             .filter(|e| e["kind"] == "security" && e["detail"]["event"] == name)
             .count()
     };
-    assert_eq!(security("http_origin_refused"), 2);
+    // Two before the flood, then three more until the limit of five: no more.
+    assert_eq!(security("http_origin_refused"), 5);
+    assert_eq!(security("http_auth_failures_limited"), 1);
     assert_eq!(security("http_session_cap"), 1);
     let ends: Vec<&Value> = events
         .iter()

@@ -95,8 +95,20 @@ impl Daemon {
         })
     }
 
+    /// Counts one refused request of `source` toward its minute's limit.
+    pub(super) fn count_failure(&self, source: &Source) {
+        let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = minute_now();
+        let f = table.entry(source.0.clone()).or_insert(Failures {
+            minute: now,
+            count: 0,
+            logged: false,
+        });
+        f.count += 1;
+    }
+
     /// Whether `source` has used up its failed authentications for this minute.
-    async fn over_failure_limit(&self, source: &Source) -> bool {
+    pub(super) async fn over_failure_limit(&self, source: &Source) -> bool {
         let limit = self.policy.auth_failures_per_minute;
         let first_over = {
             let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,16 +135,7 @@ impl Daemon {
 
     /// Counts and audits one failed authentication (its reason and source, never the token).
     async fn auth_failed(&self, source: &Source, failure: AuthFailure) {
-        {
-            let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let now = minute_now();
-            let f = table.entry(source.0.clone()).or_insert(Failures {
-                minute: now,
-                count: 0,
-                logged: false,
-            });
-            f.count += 1;
-        }
+        self.count_failure(source);
         *self
             .refused
             .auth

@@ -104,9 +104,15 @@ impl Daemon {
             return None;
         }
         self.refused.origin.fetch_add(1, Ordering::Relaxed);
-        // The origin is the requester's text: not recorded.
-        self.security(json!({"event": "http_origin_refused", "source": source.0}))
-            .await;
+        // A page can send these in a loop: they count toward the source's failure limit, and
+        // past it only the limit's own event is recorded. The origin is the requester's text:
+        // never recorded.
+        let limited = self.over_failure_limit(source).await;
+        self.count_failure(source);
+        if !limited {
+            self.security(json!({"event": "http_origin_refused", "source": source.0}))
+                .await;
+        }
         Some(error(
             StatusCode::FORBIDDEN,
             "ORIGIN_REFUSED",
