@@ -566,3 +566,68 @@ fn an_http_session_left_idle_ends_and_its_id_gets_404() {
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0]["detail"]["reason"], "idle_timeout");
 }
+
+#[test]
+fn a_database_outage_turns_healthz_503_and_calls_unavailable_until_it_is_back() {
+    let Some(pg) = common::postgres::Ready::start() else {
+        return;
+    };
+    let out = common::memwarden(&[
+        "token",
+        "issue",
+        "local",
+        "--data-dir",
+        pg.data.to_str().unwrap(),
+    ]);
+    let token = common::stdout_ok(&out).trim().to_string();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--store".into(),
+        "postgres".into(),
+        "--database-file".into(),
+        pg.app.clone().into_os_string(),
+    ];
+    let log = pg.cluster.dir.path().join("serve-http.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let daemon = common::http::spawn(&pg.data, &addr, &args, &log);
+    assert_eq!(daemon.request("GET", "/healthz", &[], b"").status, 200);
+    let id = daemon.open_session(&token);
+    let ok = daemon.call(
+        &token,
+        &id,
+        1,
+        "memory_store",
+        json!({"content": "before the outage"}),
+    );
+    assert_eq!(ok["result"]["isError"], false, "{ok}");
+
+    pg.cluster.stop();
+    let health = daemon.request("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 503, "{}", health.body);
+    let body: Value = serde_json::from_str(&health.body).unwrap();
+    assert_eq!(body["store"], false);
+    let refused = daemon.call(&token, &id, 2, "memory_store", json!({"content": "during"}));
+    assert_eq!(
+        refused["result"]["structuredContent"]["code"], "UNAVAILABLE",
+        "{refused}"
+    );
+
+    pg.cluster.start_again();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while daemon.request("GET", "/healthz", &[], b"").status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = daemon.call(&token, &id, 3, "memory_store", json!({"content": "after"}));
+    assert_eq!(
+        after["result"]["isError"], false,
+        "the same session goes on: {after}"
+    );
+    assert!(
+        daemon.stop().success(),
+        "{}",
+        String::from_utf8_lossy(&common::read_all(&log))
+    );
+}

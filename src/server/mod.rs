@@ -146,15 +146,11 @@ impl Shared {
         self.append(&NewEvent::new(crate::audit::Kind::Security, detail))
     }
 
-    /// Whether the store is open and the audit log takes events (for `/healthz`).
+    /// Whether the store is open and reachable (on PostgreSQL: its connection is up, or could
+    /// be brought back now) and the audit log takes events (for `/healthz`).
     pub fn ready(&self) -> bool {
-        !self.audit_failed()
-            && self.audit().is_some()
-            && self
-                .store
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
+        let store = self.store().as_mut().is_some_and(|s| s.reconnect().is_ok());
+        store && !self.audit_failed() && self.audit().is_some()
     }
 
     /// Trips the fail-closed latch.

@@ -69,35 +69,46 @@ impl TestDir {
 
     /// Starts `serve-http --listen ADDR` (loopback `IP:PORT` or `unix:PATH`).
     pub fn serve_http_on(&self, addr: &str, extra: &[&str]) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.stderr_log())
-            .unwrap();
-        let socket = addr.strip_prefix("unix:").map(PathBuf::from);
-        let child = Command::new(bin())
-            .arg("serve-http")
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(self.store_args())
-            .args(["--listen", addr])
-            .args(extra)
-            .env("MEMWARDEN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn serve-http");
-        let daemon = Daemon {
-            child,
-            http: Http {
-                addr: addr.to_string(),
-            },
-            socket,
-        };
-        daemon.wait_ready();
-        daemon
+        let mut args: Vec<std::ffi::OsString> = self.store_args();
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        spawn(&self.data(), addr, &args, &self.stderr_log())
     }
+}
+
+/// Starts `serve-http --data-dir DATA --listen ADDR ARGS…`, its log appended to `log`; waits
+/// until it listens.
+pub fn spawn(
+    data: &std::path::Path,
+    addr: &str,
+    args: &[std::ffi::OsString],
+    log: &std::path::Path,
+) -> Daemon {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(bin())
+        .arg("serve-http")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", addr])
+        .args(args)
+        .env("MEMWARDEN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn serve-http");
+    let daemon = Daemon {
+        child,
+        http: Http {
+            addr: addr.to_string(),
+        },
+        socket: addr.strip_prefix("unix:").map(PathBuf::from),
+    };
+    daemon.wait_ready();
+    daemon
 }
 
 impl Daemon {
