@@ -60,6 +60,10 @@ pub struct AuditLog {
     conn: Connection,
     keys: KeySet,
     checkpoints: Option<Checkpointer>,
+    /// A group's transaction is open ([`AuditLog::stage`]): events in it are not durable yet.
+    in_group: bool,
+    /// Checkpoints signed inside the open group, logged once it commits.
+    group_notes: Vec<String>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -81,6 +85,8 @@ impl AuditLog {
             conn: super::open_rw(path, busy_timeout)?,
             keys,
             checkpoints: None,
+            in_group: false,
+            group_notes: Vec::new(),
         };
         if log.head()?.seq == 0 {
             // Checked again now that the file is open: it may have changed since.
@@ -110,6 +116,8 @@ impl AuditLog {
             conn: super::open_rw(path, busy_timeout)?,
             keys,
             checkpoints: None,
+            in_group: false,
+            group_notes: Vec::new(),
         };
         let head = log.append_first(first, crate::clock::now_ms())?;
         Ok((log, head))
@@ -164,6 +172,11 @@ impl AuditLog {
         let Some(ck) = self.checkpoints.as_mut() else {
             return Ok(None);
         };
+        if self.in_group {
+            return Err(AuditError::Corrupt(
+                "a checkpoint while a group is open (commit the group first)".into(),
+            ));
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -210,6 +223,11 @@ impl AuditLog {
         now_ms: i64,
         first_only: bool,
     ) -> Result<Option<Head>, AuditError> {
+        if self.in_group {
+            return Err(AuditError::Corrupt(
+                "an append while a group is open (commit the group first)".into(),
+            ));
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -238,6 +256,74 @@ impl AuditLog {
             log_checkpoint(&note);
         }
         Ok(Some(new))
+    }
+
+    /// Appends `event` inside the open group, opening it (`BEGIN IMMEDIATE`) when none is:
+    /// the event is linked and checked like any append, and a checkpoint that is due rides
+    /// along, but nothing is durable until [`AuditLog::commit_group`]. A failed stage leaves
+    /// the group as it was (its own savepoint rolls back).
+    ///
+    /// A group lets one commit (one fsync) carry the events of several sessions' writes; the
+    /// server answers none of them before it commits (see `server::group`).
+    pub fn stage(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        if !self.in_group {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_group = true;
+        }
+        let sp = self.conn.savepoint()?;
+        let prev = head(&sp)?;
+        let mut new = insert(&sp, &self.keys, event, now_ms, &prev)?;
+        if let Some(ck) = self.checkpoints.as_mut()
+            && ck.due(&sp, new.seq, now_ms)?
+        {
+            let (head, signed) = ck.insert(
+                &sp,
+                &self.keys,
+                &new,
+                event.session_id,
+                event.principal,
+                now_ms,
+            )?;
+            new = head;
+            self.group_notes.push(signed);
+        }
+        sp.commit()?;
+        Ok(new)
+    }
+
+    /// Whether a group is open (events staged, not yet durable).
+    pub fn group_open(&self) -> bool {
+        self.in_group
+    }
+
+    /// Commits the open group: every staged event becomes durable at once. Nothing to do when
+    /// no group is open. On failure the group is rolled back: none of its events is written.
+    pub fn commit_group(&mut self) -> Result<(), AuditError> {
+        if !self.in_group {
+            return Ok(());
+        }
+        self.in_group = false;
+        let notes = std::mem::take(&mut self.group_notes);
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(e.into());
+        }
+        notes.iter().for_each(|note| log_checkpoint(note));
+        Ok(())
+    }
+
+    /// Rolls the open group back: none of its events is written.
+    pub fn rollback_group(&mut self) {
+        if std::mem::take(&mut self.in_group) {
+            self.group_notes.clear();
+            if !self.conn.is_autocommit()
+                && let Err(e) = self.conn.execute_batch("ROLLBACK")
+            {
+                tracing::warn!(error = %e, "rolling back audit.db's group failed");
+            }
+        }
     }
 
     /// A describer keyed by the active audit key under `label` (see [`crate::agent_text`]).

@@ -226,7 +226,7 @@ pub fn link(
 
 /// Links `event` to `prev` and inserts it in `tx`, reading it back (see below).
 pub(super) fn insert(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     keys: &KeySet,
     event: &NewEvent<'_>,
     now_ms: i64,
@@ -258,10 +258,7 @@ pub(super) fn insert(
 }
 
 /// Inserts an already linked event verbatim (an export from another backend).
-pub(super) fn write_linked(
-    tx: &rusqlite::Transaction<'_>,
-    e: &LinkedEvent,
-) -> Result<(), AuditError> {
+pub(super) fn write_linked(tx: &rusqlite::Connection, e: &LinkedEvent) -> Result<(), AuditError> {
     let n = write_row(tx, e)?;
     if n != 1 {
         return Err(AuditError::Corrupt(format!(
@@ -301,7 +298,7 @@ pub(super) fn write_copy(
 }
 
 /// Inserts the linked row; returns the number of rows inserted (1 unless something interferes).
-fn write_row(tx: &rusqlite::Transaction<'_>, l: &LinkedEvent) -> Result<usize, AuditError> {
+fn write_row(tx: &rusqlite::Connection, l: &LinkedEvent) -> Result<usize, AuditError> {
     let row = l.fields();
     Ok(tx
         .prepare_cached(
@@ -327,10 +324,7 @@ fn write_row(tx: &rusqlite::Transaction<'_>, l: &LinkedEvent) -> Result<usize, A
 }
 
 /// The hash of the row at the linked row's seq whose every field is as written, if any.
-fn read_back(
-    tx: &rusqlite::Transaction<'_>,
-    l: &LinkedEvent,
-) -> Result<Option<String>, AuditError> {
+fn read_back(tx: &rusqlite::Connection, l: &LinkedEvent) -> Result<Option<String>, AuditError> {
     let row = l.fields();
     Ok(tx
         .prepare_cached(

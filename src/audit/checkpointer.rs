@@ -49,7 +49,7 @@ impl Checkpointer {
     /// integer compare; the bounded look-up runs only when the cached count says one is due.
     pub(super) fn due(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         seq: i64,
         now_ms: i64,
     ) -> Result<bool, AuditError> {
@@ -76,7 +76,7 @@ impl Checkpointer {
     /// Signs `prev` (the head) and inserts the checkpoint event after it, in `tx`.
     pub(super) fn insert(
         &mut self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         keys: &KeySet,
         prev: &Head,
         session_id: Option<&str>,

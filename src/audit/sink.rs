@@ -77,6 +77,11 @@ impl Sink {
         }
     }
 
+    /// Whether a group of staged events is open (audit.db only; see [`AuditLog::stage`]).
+    pub fn group_open(&self) -> bool {
+        matches!(self, Self::File(log) if log.group_open())
+    }
+
     /// Closes the log.
     ///
     /// # Errors

@@ -1,7 +1,8 @@
 //! One call through the gates, with exactly one call event: rate, tool, grant, schema, the
 //! tool, then — for a read — the event before the result, or — for a write — the write's bytes
-//! charged and its event committed together with it ([`crate::store::PendingWrite::commit`]).
-//! Messages the transport refuses are audited here too.
+//! charged and its event committed together with it ([`crate::store::PendingWrite::commit`]),
+//! or, on SQLite, staged with it in the open group and answered once the group commits
+//! ([`super::group`]). Messages the transport refuses are audited here too.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -284,7 +285,11 @@ impl Server {
             .policy
             .read_window
             .map(|w| now_ms() - w.as_millis() as i64);
-        let mut guard = self.shared.store();
+        let mut guard = if tool.writes() {
+            self.shared.store_for_write()
+        } else {
+            self.shared.store()
+        };
         let store = guard
             .as_mut()
             .ok_or_else(|| Error::Unavailable("store closed".into()))?;
@@ -302,26 +307,36 @@ impl Server {
             view: tools::visibility(&self.state.grant, read_from),
             now_ms: now_ms(),
         };
-        match tools::call(tool, args, &mut ctx, record)? {
-            Done::Read(value) => Ok(value),
-            Done::Write(value, pending) => {
-                self.commit(call, *pending, record, event_written)?;
-                Ok(value)
-            }
+        let (value, pending) = match tools::call(tool, args, &mut ctx, record)? {
+            Done::Read(value) => return Ok(value),
+            Done::Write(value, pending) => (value, *pending),
+        };
+        if !self.commit(call, pending, record, event_written)? {
+            return Ok(value);
         }
+        // Staged in the open group: answer only once the group is committed.
+        let slot = guard.staged();
+        drop(guard);
+        self.shared.settle(&slot).map_err(|err| match err {
+            err @ Error::Audit(_) => self.audit_lost(err),
+            err => err,
+        })?;
+        Ok(value)
     }
 
-    /// Commits a write with its call event: its bytes (copied content included) are charged
-    /// first, and a refused charge rolls the write back; then the event and the write go in
-    /// together (the store puts the event first). A write whose event is in the log but whose
-    /// commit failed stands as "audited, not applied", which `memwarden verify` reports.
+    /// Ends a write with its call event: its bytes (copied content included) are charged
+    /// first, and a refused charge rolls the write back. Then, with grouped writes (SQLite), the
+    /// event and the write join the open groups and `Ok(true)` says the caller must wait for
+    /// the group ([`super::group`]); otherwise the event and the write commit together now (the
+    /// store puts the event first). A write whose event is in the log but whose commit failed
+    /// stands as "audited, not applied", which `memwarden verify` reports.
     fn commit(
         &self,
         call: &Call,
         pending: PendingWrite<'_>,
         record: &CallRecord,
         event_written: &mut bool,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         self.charge(record.written_bytes)?;
         let mut event = self.call_event(call, Outcome::Ok, None, record);
         event.session_id = Some(&self.state.session.id);
@@ -330,19 +345,22 @@ impl Server {
             self.end_soon();
             return Err(Error::Audit("failed earlier".into()));
         }
-        let mut audit = self.shared.audit();
+        // The store is held: an open group must stay open for this write to join it.
+        let mut audit = self.shared.audit_raw();
         let sink = audit
             .as_mut()
             .ok_or_else(|| self.audit_lost(Error::Audit("closed".into())))?;
-        // audit.db's writer for a SQLite store; PostgreSQL appends in the write's transaction.
+        // audit.db's writer for a SQLite store; PostgreSQL appends in the write's own transaction.
+        let grouped = pending.grouped();
         let committed = match sink.file() {
+            Some(log) if grouped => pending.stage(log, &event),
             Some(log) => pending.commit(log, &event),
             None => pending.commit_in_store(&event),
         };
         match committed {
             Ok(_) => {
                 *event_written = true;
-                Ok(())
+                Ok(grouped)
             }
             Err(failed) => {
                 *event_written = failed.audited;

@@ -11,16 +11,18 @@
 //! policy, and the fail-closed latch (once an audit append fails, every session refuses every
 //! call). A [`Server`] is one session's handle: the shared part plus the session's own identity,
 //! grant, rate buckets and counters. Store and audit calls block, so calls run on blocking
-//! threads, one at a time per session. The server takes its I/O and its shutdown token as
+//! threads, one at a time per session; on SQLite the writes of all sessions share commits
+//! ([`group`]). The server takes its I/O and its shutdown token as
 //! parameters, so tests can drive it over in-memory pipes and production over stdio or a socket.
 
 mod call;
+mod group;
 mod handler;
 mod lifecycle;
 pub mod live;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::Tool;
@@ -42,8 +44,11 @@ pub use lifecycle::{EndReason, finish, run, wait_end};
 /// What every session of one process shares.
 pub struct Shared {
     schemas: Schemas,
-    /// `None` once closed. Lock order: store, then audit — never the other way.
-    store: Mutex<Option<Store>>,
+    /// The store (`None` once closed) and its group of staged writes ([`group`]). Lock order:
+    /// store, then audit — never the other way.
+    store: Mutex<group::StoreCell>,
+    /// Threads waiting for the store's lock.
+    queued: AtomicUsize,
     /// `None` once closed.
     audit: Mutex<Option<Sink>>,
     /// Set when an append failed: from then on every session refuses every call (fail closed).
@@ -72,6 +77,8 @@ impl Shared {
         policy: Arc<Policy>,
     ) -> Self {
         let audit = audit.into();
+        // audit.db's events commit apart from memory.db's rows, so writes can be grouped.
+        store.set_grouped(matches!(audit, Sink::File(_)));
         store.set_quota(Quota {
             max_entries: policy.limits.namespace_max_entries,
             max_bytes: policy.limits.namespace_max_bytes,
@@ -80,7 +87,8 @@ impl Shared {
         let args_digest = audit.describer(b"memwarden/args/v1");
         Self {
             schemas,
-            store: Mutex::new(Some(store)),
+            store: Mutex::new(group::StoreCell::new(store)),
+            queued: AtomicUsize::new(0),
             audit: Mutex::new(Some(audit)),
             audit_failed: AtomicBool::new(false),
             policy,
@@ -88,24 +96,6 @@ impl Shared {
             args_digest,
             live: live::Live::default(),
         }
-    }
-
-    /// The store, locked. A panic while holding the lock would poison it; the store's
-    /// transactions roll back on drop, so the store itself is still consistent.
-    fn store(&self) -> MutexGuard<'_, Option<Store>> {
-        let mut guard = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = guard.as_mut()
-            && let Err(e) = store.reconnect()
-        {
-            // The call that follows fails UNAVAILABLE with a retry hint; nothing is applied.
-            tracing::debug!(error = %e, "the store's database is still unreachable");
-        }
-        guard
-    }
-
-    /// The audit log, locked (after the store, when both are held).
-    fn audit(&self) -> MutexGuard<'_, Option<Sink>> {
-        self.audit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This process's call counters.
@@ -160,8 +150,8 @@ impl Shared {
 
     /// Closes both databases (checkpointing their WALs); later calls answer UNAVAILABLE.
     pub fn close(&self) {
-        // The lock itself, not `store()`: closing must not reconnect a lost database first.
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Not `store()`: closing must not reconnect a lost database first.
+        let store = self.store_as_is().take();
         if let Some(store) = store
             && let Err(e) = store.close()
         {

@@ -106,6 +106,41 @@ pub trait Backend: Send {
     /// Starts a write transaction, holding the store's write lock until it ends.
     fn begin(&mut self) -> Result<Box<dyn WriteTx + '_>>;
 
+    /// Whether this backend can group several writes into one commit ([`Backend::begin_grouped`]).
+    /// A backend that cannot commits each write on its own.
+    fn groups(&self) -> bool {
+        false
+    }
+
+    /// Starts a write inside the open group (opening it when none is): the write is undone
+    /// alone if it fails, and becomes durable only with [`Backend::commit_group`]. Only on a
+    /// backend that [`Backend::groups`]; commit it with [`WriteTx::stage`].
+    fn begin_grouped(&mut self) -> Result<Box<dyn WriteTx + '_>> {
+        Err(crate::error::Error::Internal(
+            "this backend does not group writes".into(),
+        ))
+    }
+
+    /// Whether a group is open.
+    fn group_open(&self) -> bool {
+        false
+    }
+
+    /// Whether the open group may commit: false once a write in it could not be undone alone
+    /// or its transaction was lost (then it must roll back whole, audit.db's group too).
+    fn group_sound(&self) -> bool {
+        true
+    }
+
+    /// Commits the open group: every write staged in it at once. Fails, committing nothing,
+    /// when a staged write could not be undone alone or the group's transaction was lost.
+    fn commit_group(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Rolls the open group back: none of its writes is applied.
+    fn rollback_group(&mut self) {}
+
     /// Every row, unverified, in storage order, each handed to `each`.
     fn each_row(&self, each: &mut dyn FnMut(Checked<RawRow>)) -> Result<()>;
 
@@ -221,6 +256,17 @@ pub trait WriteTx {
     /// verify` reports; PostgreSQL: one transaction holds both). If the event cannot be
     /// written, nothing is committed.
     fn commit(self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError>;
+
+    /// Ends a grouped write ([`Backend::begin_grouped`]): its event is staged in `log`'s open
+    /// group, then the write joins the store's group. Neither is durable until the groups
+    /// commit, audit.db's first. If the event cannot be staged, the write is undone.
+    fn stage(self: Box<Self>, log: &mut AuditLog, event: &NewEvent<'_>) -> Result<(), CommitError> {
+        let _ = (log, event);
+        Err(CommitError {
+            error: crate::error::Error::Internal("this write is not grouped".into()),
+            audited: false,
+        })
+    }
 }
 
 /// A commit's audit event, and the log it goes to when the backend keeps its events apart.

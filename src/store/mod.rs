@@ -61,6 +61,8 @@ pub struct Store {
     backend: Box<dyn Backend>,
     verifier: Verifier,
     quota: Quota,
+    /// Writes join the backend's group ([`Store::set_grouped`]).
+    grouped: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -88,12 +90,49 @@ impl Store {
             backend,
             verifier: Verifier::new(keys),
             quota: Quota::default(),
+            grouped: false,
         }
     }
 
     /// Sets the per-namespace quotas checked on every insert.
     pub fn set_quota(&mut self, quota: Quota) {
         self.quota = quota;
+    }
+
+    /// Groups this store's agent writes when the backend can (SQLite): each insert, update and
+    /// delete then runs inside the open group and is ended with [`PendingWrite::stage`]; the
+    /// group commits with [`Store::commit_group`]. Returns whether writes are grouped.
+    pub fn set_grouped(&mut self, on: bool) -> bool {
+        self.grouped = on && self.backend.groups();
+        self.grouped
+    }
+
+    /// Whether agent writes are grouped (see [`Store::set_grouped`]).
+    pub fn grouped(&self) -> bool {
+        self.grouped
+    }
+
+    /// Whether a group of writes is open (staged, not yet committed).
+    pub fn group_open(&self) -> bool {
+        self.backend.group_open()
+    }
+
+    /// Whether the open group may commit (see [`Backend::group_sound`]).
+    pub fn group_sound(&self) -> bool {
+        self.backend.group_sound()
+    }
+
+    /// Commits the open group of writes (their events must be durable first).
+    ///
+    /// # Errors
+    /// The group could not commit; none of its writes is applied.
+    pub fn commit_group(&mut self) -> Result<()> {
+        self.backend.commit_group()
+    }
+
+    /// Rolls the open group of writes back.
+    pub fn rollback_group(&mut self) {
+        self.backend.rollback_group();
     }
 
     /// Follows the keyring at `path` (the one the keys were read from): each

@@ -3,7 +3,7 @@
 //! that commits only together with the call's audit event. Audit-before-commit lives here and in
 //! the backend's `commit`, nowhere else: a write cannot commit without its event (DESIGN.md §3).
 
-use super::backend::{CommitError, CommitEvent, WriteTx};
+use super::backend::{Backend, CommitError, CommitEvent, WriteTx};
 use super::ledger::Kind;
 use super::model::{Author, Changes, Entry, NewEntry, Quota, Status, normalize_tags};
 use super::rows::seal_entry;
@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub struct PendingWrite<'s> {
     tx: Box<dyn WriteTx + 's>,
     entry: Entry,
+    /// It runs in the store's group: end it with [`PendingWrite::stage`].
+    grouped: bool,
 }
 
 impl std::fmt::Debug for PendingWrite<'_> {
@@ -27,6 +29,12 @@ impl std::fmt::Debug for PendingWrite<'_> {
 }
 
 impl PendingWrite<'_> {
+    /// Whether the write runs in the store's group (end it with [`PendingWrite::stage`], not
+    /// [`PendingWrite::commit`]).
+    pub fn grouped(&self) -> bool {
+        self.grouped
+    }
+
     /// The entry as it will be committed (a new one, or the tombstoned one).
     pub fn entry(&self) -> &Entry {
         &self.entry
@@ -57,12 +65,33 @@ impl PendingWrite<'_> {
         Ok(self.entry)
     }
 
+    /// Ends a grouped write ([`Store::set_grouped`]): its event is staged in audit.db's open
+    /// group and the write joins the store's. Neither is durable, and the caller may not
+    /// answer, until the groups commit (audit.db's first, then [`Store::commit_group`]).
+    ///
+    /// # Errors
+    /// [`CommitError`]: the event could not be staged (the write is undone), or the write not
+    /// joined (the group is then rolled back whole).
+    pub fn stage(self, audit: &mut AuditLog, event: &NewEvent<'_>) -> Result<Entry, CommitError> {
+        self.tx.stage(audit, event)?;
+        Ok(self.entry)
+    }
+
     /// Commits without an audit event: for loaders outside any session (benchmarks, tests).
     /// Agents' writes always go through [`PendingWrite::commit`].
     #[doc(hidden)]
     pub fn commit_unaudited(self) -> Result<Entry> {
         self.tx.commit(None).map_err(|e| e.error)?;
         Ok(self.entry)
+    }
+}
+
+/// A write transaction: inside the group when writes are grouped, else its own.
+fn begin_write(backend: &mut dyn Backend, grouped: bool) -> Result<Box<dyn WriteTx + '_>> {
+    if grouped {
+        backend.begin_grouped()
+    } else {
+        backend.begin()
     }
 }
 
@@ -122,7 +151,7 @@ impl Store {
         new: NewEntry,
         now_ms: i64,
     ) -> Result<PendingWrite<'_>> {
-        let mut tx = self.backend.begin()?;
+        let mut tx = begin_write(&mut *self.backend, self.grouped)?;
         let (created_at, id) = stamp(&mut *tx, now_ms)?;
         let entry = Entry {
             id,
@@ -142,7 +171,11 @@ impl Store {
         let keys = self.verifier.keys();
         let (key_id, key) = keys.active();
         tx.insert(&seal_entry(&entry, key_id, key))?;
-        Ok(PendingWrite { tx, entry })
+        Ok(PendingWrite {
+            tx,
+            entry,
+            grouped: self.grouped,
+        })
     }
 
     /// Writes a new version of an active entry visible and writable in `view`; the old one
@@ -155,7 +188,7 @@ impl Store {
         now_ms: i64,
         view: &Visibility,
     ) -> Result<PendingWrite<'_>> {
-        let mut tx = self.backend.begin()?;
+        let mut tx = begin_write(&mut *self.backend, self.grouped)?;
         let old = self.verifier.checked_row(tx.load(id)?, id, view, true);
         self.verifier.take_failure()?;
         let mut old = old?;
@@ -196,14 +229,18 @@ impl Store {
         tx.reseal(&seal_entry(&old, key_id, key))?;
         tx.record(&keys, &old.id, Kind::Superseded, now_ms)?;
         tx.insert(&seal_entry(&new, key_id, key))?;
-        Ok(PendingWrite { tx, entry: new })
+        Ok(PendingWrite {
+            tx,
+            entry: new,
+            grouped: self.grouped,
+        })
     }
 
     /// Tombstones an active entry visible and writable in `view`: it disappears from get,
     /// search and list, but its content stays until purge so an operator can restore it.
     /// Commit with [`PendingWrite::commit`].
     pub fn delete(&mut self, id: &str, now_ms: i64, view: &Visibility) -> Result<PendingWrite<'_>> {
-        let mut tx = self.backend.begin()?;
+        let mut tx = begin_write(&mut *self.backend, self.grouped)?;
         let entry = self.verifier.checked_row(tx.load(id)?, id, view, true);
         self.verifier.take_failure()?;
         let mut entry = entry?;
@@ -216,6 +253,10 @@ impl Store {
         let (key_id, key) = keys.active();
         tx.reseal(&seal_entry(&entry, key_id, key))?;
         tx.record(&keys, &entry.id, Kind::Deleted, now_ms)?;
-        Ok(PendingWrite { tx, entry })
+        Ok(PendingWrite {
+            tx,
+            entry,
+            grouped: self.grouped,
+        })
     }
 }

@@ -76,6 +76,8 @@ fn read_typed(row: &Row<'_>) -> rusqlite::Result<RawRow> {
 /// An open memory.db.
 pub struct Sqlite {
     conn: Connection,
+    /// The open group of writes, if any ([`Backend::begin_grouped`]).
+    group: write::Group,
 }
 
 impl Sqlite {
@@ -95,7 +97,10 @@ impl Sqlite {
             Ok(())
         })?;
         migrations::check_schema(&conn)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            group: write::Group::default(),
+        })
     }
 
     /// Opens an existing memory.db read-only (for `verify`); no migrations run.
@@ -113,7 +118,10 @@ impl Sqlite {
             return Err(migrations::MigrationError::TooNew { found: version }.into());
         }
         migrations::check_schema(&conn)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            group: write::Group::default(),
+        })
     }
 
     /// Rows read by `sql` (our own text; `args` bound), unverified.
@@ -217,7 +225,61 @@ impl Backend for Sqlite {
     }
 
     fn begin(&mut self) -> Result<Box<dyn WriteTx + '_>> {
+        if self.group.open.get() {
+            return Err(crate::error::Error::Internal(
+                "a write of its own while a group is open".into(),
+            ));
+        }
         Ok(Box::new(write::SqliteTx::begin(&self.conn)?))
+    }
+
+    fn groups(&self) -> bool {
+        true
+    }
+
+    fn begin_grouped(&mut self) -> Result<Box<dyn WriteTx + '_>> {
+        Ok(Box::new(write::SqliteTx::begin_grouped(
+            &self.conn,
+            &self.group,
+        )?))
+    }
+
+    fn group_open(&self) -> bool {
+        self.group.open.get()
+    }
+
+    fn group_sound(&self) -> bool {
+        let lost = self.group.open.get() && self.conn.is_autocommit();
+        !(self.group.broken.get() || lost)
+    }
+
+    fn commit_group(&mut self) -> Result<()> {
+        if !self.group.open.get() {
+            return Ok(());
+        }
+        if !self.group_sound() {
+            self.rollback_group();
+            return Err(crate::error::Error::Unavailable(
+                "a group of writes was lost and rolled back".into(),
+            ));
+        }
+        self.group.open.set(false);
+        self.conn.execute_batch("COMMIT").map_err(|e| {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            sql(e)
+        })
+    }
+
+    fn rollback_group(&mut self) {
+        self.group.open.set(false);
+        self.group.broken.set(false);
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rolling back memory.db's group failed");
+        }
     }
 
     fn each_row(&self, each: &mut dyn FnMut(Checked<RawRow>)) -> Result<()> {

@@ -1,9 +1,12 @@
 //! memory.db's write transactions: `BEGIN IMMEDIATE` (so concurrent servers serialise), the row
 //! statements, and the commit that puts the audit event first.
 
+use std::cell::Cell;
+
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{COLUMNS, ledger, read_row};
+use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
 use crate::sqlite_file::storage_error as sql;
@@ -19,15 +22,67 @@ pub(super) fn load(conn: &Connection, id: &str) -> rusqlite::Result<Option<Check
         .optional()
 }
 
-/// A write transaction on memory.db.
+/// A write transaction on memory.db: its own, or a savepoint in the group's.
 pub(super) struct SqliteTx<'c> {
-    tx: Transaction<'c>,
+    conn: &'c Connection,
+    kind: TxKind<'c>,
 }
+
+enum TxKind<'c> {
+    /// Its own `BEGIN IMMEDIATE`, committed by [`WriteTx::commit`] (rolled back on drop).
+    Own(Transaction<'c>),
+    /// A savepoint in the group's transaction ([`Group`]).
+    Grouped(Savepoint<'c>),
+}
+
+/// A grouped write's savepoint: released by [`WriteTx::stage`], rolled back to on drop.
+struct Savepoint<'c> {
+    conn: &'c Connection,
+    released: bool,
+    group: &'c Group,
+}
+
+/// The state of memory.db's group: its transaction is open, and whether it must be rolled back
+/// whole (a write in it could not be undone alone, or the transaction was lost).
+#[derive(Debug, Default)]
+pub(super) struct Group {
+    pub(super) open: Cell<bool>,
+    pub(super) broken: Cell<bool>,
+}
+
+/// The savepoint each grouped write runs in.
+const SAVEPOINT: &str = "memwarden_write";
 
 impl<'c> SqliteTx<'c> {
     pub(super) fn begin(conn: &'c Connection) -> Result<Self> {
         let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(sql)?;
-        Ok(Self { tx })
+        Ok(Self {
+            conn,
+            kind: TxKind::Own(tx),
+        })
+    }
+
+    /// A write inside `group`'s transaction, opening it (`BEGIN IMMEDIATE`) when none is.
+    pub(super) fn begin_grouped(conn: &'c Connection, group: &'c Group) -> Result<Self> {
+        if group.open.get() && conn.is_autocommit() {
+            // SQLite rolled the group's transaction back itself (I/O error, disk full): its
+            // staged writes are gone, so the group may not commit.
+            group.broken.set(true);
+        }
+        if !group.open.get() {
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+            group.open.set(true);
+        }
+        conn.execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))
+            .map_err(sql)?;
+        Ok(Self {
+            conn,
+            kind: TxKind::Grouped(Savepoint {
+                conn,
+                released: false,
+                group,
+            }),
+        })
     }
 
     /// Fails closed when a statement touched another number of rows than one (a trigger
@@ -48,17 +103,17 @@ impl<'c> SqliteTx<'c> {
         now_ms: i64,
     ) -> rusqlite::Result<(usize, usize)> {
         let ids: Vec<String> = {
-            let mut stmt = self.tx.prepare(&format!(
+            let mut stmt = self.conn.prepare(&format!(
                 "SELECT id FROM entries WHERE {condition} ORDER BY rowid"
             ))?;
             let mapped = stmt.query_map([bound], |r| r.get(0))?;
             mapped.collect::<rusqlite::Result<_>>()?
         };
         for id in &ids {
-            ledger::append(&self.tx, keys, id, Kind::Purged, now_ms)?;
+            ledger::append(self.conn, keys, id, Kind::Purged, now_ms)?;
         }
         let n = self
-            .tx
+            .conn
             .execute(&format!("DELETE FROM entries WHERE {condition}"), [bound])?;
         Ok((ids.len(), n))
     }
@@ -66,19 +121,19 @@ impl<'c> SqliteTx<'c> {
 
 impl WriteTx for SqliteTx<'_> {
     fn newest_created_at(&mut self) -> Result<Option<i64>> {
-        self.tx
+        self.conn
             .prepare_cached("SELECT created_at FROM entries ORDER BY rowid DESC LIMIT 1")
             .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
             .map_err(sql)
     }
 
     fn load(&mut self, id: &str) -> Result<Option<Checked<RawRow>>> {
-        load(&self.tx, id).map_err(sql)
+        load(self.conn, id).map_err(sql)
     }
 
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)> {
         let (count, used): (i64, i64) = self
-            .tx
+            .conn
             .query_row(
                 "SELECT count(*), coalesce(sum(length(CAST(content AS BLOB))), 0) FROM entries \
                  WHERE namespace = ?1",
@@ -94,7 +149,7 @@ impl WriteTx for SqliteTx<'_> {
         let tags =
             serde_json::to_string(&entry.tags).map_err(|e| Error::Internal(e.to_string()))?;
         let inserted = self
-            .tx
+            .conn
             .prepare_cached(
                 "INSERT INTO entries (id, namespace, content, tags, metadata, status, supersedes, \
                  principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
@@ -125,7 +180,7 @@ impl WriteTx for SqliteTx<'_> {
     fn reseal(&mut self, row: &SealedRow<'_>) -> Result<()> {
         let entry = row.entry;
         let changed = self
-            .tx
+            .conn
             .prepare_cached(
                 "UPDATE entries SET status = ?2, updated_at = ?3, key_id = ?4, mac = ?5 WHERE id = ?1",
             )
@@ -143,13 +198,13 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn record(&mut self, keys: &KeySet, entry_id: &str, kind: Kind, at: i64) -> Result<()> {
-        ledger::append(&self.tx, keys, entry_id, kind, at)
+        ledger::append(self.conn, keys, entry_id, kind, at)
             .map(drop)
             .map_err(sql)
     }
 
     fn remove(&mut self, id: &str) -> Result<()> {
-        self.tx
+        self.conn
             .execute("DELETE FROM entries WHERE id = ?1", [id])
             .map(drop)
             .map_err(sql)
@@ -178,7 +233,7 @@ impl WriteTx for SqliteTx<'_> {
     ) -> Result<Vec<Checked<RawRow>>> {
         let sql_text =
             format!("SELECT {COLUMNS} FROM entries WHERE key_id != ?1 ORDER BY rowid LIMIT ?2");
-        let mut stmt = self.tx.prepare(&sql_text).map_err(sql)?;
+        let mut stmt = self.conn.prepare(&sql_text).map_err(sql)?;
         let mapped = stmt
             .query_map(params![key_id, limit as i64], |r| Ok(read_row(r)))
             .map_err(sql)?;
@@ -191,7 +246,7 @@ impl WriteTx for SqliteTx<'_> {
         batch: usize,
         skip: &[String],
     ) -> Result<(usize, Vec<String>)> {
-        ledger::reseal_batch(&self.tx, keys, batch, skip).map_err(sql)
+        ledger::reseal_batch(self.conn, keys, batch, skip).map_err(sql)
     }
 
     fn commit(self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError> {
@@ -218,9 +273,63 @@ impl WriteTx for SqliteTx<'_> {
             }
             None => false,
         };
-        self.tx.commit().map_err(|e| CommitError {
+        let TxKind::Own(tx) = self.kind else {
+            return Err(CommitError {
+                error: Error::Internal("a grouped write commits with its group".into()),
+                audited,
+            });
+        };
+        tx.commit().map_err(|e| CommitError {
             error: sql(e),
             audited,
         })
+    }
+
+    fn stage(
+        mut self: Box<Self>,
+        log: &mut AuditLog,
+        event: &NewEvent<'_>,
+    ) -> Result<(), CommitError> {
+        let TxKind::Grouped(savepoint) = &mut self.kind else {
+            return Err(CommitError {
+                error: Error::Internal("this write is not grouped".into()),
+                audited: false,
+            });
+        };
+        log.stage(event, crate::clock::now_ms())
+            .map_err(|e| CommitError {
+                error: Error::Audit(e.to_string()),
+                audited: false,
+            })?;
+        // The event is in audit.db's group: from here the write goes with it, or the whole
+        // group is rolled back (released stays false, and drop breaks the group).
+        self.conn
+            .execute_batch(&format!("RELEASE {SAVEPOINT}"))
+            .map_err(|e| {
+                // Its event is staged: the group may not commit without the write.
+                savepoint.group.broken.set(true);
+                CommitError {
+                    error: sql(e),
+                    audited: false,
+                }
+            })?;
+        savepoint.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let undone = self
+            .conn
+            .execute_batch(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"));
+        if let Err(e) = undone {
+            // Its changes may still be in the group's transaction: the group may not commit.
+            tracing::warn!(error = %e, "undoing a grouped write failed: the group will roll back");
+            self.group.broken.set(true);
+        }
     }
 }

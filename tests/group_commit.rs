@@ -1,0 +1,135 @@
+//! Group commit in `serve-http`: the writes of many sessions share commits, and each is still
+//! judged, audited and answered on its own. The real daemon, raw HTTP, a real policy file.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use common::TestDir;
+use common::http::Http;
+use serde_json::{Value, json};
+
+const SESSIONS: usize = 16;
+const EACH: usize = 6;
+const QUOTA: usize = 40;
+
+/// What a call answered: "ok" or the refusal's code.
+fn code(reply: &Value) -> String {
+    match reply["result"]["structuredContent"]["code"].as_str() {
+        Some(c) if reply["result"]["isError"] == true => c.to_string(),
+        _ if reply.get("error").is_some() => format!("rpc {}", reply["error"]),
+        _ => "ok".into(),
+    }
+}
+
+/// 16 sessions race to store 96 entries into one namespace whose quota is 40. The quota is
+/// counted inside the open group, so exactly 40 go in whatever groups form; each refused write
+/// is undone alone (the others in its group still commit); every acknowledged write reads
+/// back at once and is in the store with exactly one `ok` event; the chain and the store
+/// verify.
+#[test]
+fn concurrent_writes_in_shared_commits_are_each_judged_alone() {
+    let dir = TestDir::new();
+    let tools = serde_json::to_string(&common::TOOL_NAMES).unwrap();
+    let policy = dir.policy(&format!(
+        "version = 1\n[limits]\nnamespace_max_entries = {QUOTA}\nnamespace_max_bytes = 1000000\n\
+         [principals.local]\ntools = {tools}\nnamespaces = {{ \"*\" = \"rw\" }}\n\
+         default_namespace = \"default\"\n"
+    ));
+    let token = dir.issue_token("local");
+    let args: Vec<&str> = policy.iter().map(String::as_str).collect();
+    let daemon = dir.serve_http(&args);
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|t| {
+            let d = Http {
+                addr: daemon.addr.clone(),
+            };
+            let (token, acked, refused) = (token.clone(), acked.clone(), refused.clone());
+            std::thread::spawn(move || {
+                let session = d.open_session(&token);
+                for i in 0..EACH {
+                    let content = format!("session {t} entry {i}");
+                    let n = (i * 2 + 1) as u64;
+                    let stored = d.call(
+                        &token,
+                        &session,
+                        n,
+                        "memory_store",
+                        json!({"content": content, "namespace": "shared"}),
+                    );
+                    match code(&stored).as_str() {
+                        "ok" => {
+                            let id = stored["result"]["structuredContent"]["id"]
+                                .as_str()
+                                .unwrap()
+                                .to_string();
+                            // Acknowledged means committed: it reads back at once.
+                            let got =
+                                d.call(&token, &session, n + 1, "memory_get", json!({"id": id}));
+                            assert_eq!(code(&got), "ok", "{got}");
+                            assert_eq!(
+                                got["result"]["structuredContent"]["memory"]["content"],
+                                content
+                            );
+                            acked.lock().unwrap().push(id);
+                        }
+                        other => refused.lock().unwrap().push(other.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a session's thread failed");
+    }
+    daemon.stop_ok(&dir);
+
+    let acked = acked.lock().unwrap().clone();
+    let refused = refused.lock().unwrap().clone();
+    assert_eq!(acked.len(), QUOTA, "refusals: {refused:?}");
+    assert_eq!(refused.len(), SESSIONS * EACH - QUOTA);
+    assert!(refused.iter().all(|c| c == "TOO_LARGE"), "{refused:?}");
+
+    let exported = common::stdout_ok(&dir.cli(&["export"]));
+    let present: HashSet<String> = exported
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["namespace"] == "shared")
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(present, acked.iter().cloned().collect::<HashSet<_>>());
+
+    let events = common::audit_events(&dir);
+    let stores = |outcome: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "call" && e["tool"] == "memory_store")
+            .filter(|e| e["outcome"] == outcome)
+            .collect()
+    };
+    let created: Vec<String> = stores("ok")
+        .iter()
+        .filter_map(|e| e["detail"]["created"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(created.len(), QUOTA, "one ok event per acknowledged write");
+    assert_eq!(
+        created.into_iter().collect::<HashSet<_>>(),
+        present,
+        "the ok events name exactly the stored rows"
+    );
+    let denied = stores("denied");
+    assert_eq!(denied.len(), SESSIONS * EACH - QUOTA);
+    assert!(denied.iter().all(|e| e["code"] == "TOO_LARGE"));
+
+    for check in [&["verify"][..], &["audit", "verify"][..]] {
+        let out = dir.cli(check);
+        assert!(
+            out.status.success(),
+            "{check:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
