@@ -1,5 +1,6 @@
-//! Group commit in `serve-http`: the writes of many sessions share commits, and each is still
-//! judged, audited and answered on its own. The real daemon, raw HTTP, a real policy file.
+//! Group commit: the writes of many sessions share commits, and each is still judged, audited
+//! and answered on its own. The real daemon over raw HTTP with a real policy file; and the
+//! groups themselves through the library, on real files.
 
 mod common;
 
@@ -8,6 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use common::TestDir;
 use common::http::Http;
+use memwarden::audit::{AuditLog, Kind, NewEvent, Outcome};
+use memwarden::error::Error;
+use memwarden::keys::Keyring;
+use memwarden::store::testing::Tamper;
+use memwarden::store::{
+    Author, Entry, NewEntry, PendingWrite, Rights, Status, Store, StoreOptions, Visibility,
+};
 use serde_json::{Value, json};
 
 const SESSIONS: usize = 16;
@@ -124,6 +132,118 @@ fn concurrent_writes_in_shared_commits_are_each_judged_alone() {
     assert_eq!(denied.len(), SESSIONS * EACH - QUOTA);
     assert!(denied.iter().all(|e| e["code"] == "TOO_LARGE"));
 
+    for check in [&["verify"][..], &["audit", "verify"][..]] {
+        let out = dir.cli(check);
+        assert!(
+            out.status.success(),
+            "{check:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+fn entry(content: &str) -> NewEntry {
+    NewEntry {
+        namespace: "default".into(),
+        content: content.into(),
+        tags: Vec::new(),
+        metadata: None,
+        status: Status::Active,
+    }
+}
+
+/// Stages a write with the call event `verify` reconciles it against.
+fn stage(pending: PendingWrite<'_>, log: &mut AuditLog) -> Entry {
+    let id = pending.entry().id.clone();
+    let event = NewEvent {
+        tool: Some("memory_store"),
+        outcome: Some(Outcome::Ok),
+        ..NewEvent::new(Kind::Call, json!({"created": id}))
+    };
+    pending.stage(log, &event).unwrap()
+}
+
+/// The groups through the library: writes staged in a group are durable only once it commits
+/// (another connection sees none of them before); a write dropped inside a group is undone
+/// alone; a group rolled back leaves neither its rows nor its events. `verify` and `audit
+/// verify` pass afterwards.
+#[test]
+fn a_group_commits_whole_undoes_a_failed_write_alone_and_rolls_back_whole() {
+    let dir = TestDir::new();
+    dir.init();
+    let data = dir.data();
+    let keyring = Keyring::load(&data.join("keyring.toml")).unwrap();
+    let mut store = Store::open(
+        &data.join("memory.db"),
+        keyring.entry.clone(),
+        StoreOptions::default(),
+    )
+    .unwrap();
+    assert!(store.set_grouped(true), "SQLite groups writes");
+    let mut log = AuditLog::open(
+        &data.join("audit.db"),
+        keyring.audit.clone(),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    let start = log.head().unwrap().seq;
+    let author = Author {
+        principal: "local",
+        session_id: "group-test",
+    };
+    let now = memwarden::clock::now_ms();
+    let outside = Tamper::open(&data);
+
+    let a = stage(store.insert(author, entry("a"), now).unwrap(), &mut log);
+    // Dropped before it is staged: undone alone, its event never written.
+    drop(store.insert(author, entry("b"), now).unwrap());
+    let c = stage(store.insert(author, entry("c"), now).unwrap(), &mut log);
+    assert!(store.group_open() && log.group_open());
+    assert_eq!(
+        outside.count(),
+        0,
+        "nothing is visible before the group commits"
+    );
+    log.commit_group().unwrap();
+    store.commit_group().unwrap();
+    assert!(!store.group_open() && !log.group_open());
+    assert_eq!(outside.count(), 2);
+    assert_eq!(
+        log.head().unwrap().seq,
+        start + 2,
+        "one event per staged write"
+    );
+    let view = Visibility::new([("*".to_string(), Rights::ReadWrite)], None);
+    for (id, content) in [(&a.id, "a"), (&c.id, "c")] {
+        assert_eq!(store.get(id, &view).unwrap().content, content);
+    }
+
+    let d = stage(store.insert(author, entry("d"), now).unwrap(), &mut log);
+    log.rollback_group();
+    store.rollback_group();
+    assert!(matches!(store.get(&d.id, &view), Err(Error::NotFound)));
+    assert_eq!(outside.count(), 2);
+    assert_eq!(
+        log.head().unwrap().seq,
+        start + 2,
+        "a rolled-back group leaves no event"
+    );
+
+    // A write of its own is refused while a group is open (its commit would carry the
+    // group's writes without their events).
+    drop(store.insert(author, entry("f"), now).unwrap());
+    assert!(store.group_open());
+    store.set_grouped(false);
+    let refused = match store.insert(author, entry("g"), now) {
+        Err(Error::Internal(_)) => true,
+        other => panic!("{other:?}"),
+    };
+    assert!(refused);
+    store.set_grouped(true);
+    store.commit_group().unwrap();
+    assert_eq!(outside.count(), 2);
+
+    drop((store, log));
     for check in [&["verify"][..], &["audit", "verify"][..]] {
         let out = dir.cli(check);
         assert!(
