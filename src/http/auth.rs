@@ -13,13 +13,32 @@ use super::front::{Reply, Source, error};
 use super::tls::ClientIdentity;
 use super::tokens::{AuthFailure, Holder, Scope};
 
-/// Failed authentications of one source address in the current minute.
+/// Failed authentications of one source address in the minute since its first one (a window
+/// per source, so a burst cannot straddle a clock minute and count twice).
 #[derive(Debug, Clone, Copy)]
 pub struct Failures {
-    pub(super) minute: u64,
+    /// Unix ms of the window's first failure.
+    since_ms: u64,
     count: u32,
-    /// Whether the limit's own security event was recorded this minute.
+    /// Whether the limit's own security event was recorded in this window.
     logged: bool,
+}
+
+/// How long a source's window of failures lasts.
+const WINDOW_MS: u64 = 60_000;
+
+impl Failures {
+    fn fresh(now_ms: u64) -> Self {
+        Self {
+            since_ms: now_ms,
+            count: 0,
+            logged: false,
+        }
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.since_ms) >= WINDOW_MS
+    }
 }
 
 fn unauthorized(failure: AuthFailure) -> Reply {
@@ -39,8 +58,8 @@ fn unauthorized(failure: AuthFailure) -> Reply {
     r
 }
 
-fn minute_now() -> u64 {
-    crate::clock::now_ms() as u64 / 60_000
+fn now_ms() -> u64 {
+    crate::clock::now_ms().max(0) as u64
 }
 
 impl Daemon {
@@ -95,25 +114,26 @@ impl Daemon {
         })
     }
 
-    /// Counts one refused request of `source` toward its minute's limit.
+    /// Counts one refused request of `source` toward its window's limit.
     pub(super) fn count_failure(&self, source: &Source) {
         let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = minute_now();
-        let f = table.entry(source.0.clone()).or_insert(Failures {
-            minute: now,
-            count: 0,
-            logged: false,
-        });
+        let now = now_ms();
+        let f = table
+            .entry(source.0.clone())
+            .or_insert_with(|| Failures::fresh(now));
+        if f.expired(now) {
+            *f = Failures::fresh(now);
+        }
         f.count += 1;
     }
 
-    /// Whether `source` has used up its failed authentications for this minute.
+    /// Whether `source` has used up its failed authentications for its current window.
     pub(super) async fn over_failure_limit(&self, source: &Source) -> bool {
         let limit = self.policy.auth_failures_per_minute;
         let first_over = {
             let mut table = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let now = minute_now();
-            table.retain(|_, f| f.minute == now);
+            let now = now_ms();
+            table.retain(|_, f| !f.expired(now));
             match table.get_mut(&source.0) {
                 Some(f) if f.count >= limit => {
                     let first = !f.logged;
