@@ -22,6 +22,18 @@ const SESSIONS: usize = 16;
 const EACH: usize = 6;
 const QUOTA: usize = 40;
 
+/// `memwarden verify` and `memwarden audit verify` pass on the data dir.
+fn verify_both(dir: &TestDir) {
+    for check in [&["verify"][..], &["audit", "verify"][..]] {
+        let out = dir.cli(check);
+        assert!(
+            out.status.success(),
+            "{check:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// What a call answered: "ok" or the refusal's code.
 fn code(reply: &Value) -> String {
     match reply["result"]["structuredContent"]["code"].as_str() {
@@ -132,14 +144,7 @@ fn concurrent_writes_in_shared_commits_are_each_judged_alone() {
     assert_eq!(denied.len(), SESSIONS * EACH - QUOTA);
     assert!(denied.iter().all(|e| e["code"] == "TOO_LARGE"));
 
-    for check in [&["verify"][..], &["audit", "verify"][..]] {
-        let out = dir.cli(check);
-        assert!(
-            out.status.success(),
-            "{check:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    verify_both(&dir);
 }
 
 fn entry(content: &str) -> NewEntry {
@@ -244,12 +249,5 @@ fn a_group_commits_whole_undoes_a_failed_write_alone_and_rolls_back_whole() {
     assert_eq!(outside.count(), 2);
 
     drop((store, log));
-    for check in [&["verify"][..], &["audit", "verify"][..]] {
-        let out = dir.cli(check);
-        assert!(
-            out.status.success(),
-            "{check:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    verify_both(&dir);
 }

@@ -235,22 +235,14 @@ impl AuditLog {
         if first_only && prev.seq != 0 {
             return Ok(None);
         }
-        let mut new = insert(&tx, &self.keys, event, now_ms, &prev)?;
-        let mut note = None;
-        if let Some(ck) = self.checkpoints.as_mut()
-            && ck.due(&tx, new.seq, now_ms)?
-        {
-            let (head, signed) = ck.insert(
-                &tx,
-                &self.keys,
-                &new,
-                event.session_id,
-                event.principal,
-                now_ms,
-            )?;
-            new = head;
-            note = Some(signed);
-        }
+        let (new, note) = link(
+            &tx,
+            &self.keys,
+            self.checkpoints.as_mut(),
+            event,
+            now_ms,
+            &prev,
+        )?;
         tx.commit()?;
         if let Some(note) = note {
             log_checkpoint(&note);
@@ -272,22 +264,16 @@ impl AuditLog {
         }
         let sp = self.conn.savepoint()?;
         let prev = head(&sp)?;
-        let mut new = insert(&sp, &self.keys, event, now_ms, &prev)?;
-        if let Some(ck) = self.checkpoints.as_mut()
-            && ck.due(&sp, new.seq, now_ms)?
-        {
-            let (head, signed) = ck.insert(
-                &sp,
-                &self.keys,
-                &new,
-                event.session_id,
-                event.principal,
-                now_ms,
-            )?;
-            new = head;
-            self.group_notes.push(signed);
-        }
+        let (new, note) = link(
+            &sp,
+            &self.keys,
+            self.checkpoints.as_mut(),
+            event,
+            now_ms,
+            &prev,
+        )?;
         sp.commit()?;
+        self.group_notes.extend(note);
         Ok(new)
     }
 
@@ -341,4 +327,25 @@ impl AuditLog {
     pub fn close(self) -> Result<(), AuditError> {
         self.conn.close().map_err(|(_, e)| AuditError::Sqlite(e))
     }
+}
+
+/// Links `event` to `prev` and inserts it in `tx`, then the checkpoint that is due after it,
+/// if any: the new head, and the signed note to log once `tx` commits.
+fn link(
+    tx: &Connection,
+    keys: &KeySet,
+    checkpoints: Option<&mut Checkpointer>,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+    prev: &Head,
+) -> Result<(Head, Option<String>), AuditError> {
+    let new = insert(tx, keys, event, now_ms, prev)?;
+    let Some(ck) = checkpoints else {
+        return Ok((new, None));
+    };
+    if !ck.due(tx, new.seq, now_ms)? {
+        return Ok((new, None));
+    }
+    let (head, signed) = ck.insert(tx, keys, &new, event.session_id, event.principal, now_ms)?;
+    Ok((head, Some(signed)))
 }
