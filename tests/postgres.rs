@@ -793,39 +793,7 @@ fn eight_writers_make_400_verified_rows_and_one_audit_chain() {
     assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 400);
     assert_eq!(pg.query_i64("SELECT max(seq) FROM audit.events"), 400);
 
-    let copy = pg.cluster.dir.path().join("exported.db");
-    let auditor = pg
-        .cluster
-        .settings_file("auditor.conf", "memwarden_auditor");
-    let out = std::process::Command::new(common::bin())
-        .args(["db", "export-audit", "--database-file"])
-        .arg(&auditor)
-        .arg("--out")
-        .arg(&copy)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(common::bin())
-        .args(["audit", "verify", "--db"])
-        .arg(&copy)
-        .arg("--keyring")
-        .arg(pg.data.join("keyring.toml"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("400 events") && stdout.contains("MACs verified"),
-        "{stdout}"
-    );
+    assert_chain_verifies_offline(&pg, 400);
 }
 
 #[test]
@@ -896,3 +864,159 @@ fn verify_walks_every_row_and_record_across_pages() {
 
 #[path = "postgres/narrow.rs"]
 mod narrow;
+
+/// `db export-audit` as the auditor, then the offline verifier on the copy: `events` events,
+/// one chain, every MAC verified.
+fn assert_chain_verifies_offline(pg: &Ready, events: usize) {
+    let copy = pg.cluster.dir.path().join("exported.db");
+    let auditor = pg
+        .cluster
+        .settings_file("auditor.conf", "memwarden_auditor");
+    let out = std::process::Command::new(common::bin())
+        .args(["db", "export-audit", "--database-file"])
+        .arg(&auditor)
+        .arg("--out")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["audit", "verify", "--db"])
+        .arg(&copy)
+        .arg("--keyring")
+        .arg(pg.data.join("keyring.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{events} events")) && stdout.contains("MACs verified"),
+        "{stdout}"
+    );
+}
+
+/// Grouped writes on PostgreSQL (what the daemon does with many sessions): the writes and
+/// their events commit in one transaction, invisible to other connections until then; a write
+/// dropped inside the group is undone alone, its event never written; updates and deletes
+/// join too; a clock behind the group's newest row still stamps in position order; a group
+/// rolled back leaves neither rows nor events; a write of its own is refused while a group is
+/// open. The chain verifies offline afterwards.
+#[test]
+fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_alone() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    assert!(store.set_grouped(true), "PostgreSQL groups writes");
+    let stage = |pending: memwarden::store::PendingWrite<'_>| {
+        let id = pending.entry().id.clone();
+        let event = memwarden::audit::NewEvent {
+            tool: Some("memory_store"),
+            outcome: Some(memwarden::audit::Outcome::Ok),
+            ..memwarden::audit::NewEvent::new(
+                memwarden::audit::Kind::Call,
+                serde_json::json!({"created": id}),
+            )
+        };
+        pending.stage(None, &event).unwrap()
+    };
+    let counts = || {
+        (
+            pg.query_i64("SELECT count(*) FROM memory.entries"),
+            pg.query_i64("SELECT count(*) FROM audit.events"),
+        )
+    };
+
+    let a = stage(
+        store
+            .insert(AUTHOR, new_entry("a", "first", &[]), 5_000_000)
+            .unwrap(),
+    );
+    drop(
+        store
+            .insert(AUTHOR, new_entry("a", "dropped", &[]), 5_000_001)
+            .unwrap(),
+    );
+    // The clock went back: the row is stamped with the group's newest time, not before it.
+    let c = stage(
+        store
+            .insert(AUTHOR, new_entry("a", "third", &[]), 4_000_000)
+            .unwrap(),
+    );
+    assert_eq!(c.created_at, a.created_at);
+    assert!(store.group_open());
+    assert_eq!(
+        counts(),
+        (0, 0),
+        "nothing is visible before the group commits"
+    );
+    store.commit_group().unwrap();
+    assert!(!store.group_open());
+    assert_eq!(counts(), (2, 2), "two rows, one event each");
+
+    let view = Visibility::everything();
+    let changes = Changes {
+        content: Some("first, edited".into()),
+        ..Changes::default()
+    };
+    stage(
+        store
+            .update(AUTHOR, &a.id, changes, 6_000_000, &view)
+            .unwrap(),
+    );
+    stage(store.delete(&c.id, 6_000_001, &view).unwrap());
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", "fourth", &[]), 6_000_002)
+            .unwrap(),
+    );
+    store.commit_group().unwrap();
+    assert!(matches!(store.get(&c.id, &view), Err(Error::NotFound)));
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 5);
+    assert_eq!(
+        pg.query_i64(
+            "SELECT count(*) FROM (SELECT created_at < lag(created_at) OVER (ORDER BY pos) AS back \
+             FROM memory.entries) t WHERE back"
+        ),
+        0,
+        "creation order is storage order"
+    );
+
+    let before = counts();
+    let d = stage(
+        store
+            .insert(AUTHOR, new_entry("a", "rolled back", &[]), 7_000_000)
+            .unwrap(),
+    );
+    store.rollback_group();
+    assert!(matches!(store.get(&d.id, &view), Err(Error::NotFound)));
+    assert_eq!(
+        counts(),
+        before,
+        "a rolled-back group leaves no row and no event"
+    );
+
+    // A write of its own while a group is open is refused: its commit would carry the group's.
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", "grouped", &[]), 8_000_000)
+            .unwrap(),
+    );
+    store.set_grouped(false);
+    assert!(matches!(
+        store.insert(AUTHOR, new_entry("a", "alone", &[]), 8_000_001),
+        Err(Error::Internal(_))
+    ));
+    store.set_grouped(true);
+    store.commit_group().unwrap();
+
+    let report = store.verify_all().unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_chain_verifies_offline(&pg, 6);
+}

@@ -16,6 +16,7 @@ use super::postgres::{PgAuditError, append, head, is_disconnect, is_transient};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
+use crate::pgconn::sql::{Cached, Statements};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,11 @@ pub struct PgLog {
     keys: KeySet,
     /// What it connects with, again after a lost connection.
     settings: DatabaseSettings,
+    /// The connection's prepared statements.
+    statements: Statements,
+    /// A group of writes is open on the store's connection ([`PgLog::set_store_group`]): it
+    /// holds the chain's lock, so an append here would wait on it.
+    store_group: bool,
 }
 
 impl std::fmt::Debug for PgLog {
@@ -134,6 +140,8 @@ impl PgLog {
             client,
             keys,
             settings,
+            statements: Statements::default(),
+            store_group: false,
         };
         log.head().map_err(|e| {
             AuditError::Open(format!(
@@ -143,11 +151,30 @@ impl PgLog {
         Ok(log)
     }
 
+    /// Notes that a group of writes, with their events, is open (or no longer) on the store's
+    /// connection: until it commits, [`PgLog::append`] is refused (the group holds the chain's
+    /// lock) and [`super::sink::Sink::group_open`] says so, so the server commits the group
+    /// before appending.
+    pub fn set_store_group(&mut self, open: bool) {
+        self.store_group = open;
+    }
+
+    /// Whether a group of writes is open on the store's connection.
+    pub fn store_group(&self) -> bool {
+        self.store_group
+    }
+
     /// Appends `event` in a transaction of its own.
     ///
     /// # Errors
     /// The server refused, the connection is gone, or the chain does not link.
     pub fn append(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, AuditError> {
+        if self.store_group {
+            // It would wait for a lock its own server holds: refuse rather than hang.
+            return Err(AuditError::Corrupt(
+                "an append while a group of writes is open (commit the group first)".into(),
+            ));
+        }
         // Only a lost connection is made again: a server that refused for now (a full disk,
         // a lock wait) is still connected.
         match self.append_once(event, now_ms) {
@@ -160,19 +187,34 @@ impl PgLog {
         let Self { rt, settings, .. } = self;
         let client = on_own_thread(|| open(rt, settings).map_err(PgAuditError::Database))?;
         self.client = client;
+        self.statements.clear();
         tracing::info!(target: "memwarden::audit", "reconnected to PostgreSQL for audit events");
         self.append_once(event, now_ms).map_err(for_caller)
     }
 
     fn append_once(&mut self, event: &NewEvent<'_>, now_ms: i64) -> Result<Head, PgAuditError> {
         let Self {
-            rt, client, keys, ..
+            rt,
+            client,
+            keys,
+            statements,
+            ..
         } = self;
+        let sql = Cached { client, statements };
         raw_on_own_thread(|| {
             rt.block_on(async {
-                let tx = client.transaction().await?;
-                let head = append(&tx, keys, event, now_ms).await?;
-                tx.commit().await?;
+                client.batch_execute("BEGIN").await?;
+                let appended = append(&sql, keys, event, now_ms).await;
+                // Ended either way, so the chain's lock goes now (an aborted transaction's
+                // COMMIT would roll back without an error: only a good append commits).
+                let end = if appended.is_ok() {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                let ended = client.batch_execute(end).await;
+                let head = appended?;
+                ended?;
                 Ok(head)
             })
         })

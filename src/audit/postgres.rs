@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use tokio_postgres::{GenericClient, Transaction};
+use crate::pgconn::sql::Sql;
 
 use super::chain::{GENESIS, LinkedEvent, link};
 use super::{AuditError, Head, NewEvent};
@@ -54,7 +54,7 @@ pub enum PgAuditError {
 }
 
 /// The head of the chain in `audit.events`.
-pub async fn head(client: &impl GenericClient) -> Result<Head, PgAuditError> {
+pub async fn head(client: &impl Sql) -> Result<Head, PgAuditError> {
     let row = client
         .query_opt(
             "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1",
@@ -76,7 +76,7 @@ pub async fn head(client: &impl GenericClient) -> Result<Head, PgAuditError> {
 /// Appends `event` inside `tx` (which must be READ COMMITTED, PostgreSQL's default): it becomes
 /// durable exactly when `tx` commits, with whatever else `tx` wrote.
 pub async fn append(
-    tx: &Transaction<'_>,
+    tx: &impl Sql,
     keys: &KeySet,
     event: &NewEvent<'_>,
     now_ms: i64,
@@ -84,7 +84,20 @@ pub async fn append(
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
         .await?;
     let prev = head(tx).await?;
-    let linked = link(keys, event, now_ms, &prev)?;
+    append_after(tx, keys, event, now_ms, &prev).await
+}
+
+/// Appends `event` after `prev`, the head `tx` read (or wrote) while holding the chain's lock
+/// — which it still holds, so the head has not moved: a group of writes appends its events one
+/// after another without reading the tail again. Returns the new head.
+pub async fn append_after(
+    tx: &impl Sql,
+    keys: &KeySet,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+    prev: &Head,
+) -> Result<Head, PgAuditError> {
+    let linked = link(keys, event, now_ms, prev)?;
     insert(tx, &linked).await?;
     Ok(Head {
         seq: linked.seq,
@@ -92,7 +105,7 @@ pub async fn append(
     })
 }
 
-async fn insert(client: &impl GenericClient, e: &LinkedEvent) -> Result<(), PgAuditError> {
+async fn insert(client: &impl Sql, e: &LinkedEvent) -> Result<(), PgAuditError> {
     let n = client
         .execute(
             "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, outcome, \

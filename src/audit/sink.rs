@@ -77,9 +77,14 @@ impl Sink {
         }
     }
 
-    /// Whether a group of staged events is open (audit.db only; see [`AuditLog::stage`]).
+    /// Whether a group of staged events is open: audit.db's ([`AuditLog::stage`]), or a group
+    /// of writes with their events on PostgreSQL's store connection ([`PgLog::set_store_group`]).
+    /// Either way no other event may be appended until the group commits.
     pub fn group_open(&self) -> bool {
-        matches!(self, Self::File(log) if log.group_open())
+        match self {
+            Self::File(log) => log.group_open(),
+            Self::Postgres(log) => log.store_group(),
+        }
     }
 
     /// Closes the log.

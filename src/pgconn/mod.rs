@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio_postgres::config::{Host, SslMode};
 
 mod error;
+pub mod sql;
 mod tls;
 
 pub use error::SettingsError;

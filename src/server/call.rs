@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::{EndReason, Server};
+use crate::audit::sink::Sink;
 use crate::audit::{Kind, NewEvent, Outcome};
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorCode};
@@ -317,9 +318,13 @@ impl Server {
         // Staged in the open group: answer only once the group is committed.
         let slot = guard.staged();
         drop(guard);
-        self.shared.settle(&slot).map_err(|err| match err {
-            err @ Error::Audit(_) => self.audit_lost(err),
-            err => err,
+        self.shared.settle(&slot).map_err(|failed| {
+            // A lost group on PostgreSQL took its events along: this call's is written anew.
+            *event_written = failed.audited;
+            match failed.error {
+                err @ Error::Audit(_) => self.audit_lost(err),
+                err => err,
+            }
         })?;
         Ok(value)
     }
@@ -352,11 +357,17 @@ impl Server {
             .ok_or_else(|| self.audit_lost(Error::Audit("closed".into())))?;
         // audit.db's writer for a SQLite store; PostgreSQL appends in the write's own transaction.
         let grouped = pending.grouped();
-        let committed = match sink.file() {
-            Some(log) if grouped => pending.stage(log, &event),
-            Some(log) => pending.commit(log, &event),
-            None => pending.commit_in_store(&event),
+        let committed = match (sink.file(), grouped) {
+            (log, true) => pending.stage(log, &event),
+            (Some(log), false) => pending.commit(log, &event),
+            (None, false) => pending.commit_in_store(&event),
         };
+        if grouped && committed.is_ok() {
+            // PostgreSQL: the group now holds the chain's lock; appends wait for its commit.
+            if let Sink::Postgres(log) = sink {
+                log.set_store_group(true);
+            }
+        }
         match committed {
             Ok(_) => {
                 *event_written = true;

@@ -31,6 +31,7 @@ use super::Shared;
 use crate::audit::sink::Sink;
 use crate::error::Error;
 use crate::store::Store;
+use crate::store::backend::CommitError;
 
 /// A group commits, whatever else is queued, once it holds this many writes.
 const GROUP_MAX: usize = 64;
@@ -60,23 +61,48 @@ struct Failure {
     audit: bool,
     /// The engine's answer is one a retry may cure (busy, disk full, I/O).
     unavailable: bool,
+    /// The database connection was lost: retry after this many ms (PostgreSQL).
+    retry_after_ms: Option<u64>,
+    /// The group's events are in the log all the same (SQLite: audit.db committed, memory.db
+    /// did not — "audited, not applied"); false when they went with the group (PostgreSQL).
+    audited: bool,
     message: String,
 }
 
 impl Failure {
-    fn store(err: &Error) -> Self {
+    fn store(err: &Error, audited: bool) -> Self {
         Self {
             audit: false,
             unavailable: !matches!(err, Error::Internal(_)),
+            retry_after_ms: match err {
+                Error::Disconnected { retry_after_ms } => Some(*retry_after_ms),
+                _ => None,
+            },
+            audited,
             message: err.to_string(),
         }
     }
 
-    fn into_error(self) -> Error {
-        match (self.audit, self.unavailable) {
-            (true, _) => Error::Audit(self.message),
-            (false, true) => Error::Unavailable(self.message),
-            (false, false) => Error::Internal(self.message),
+    fn audit(message: String) -> Self {
+        Self {
+            audit: true,
+            unavailable: false,
+            retry_after_ms: None,
+            audited: false,
+            message,
+        }
+    }
+
+    fn into_error(self) -> CommitError {
+        let error = match (self.audit, self.unavailable, self.retry_after_ms) {
+            (true, _, _) => Error::Audit(self.message),
+            (false, _, Some(retry_after_ms)) => Error::Disconnected { retry_after_ms },
+            (false, true, None) => Error::Unavailable(self.message),
+            (false, false, None) => Error::Internal(self.message),
+        };
+        CommitError {
+            error,
+            audited: self.audited,
         }
     }
 }
@@ -143,11 +169,10 @@ impl StoreGuard<'_> {
         }
         let outcome = match cell.store.as_mut() {
             Some(store) => self.shared.commit_groups(store),
-            None => Err(Failure {
-                audit: false,
-                unavailable: true,
-                message: "store closed".into(),
-            }),
+            None => Err(Failure::store(
+                &Error::Unavailable("store closed".into()),
+                false,
+            )),
         };
         for slot in cell.staged.drain(..) {
             slot.settle(outcome.clone());
@@ -202,6 +227,10 @@ impl Shared {
             cell: self.lock_cell(),
         };
         reconnect(&mut guard);
+        if guard.as_ref().is_some_and(|s| !s.group_sound()) {
+            // A group lost with its connection fails now, not with the next write in it.
+            guard.commit_group();
+        }
         guard
     }
 
@@ -247,41 +276,42 @@ impl Shared {
         self.audit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits both groups, audit.db's first. A lost group rolls both back.
+    /// Commits the open group: on SQLite both groups, audit.db's first (a lost group rolls
+    /// both back); on PostgreSQL the one transaction that holds the writes and their events.
     fn commit_groups(&self, store: &mut Store) -> Result<(), Failure> {
         let mut audit = self.audit_raw();
-        let Some(log) = audit.as_mut().and_then(Sink::file) else {
-            store.rollback_group();
-            return Err(Failure {
-                audit: true,
-                unavailable: false,
-                message: "closed".into(),
-            });
+        let log = match audit.as_mut() {
+            Some(Sink::File(log)) => log,
+            Some(Sink::Postgres(log)) => {
+                log.set_store_group(false);
+                return store.commit_group().map_err(|e| Failure::store(&e, false));
+            }
+            None => {
+                store.rollback_group();
+                return Err(Failure::audit("closed".into()));
+            }
         };
         if !store.group_sound() {
             log.rollback_group();
             store.rollback_group();
-            return Err(Failure::store(&Error::Unavailable(
-                "a group of writes was lost".into(),
-            )));
+            return Err(Failure::store(
+                &Error::Unavailable("a group of writes was lost".into()),
+                false,
+            ));
         }
         if let Err(e) = log.commit_group() {
             store.rollback_group();
             self.trip();
             tracing::error!(target: "memwarden::security", event = "audit_unwritable", error = %e,
                 "audit.db's group could not be committed: refusing every call");
-            return Err(Failure {
-                audit: true,
-                unavailable: false,
-                message: e.to_string(),
-            });
+            return Err(Failure::audit(e.to_string()));
         }
-        store.commit_group().map_err(|e| Failure::store(&e))
+        store.commit_group().map_err(|e| Failure::store(&e, true))
     }
 
     /// Waits for the group holding a staged write to commit (committing it itself if nobody
     /// has after a while): `Ok` once the write and its event are durable.
-    pub(super) fn settle(&self, slot: &Staged) -> Result<(), Error> {
+    pub(super) fn settle(&self, slot: &Staged) -> Result<(), CommitError> {
         loop {
             if let Some(outcome) = slot.wait(WAIT_BEFORE_TAKING_OVER) {
                 return outcome.map_err(Failure::into_error);

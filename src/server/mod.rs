@@ -77,8 +77,9 @@ impl Shared {
         policy: Arc<Policy>,
     ) -> Self {
         let audit = audit.into();
-        // audit.db's events commit apart from memory.db's rows, so writes can be grouped.
-        store.set_grouped(matches!(audit, Sink::File(_)));
+        // Sessions' writes share commits (see `group`): on SQLite one of audit.db and one of
+        // memory.db per group, on PostgreSQL one transaction per group.
+        store.set_grouped(true);
         store.set_quota(Quota {
             max_entries: policy.limits.namespace_max_entries,
             max_bytes: policy.limits.namespace_max_bytes,

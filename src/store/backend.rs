@@ -257,10 +257,15 @@ pub trait WriteTx {
     /// written, nothing is committed.
     fn commit(self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError>;
 
-    /// Ends a grouped write ([`Backend::begin_grouped`]): its event is staged in `log`'s open
-    /// group, then the write joins the store's group. Neither is durable until the groups
-    /// commit, audit.db's first. If the event cannot be staged, the write is undone.
-    fn stage(self: Box<Self>, log: &mut AuditLog, event: &NewEvent<'_>) -> Result<(), CommitError> {
+    /// Ends a grouped write ([`Backend::begin_grouped`]): its event is staged (SQLite: in
+    /// `log`'s open group, audit.db's writer; PostgreSQL: in the group's own transaction, `log`
+    /// unused), then the write joins the store's group. Neither is durable until the groups
+    /// commit (audit.db's first). If the event cannot be staged, the write is undone.
+    fn stage(
+        self: Box<Self>,
+        log: Option<&mut AuditLog>,
+        event: &NewEvent<'_>,
+    ) -> Result<(), CommitError> {
         let _ = (log, event);
         Err(CommitError {
             error: crate::error::Error::Internal("this write is not grouped".into()),

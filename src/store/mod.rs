@@ -99,7 +99,7 @@ impl Store {
         self.quota = quota;
     }
 
-    /// Groups this store's agent writes when the backend can (SQLite): each insert, update and
+    /// Groups this store's agent writes when the backend can (both do): each insert, update and
     /// delete then runs inside the open group and is ended with [`PendingWrite::stage`]; the
     /// group commits with [`Store::commit_group`]. Returns whether writes are grouped.
     pub fn set_grouped(&mut self, on: bool) -> bool {

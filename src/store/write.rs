@@ -65,14 +65,19 @@ impl PendingWrite<'_> {
         Ok(self.entry)
     }
 
-    /// Ends a grouped write ([`Store::set_grouped`]): its event is staged in audit.db's open
-    /// group and the write joins the store's. Neither is durable, and the caller may not
-    /// answer, until the groups commit (audit.db's first, then [`Store::commit_group`]).
+    /// Ends a grouped write ([`Store::set_grouped`]): its event is staged — in audit.db's open
+    /// group through `audit` (SQLite), or in the group's own transaction (PostgreSQL, `audit`
+    /// `None`) — and the write joins the store's group. Neither is durable, and the caller may
+    /// not answer, until the groups commit (audit.db's first, then [`Store::commit_group`]).
     ///
     /// # Errors
     /// [`CommitError`]: the event could not be staged (the write is undone), or the write not
     /// joined (the group is then rolled back whole).
-    pub fn stage(self, audit: &mut AuditLog, event: &NewEvent<'_>) -> Result<Entry, CommitError> {
+    pub fn stage(
+        self,
+        audit: Option<&mut AuditLog>,
+        event: &NewEvent<'_>,
+    ) -> Result<Entry, CommitError> {
         self.tx.stage(audit, event)?;
         Ok(self.entry)
     }

@@ -20,6 +20,11 @@
 //! change without its event nor an event "audited, not applied". The commit's
 //! [`crate::store::backend::CommitEvent::log`] (audit.db's writer, SQLite's) is not used here.
 //!
+//! **Groups.** [`Backend::begin_grouped`] runs a write inside the connection's open group
+//! ([`super::group::Group`]): the server's sessions then share one transaction, one COMMIT and
+//! one WAL flush per group, and the chain stays one chain (the group holds its lock). A
+//! connection lost with a group open fails the whole group; nothing in it was acknowledged.
+//!
 //! **Conflicts.** A statement that loses a serialization or deadlock conflict (40001, 40P01) is
 //! run again a bounded number of times when it is a whole unit of work: a read, a snapshot walk,
 //! a session admission. Inside a write transaction that spans several store steps only the
@@ -36,18 +41,19 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::connect::{self, Backoff};
+use super::connect::{self, Backoff, Driver, configure};
 use super::fail::{Failure, RETRY_AFTER_MS, detail, retry};
+use super::group::Group;
 use super::rows::{COLUMNS, read_row};
 use super::write::PgTx;
 use super::{ledger, read, schema};
 use crate::error::Result;
 use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
+use crate::pgconn::sql::{Cached, Statements};
 use crate::store::OpenError;
 use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
 use crate::store::ledger::ChainReport;
@@ -58,45 +64,8 @@ use crate::store::transfer::{Batch, Copied, CopySink, Resume};
 /// How long a connection attempt may take when the settings do not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Session settings: a writer waits for the store's write lock at most as long as SQLite's
-/// `busy_timeout` (then the call fails UNAVAILABLE), and a transaction left open by a stuck
-/// process ends on its own rather than holding the lock.
-const SESSION: &str = "SET lock_timeout = '10s'; \
-     SET idle_in_transaction_session_timeout = '60s'; \
-     SET default_transaction_isolation = 'read committed'";
-
-use crate::audit::inspect::RECONNECTED;
-
-/// Sets up a new connection's session: [`SESSION`], and the server's side of the dead-peer
-/// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]).
-async fn configure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(SESSION).await?;
-    client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
-}
-
 /// Rows read per statement when walking the whole table.
 const PAGE: i64 = 1000;
-
-/// The backend's runtime, stopped without blocking when dropped (a blocking shutdown would
-/// panic if the last owner were ever dropped on an async thread).
-struct Driver(Option<Runtime>);
-
-impl Driver {
-    fn rt(&self) -> &Runtime {
-        // Only `drop` takes it out.
-        self.0
-            .as_ref()
-            .expect("the runtime lives as long as the backend")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 /// A connection to the PostgreSQL store, as the app role `memwarden db init` made.
 pub struct Postgres {
@@ -106,6 +75,10 @@ pub struct Postgres {
     /// What it connects with, again after a lost connection.
     settings: DatabaseSettings,
     backoff: Backoff,
+    /// The open group of writes on this connection, if any ([`Backend::begin_grouped`]).
+    group: Group,
+    /// The connection's prepared statements (writes').
+    statements: Statements,
     // Last: fields drop in order, and the client must go before the runtime stops.
     driver: Driver,
 }
@@ -147,6 +120,8 @@ impl Postgres {
             connection: Some(connection),
             settings,
             backoff: Backoff::default(),
+            group: Group::default(),
+            statements: Statements::default(),
             driver,
         };
         pg.check_session()?;
@@ -186,6 +161,14 @@ impl Postgres {
         Ok(())
     }
 
+    /// The connection, its statements prepared once.
+    fn cached(&self) -> Cached<'_> {
+        Cached {
+            client: &self.client,
+            statements: &self.statements,
+        }
+    }
+
     /// Runs a whole unit of work on the backend's runtime, again after a lost conflict.
     fn block_on<T>(&self, op: impl AsyncFnMut() -> Result<T, Failure>) -> Result<T> {
         self.driver.rt().block_on(retry(op))
@@ -222,38 +205,6 @@ impl Postgres {
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?)
         })
-    }
-
-    /// Records a reconnection in the audit chain (a security event `store_reconnected` with the
-    /// attempts that failed before it), so `memwarden metrics`, a process of its own, can count
-    /// reconnections and connection errors from a durable place. An outage is recorded when it
-    /// ends: while the database is down nothing can be written to it. Failing to record one
-    /// loses a metric, not a write, so it is logged and the reconnection stands.
-    fn record_reconnect(&mut self, failed_attempts: u32) {
-        let event = crate::audit::NewEvent::new(
-            crate::audit::Kind::Security,
-            serde_json::json!({"event": RECONNECTED, "failed_attempts": failed_attempts}),
-        );
-        let Self {
-            client,
-            audit_keys,
-            driver,
-            ..
-        } = self;
-        let recorded = driver.rt().block_on(async {
-            let tx = client.transaction().await?;
-            crate::audit::postgres::append(&tx, audit_keys, &event, crate::clock::now_ms()).await?;
-            tx.commit().await?;
-            Ok::<_, crate::audit::postgres::PgAuditError>(())
-        });
-        if let Err(e) = recorded {
-            let why = match &e {
-                crate::audit::postgres::PgAuditError::Database(e) => detail(e),
-                other => other.to_string(),
-            };
-            tracing::warn!(target: "memwarden::store", error = %why,
-                "the reconnection could not be recorded in the audit log");
-        }
     }
 
     /// Dead row versions in `memory.entries` awaiting vacuum, from the statistics views.
@@ -308,13 +259,48 @@ impl Backend for Postgres {
     }
 
     fn begin(&mut self) -> Result<Box<dyn WriteTx + '_>> {
-        let Self {
-            client,
-            audit_keys,
-            driver,
-            ..
-        } = self;
-        Ok(Box::new(PgTx::begin(driver.rt(), client, audit_keys)?))
+        if self.group.open.get() {
+            return Err(crate::error::Error::Internal(
+                "a write of its own while a group is open".into(),
+            ));
+        }
+        Ok(Box::new(PgTx::begin(
+            self.driver.rt(),
+            self.cached(),
+            &self.audit_keys,
+        )?))
+    }
+
+    fn groups(&self) -> bool {
+        true
+    }
+
+    fn begin_grouped(&mut self) -> Result<Box<dyn WriteTx + '_>> {
+        Ok(Box::new(PgTx::begin_grouped(
+            self.driver.rt(),
+            self.cached(),
+            &self.audit_keys,
+            &self.group,
+        )?))
+    }
+
+    fn group_open(&self) -> bool {
+        self.group.open.get()
+    }
+
+    fn group_sound(&self) -> bool {
+        !(self.group.broken.get() || self.client.is_closed())
+    }
+
+    fn commit_group(&mut self) -> Result<()> {
+        if self.client.is_closed() && self.group.open.get() {
+            self.group.broken.set(true);
+        }
+        self.group.commit(self.driver.rt(), &self.client)
+    }
+
+    fn rollback_group(&mut self) {
+        self.group.roll_back(self.driver.rt(), &self.client);
     }
 
     fn each_row(&self, each: &mut dyn FnMut(Checked<RawRow>)) -> Result<()> {
@@ -449,6 +435,14 @@ impl Backend for Postgres {
         });
         match opened {
             Ok((client, task)) => {
+                // The group's transaction died with the old connection: its writes are gone,
+                // and it may only be rolled back (a COMMIT on the new one would commit nothing
+                // and say nothing).
+                if self.group.open.get() {
+                    self.group.broken.set(true);
+                }
+                // Statements live on the connection that prepared them.
+                self.statements.clear();
                 if let Some(old) = self.connection.replace(task) {
                     old.abort();
                 }
@@ -456,7 +450,12 @@ impl Backend for Postgres {
                 let failed = self.backoff.reset();
                 tracing::info!(target: "memwarden::store", failed_attempts = failed,
                     "reconnected to PostgreSQL");
-                self.record_reconnect(failed);
+                connect::record_reconnect(
+                    self.driver.rt(),
+                    &mut self.client,
+                    &self.audit_keys,
+                    failed,
+                );
                 Ok(())
             }
             Err(e) => {

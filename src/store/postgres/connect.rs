@@ -10,12 +10,49 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::fail::detail;
+use crate::audit::inspect::RECONNECTED;
+use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// The longest wait between attempts.
 const MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Session settings: a writer waits for the store's write lock at most as long as SQLite's
+/// `busy_timeout` (then the call fails UNAVAILABLE), and a transaction left open by a stuck
+/// process ends on its own rather than holding the lock.
+const SESSION: &str = "SET lock_timeout = '10s'; \
+     SET idle_in_transaction_session_timeout = '60s'; \
+     SET default_transaction_isolation = 'read committed'";
+
+/// Sets up a new connection's session: [`SESSION`], and the server's side of the dead-peer
+/// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]).
+pub(super) async fn configure(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SESSION).await?;
+    client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
+}
+
+/// The backend's runtime, stopped without blocking when dropped (a blocking shutdown would
+/// panic if the last owner were ever dropped on an async thread).
+pub(super) struct Driver(pub(super) Option<Runtime>);
+
+impl Driver {
+    pub(super) fn rt(&self) -> &Runtime {
+        // Only `drop` takes it out.
+        self.0
+            .as_ref()
+            .expect("the runtime lives as long as the backend")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// Connects with `settings` on `rt` (TLS or not as they say): the client, and the task that
 /// drives its connection (polled whenever the runtime runs, i.e. during the backend's calls).
@@ -30,6 +67,32 @@ pub(super) fn open(
         }
     });
     Ok((client, task))
+}
+
+/// Records a reconnection in the audit chain (a security event `store_reconnected` with the
+/// attempts that failed before it), so `memwarden metrics`, a process of its own, can count
+/// reconnections and connection errors from a durable place. An outage is recorded when it
+/// ends: while the database is down nothing can be written to it. Failing to record one loses
+/// a metric, not a write, so it is logged and the reconnection stands.
+pub(super) fn record_reconnect(rt: &Runtime, client: &mut Client, keys: &KeySet, failed: u32) {
+    let event = crate::audit::NewEvent::new(
+        crate::audit::Kind::Security,
+        serde_json::json!({"event": RECONNECTED, "failed_attempts": failed}),
+    );
+    let recorded = rt.block_on(async {
+        let tx = client.transaction().await?;
+        crate::audit::postgres::append(&tx, keys, &event, crate::clock::now_ms()).await?;
+        tx.commit().await?;
+        Ok::<_, crate::audit::postgres::PgAuditError>(())
+    });
+    if let Err(e) = recorded {
+        let why = match &e {
+            crate::audit::postgres::PgAuditError::Database(e) => detail(e),
+            other => other.to_string(),
+        };
+        tracing::warn!(target: "memwarden::store", error = %why,
+            "the reconnection could not be recorded in the audit log");
+    }
 }
 
 /// When the next attempt may be made.

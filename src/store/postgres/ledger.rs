@@ -3,9 +3,10 @@
 //! fork anyway), walk the chain, re-seal. The record format and its checks are
 //! [`crate::store::ledger`], the same as SQLite's.
 
-use tokio_postgres::{Client, GenericClient, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::keys::KeySet;
+use crate::pgconn::sql::Sql;
 use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, reseal_plan};
 
 const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
@@ -28,7 +29,7 @@ fn read_record(r: &Row) -> Result<Record, tokio_postgres::Error> {
 
 /// Appends a record inside the caller's write transaction and returns its seq.
 pub(super) async fn append(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     keys: &KeySet,
     entry_id: &str,
     kind: Kind,
@@ -153,7 +154,7 @@ pub(super) async fn check_chain(
 /// verify under its own key is left alone and reported (`ledger:SEQ`). Only the MAC changes:
 /// the key id is outside the chain hash.
 pub(super) async fn reseal_batch(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     keys: &KeySet,
     batch: usize,
     skip: &[String],

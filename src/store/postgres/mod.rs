@@ -8,6 +8,7 @@
 pub mod backend;
 mod connect;
 mod fail;
+mod group;
 mod ledger;
 mod read;
 mod rows;

@@ -9,16 +9,27 @@
 //! grow together (see `Store::stamp`), quotas are counted with no other writer between count and
 //! insert, and the ledger's tail cannot move under an append. Locks are always taken in one
 //! order — the store's, then the audit chain's at commit — so writers cannot deadlock.
+//!
+//! **Groups.** In a server, writes run grouped ([`super::group::Group`]): one transaction holds
+//! several sessions' writes, each in a savepoint of its own, with their events, and commits
+//! them at once. Round trips are what a write costs here, so a grouped write pays few: its
+//! savepoint goes out with its first statement, a row insert is held back to go out with the
+//! statement after it (the call's event), each text is prepared once per connection, and the
+//! group remembers the chain's head and the newest row's time (it holds both locks, so only
+//! its own writes move them). A write in a group of others is one round trip.
 
 use tokio::runtime::Runtime;
-use tokio_postgres::{IsolationLevel, Transaction};
+use tokio_postgres::types::ToSql;
 
 use super::fail::db;
+use super::group::{COMMIT, Group};
 use super::ledger;
 use super::rows::{COLUMNS, read_row};
-use crate::audit::postgres::PgAuditError;
+use crate::audit::postgres::{PgAuditError, append, append_after};
+use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
+use crate::pgconn::sql::{Cached, Sql};
 use crate::store::backend::{CommitError, CommitEvent, PurgeRule, WriteTx};
 use crate::store::ledger::Kind;
 use crate::store::rows::{Checked, RawRow, SealedRow};
@@ -26,52 +37,161 @@ use crate::store::rows::{Checked, RawRow, SealedRow};
 /// Key of the advisory lock every store write takes ("mwstor").
 const WRITE_LOCK: i64 = 0x6d77_7374_6f72;
 
-/// An open write transaction. Dropping it without [`WriteTx::commit`] rolls back at once (and
-/// so releases the write lock): tokio-postgres would only queue the ROLLBACK until this
-/// connection's runtime next runs, which may be long after.
+/// Opens a write transaction and takes the store's write lock, in one round trip.
+fn begin_sql() -> String {
+    format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+}
+
+/// The savepoint each grouped write runs in.
+const SAVEPOINT: &str = "memwarden_write";
+
+/// An open write transaction: its own, or a savepoint inside the group's. Dropping it without
+/// [`WriteTx::commit`] (or [`WriteTx::stage`]) undoes it at once, and its own transaction's
+/// locks go with it. The statements run on the connection itself (`BEGIN`, `SAVEPOINT` and
+/// `COMMIT` by hand), because a group's transaction outlives any one write's borrow; each text
+/// is prepared once per connection ([`crate::pgconn::sql::Statements`]).
 pub(super) struct PgTx<'c> {
     rt: &'c Runtime,
-    tx: Option<Transaction<'c>>,
+    sql: Cached<'c>,
+    /// Not yet committed, staged or undone.
+    open: bool,
+    /// The group this write runs in, as a savepoint; `None`: its own transaction.
+    group: Option<&'c Group>,
+    /// The write's savepoint is still to be sent, with its first statement.
+    savepoint_pending: bool,
+    /// A row insert still to be sent, with the next statement (the call's event, usually).
+    deferred: Option<Deferred>,
+    /// `created_at` of the last row this write inserted.
+    inserted: Option<i64>,
     audit_keys: &'c KeySet,
 }
+
+/// A row insert held back to share a round trip with the statement after it.
+struct Deferred {
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+/// The insert of one row; its parameters are [`Deferred::params`].
+const INSERT: &str = "INSERT INTO memory.entries (id, namespace, content, tags, metadata, status, \
+     supersedes, principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 impl<'c> PgTx<'c> {
     /// Starts a transaction and takes the store's write lock (waiting at most the session's
     /// `lock_timeout`).
-    pub(super) fn begin(
-        rt: &'c Runtime,
-        client: &'c mut tokio_postgres::Client,
-        audit_keys: &'c KeySet,
-    ) -> Result<Self> {
-        let tx = rt
-            .block_on(async {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::ReadCommitted)
-                    .start()
-                    .await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                    .await?;
-                Ok(tx)
-            })
-            .map_err(db)?;
+    pub(super) fn begin(rt: &'c Runtime, sql: Cached<'c>, audit_keys: &'c KeySet) -> Result<Self> {
+        if let Err(e) = rt.block_on(sql.client.batch_execute(&begin_sql())) {
+            let _ = rt.block_on(sql.client.batch_execute("ROLLBACK"));
+            return Err(db(e));
+        }
         Ok(Self {
             rt,
-            tx: Some(tx),
+            sql,
+            open: true,
+            group: None,
+            savepoint_pending: false,
+            deferred: None,
+            inserted: None,
             audit_keys,
         })
     }
 
-    /// Runs `work` on the open transaction.
+    /// A write inside `group`'s transaction, opening it (and taking the write lock) when none is.
+    pub(super) fn begin_grouped(
+        rt: &'c Runtime,
+        sql: Cached<'c>,
+        audit_keys: &'c KeySet,
+        group: &'c Group,
+    ) -> Result<Self> {
+        if group.broken.get() {
+            return Err(Error::Unavailable(
+                "the open group of writes was lost".into(),
+            ));
+        }
+        // The group's first write opens it with its savepoint; later ones send theirs with
+        // their first statement.
+        let joining = group.open.get();
+        if !joining {
+            let start = format!("{}; SAVEPOINT {SAVEPOINT}", begin_sql());
+            if let Err(e) = rt.block_on(sql.client.batch_execute(&start)) {
+                let _ = rt.block_on(sql.client.batch_execute("ROLLBACK"));
+                return Err(db(e));
+            }
+            group.open.set(true);
+        }
+        Ok(Self {
+            rt,
+            sql,
+            open: true,
+            savepoint_pending: joining,
+            group: Some(group),
+            deferred: None,
+            inserted: None,
+            audit_keys,
+        })
+    }
+
+    /// Runs `work` on the open transaction. What is still to be sent goes first, in the same
+    /// round trip and in this order: a grouped write's savepoint, then a held-back insert.
     fn run<T>(
         &mut self,
-        work: impl AsyncFnOnce(&Transaction<'c>) -> Result<T, tokio_postgres::Error>,
+        work: impl AsyncFnOnce(&Cached<'c>) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| Error::Internal("write transaction already ended".into()))?;
-        self.rt.block_on(work(tx)).map_err(db)
+        if !self.open {
+            return Err(Error::Internal("write transaction already ended".into()));
+        }
+        let sql = self.sql;
+        if !self.savepoint_pending && self.deferred.is_none() {
+            return self.rt.block_on(work(&sql)).map_err(db);
+        }
+        // Prepared before anything is sent, so that each statement's messages go out in turn.
+        let insert = match &self.deferred {
+            Some(_) => Some(self.rt.block_on(sql.prepare(INSERT)).map_err(db)?),
+            None => None,
+        };
+        let savepoint = std::mem::take(&mut self.savepoint_pending);
+        let deferred = self.deferred.take();
+        let params: Vec<&(dyn ToSql + Sync)> = deferred
+            .iter()
+            .flat_map(|d| d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+            .collect();
+        let (saved, inserted, done) = self.rt.block_on(async {
+            tokio::join!(
+                biased;
+                async {
+                    match savepoint {
+                        true => sql.client.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")).await,
+                        false => Ok(()),
+                    }
+                },
+                async {
+                    match &insert {
+                        Some(statement) => sql.client.execute(statement, &params).await.map(Some),
+                        None => Ok(None),
+                    }
+                },
+                work(&sql),
+            )
+        });
+        if let Err(e) = saved {
+            // What followed is not inside a savepoint of its own: only the whole group can
+            // undo it.
+            if let Some(group) = self.group {
+                group.broken.set(true);
+            }
+            self.open = false;
+            return Err(db(e));
+        }
+        match inserted.map_err(db)? {
+            Some(n) if n != 1 => Self::one_row("insert", n)?,
+            _ => {}
+        }
+        done.map_err(db)
+    }
+
+    /// Sends whatever is still held back.
+    fn flush(&mut self) -> Result<()> {
+        self.run(async |_| Ok(()))
     }
 
     /// Fails closed when a statement touched another number of rows than one.
@@ -82,21 +202,58 @@ impl<'c> PgTx<'c> {
             Err(Error::Internal(format!("{what} touched {changed} rows")))
         }
     }
+
+    /// Appends the call's event inside the open transaction: taking the chain's lock and
+    /// reading its head, unless the group already holds both.
+    fn append(&mut self, event: &NewEvent<'_>) -> Result<()> {
+        let (keys, now) = (self.audit_keys, crate::clock::now_ms());
+        let held = self.group.and_then(|g| g.head.borrow().clone());
+        let appended = self.run(async |sql| {
+            Ok(match &held {
+                Some(prev) => append_after(sql, keys, event, now, prev).await,
+                None => append(sql, keys, event, now).await,
+            })
+        })?;
+        let head = appended.map_err(|e| match e {
+            PgAuditError::Database(e) => db(e),
+            other => Error::Audit(other.to_string()),
+        })?;
+        if let Some(group) = self.group {
+            group.head.replace(Some(head));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            // Nothing to report to: the transaction is abandoned either way, and a lost
-            // connection rolls it back on the server.
-            let _ = self.rt.block_on(tx.rollback());
+        if !self.open || self.savepoint_pending {
+            // Ended, or nothing sent yet: nothing to undo.
+            return;
+        }
+        let undo = match self.group {
+            None => "ROLLBACK".to_string(),
+            Some(_) => format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}"),
+        };
+        // A lost connection rolls everything back on the server; a group that could not undo
+        // this write alone must not commit.
+        if self
+            .rt
+            .block_on(self.sql.client.batch_execute(&undo))
+            .is_err()
+            && let Some(group) = self.group
+        {
+            group.broken.set(true);
         }
     }
 }
 
 impl WriteTx for PgTx<'_> {
     fn newest_created_at(&mut self) -> Result<Option<i64>> {
-        self.run(async |tx| {
+        if let Some(known) = self.group.and_then(|g| g.newest.get()) {
+            return Ok(self.inserted.or(known));
+        }
+        let newest = self.run(async |tx| {
             let row = tx
                 .query_opt(
                     "SELECT created_at FROM memory.entries ORDER BY pos DESC LIMIT 1",
@@ -104,7 +261,11 @@ impl WriteTx for PgTx<'_> {
                 )
                 .await?;
             row.map(|r| r.try_get(0)).transpose()
-        })
+        })?;
+        if let Some(group) = self.group {
+            group.newest.set(Some(newest));
+        }
+        Ok(self.inserted.or(newest))
     }
 
     fn load(&mut self, id: &str) -> Result<Option<Checked<RawRow>>> {
@@ -133,35 +294,35 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn insert(&mut self, row: &SealedRow<'_>) -> Result<()> {
+        if !self.open {
+            return Err(Error::Internal("write transaction already ended".into()));
+        }
+        // One held back at a time.
+        self.flush()?;
         let e = row.entry;
         let tags = serde_json::to_string(&e.tags).map_err(|e| Error::Internal(e.to_string()))?;
-        let content = super::rows::content_to_column(&e.content);
-        let inserted = self.run(async |tx| {
-            tx.execute(
-                "INSERT INTO memory.entries (id, namespace, content, tags, metadata, status, \
-                 supersedes, principal, session_id, created_at, updated_at, content_sha256, \
-                 key_id, mac) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                &[
-                    &e.id,
-                    &e.namespace,
-                    &content,
-                    &tags,
-                    &e.metadata,
-                    &e.status.as_str(),
-                    &e.supersedes,
-                    &e.principal,
-                    &e.session_id,
-                    &e.created_at,
-                    &e.updated_at,
-                    &&e.content_sha256[..],
-                    &row.key_id,
-                    &&row.mac[..],
-                ],
-            )
-            .await
-        })?;
-        Self::one_row("insert", inserted)
+        let content = super::rows::content_to_column(&e.content).into_owned();
+        let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(e.id.clone()),
+            Box::new(e.namespace.clone()),
+            Box::new(content),
+            Box::new(tags),
+            Box::new(e.metadata.clone()),
+            Box::new(e.status.as_str()),
+            Box::new(e.supersedes.clone()),
+            Box::new(e.principal.clone()),
+            Box::new(e.session_id.clone()),
+            Box::new(e.created_at),
+            Box::new(e.updated_at),
+            Box::new(e.content_sha256.to_vec()),
+            Box::new(row.key_id.to_owned()),
+            Box::new(row.mac.to_vec()),
+        ];
+        // Sent with the next statement; its failure (or a row count other than one) fails that
+        // statement's step, and the write is undone as for any failed step.
+        self.deferred = Some(Deferred { params });
+        self.inserted = Some(e.created_at);
+        Ok(())
     }
 
     fn reseal(&mut self, row: &SealedRow<'_>) -> Result<()> {
@@ -253,32 +414,56 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn commit(mut self: Box<Self>, audit: Option<CommitEvent<'_, '_>>) -> Result<(), CommitError> {
-        let fail = |error| CommitError {
-            error,
-            audited: false,
-        };
-        let tx = self
-            .tx
-            .take()
-            .ok_or_else(|| fail(Error::Internal("write transaction already ended".into())))?;
-        let keys = self.audit_keys;
         // The event and the change commit together or not at all, so `audited` is false on
         // every failure: a failed COMMIT took the event with it. (Should the connection drop
         // during COMMIT itself, the outcome is unknown to the client — PostgreSQL decides it
         // atomically, event and change alike.)
-        self.rt.block_on(async move {
-            if let Some(CommitEvent { event, .. }) = audit
-                && let Err(e) =
-                    crate::audit::postgres::append(&tx, keys, event, crate::clock::now_ms()).await
-            {
-                // Roll back now, not when the runtime next runs: the locks go with it.
-                let _ = tx.rollback().await;
-                return Err(fail(match e {
-                    PgAuditError::Database(e) => db(e),
-                    other => Error::Audit(other.to_string()),
-                }));
-            }
-            tx.commit().await.map_err(|e| fail(db(e)))
-        })
+        let fail = |error| CommitError {
+            error,
+            audited: false,
+        };
+        if !self.open || self.group.is_some() {
+            return Err(fail(Error::Internal(
+                "a grouped or ended write cannot commit on its own".into(),
+            )));
+        }
+        // On failure, drop rolls back now, not when the runtime next runs: the locks go.
+        match audit {
+            Some(CommitEvent { event, .. }) => self.append(event).map_err(fail)?,
+            None => self.flush().map_err(fail)?,
+        }
+        self.open = false;
+        self.rt
+            .block_on(self.sql.client.batch_execute(COMMIT))
+            .map_err(|e| {
+                let _ = self.rt.block_on(self.sql.client.batch_execute("ROLLBACK"));
+                fail(db(e))
+            })
+    }
+
+    fn stage(
+        mut self: Box<Self>,
+        _log: Option<&mut AuditLog>,
+        event: &NewEvent<'_>,
+    ) -> Result<(), CommitError> {
+        if self.group.is_none() || !self.open {
+            return Err(CommitError {
+                error: Error::Internal("this write is not grouped".into()),
+                audited: false,
+            });
+        }
+        // The event goes into the write's savepoint: if it cannot be appended, drop undoes
+        // both alone. From here they stand or fall with the group (the savepoint is left for
+        // the group's COMMIT to end).
+        self.append(event).map_err(|error| CommitError {
+            error,
+            audited: false,
+        })?;
+        self.open = false;
+        if let (Some(group), Some(at)) = (self.group, self.inserted) {
+            // Its row is now the group's newest (by position, which `stamp` keeps in step).
+            group.newest.set(Some(Some(at)));
+        }
+        Ok(())
     }
 }

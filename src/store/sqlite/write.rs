@@ -287,9 +287,16 @@ impl WriteTx for SqliteTx<'_> {
 
     fn stage(
         mut self: Box<Self>,
-        log: &mut AuditLog,
+        log: Option<&mut AuditLog>,
         event: &NewEvent<'_>,
     ) -> Result<(), CommitError> {
+        let Some(log) = log else {
+            // Nothing is staged without its event in audit.db (DESIGN.md §3).
+            return Err(CommitError {
+                error: Error::Audit("audit.db's writer is needed to stage a write".into()),
+                audited: false,
+            });
+        };
         let TxKind::Grouped(savepoint) = &mut self.kind else {
             return Err(CommitError {
                 error: Error::Internal("this write is not grouped".into()),
