@@ -128,6 +128,81 @@ fn compare(lite: &Store, postgres: &Store, when: &str) -> usize {
     compared
 }
 
+/// Every statement the app role runs gets its plan logged, with the rows each node handled.
+const EXPLAIN_EVERY_STATEMENT: &str =
+    "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
+     ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
+     ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
+     ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
+     ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';";
+
+/// A server prepares its write statements once per connection, and PostgreSQL plans each at
+/// its first run: on a new database, against an empty table. The table then grows (here by a
+/// bulk load, never analyzed) and the same server's stores, updates and deletes must still read
+/// a few rows of it each: the newest row's time, the row by id, never a scan of every row (a
+/// store's cost would grow with the table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_writes_read_a_few_rows_however_the_table_grew_after_its_first() {
+    let Some(pg) = Ready::start() else { return };
+    tokio::task::block_in_place(|| {
+        pg.as_owner(
+            "ALTER TABLE memory.entries SET (autovacuum_enabled = off)",
+            &[],
+        );
+        pg.batch_as_superuser(EXPLAIN_EVERY_STATEMENT);
+    });
+    let c = pg.serve_from(&pg.data, &pg.app, &[] as &[&str]).await;
+    let store = async |content: &str| {
+        let v = c
+            .call(
+                "memory_store",
+                serde_json::json!({"content": content, "namespace": "ops"}),
+            )
+            .await
+            .ok();
+        v["id"].as_str().unwrap().to_string()
+    };
+    // The server's first write plans its statements on the empty table.
+    store("the first entry").await;
+    let loaded = tokio::task::block_in_place(|| {
+        let mut bulk = pg.store();
+        let mut loaded = 0;
+        for batch in batches(&pg.keyring.entry).into_iter().take(6) {
+            loaded += batch.entries.len();
+            bulk.copy_in(&batch).unwrap();
+        }
+        bulk.close().unwrap();
+        loaded
+    });
+    assert_eq!(loaded, 6_000);
+    let from = std::fs::read(pg.cluster.dir.path().join("pg.log"))
+        .unwrap()
+        .len();
+    let id = store("stored into a grown table").await;
+    c.call(
+        "memory_update",
+        serde_json::json!({"id": id, "content": "updated in a grown table"}),
+    )
+    .await
+    .ok();
+    let second = store("stored again").await;
+    c.call("memory_delete", serde_json::json!({"id": second}))
+        .await
+        .ok();
+    let plans = common::postgres::rows_touched_by(&pg.log_since(from), |text| {
+        text.contains("memory.entries") && !text.contains("@@")
+    });
+    // Three stores' newest rows and inserts, an update's and a delete's reads and writes.
+    assert!(plans.len() >= 6, "{plans:#?}");
+    for (rows, text) in &plans {
+        assert!(
+            *rows <= 10,
+            "{rows} rows of memory.entries for one write statement: {text}"
+        );
+    }
+    c.close().await;
+}
+
 #[test]
 fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
     let Some(pg) = Ready::start() else { return };
@@ -136,13 +211,7 @@ fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
         "ALTER TABLE memory.entries SET (autovacuum_enabled = off)",
         &[],
     );
-    pg.batch_as_superuser(
-        "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
-         ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
-         ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
-         ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
-         ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';",
-    );
+    pg.batch_as_superuser(EXPLAIN_EVERY_STATEMENT);
     let keys = pg.keyring.entry.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut lite = Store::open(

@@ -472,6 +472,14 @@ impl Ready {
 /// `@@`) handled in that table and its indexes: every row a scan returned or removed (by filter
 /// or recheck), over all its loops; with the statement's text.
 pub fn rows_touched(log: &str) -> Vec<(usize, String)> {
+    rows_touched_by(log, |text| {
+        text.contains("FROM memory.entries e") && text.contains("@@")
+    })
+}
+
+/// The rows each plan `auto_explain` logged for a statement whose text `wanted` takes handled
+/// in `memory.entries` and its indexes, as [`rows_touched`] counts them; with its text.
+pub fn rows_touched_by(log: &str, wanted: impl Fn(&str) -> bool) -> Vec<(usize, String)> {
     fn walk(node: &serde_json::Value, sum: &mut f64) {
         let on_entries = node["Relation Name"] == "entries"
             || node["Index Name"]
@@ -493,7 +501,7 @@ pub fn rows_touched(log: &str) -> Vec<(usize, String)> {
             continue;
         };
         let text = plan["Query Text"].as_str().unwrap_or_default().to_string();
-        if text.contains("FROM memory.entries e") && text.contains("@@") {
+        if wanted(&text) {
             let mut sum = 0.0;
             walk(&plan["Plan"], &mut sum);
             out.push((sum as usize, text));
