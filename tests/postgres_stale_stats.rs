@@ -128,14 +128,6 @@ fn compare(lite: &Store, postgres: &Store, when: &str) -> usize {
     compared
 }
 
-/// Every statement the app role runs gets its plan logged, with the rows each node handled.
-const EXPLAIN_EVERY_STATEMENT: &str =
-    "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
-     ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
-     ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
-     ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
-     ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';";
-
 /// A server prepares its write statements once per connection, and PostgreSQL plans each at
 /// its first run: on a new database, against an empty table. The table then grows (here by a
 /// bulk load, never analyzed) and the same server's stores, updates and deletes must still read
@@ -149,7 +141,7 @@ async fn a_servers_writes_read_a_few_rows_however_the_table_grew_after_its_first
             "ALTER TABLE memory.entries SET (autovacuum_enabled = off)",
             &[],
         );
-        pg.batch_as_superuser(EXPLAIN_EVERY_STATEMENT);
+        pg.batch_as_superuser(common::postgres::EXPLAIN_EVERY_STATEMENT);
     });
     let c = pg.serve_from(&pg.data, &pg.app, &[] as &[&str]).await;
     let store = async |content: &str| {
@@ -211,7 +203,7 @@ fn searches_on_a_table_never_analyzed_read_the_indexes_and_rank_as_sqlite() {
         "ALTER TABLE memory.entries SET (autovacuum_enabled = off)",
         &[],
     );
-    pg.batch_as_superuser(EXPLAIN_EVERY_STATEMENT);
+    pg.batch_as_superuser(common::postgres::EXPLAIN_EVERY_STATEMENT);
     let keys = pg.keyring.entry.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut lite = Store::open(

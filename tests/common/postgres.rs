@@ -468,6 +468,16 @@ impl Ready {
     }
 }
 
+/// SQL for [`Ready::batch_as_superuser`]: every statement the app role runs from its next
+/// connection on gets its plan logged as JSON, with the rows each node handled (read with
+/// [`rows_touched`]).
+pub const EXPLAIN_EVERY_STATEMENT: &str =
+    "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
+     ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
+     ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
+     ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
+     ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';";
+
 /// The rows each plan `auto_explain` logged for a search statement (`FROM memory.entries e` with
 /// `@@`) handled in that table and its indexes: every row a scan returned or removed (by filter
 /// or recheck), over all its loops; with the statement's text.

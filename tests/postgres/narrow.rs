@@ -177,14 +177,7 @@ fn narrow_and_wide_lookups_find_the_same_rows_through_writes() {
 #[test]
 fn a_narrow_search_reads_only_the_scopes_postings() {
     let Some(pg) = Ready::start() else { return };
-    // Every statement the app role runs has its plan logged with actual row counts.
-    pg.batch_as_superuser(
-        "ALTER ROLE memwarden_app SET session_preload_libraries = 'auto_explain';
-         ALTER ROLE memwarden_app SET auto_explain.log_min_duration = 0;
-         ALTER ROLE memwarden_app SET auto_explain.log_analyze = on;
-         ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
-         ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';",
-    );
+    pg.batch_as_superuser(crate::common::postgres::EXPLAIN_EVERY_STATEMENT);
     // Another tenant holds 20,000 matches of the words and the tag; the small namespace 3,000
     // rows without them (loaded in bulk, unsealed: no search here may ever return them).
     let bulk = |ns: &str, n: i64, content: &str, tags: &str| {
