@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 4", "schema version 4 -> 4"] {
+    for want in ["schema version 0 -> 5", "schema version 5 -> 5"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -60,13 +60,14 @@ async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     .await
     .expect("the app role writes entries");
     let words: String = app
-        .query_one("SELECT words::text FROM memory.entries", &[])
+        .query_one("SELECT scoped::text FROM memory.entries", &[])
         .await
         .unwrap()
         .get(0);
     assert!(
-        // Lowercased (a UTF-8 ctype) and diacritics folded (migration 3), as SQLite's index.
-        words.contains("'deja'") && words.contains("'words'"),
+        // Lowercased (a UTF-8 ctype) and diacritics folded (migration 3), as SQLite's index;
+        // each word keyed and ended by its namespace's token, the tag by the token (migration 5).
+        words.contains("'dejaznnn'") && words.contains("'wordsznnn'") && words.contains("'nnztt'"),
         "{words}"
     );
     for sql in [

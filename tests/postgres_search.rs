@@ -1,8 +1,8 @@
 //! Search on PostgreSQL past the search window: the some-words group ranks the newest
 //! `SEARCH_WINDOW` rows holding some word inside the scope, looked up one word at a time and
 //! merged (`read.rs`), and must rank exactly what SQLite's FTS5 lookup ranks — same rows, same
-//! order, same groups — narrow and wide; and `db init` from schema version 3 leaves the shared
-//! text index without a pending list and the tsvectors in the row (migration 4), rows written
+//! order, same groups — narrow and wide; and `db init` from schema version 3 leaves one text
+//! index, without a pending list, and its tsvector in the row (migrations 4 and 5), rows written
 //! before it still found.
 
 mod common;
@@ -142,14 +142,40 @@ fn superuser(pg: &Ready, sql: &str) -> Vec<tokio_postgres::Row> {
     })
 }
 
-/// Entries waiting in `entries_words`' pending list.
-fn pending(pg: &Ready) -> i64 {
+/// Entries waiting in the pending list of the GIN index `index`.
+fn pending(pg: &Ready, index: &str) -> i64 {
     superuser(
         pg,
-        "SELECT pending_tuples::bigint FROM pgstatginindex('memory.entries_words')",
+        &format!("SELECT pending_tuples::bigint FROM pgstatginindex('memory.{index}')"),
     )[0]
     .get(0)
 }
+
+/// Schema version 3's text columns and indexes in place of the current ones: the shared
+/// `words` with PostgreSQL's default pending list, `scoped` with namespace-first lexemes, both
+/// kept where PostgreSQL puts them (TOAST for the large).
+const VERSION_3_LAYOUT: &str = r#"
+SET ROLE memwarden_owner;
+ALTER TABLE memory.entries DROP COLUMN scoped;
+DROP FUNCTION memory.any_scope_query, memory.every_prefix;
+CREATE OR REPLACE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT CASE WHEN octet_length(token) + 2 + octet_length(l) <= 2046
+                    THEN token || 'zw' || l ELSE token || 'zl' || md5(l) END
+        FROM unnest(tsvector_to_array(to_tsvector('memory.words', source))) AS l);
+END $$;
+DROP FUNCTION memory.word_key;
+ALTER TABLE memory.entries
+    ADD COLUMN words tsvector
+        GENERATED ALWAYS AS (to_tsvector('memory.words', content || ' ' || tags)) STORED,
+    ADD COLUMN scoped tsvector
+        GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+    WHERE status = 'active';
+"#;
 
 /// Pages a lookup of one word reads checking every row (no index), and the heap's pages.
 fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
@@ -164,7 +190,7 @@ fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
         let messages = client
             .simple_query(
                 "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) \
-                 SELECT count(*) FROM memory.entries WHERE words @@ 'nothere'::tsquery",
+                 SELECT count(*) FROM memory.entries WHERE scoped @@ 'nothere'::tsquery",
             )
             .await
             .unwrap();
@@ -192,20 +218,12 @@ fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
 }
 
 #[test]
-fn db_init_from_version_3_empties_the_pending_list_keeps_it_off_and_the_words_in_the_row() {
+fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_words_in_the_row() {
     let Some(pg) = Ready::start() else { return };
     superuser(&pg, "CREATE EXTENSION IF NOT EXISTS pgstattuple");
-    // Back to version 3: the shared index with PostgreSQL's default pending list, rows written
-    // into it (the store refuses a schema older than its own, so they are written first).
-    superuser(
-        &pg,
-        "ALTER INDEX memory.entries_words SET (fastupdate = on)",
-    );
-    superuser(
-        &pg,
-        "ALTER TABLE memory.entries ALTER COLUMN words SET STORAGE EXTENDED, \
-         ALTER COLUMN scoped SET STORAGE EXTENDED",
-    );
+    // Back to version 3's layout, rows written into it (the store refuses a schema older than
+    // its own, so they are written first, and the version is set back after).
+    pg.batch_as_superuser(VERSION_3_LAYOUT);
     let mut store = pg.store();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for i in 0..20 {
@@ -219,16 +237,20 @@ fn db_init_from_version_3_empties_the_pending_list_keeps_it_off_and_the_words_in
             })
             .collect();
         let content = format!("before the upgrade {i} {}", long.join(" "));
-        put(&mut store, "a", &content, 1_000 + i);
+        put(&mut store, ["a", "b"][i as usize % 2], &content, 1_000 + i);
     }
     store.close().unwrap();
-    assert_eq!(pending(&pg), 20, "version 3 queues new rows' words");
+    assert_eq!(
+        pending(&pg, "entries_words"),
+        20,
+        "version 3 queues new rows' words"
+    );
     let (read, heap) = scan_for_a_word(&pg);
     assert!(
         read > heap,
-        "version 3 keeps words in TOAST: {read} pages read, {heap} in the heap"
+        "version 3 keeps a tsvector in TOAST: {read} pages read, {heap} in the heap"
     );
-    superuser(&pg, "DELETE FROM memory.schema_version WHERE version = 4");
+    superuser(&pg, "DELETE FROM memory.schema_version WHERE version >= 4");
 
     let admin = pg.cluster.settings_file("admin.conf", "memwarden");
     let out = std::process::Command::new(common::bin())
@@ -237,24 +259,37 @@ fn db_init_from_version_3_empties_the_pending_list_keeps_it_off_and_the_words_in
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 3 -> 4"), "{stdout}");
-    assert_eq!(pending(&pg), 0, "the queued words moved into the index");
+    assert!(stdout.contains("schema version 3 -> 5"), "{stdout}");
+    let text: Vec<String> = superuser(
+        &pg,
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'memory.entries'::regclass \
+         AND atttypid = 'tsvector'::regtype AND NOT attisdropped \
+         UNION ALL SELECT indexrelid::regclass::text FROM pg_index \
+         JOIN pg_class c ON c.oid = indexrelid JOIN pg_am a ON a.oid = c.relam \
+         WHERE indrelid = 'memory.entries'::regclass AND amname = 'gin'",
+    )
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(
+        text,
+        ["scoped", "memory.entries_scoped"],
+        "one text column, one text index"
+    );
+    assert_eq!(pending(&pg, "entries_scoped"), 0);
     let options: Option<Vec<String>> = superuser(
         &pg,
-        "SELECT reloptions FROM pg_class WHERE oid = 'memory.entries_words'::regclass",
+        "SELECT reloptions FROM pg_class WHERE oid = 'memory.entries_scoped'::regclass",
     )[0]
     .get(0);
     assert_eq!(options.unwrap_or_default(), ["fastupdate=off"]);
     let storage: String = superuser(
         &pg,
-        "SELECT string_agg(attname || '=' || attstorage::text, ' ' ORDER BY attname) FROM pg_attribute \
-         WHERE attrelid = 'memory.entries'::regclass AND attname IN ('words', 'scoped')",
+        "SELECT attstorage::text FROM pg_attribute \
+         WHERE attrelid = 'memory.entries'::regclass AND attname = 'scoped'",
     )[0]
     .get(0);
-    assert_eq!(
-        storage, "scoped=m words=m",
-        "both tsvectors kept in the row"
-    );
+    assert_eq!(storage, "m", "the tsvector kept in the row");
     let (read, heap) = scan_for_a_word(&pg);
     assert!(
         read <= heap,
@@ -270,10 +305,24 @@ fn db_init_from_version_3_empties_the_pending_list_keeps_it_off_and_the_words_in
             2_000 + i,
         );
     }
-    assert_eq!(pending(&pg), 0, "new rows go straight into the index");
+    assert_eq!(
+        pending(&pg, "entries_scoped"),
+        0,
+        "new rows go straight into the index"
+    );
+    // Rows written before the upgrade are found by their words in the new lexemes, in every
+    // namespace and in one.
     let found = hits(&store, "upgrade", &Scope::All, 50);
     assert_eq!(found.len(), 25);
     assert_eq!(found[0].0, "after the upgrade 4");
     assert!(found[24].0.starts_with("before the upgrade 0 "));
+    let found = hits(
+        &store,
+        "before upgrade",
+        &Scope::only(["b".to_string()]),
+        50,
+    );
+    assert_eq!(found.len(), 10);
+    assert!(found.iter().all(|h| h.1 == Matched::All));
     store.close().unwrap();
 }

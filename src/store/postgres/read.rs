@@ -1,16 +1,18 @@
 //! Search and list on `memory.entries`: the caller's scope, times and tags stand in the same
 //! statement as the text match and the ordering, so the rows PostgreSQL hands over, the search
 //! window and the word weights depend only on rows inside the filter. Query words reach the
-//! server only as bound parameters of `plainto_tsquery('memory.words', …)`, one per word: whatever a
-//! word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is text to look for, never an operator.
+//! server only as bound parameters, parsed there by the `memory.words` configuration and quoted
+//! into a tsquery by our functions: whatever a word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is
+//! text to look for, never an operator.
 //! Snippets are cut above the backend, from the verified content ([`crate::store::snippet`]).
 //!
 //! What a search costs depends on the scope too. A narrow scope (up to
 //! [`MAX_NARROW_NAMESPACES`] namespaces) is looked up in `entries_scoped`, whose lexemes carry
 //! their namespace ([`super::scoped`]): the postings read are the scope's alone, for words and
-//! tags alike, however many matches other namespaces hold. A `"*"` scope, or a wider one, uses
-//! the shared `entries_words` with the namespaces as a condition beside it. Rows found either way
-//! are checked against the whole filter again ([`push_filter`]).
+//! tags alike, however many matches other namespaces hold. A `"*"` scope, or a wider one, reads
+//! each word's postings in every namespace from the same index (a prefix match, migration 5)
+//! with the namespaces as a condition beside it. Rows found either way are checked against the
+//! whole filter again ([`push_filter`]).
 //!
 //! [`MAX_NARROW_NAMESPACES`]: crate::store::scope::MAX_NARROW_NAMESPACES
 
@@ -28,23 +30,22 @@ use crate::store::rank::{self, SEARCH_WINDOW};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::scope::Scope;
 
-/// The tsquery of every word (`&&`) or of some (`||`), each word bound on its own.
-fn tsquery(sql: &mut Sql, words: &[String], join: &str) -> String {
-    let parts: Vec<String> = words
-        .iter()
-        .map(|w| format!("plainto_tsquery('memory.words', {})", sql.bind(w.clone())))
-        .collect();
-    format!("({})", parts.join(join))
+/// Rows of any namespace holding every word (`every`) or some, each word bound on its own: a
+/// prefix match of the words' keys in `entries_scoped` ([`super::schema`], migration 5).
+fn any_scope(sql: &mut Sql, words: &[String], every: bool) -> String {
+    let words = sql.bind(words.to_vec());
+    format!("e.scoped @@ memory.any_scope_query({words}::text[], {every})")
 }
 
-/// The text match of a search, rows holding every word of `words`: in `entries_scoped` for a
-/// narrow scope (its tags inside the lookup too), else in the shared `words`.
+/// The text match of a search, rows holding every word of `words`, in `entries_scoped`: each
+/// word's lexemes in the scope's namespaces for a narrow scope (its tags inside the lookup
+/// too), else in every namespace.
 fn lookup(sql: &mut Sql, filter: &Filter, words: &[String]) -> crate::error::Result<String> {
     if let Some(namespaces) = filter.scope.narrow() {
         let ns = sql.bind(namespaces.to_vec());
         return scoped::condition(sql, &format!("{ns}::text[]"), words, &filter.tags);
     }
-    Ok(format!("e.words @@ {}", tsquery(sql, words, " && ")))
+    Ok(any_scope(sql, words, true))
 }
 
 /// Up to `want` active rows inside `filter`, newest first, below the entry `after`.
@@ -363,11 +364,10 @@ async fn matches_among(
     filter: &Filter,
 ) -> Result<Vec<Match>, Failure> {
     let mut sql = Sql::default();
-    let any = tsquery(&mut sql, words, " || ");
+    let any = any_scope(&mut sql, words, false);
     let wanted = sql.bind(positions.to_vec());
     sql.push(&format!(
-        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) \
-         AND e.words @@ {any}"
+        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) AND {any}"
     ));
     push_filter(&mut sql, filter, true)?;
     let mut rows = read_matches(client, &sql).await?;
@@ -474,7 +474,7 @@ mod tests {
                 .count(),
             1
         );
-        assert!(!hostile.0.contains("e.words"));
+        assert!(!hostile.0.contains("any_scope_query"));
         assert_eq!(hostile.1, 7);
 
         let many = |extra: &str| {
@@ -484,16 +484,17 @@ mod tests {
         let hostile = statement(&hostile_words, many("'--"), "t'--");
         let plain = statement(&plain_words, many(""), "t");
         assert_eq!(hostile, plain);
-        // A wide scope: the shared index, five words, the scope, since, until, one tag.
+        // A wide scope: one lookup of the words in every namespace (the words bound as one
+        // array), then the scope, since, until, one tag.
         assert_eq!(
             hostile
                 .0
-                .matches("plainto_tsquery('memory.words', $")
+                .matches("e.scoped @@ memory.any_scope_query($1::text[], true)")
                 .count(),
-            5
+            1
         );
-        assert!(!hostile.0.contains("scoped"));
-        assert_eq!(hostile.1, 9);
-        assert_eq!(statement(&plain_words, Scope::All, "t").1, 8);
+        assert!(!hostile.0.contains("scoped_query"));
+        assert_eq!(hostile.1, 5);
+        assert_eq!(statement(&plain_words, Scope::All, "t").1, 4);
     }
 }

@@ -113,7 +113,88 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     SCOPED_WORDS,
     FOLDED_WORDS,
     SEARCH_LAYOUT,
+    ONE_TEXT_INDEX,
 ];
+
+/// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared
+/// `entries_words` (wide and `"*"` scopes) and `entries_scoped` (narrow ones), and indexing them
+/// was most of a store's cost: a 60-word entry's INSERT took 1.1 ms, and one session stored at
+/// 45-52% of the PostgreSQL floor; without `entries_words`, at 74-80%.
+///
+/// So a scoped lexeme now leads with its word and ends with its namespace: `<word key>zn<token>`.
+/// A word's postings in one namespace are one lexeme, as before; its postings in every namespace
+/// are the lexemes that start with `<word key>zn`, a prefix match (`'…zn':*`) in the same index,
+/// which reads the entries beside each other in its tree. The word key is the lexeme with `z`
+/// doubled, so within a key every `z` is followed by another and the first `zn` ends it: no
+/// other word's key starts with this one's key and `zn`, and no tag lexeme (which leads with a
+/// token, `n…`, whose escapes are `zz zu zd zc zh`, then `zt`) starts with any. A lexeme too long
+/// to leave room for a token (over 950 bytes) is keyed by `zl` and its MD5, as is a token that
+/// would not fit beside its key. The tsquery of a wide lookup is made on the server from the
+/// bound words alone (`memory.any_scope_query`), as the narrow one is.
+///
+/// The column is computed again for every row (dropped and added), `words` and its index go,
+/// and the table is clustered again when it has rows, as migration 4 does, so the new column
+/// lies in the row.
+const ONE_TEXT_INDEX: &str = r#"
+ALTER TABLE memory.entries DROP COLUMN words, DROP COLUMN scoped;
+
+CREATE FUNCTION memory.word_key(lexeme text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN CASE WHEN octet_length(lexeme) <= 950 THEN replace(lexeme, 'z', 'zz')
+                ELSE 'zl' || md5(lexeme) END;
+
+CREATE OR REPLACE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+DECLARE
+    tail text := CASE WHEN octet_length(token) <= 1000 THEN token ELSE 'zl' || md5(token) END;
+BEGIN
+    RETURN ARRAY(
+        SELECT memory.word_key(l) || 'zn' || tail
+        FROM unnest(tsvector_to_array(to_tsvector('memory.words', source))) AS l);
+END $$;
+
+-- Every lexeme of `lexemes` (at least one) as a prefix, quoted as tsquery input reads it and
+-- joined by `&`.
+CREATE FUNCTION memory.every_prefix(lexemes text[]) RETURNS tsquery
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN array_to_string(ARRAY(
+        SELECT '''' || replace(replace(l, '', '\'), '''', '''''') || ''':*'
+        FROM unnest(lexemes) AS l), ' & ')::tsquery;
+
+-- A wide lookup: rows of any namespace holding every word of `words` (or some), each word's
+-- lexemes ANDed as `plainto_tsquery` ANDs them; a word without lexemes drops out, and when no
+-- word has any the result is NULL, which matches nothing.
+CREATE FUNCTION memory.any_scope_query(words text[], every boolean) RETURNS tsquery
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+DECLARE
+    result tsquery;
+    word text;
+    lexemes text[];
+    q tsquery;
+BEGIN
+    FOREACH word IN ARRAY words LOOP
+        lexemes := ARRAY(
+            SELECT memory.word_key(l) || 'zn'
+            FROM unnest(tsvector_to_array(to_tsvector('memory.words', word))) AS l);
+        CONTINUE WHEN cardinality(lexemes) = 0;
+        q := memory.every_prefix(lexemes);
+        result := CASE WHEN result IS NULL THEN q WHEN every THEN result && q ELSE result || q END;
+    END LOOP;
+    RETURN result;
+END $$;
+
+ALTER TABLE memory.entries ADD COLUMN scoped tsvector
+    GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+ALTER TABLE memory.entries ALTER COLUMN scoped SET STORAGE MAIN;
+CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+    WHERE status = 'active';
+DO $$ BEGIN
+    IF EXISTS (SELECT FROM memory.entries) THEN
+        CLUSTER memory.entries USING entries_pkey;
+        ALTER TABLE memory.entries SET WITHOUT CLUSTER;
+    END IF;
+END $$;
+"#;
 
 /// Migration 4: what a search's lookups read, laid out so they read little.
 ///

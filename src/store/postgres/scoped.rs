@@ -3,13 +3,14 @@
 //! namespace, and a search or tag filter inside a few namespaces reads only theirs, whatever
 //! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
 //! server from bound values only (the namespaces, the query words, the tags): each word is
-//! parsed by the same `memory.words` configuration (migration 3) as the shared lookup's
-//! `plainto_tsquery('memory.words', word)`, and its lexemes, prefixed, are quoted into the tsquery by
-//! that function, so no value becomes statement text or tsquery syntax.
+//! parsed by the same `memory.words` configuration (migration 3) as the wide lookup's
+//! `memory.any_scope_query`, and its lexemes, keyed and ended by the namespace's token
+//! (migration 5), are quoted into the tsquery by that function, so no value becomes statement
+//! text or tsquery syntax.
 //!
-//! One difference from the shared lookup: a word's lexemes are ANDed per namespace, which is
-//! what `plainto_tsquery` does too (it never emits a phrase operator), so both find the same
-//! rows; the narrow tsquery is only longer (a copy per namespace).
+//! A word's lexemes are ANDed per namespace, as `plainto_tsquery` ANDs them (it never emits a
+//! phrase operator) and as the wide lookup does across namespaces, so both find the same rows;
+//! the narrow tsquery is only longer (a copy per namespace).
 
 use super::rows::Sql;
 use crate::error::{Error, Result};
