@@ -66,8 +66,8 @@ async fn db_init_is_idempotent_and_audit_events_are_append_only() {
         .get(0);
     assert!(
         // Lowercased (a UTF-8 ctype) and diacritics folded (migration 3), as SQLite's index;
-        // each word keyed and ended by its namespace's token, the tag by the token (migration 5).
-        words.contains("'dejaznnn'") && words.contains("'wordsznnn'") && words.contains("'nnztt'"),
+        // each word and the tag behind its namespace's token (migration 2).
+        words.contains("'nnzwdeja'") && words.contains("'nnzwwords'") && words.contains("'nnztt'"),
         "{words}"
     );
     for sql in [

@@ -152,29 +152,16 @@ fn pending(pg: &Ready, index: &str) -> i64 {
 }
 
 /// Schema version 3's text columns and indexes in place of the current ones: the shared
-/// `words` with PostgreSQL's default pending list, `scoped` with namespace-first lexemes, both
-/// kept where PostgreSQL puts them (TOAST for the large).
+/// `words` under `entries_words` with PostgreSQL's default pending list, both tsvectors kept
+/// where PostgreSQL puts them (TOAST for the large), and none of migration 5's functions.
 const VERSION_3_LAYOUT: &str = r#"
 SET ROLE memwarden_owner;
-ALTER TABLE memory.entries DROP COLUMN scoped;
-DROP FUNCTION memory.any_scope_query, memory.every_prefix;
-CREATE OR REPLACE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
-    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
-BEGIN
-    RETURN ARRAY(
-        SELECT CASE WHEN octet_length(token) + 2 + octet_length(l) <= 2046
-                    THEN token || 'zw' || l ELSE token || 'zl' || md5(l) END
-        FROM unnest(tsvector_to_array(to_tsvector('memory.words', source))) AS l);
-END $$;
-DROP FUNCTION memory.word_key;
+DROP FUNCTION memory.scoped_lexeme, memory.quoted;
 ALTER TABLE memory.entries
     ADD COLUMN words tsvector
-        GENERATED ALWAYS AS (to_tsvector('memory.words', content || ' ' || tags)) STORED,
-    ADD COLUMN scoped tsvector
-        GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+        GENERATED ALWAYS AS (to_tsvector('memory.words', content || ' ' || tags)) STORED;
+ALTER TABLE memory.entries ALTER COLUMN scoped SET STORAGE EXTENDED;
 CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
-CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
-    WHERE status = 'active';
 "#;
 
 /// Pages a lookup of one word reads checking every row (no index), and the heap's pages.

@@ -487,21 +487,41 @@ pub fn rows_touched(log: &str) -> Vec<(usize, String)> {
     })
 }
 
+/// As [`rows_touched`], the rows read from the table alone (not its indexes' entries).
+pub fn table_rows_touched(log: &str) -> Vec<(usize, String)> {
+    rows_in(
+        log,
+        |text| text.contains("FROM memory.entries e") && text.contains("@@"),
+        |node| node["Relation Name"] == "entries",
+    )
+}
+
 /// The rows each plan `auto_explain` logged for a statement whose text `wanted` takes handled
 /// in `memory.entries` and its indexes, as [`rows_touched`] counts them; with its text.
 pub fn rows_touched_by(log: &str, wanted: impl Fn(&str) -> bool) -> Vec<(usize, String)> {
-    fn walk(node: &serde_json::Value, sum: &mut f64) {
-        let on_entries = node["Relation Name"] == "entries"
+    rows_in(log, wanted, |node| {
+        node["Relation Name"] == "entries"
             || node["Index Name"]
                 .as_str()
-                .is_some_and(|i| i.starts_with("entries"));
-        if on_entries {
+                .is_some_and(|i| i.starts_with("entries"))
+    })
+}
+
+/// The rows the plan nodes that `counted` takes handled, per logged plan of a statement whose
+/// text `wanted` takes; with its text.
+fn rows_in(
+    log: &str,
+    wanted: impl Fn(&str) -> bool,
+    counted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<(usize, String)> {
+    fn walk(node: &serde_json::Value, counted: &dyn Fn(&serde_json::Value) -> bool, sum: &mut f64) {
+        if counted(node) {
             let n = |k: &str| node[k].as_f64().unwrap_or(0.0);
             let rows = n("Actual Rows") + n("Rows Removed by Filter");
             *sum += (rows + n("Rows Removed by Index Recheck")) * n("Actual Loops");
         }
         for child in node["Plans"].as_array().into_iter().flatten() {
-            walk(child, sum);
+            walk(child, counted, sum);
         }
     }
     let mut out = Vec::new();
@@ -513,7 +533,7 @@ pub fn rows_touched_by(log: &str, wanted: impl Fn(&str) -> bool) -> Vec<(usize, 
         let text = plan["Query Text"].as_str().unwrap_or_default().to_string();
         if wanted(&text) {
             let mut sum = 0.0;
-            walk(&plan["Plan"], &mut sum);
+            walk(&plan["Plan"], &counted, &mut sum);
             out.push((sum as usize, text));
         }
     }

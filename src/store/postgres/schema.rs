@@ -119,80 +119,77 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
 /// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared
 /// `entries_words` (wide and `"*"` scopes) and `entries_scoped` (narrow ones), and indexing them
 /// was most of a store's cost: a 60-word entry's INSERT took 1.1 ms, and one session stored at
-/// 45-52% of the PostgreSQL floor; without `entries_words`, at 74-80%.
+/// 45-52% of the PostgreSQL floor; without `entries_words`, at 74-80%. So `words` and its index
+/// go (dropping a column rewrites nothing), and every search looks up `entries_scoped`: a wide
+/// scope by its namespaces' lexemes as a narrow one, a `"*"` scope by those of every namespace
+/// the store holds (`read.rs`). A search's cost then depends on its scope alone, namespaces
+/// included, never on what lies outside it.
 ///
-/// So a scoped lexeme now leads with its word and ends with its namespace: `<word key>zn<token>`.
-/// A word's postings in one namespace are one lexeme, as before; its postings in every namespace
-/// are the lexemes that start with `<word key>zn`, a prefix match (`'…zn':*`) in the same index,
-/// which reads the entries beside each other in its tree. The word key is the lexeme with `z`
-/// doubled, so within a key every `z` is followed by another and the first `zn` ends it: no
-/// other word's key starts with this one's key and `zn`, and no tag lexeme (which leads with a
-/// token, `n…`, whose escapes are `zz zu zd zc zh`, then `zt`) starts with any. A lexeme too long
-/// to leave room for a token (over 950 bytes) is keyed by `zl` and its MD5, as is a token that
-/// would not fit beside its key. The tsquery of a wide lookup is made on the server from the
-/// bound words alone (`memory.any_scope_query`), as the narrow one is.
+/// `memory.scoped_query` is made linear in the namespaces, as a wide scope may name many: each
+/// word is parsed once, not once per namespace, and the tsquery is put together as text and read
+/// once, not grown by `||` (which copies the whole tsquery at every namespace). Its result is
+/// the same: per namespace, its words (all of them or any) ANDed with its tag lexemes, ORed
+/// over the namespaces; NULL when nothing can match.
 ///
-/// The column is computed again for every row (dropped and added), `words` and its index go,
-/// and the table is clustered again when it has rows, as migration 4 does, so the new column
-/// lies in the row.
+/// (A prefix match of word-first lexemes, one lookup for every namespace, was tried: GIN's cost
+/// estimate for a prefix assumes it matches 100 entries, so on statistics that lag the table
+/// PostgreSQL walked the primary key's range checking every row instead, 30-180 ms at 100k.)
 const ONE_TEXT_INDEX: &str = r#"
-ALTER TABLE memory.entries DROP COLUMN words, DROP COLUMN scoped;
+ALTER TABLE memory.entries DROP COLUMN words;
 
-CREATE FUNCTION memory.word_key(lexeme text) RETURNS text
+-- `lexeme` in the namespace whose token is `token`, as `memory.scoped_lexemes` writes it.
+CREATE FUNCTION memory.scoped_lexeme(token text, lexeme text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN CASE WHEN octet_length(lexeme) <= 950 THEN replace(lexeme, 'z', 'zz')
-                ELSE 'zl' || md5(lexeme) END;
+    RETURN CASE WHEN octet_length(token) + 2 + octet_length(lexeme) <= 2046
+                THEN token || 'zw' || lexeme ELSE token || 'zl' || md5(lexeme) END;
 
-CREATE OR REPLACE FUNCTION memory.scoped_lexemes(token text, source text) RETURNS text[]
-    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
-DECLARE
-    tail text := CASE WHEN octet_length(token) <= 1000 THEN token ELSE 'zl' || md5(token) END;
-BEGIN
-    RETURN ARRAY(
-        SELECT memory.word_key(l) || 'zn' || tail
-        FROM unnest(tsvector_to_array(to_tsvector('memory.words', source))) AS l);
-END $$;
-
--- Every lexeme of `lexemes` (at least one) as a prefix, quoted as tsquery input reads it and
--- joined by `&`.
-CREATE FUNCTION memory.every_prefix(lexemes text[]) RETURNS tsquery
+-- `lexeme` as tsquery input reads it: quoted, quotes and backslashes doubled.
+CREATE FUNCTION memory.quoted(lexeme text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN array_to_string(ARRAY(
-        SELECT '''' || replace(replace(l, '', '\'), '''', '''''') || ''':*'
-        FROM unnest(lexemes) AS l), ' & ')::tsquery;
+    RETURN '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''';
 
--- A wide lookup: rows of any namespace holding every word of `words` (or some), each word's
--- lexemes ANDed as `plainto_tsquery` ANDs them; a word without lexemes drops out, and when no
--- word has any the result is NULL, which matches nothing.
-CREATE FUNCTION memory.any_scope_query(words text[], every boolean) RETURNS tsquery
-    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog AS $$
+CREATE OR REPLACE FUNCTION memory.scoped_query(namespaces text[], words text[], every boolean,
+                                               tags text[])
+    RETURNS tsquery LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog AS $$
 DECLARE
-    result tsquery;
-    word text;
-    lexemes text[];
-    q tsquery;
+    -- Word i's lexemes are lexemes[starts[i] : starts[i + 1] - 1].
+    lexemes text[] := '{}';
+    starts int[] := '{}';
+    parts text[] := '{}';
+    terms text[];
+    token text;
+    i int;
 BEGIN
-    FOREACH word IN ARRAY words LOOP
-        lexemes := ARRAY(
-            SELECT memory.word_key(l) || 'zn'
-            FROM unnest(tsvector_to_array(to_tsvector('memory.words', word))) AS l);
-        CONTINUE WHEN cardinality(lexemes) = 0;
-        q := memory.every_prefix(lexemes);
-        result := CASE WHEN result IS NULL THEN q WHEN every THEN result && q ELSE result || q END;
+    FOR i IN 1 .. cardinality(words) LOOP
+        starts := array_append(starts, cardinality(lexemes) + 1);
+        lexemes := lexemes || tsvector_to_array(to_tsvector('memory.words', words[i]));
     END LOOP;
-    RETURN result;
-END $$;
-
-ALTER TABLE memory.entries ADD COLUMN scoped tsvector
-    GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
-ALTER TABLE memory.entries ALTER COLUMN scoped SET STORAGE MAIN;
-CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
-    WHERE status = 'active';
-DO $$ BEGIN
-    IF EXISTS (SELECT FROM memory.entries) THEN
-        CLUSTER memory.entries USING entries_pkey;
-        ALTER TABLE memory.entries SET WITHOUT CLUSTER;
+    starts := array_append(starts, cardinality(lexemes) + 1);
+    FOREACH token IN ARRAY ARRAY(SELECT memory.scope_token(n) FROM unnest(namespaces) AS n) LOOP
+        terms := '{}';
+        FOR i IN 1 .. cardinality(words) LOOP
+            CONTINUE WHEN starts[i] = starts[i + 1];
+            terms := array_append(terms, '(' || array_to_string(ARRAY(
+                SELECT memory.quoted(memory.scoped_lexeme(token, l))
+                FROM unnest(lexemes[starts[i] : starts[i + 1] - 1]) AS l), ' & ') || ')');
+        END LOOP;
+        CONTINUE WHEN cardinality(words) > 0 AND cardinality(terms) = 0;
+        IF cardinality(terms) > 0 THEN
+            terms := ARRAY['(' || array_to_string(terms, CASE WHEN every THEN ' & ' ELSE ' | ' END)
+                           || ')'];
+        END IF;
+        IF cardinality(tags) > 0 THEN
+            terms := array_append(terms, '(' || array_to_string(ARRAY(
+                SELECT memory.quoted(token || 'zt' || t) FROM unnest(tags) AS t), ' & ') || ')');
+        END IF;
+        CONTINUE WHEN cardinality(terms) = 0;
+        parts := array_append(parts, '(' || array_to_string(terms, ' & ') || ')');
+    END LOOP;
+    IF cardinality(parts) = 0 THEN
+        RETURN NULL;
     END IF;
+    RETURN array_to_string(parts, ' | ')::tsquery;
 END $$;
 "#;
 

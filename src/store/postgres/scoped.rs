@@ -1,35 +1,30 @@
-//! A narrow scope's lookups in `entries.scoped` (migration 2, [`super::schema`]): the index whose
+//! A search's lookups in `entries.scoped` (migration 2, [`super::schema`]): the index whose
 //! lexemes carry their namespace's token, so a word's postings there are its postings inside one
-//! namespace, and a search or tag filter inside a few namespaces reads only theirs, whatever
+//! namespace, and a search or tag filter reads only those of its scope's namespaces, whatever
 //! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
 //! server from bound values only (the namespaces, the query words, the tags): each word is
-//! parsed by the same `memory.words` configuration (migration 3) as the wide lookup's
-//! `memory.any_scope_query`, and its lexemes, keyed and ended by the namespace's token
-//! (migration 5), are quoted into the tsquery by that function, so no value becomes statement
-//! text or tsquery syntax.
-//!
-//! A word's lexemes are ANDed per namespace, as `plainto_tsquery` ANDs them (it never emits a
-//! phrase operator) and as the wide lookup does across namespaces, so both find the same rows;
-//! the narrow tsquery is only longer (a copy per namespace).
+//! parsed by the `memory.words` configuration (migration 3), as `plainto_tsquery('memory.words',
+//! word)` would parse it, and its lexemes, prefixed, are quoted into the tsquery by that
+//! function, so no value becomes statement text or tsquery syntax. A word's lexemes are ANDed,
+//! as `plainto_tsquery` ANDs them (it never emits a phrase operator).
 
 use super::rows::Sql;
 use crate::error::{Error, Result};
 
-/// The condition on `e` that a narrow lookup adds: rows of `namespaces` (an SQL `text[]`
-/// expression of ours, e.g. a bound array or `ARRAY[s.ns]`) holding every word of `words`,
-/// carrying every tag of `tags`. No words: the tags alone (there must be some). (A search's
-/// some-words group looks its words up one at a time, `read.rs`, so `memory.scoped_query`'s
-/// any-word form is not used.)
+/// The condition on `e` that a lookup adds: rows of `namespaces` (an SQL `text[]` expression
+/// of ours, e.g. a bound array or `ARRAY[s.ns]`) holding every word of `words` (`every`) or
+/// some, carrying every tag of `tags`. No words: the tags alone (there must be some).
 pub(super) fn condition(
     sql: &mut Sql,
     namespaces: &str,
     words: &[String],
+    every: bool,
     tags: &[String],
 ) -> Result<String> {
     let words = sql.bind(words.to_vec());
     let tags = sql.bind(json_escaped(tags)?);
     Ok(format!(
-        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], TRUE, {tags}::text[])"
+        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], {every}, {tags}::text[])"
     ))
 }
 
@@ -57,10 +52,10 @@ mod tests {
         let mut sql = Sql::default();
         let ns = sql.bind(vec!["a'); --".to_string()]);
         let words = ["x' OR true".to_string(), "a & !b:*".to_string()];
-        let cond = condition(&mut sql, &ns, &words, &["t\"q".into()]).unwrap();
+        let cond = condition(&mut sql, &ns, &words, true, &["t\"q".into()]).unwrap();
         assert_eq!(
             cond,
-            "e.scoped @@ memory.scoped_query($1, $2::text[], TRUE, $3::text[])"
+            "e.scoped @@ memory.scoped_query($1, $2::text[], true, $3::text[])"
         );
         assert_eq!(sql.parts().1, 3);
         assert_eq!(
