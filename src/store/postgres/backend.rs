@@ -49,7 +49,7 @@ use super::fail::{Failure, RETRY_AFTER_MS, detail, retry};
 use super::group::Group;
 use super::rows::{COLUMNS, read_row};
 use super::write::PgTx;
-use super::{ledger, read, schema};
+use super::{ledger, read, schema, snapshot};
 use crate::error::Result;
 use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
@@ -174,45 +174,6 @@ impl Postgres {
         self.driver.rt().block_on(retry(op))
     }
 
-    /// Runs `body` in one read-only snapshot (REPEATABLE READ), so a walk over many pages sees
-    /// one consistent state.
-    async fn in_snapshot<T>(
-        &self,
-        body: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
-        self.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let result = body(&self.client).await;
-        // Read-only: ending it either way loses nothing.
-        let end = self.client.batch_execute("ROLLBACK").await;
-        let value = result?;
-        end?;
-        Ok(value)
-    }
-
-    /// Runs a search's statements in one read-only snapshot with sequential scans priced out
-    /// (`enable_seqscan = off` for this transaction alone). A search's lookup is one tsquery
-    /// naming a lexeme per namespace of its scope, and PostgreSQL prices each lexeme it has no
-    /// statistics for at up to 0.5% of the table: a scope of 66 namespaces (most of them
-    /// empty) came to a quarter of it, and it scanned all 23,000 rows to find 5
-    /// (`tests/postgres/narrow.rs`). Through the index it reads the scope's postings alone.
-    async fn in_search<T>(
-        &self,
-        body: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
-        self.client
-            .batch_execute(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off",
-            )
-            .await?;
-        let result = body(&self.client).await;
-        let end = self.client.batch_execute("ROLLBACK").await;
-        let value = result?;
-        end?;
-        Ok(value)
-    }
-
     fn count(&self, sql: &str, args: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64> {
         let n: i64 =
             self.block_on(async || Ok(self.client.query_one(sql, args).await?.try_get(0)?))?;
@@ -268,8 +229,10 @@ impl Backend for Postgres {
 
     fn all_words(&self, query: &Query, filter: &Filter, limit: usize) -> Result<Vec<Match>> {
         self.block_on(async || {
-            self.in_search(async |c| read::all_words(c, query, filter, limit).await)
-                .await
+            snapshot::in_search(&self.client, async |c| {
+                read::all_words(c, query, filter, limit).await
+            })
+            .await
         })
     }
 
@@ -281,8 +244,10 @@ impl Backend for Postgres {
         skip: &HashSet<i64>,
     ) -> Result<Vec<Match>> {
         self.block_on(async || {
-            self.in_search(async |c| read::some_words(c, query, filter, need, skip).await)
-                .await
+            snapshot::in_search(&self.client, async |c| {
+                read::some_words(c, query, filter, need, skip).await
+            })
+            .await
         })
     }
 
@@ -338,7 +303,7 @@ impl Backend for Postgres {
         // Not retried: `each` has seen the rows already handed over.
         self.driver
             .rt()
-            .block_on(self.in_snapshot(async |client| {
+            .block_on(snapshot::in_snapshot(&self.client, async |client| {
                 let mut after = i64::MIN;
                 loop {
                     let rows = client.query(&sql, &[&after, &PAGE]).await?;
@@ -356,7 +321,9 @@ impl Backend for Postgres {
 
     fn copy_out(&self, from: &Resume, sink: &mut dyn CopySink) -> Result<()> {
         // Not retried: `sink` has seen what was handed over.
-        let copy = self.in_snapshot(async |c| super::transfer::copy_out(c, from, sink).await);
+        let copy = snapshot::in_snapshot(&self.client, async |c| {
+            super::transfer::copy_out(c, from, sink).await
+        });
         self.driver.rt().block_on(copy).map_err(Into::into)
     }
 
@@ -374,8 +341,10 @@ impl Backend for Postgres {
 
     fn ledger_chain(&self, keys: &KeySet) -> Result<ChainReport> {
         self.block_on(async || {
-            self.in_snapshot(async |client| Ok(ledger::check_chain(client, keys).await?))
-                .await
+            snapshot::in_snapshot(&self.client, async |client| {
+                Ok(ledger::check_chain(client, keys).await?)
+            })
+            .await
         })
     }
 

@@ -15,6 +15,7 @@ mod rows;
 pub mod schema;
 mod scoped;
 mod sessions;
+mod snapshot;
 mod transfer;
 mod write;
 

@@ -8,7 +8,7 @@
 //!
 //! What a search costs depends on the scope too. Every search is looked up in `entries_scoped`,
 //! whose lexemes carry their namespace ([`super::scoped`]), by its scope's namespaces, or for a
-//! `"*"` scope those of every namespace the store holds ([`lookup_namespaces`]): one text index
+//! `"*"` scope those of every namespace the store holds ([`scoped::lookup_namespaces`]): one text index
 //! (migration 5), and the postings read are the scope's alone, for words and tags alike, however
 //! many matches other namespaces hold. A scope that names its namespaces reads all its matches
 //! at once; a `"*"` scope, whose matches are the whole store's, reads the newest in ranges
@@ -20,69 +20,13 @@ use tokio_postgres::Client;
 
 use super::fail::Failure;
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
-use super::scoped;
+use super::scoped::{self, bind_namespaces, lookup, lookup_namespaces};
 use crate::error::Error;
 use crate::store::backend::Match;
 use crate::store::model::{Filter, Query};
 use crate::store::rank::{self, SEARCH_WINDOW};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::scope::Scope;
-
-/// The namespaces a search looks its words up in: those of the scope holding active rows, or
-/// for `"*"` every namespace the store holds, read from `entries_scope` one namespace at a time
-/// (an index probe each, the rows inside never read). A namespace without rows is left out of
-/// the lookup: PostgreSQL prices every lexeme of a tsquery it has no statistics for at up to
-/// 0.5% of the table, so 65 empty namespaces beside one made a lookup of 5 rows look like a
-/// quarter of the table, and it walked all of it (`tests/postgres_stale_stats.rs`).
-async fn lookup_namespaces(client: &Client, scope: &Scope) -> Result<Vec<String>, Failure> {
-    let rows = match scope {
-        Scope::Only(namespaces) => {
-            client
-                .query(
-                    "SELECT n FROM unnest($1::text[]) AS n WHERE EXISTS ( \
-                       SELECT FROM memory.entries e WHERE e.namespace = n AND e.status = 'active')",
-                    &[namespaces],
-                )
-                .await?
-        }
-        Scope::All => {
-            client
-                .query(
-                    "WITH RECURSIVE ns(name) AS ( \
-                       (SELECT namespace FROM memory.entries ORDER BY namespace LIMIT 1) \
-                       UNION ALL \
-                       SELECT (SELECT e.namespace FROM memory.entries e \
-                               WHERE e.namespace > ns.name ORDER BY e.namespace LIMIT 1) \
-                       FROM ns WHERE ns.name IS NOT NULL) \
-                     SELECT name FROM ns WHERE name IS NOT NULL",
-                    &[],
-                )
-                .await?
-        }
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        out.push(row.try_get(0)?);
-    }
-    Ok(out)
-}
-
-/// The text match of a search in `entries_scoped`, rows of `namespaces` (an SQL `text[]`
-/// expression of ours, bound once per statement) holding every word of `words` and the
-/// filter's tags.
-fn lookup(
-    sql: &mut Sql,
-    namespaces: &str,
-    filter: &Filter,
-    words: &[String],
-) -> crate::error::Result<String> {
-    scoped::condition(sql, namespaces, words, true, &filter.tags)
-}
-
-/// `namespaces` bound as a `text[]` expression.
-fn bind_namespaces(sql: &mut Sql, namespaces: &[String]) -> String {
-    format!("{}::text[]", sql.bind(namespaces.to_vec()))
-}
 
 /// Up to `want` active rows inside `filter`, newest first, below the entry `after`.
 pub(super) async fn list(
