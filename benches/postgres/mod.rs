@@ -253,8 +253,8 @@ pub async fn run() -> serde_json::Value {
             call(&server.client, "memory_get", json!({"id": id})).await;
             gets.push(ms(t.elapsed()));
         }
-        // Two-word searches over every namespace (the shared index), then inside the one
-        // namespace by name (the namespace-qualified index).
+        // Two-word searches over every namespace (a `"*"` scope, in ranges of positions), then
+        // inside the one namespace by name (every match at once).
         let mut searches = [Vec::new(), Vec::new()];
         for (narrow, lat) in searches.iter_mut().enumerate() {
             for _ in 0..500 {
