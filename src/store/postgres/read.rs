@@ -123,6 +123,10 @@ pub(super) async fn all_words(
         return Ok(Vec::new());
     }
     let namespaces = lookup_namespaces(client, &filter.scope).await?;
+    if namespaces.is_empty() {
+        // No namespace of the scope holds an active row: nothing to look up.
+        return Ok(Vec::new());
+    }
     let mut ranges = Ranges::start(client, filter, limit).await?;
     loop {
         let mut sql = Sql::default();
@@ -250,6 +254,9 @@ pub(super) async fn some_words(
         return Ok(Vec::new());
     }
     let namespaces = lookup_namespaces(client, &filter.scope).await?;
+    if namespaces.is_empty() {
+        return Ok(Vec::new());
+    }
     let by_word = window(client, &namespaces, words, filter, SEARCH_WINDOW.max(need)).await?;
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|pos| !skip.contains(pos));
