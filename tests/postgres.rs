@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 5", "schema version 5 -> 5"] {
+    for want in ["schema version 0 -> 6", "schema version 6 -> 6"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -70,6 +70,31 @@ async fn db_init_is_idempotent_and_audit_events_are_append_only() {
         words.contains("'nnzwdeja'") && words.contains("'nnzwwords'") && words.contains("'nnztt'"),
         "{words}"
     );
+    // Migration 6's trigger counts what the app role writes and deletes: rows and content's own
+    // bytes (the column doubles a backslash; a quota counts it once).
+    app.batch_execute(
+        "INSERT INTO memory.entries (id, namespace, content, tags, status, principal, \
+         session_id, created_at, updated_at, content_sha256, key_id, mac) VALUES \
+         ('j', 'n', 'a\\\\b', '[]', 'active', 'p', 's', 2, 2, '\\x00', 'e1', '\\x00')",
+    )
+    .await
+    .unwrap();
+    let usage = async || -> (i64, i64) {
+        let r = app
+            .query_one(
+                "SELECT entries, bytes FROM memory.namespace_usage WHERE namespace = 'n'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let both = ("Déjà vu WORDS".len() + r"a\b".len()) as i64;
+    assert_eq!(usage().await, (2, both));
+    app.batch_execute("DELETE FROM memory.entries WHERE id = 'i'")
+        .await
+        .unwrap();
+    assert_eq!(usage().await, (1, r"a\b".len() as i64));
     for sql in [
         "UPDATE audit.events SET kind = 'x'",
         "DELETE FROM audit.events",

@@ -164,6 +164,17 @@ ALTER TABLE memory.entries ALTER COLUMN scoped SET STORAGE EXTENDED;
 CREATE INDEX entries_words ON memory.entries USING gin (words) WHERE status = 'active';
 "#;
 
+/// `memory.namespace_usage`: (namespace, entries, bytes), by namespace.
+fn namespace_usage(pg: &Ready) -> Vec<(String, i64, i64)> {
+    superuser(
+        pg,
+        "SELECT namespace, entries, bytes FROM memory.namespace_usage ORDER BY namespace",
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
 /// Pages a lookup of one word reads checking every row (no index), and the heap's pages.
 fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -210,8 +221,11 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
     superuser(&pg, "CREATE EXTENSION IF NOT EXISTS pgstattuple");
     // Back to version 3's layout, rows written into it (the store refuses a schema older than
     // its own, so they are written first, and the version is set back after).
+    pg.batch_as_superuser(common::postgres::UNDO_VERSION_6);
     pg.batch_as_superuser(VERSION_3_LAYOUT);
     let mut store = pg.store();
+    // Each namespace's rows and content bytes, as migration 6 must count them.
+    let mut usage = [(0_i64, 0_i64); 2];
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for i in 0..20 {
         // Eighty random words: content and both tsvectors pass the TOAST threshold, and do
@@ -225,6 +239,8 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
             .collect();
         let content = format!("before the upgrade {i} {}", long.join(" "));
         put(&mut store, ["a", "b"][i as usize % 2], &content, 1_000 + i);
+        usage[i as usize % 2].0 += 1;
+        usage[i as usize % 2].1 += content.len() as i64;
     }
     store.close().unwrap();
     assert_eq!(
@@ -246,7 +262,7 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 3 -> 5"), "{stdout}");
+    assert!(stdout.contains("schema version 3 -> 6"), "{stdout}");
     let text: Vec<String> = superuser(
         &pg,
         "SELECT attname::text FROM pg_attribute WHERE attrelid = 'memory.entries'::regclass \
@@ -283,15 +299,27 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
         "rows written before the upgrade were moved into the new layout: {read} pages read, {heap} in the heap"
     );
 
+    assert_eq!(
+        namespace_usage(&pg),
+        [
+            ("a".to_string(), usage[0].0, usage[0].1),
+            ("b".to_string(), usage[1].0, usage[1].1)
+        ],
+        "migration 6 counts the rows already there"
+    );
+
     let mut store = pg.store();
     for i in 0..5 {
-        put(
-            &mut store,
-            "a",
-            &format!("after the upgrade {i}"),
-            2_000 + i,
-        );
+        let content = format!("after the upgrade {i}");
+        put(&mut store, "a", &content, 2_000 + i);
+        usage[0].0 += 1;
+        usage[0].1 += content.len() as i64;
     }
+    assert_eq!(
+        namespace_usage(&pg)[0],
+        ("a".to_string(), usage[0].0, usage[0].1),
+        "and its trigger every row written since"
+    );
     assert_eq!(
         pending(&pg, "entries_scoped"),
         0,

@@ -475,7 +475,9 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     // order, as concurrent servers could leave them.
     let db = sqlite_file(&dir);
     db.execute_batch(
-        "DROP TRIGGER scoped_fts_insert; DROP TRIGGER scoped_fts_delete; \
+        "DROP TRIGGER namespace_usage_insert; DROP TRIGGER namespace_usage_delete; \
+         DROP TRIGGER namespace_usage_update; DROP TABLE namespace_usage; \
+         DROP TRIGGER scoped_fts_insert; DROP TRIGGER scoped_fts_delete; \
          DROP TRIGGER scoped_fts_update; DROP TABLE scoped_fts; \
          DROP TRIGGER entries_fts_insert; DROP TRIGGER entries_fts_delete; \
          DROP TRIGGER entries_fts_update; DROP TABLE entries_fts; DROP INDEX entries_scope; \
@@ -512,7 +514,28 @@ async fn a_data_dir_of_schema_3_upgrades_in_place() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(
+        version,
+        memwarden::store::sqlite::migrations::CURRENT_VERSION
+    );
+    // Migration 6 counted the rows already there, and its triggers the ones stored since: every
+    // row of a namespace, whatever its status, and its content's bytes.
+    let usage = |sql: &str| -> Vec<(String, i64, i64)> {
+        let mut s = db.prepare(sql).unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let kept = usage("SELECT namespace, entries, bytes FROM namespace_usage ORDER BY namespace");
+    assert_eq!(
+        kept,
+        usage(
+            "SELECT namespace, count(*), sum(length(CAST(content AS BLOB))) FROM entries \
+             GROUP BY namespace ORDER BY namespace"
+        )
+    );
+    assert_eq!(kept.len(), 2, "{kept:?}");
     let out_of_order: i64 = db
         .query_row(
             "SELECT count(*) FROM entries a JOIN entries b ON b.rowid > a.rowid WHERE b.created_at < a.created_at",

@@ -468,6 +468,15 @@ impl Ready {
     }
 }
 
+/// SQL for [`Ready::batch_as_superuser`], as the owner: what migration 6 adds (namespace quota
+/// usage) gone again, for tests that rebuild an older version's layout and upgrade it (the
+/// version table is theirs to set back).
+pub const UNDO_VERSION_6: &str = "SET ROLE memwarden_owner;
+    DROP TRIGGER entries_usage ON memory.entries;
+    DROP FUNCTION memory.count_usage, memory.content_bytes;
+    DROP TABLE memory.namespace_usage;
+    RESET ROLE;";
+
 /// SQL for [`Ready::batch_as_superuser`]: every statement the app role runs from its next
 /// connection on gets its plan logged as JSON, with the rows each node handled (read with
 /// [`rows_touched`]).

@@ -287,6 +287,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     store.close().unwrap();
     // Back to version 1: what migrations 2 and 3 added, gone, and the content as version 1
     // kept it (backslashes single).
+    pg.batch_as_superuser(crate::common::postgres::UNDO_VERSION_6);
     pg.batch_as_superuser(
         r"SET ROLE memwarden_owner;
          ALTER TABLE memory.entries DROP COLUMN scoped;
@@ -302,7 +303,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     let admin = pg.cluster.settings_file("admin.conf", "memwarden");
     let out = super::db_init(&admin);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 1 -> 5"), "{stdout}");
+    assert!(stdout.contains("schema version 1 -> 6"), "{stdout}");
     let store = pg.store();
     let scope = narrow(&["a"]);
     let found = hits(&store, "upgrade", &filter(&scope, &["ops"]));

@@ -10,6 +10,7 @@ mod connect;
 mod fail;
 mod group;
 mod ledger;
+mod quota;
 mod read;
 mod rows;
 pub mod schema;

@@ -1,12 +1,12 @@
 //! The PostgreSQL schema and its roles, created by `memwarden db init`: two schemas in one
-//! database — `memory` (entries, their text index, the ledger, session starts) and `audit`
-//! (events) — owned by a NOLOGIN owner role; an app role that writes entries but may only
-//! `SELECT, INSERT` audit events (UPDATE, DELETE and TRUNCATE refused by its grants and, for the
-//! owner too, by triggers); an auditor role that may only read `audit`. Idempotent: roles and
-//! schemas are created when missing, migrations run by the version table, grants are re-applied.
-//! The row formats are SQLite's (same canonical encoding, same seals), so rows move between the
-//! backends unchanged; the hash chain and MACs stay the real tamper check (an owner or superuser
-//! can bypass triggers, FACTS §PostgreSQL).
+//! database — `memory` (entries, their text index, the ledger, session starts, namespace quota
+//! usage) and `audit` (events) — owned by a NOLOGIN owner role; an app role that writes entries
+//! but may only `SELECT, INSERT` audit events (UPDATE, DELETE and TRUNCATE refused by its grants
+//! and, for the owner too, by triggers); an auditor role that may only read `audit`. Idempotent:
+//! roles and schemas are created when missing, migrations run by the version table, grants are
+//! re-applied. The row formats are SQLite's (same canonical encoding, same seals), so rows move
+//! between the backends unchanged; the hash chain and MACs stay the real tamper check (an owner
+//! or superuser can bypass triggers, FACTS §PostgreSQL).
 
 use tokio_postgres::Client;
 
@@ -114,6 +114,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     FOLDED_WORDS,
     SEARCH_LAYOUT,
     ONE_TEXT_INDEX,
+    super::quota::NAMESPACE_USAGE,
 ];
 
 /// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared
@@ -397,7 +398,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA memory, audit FROM PUBLIC;
 GRANT USAGE ON SCHEMA memory, audit TO memwarden_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON memory.entries, memory.session_starts TO memwarden_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA memory TO memwarden_app;
-GRANT SELECT, INSERT, UPDATE ON memory.ledger TO memwarden_app;
+GRANT SELECT, INSERT, UPDATE ON memory.ledger, memory.namespace_usage TO memwarden_app;
 GRANT SELECT ON memory.schema_version TO memwarden_app, memwarden_auditor;
 REVOKE ALL ON audit.events FROM memwarden_app;
 GRANT SELECT, INSERT ON audit.events TO memwarden_app;

@@ -276,20 +276,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)> {
-        let (count, used): (i64, i64) = self.run(async |tx| {
-            let r = tx
-                .query_one(
-                    // Content's own bytes: the column keeps a backslash as `\\` and U+0000
-                    // as `\0`, two bytes each (rows.rs), which the quota does not count.
-                    "SELECT count(*), coalesce(sum(CASE WHEN strpos(content, '\\') > 0 \
-                     THEN octet_length(regexp_replace(content, '\\\\(.)', '\\1', 'g')) \
-                     ELSE octet_length(content) END), 0)::bigint \
-                     FROM memory.entries WHERE namespace = $1",
-                    &[&namespace],
-                )
-                .await?;
-            Ok((r.try_get(0)?, r.try_get(1)?))
-        })?;
+        let (count, used) = self.run(async |tx| super::quota::usage(tx, namespace).await)?;
         Ok((count.max(0) as u64, used.max(0) as u64))
     }
 

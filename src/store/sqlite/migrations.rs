@@ -161,6 +161,41 @@ CREATE TRIGGER scoped_fts_update AFTER UPDATE ON entries BEGIN
         WHERE new.status = 'active';
 END;
 "#,
+    r#"
+-- Each namespace's quota usage (store/write.rs `check_quota`): its rows, whatever their status,
+-- and their content's bytes, kept in step by triggers inside the transaction that changes a
+-- row, so a quota is checked by one lookup instead of reading every row of the namespace on
+-- every store. Triggers, not the writer, so no path that changes rows (purge, retention,
+-- import, migrate) can leave the count behind.
+CREATE TABLE namespace_usage (
+    namespace TEXT PRIMARY KEY,
+    entries   INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO namespace_usage (namespace, entries, bytes)
+    SELECT namespace, count(*), coalesce(sum(length(CAST(content AS BLOB))), 0) FROM entries
+    GROUP BY namespace;
+CREATE TRIGGER namespace_usage_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO namespace_usage (namespace, entries, bytes)
+        VALUES (new.namespace, 1, length(CAST(new.content AS BLOB)))
+        ON CONFLICT (namespace) DO UPDATE
+        SET entries = entries + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER namespace_usage_delete AFTER DELETE ON entries BEGIN
+    UPDATE namespace_usage
+        SET entries = entries - 1, bytes = bytes - length(CAST(old.content AS BLOB))
+        WHERE namespace = old.namespace;
+END;
+CREATE TRIGGER namespace_usage_update AFTER UPDATE OF namespace, content ON entries BEGIN
+    UPDATE namespace_usage
+        SET entries = entries - 1, bytes = bytes - length(CAST(old.content AS BLOB))
+        WHERE namespace = old.namespace;
+    INSERT INTO namespace_usage (namespace, entries, bytes)
+        VALUES (new.namespace, 1, length(CAST(new.content AS BLOB)))
+        ON CONFLICT (namespace) DO UPDATE
+        SET entries = entries + 1, bytes = bytes + excluded.bytes;
+END;
+"#,
 ];
 
 /// The version that creates the ledger; its records for rows already retired are sealed in the

@@ -132,15 +132,16 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)> {
+        // Kept by migration 6's triggers; no row yet: nothing stored there.
         let (count, used): (i64, i64) = self
             .conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(length(CAST(content AS BLOB))), 0) FROM entries \
-                 WHERE namespace = ?1",
-                [namespace],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(sql)?;
+            .prepare_cached("SELECT entries, bytes FROM namespace_usage WHERE namespace = ?1")
+            .and_then(|mut s| {
+                s.query_row([namespace], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(sql)?
+            .unwrap_or((0, 0));
         Ok((count.max(0) as u64, used.max(0) as u64))
     }
 
