@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 30), after replaying its committed corpus.
-# Installs cargo-fuzz if missing. On stable Rust the sanitizer build needs RUSTC_BOOTSTRAP=1.
-#   fuzz/run.sh [SECONDS] [TARGET...]
+# Runs every fuzz target for SECONDS each (default 30), after replaying its committed corpus,
+# JOBS targets at a time (default 2: each libFuzzer process uses one core).
+# `build` builds every target and runs none. Installs cargo-fuzz if missing. On stable Rust the
+# sanitizer build needs RUSTC_BOOTSTRAP=1.
+#   fuzz/run.sh build
+#   JOBS=N fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+if [ "${1:-}" = build ]; then
+  exec cargo fuzz build
+fi
 secs=${1:-30}
 shift || true
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+jobs=${JOBS:-2}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request_line tool_args policy_parse seal_roundtrip audit_verify checkpoint_note fts_query rules_normalize json_message)
-export RUSTC_BOOTSTRAP=1
-passed=0; failed=0
-for t in "${targets[@]}"; do
+# Built once up front (nothing to do after `build`), so no run below waits on another's build.
+cargo fuzz build
+results=$(mktemp -d)
+run_one() {
+  local t=$1 work
   mkdir -p "corpus/$t"
   # A scratch copy grows during the run; the committed seeds stay small.
   work=$(mktemp -d)
   cp -r "corpus/$t/." "$work/"
   if cargo fuzz run "$t" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$work.log" 2>&1; then
-    passed=$((passed+1)); echo "ok: $t ($(grep -o 'Done [0-9]* runs' "$work.log" | tail -1))"
+    echo "ok: $t ($(grep -o 'Done [0-9]* runs' "$work.log" | tail -1))" >"$results/$t"
   else
-    failed=$((failed+1)); echo "FAILED: $t"; tail -40 "$work.log"
+    { echo "FAILED: $t"; tail -40 "$work.log"; } >"$results/$t"
   fi
   rm -rf "$work" "$work.log"
+}
+running=0
+for t in "${targets[@]}"; do
+  run_one "$t" &
+  running=$((running+1))
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running-1)); fi
 done
+wait
+passed=0; failed=0
+for t in "${targets[@]}"; do
+  cat "$results/$t" 2>/dev/null || echo "FAILED: $t (no result)"
+  if grep -qs '^ok: ' "$results/$t"; then passed=$((passed+1)); else failed=$((failed+1)); fi
+done
+rm -rf "$results"
 echo "fuzz: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
