@@ -547,3 +547,68 @@ fn an_existing_dir_without_a_keyring_is_refused() {
     fs::write(dir.data().join("notes.txt"), "not ours").unwrap();
     assert_serve_refuses(&dir, "not initialised");
 }
+
+/// Quota counts are kept beside the rows by triggers, not sealed: an edit that zeroes them
+/// would let an agent store past its namespace's quota. `verify` reports the namespace, and
+/// `maintain` counts it again from the rows, after which the quota holds again.
+#[tokio::test]
+async fn an_edited_quota_count_is_reported_by_verify_and_counted_again_by_maintain() {
+    let dir = TestDir::new();
+    dir.init();
+    let policy = dir.policy(
+        "version = 1\n[limits]\nnamespace_max_entries = 3\n[principals.local]\n\
+         tools = [\"memory_store\", \"memory_get\", \"memory_list\"]\n\
+         namespaces = { \"*\" = \"rw\" }\ndefault_namespace = \"notes\"\n",
+    );
+    let store = async |content: &str| {
+        let c = dir.connect_with(&policy).await;
+        let outcome = c.call("memory_store", json!({"content": content})).await;
+        c.close().await;
+        match outcome {
+            common::Outcome::Ok(_) => "ok".to_string(),
+            refused => refused.tool_code(),
+        }
+    };
+    assert_eq!(store("first").await, "ok");
+    assert_eq!(store("second").await, "ok");
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ok: every namespace's quota usage matches its rows"));
+
+    // The counts say the namespace is empty: the quota of 3 would let 3 more in.
+    dir.tamper().set_usage("notes", 0, 0);
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("quota usage disagrees")
+            && stdout
+                .contains("notes: counted 0 entries, 0 bytes; its rows hold 2 entries, 11 bytes"),
+        "{stdout}"
+    );
+    // A count for a namespace without rows is drift too.
+    dir.tamper().set_usage("elsewhere", 5, 50);
+    let (_, stdout) = verify_output(&dir);
+    assert!(
+        stdout.contains("elsewhere: counted 5 entries, 50 bytes; its rows hold 0 entries, 0 bytes"),
+        "{stdout}"
+    );
+
+    let out = dir.cli(&["maintain"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("quota usage: 2 namespaces counted again from their rows"),
+        "{said}"
+    );
+    let (code, stdout) = verify_output(&dir);
+    assert_eq!(code, Some(0), "{stdout}");
+    // The quota holds on the true count: one more fits, the next does not.
+    assert_eq!(store("third").await, "ok");
+    assert_eq!(store("fourth").await, "TOO_LARGE");
+    assert_eq!(dir.row_count(), 3);
+    let said = String::from_utf8_lossy(&dir.cli(&["maintain"]).stdout).into_owned();
+    assert!(
+        said.contains("quota usage: every namespace's counts match its rows"),
+        "{said}"
+    );
+}

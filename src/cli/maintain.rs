@@ -1,7 +1,9 @@
 //! `memwarden maintain`: brings the full-text indexes and both databases back into shape while
 //! servers keep running (FTS5 merges in short write transactions, `PRAGMA optimize`, passive WAL
 //! checkpoints). Audited as admin events; prints what it did. A nightly timer runs it. On
-//! PostgreSQL autovacuum does this work: maintain reports what it has left and changes nothing.
+//! PostgreSQL autovacuum does this work: maintain reports what it has left. On both, a
+//! namespace whose kept quota usage disagrees with its rows (what `memwarden verify` reports)
+//! is counted again from them.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::{admin_event, open};
 use crate::audit::sink::Sink;
-use crate::store::MaintainReport;
+use crate::store::{MaintainReport, UsageDrift};
 
 /// `memwarden maintain`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -37,10 +39,27 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
         json!({"event": "maintain_start", "fts_segments": before.segments}),
     )?;
     let m = store.maintain(Duration::from_millis(args.max_lock_ms))?;
+    let recounted = store.recount_usage()?;
     drop(store);
+    report_recount(&recounted);
     match audit {
-        Sink::File(_) => sqlite_audit_upkeep(args, &m, &mut audit),
-        Sink::Postgres(_) => postgres_report(&m, &mut audit),
+        Sink::File(_) => sqlite_audit_upkeep(args, &m, recounted.len(), &mut audit),
+        Sink::Postgres(_) => postgres_report(&m, recounted.len(), &mut audit),
+    }
+}
+
+/// What the quota recount corrected: each namespace whose kept usage disagreed with its rows.
+fn report_recount(recounted: &[UsageDrift]) {
+    if recounted.is_empty() {
+        println!("quota usage: every namespace's counts match its rows");
+        return;
+    }
+    println!(
+        "quota usage: {} namespaces counted again from their rows:",
+        recounted.len()
+    );
+    for d in recounted {
+        println!("{}", super::verify::drift_line(d));
     }
 }
 
@@ -49,6 +68,7 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
 fn sqlite_audit_upkeep(
     args: &MaintainArgs,
     m: &MaintainReport,
+    recounted: usize,
     audit: &mut Sink,
 ) -> anyhow::Result<ExitCode> {
     let dir = args.data_dir.open()?;
@@ -65,6 +85,7 @@ fn sqlite_audit_upkeep(
         "memory_wal_copied": m.log_copied,
         "audit_wal_frames": audit_log,
         "audit_wal_copied": audit_copied,
+        "usage_recounted": recounted,
     });
     admin_event(audit, detail)?;
     println!(
@@ -80,8 +101,12 @@ fn sqlite_audit_upkeep(
 }
 
 /// PostgreSQL: autovacuum does the upkeep (the app role may not VACUUM or ANALYZE tables it
-/// does not own), so maintain changes nothing and says so, with what autovacuum has left.
-fn postgres_report(m: &MaintainReport, audit: &mut Sink) -> anyhow::Result<ExitCode> {
+/// does not own), so maintain changes nothing else and says so, with what autovacuum has left.
+fn postgres_report(
+    m: &MaintainReport,
+    recounted: usize,
+    audit: &mut Sink,
+) -> anyhow::Result<ExitCode> {
     admin_event(
         audit,
         json!({
@@ -89,12 +114,13 @@ fn postgres_report(m: &MaintainReport, audit: &mut Sink) -> anyhow::Result<ExitC
             "engine": "postgres",
             "dead_rows_before": m.segments_before,
             "dead_rows_after": m.segments_after,
+            "usage_recounted": recounted,
         }),
     )?;
     println!(
-        "memory.entries: {} dead row versions awaiting autovacuum (was {}); nothing changed: \
-         PostgreSQL's autovacuum vacuums, analyses and flushes the text index, and the app role \
-         may not run VACUUM",
+        "memory.entries: {} dead row versions awaiting autovacuum (was {}); nothing else \
+         changed: PostgreSQL's autovacuum vacuums, analyses and flushes the text index, and the \
+         app role may not run VACUUM",
         m.segments_after, m.segments_before
     );
     Ok(ExitCode::SUCCESS)

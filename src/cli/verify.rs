@@ -18,7 +18,7 @@ use super::DataDirArg;
 use super::db::ChainCopy;
 use crate::audit::inspect::AuditedWrite as Write;
 use crate::store::ledger::Kind;
-use crate::store::{Store, VerifyReport};
+use crate::store::{Store, UsageDrift, VerifyReport};
 
 /// Findings of the reconciliation with the audit log.
 #[derive(Default)]
@@ -100,6 +100,18 @@ fn reconcile(report: &VerifyReport, writes: &[Write]) -> Reconciled {
     out
 }
 
+/// One namespace's drift, its name escaped (a tampered row may name anything).
+pub(super) fn drift_line(d: &UsageDrift) -> String {
+    format!(
+        "{}: counted {} entries, {} bytes; its rows hold {} entries, {} bytes",
+        d.namespace.escape_debug(),
+        d.kept.0,
+        d.kept.1,
+        d.held.0,
+        d.held.1
+    )
+}
+
 /// Prints `ok` or a FAILED heading with one line per item; returns whether it failed.
 fn section(items: &[String], ok: &str, failed: &str) -> bool {
     if items.is_empty() {
@@ -138,21 +150,9 @@ fn open(args: &VerifyArgs) -> anyhow::Result<(Store, std::path::PathBuf, Option<
     })
 }
 
-/// `memwarden verify`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub data_dir: DataDirArg,
-    #[command(flatten)]
-    pub store: super::serve::StoreArgs,
-}
-
-/// Verifies the store and reconciles it with the audit log; exit 1 on any finding. On
-/// PostgreSQL the chain is first copied, as `db export-audit` does, into a private temporary
-/// audit.db, and reconciled from there.
-pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let (store, audit_db, _copy) = open(args)?;
-    let report = store.verify_all()?;
+/// Prints what the store's own checks found: seals, the ledger, rows against their records,
+/// quota counts against their rows; returns whether any failed.
+fn store_findings(report: &VerifyReport) -> bool {
     let mut failed = false;
     if report.failed.is_empty() {
         println!("ok: {} entries verified", report.checked);
@@ -186,6 +186,32 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         "every superseded or deleted entry has its ledger record",
         "entries are superseded or deleted without their ledger record (one was removed)",
     );
+    failed |= section(
+        &report.usage.iter().map(drift_line).collect::<Vec<_>>(),
+        "every namespace's quota usage matches its rows",
+        "namespaces' quota usage disagrees with their rows (the counts were edited, or rows \
+         changed with the triggers off; quotas are checked against the counts until \
+         `memwarden maintain` counts them again)",
+    );
+    failed
+}
+
+/// `memwarden verify`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+    #[command(flatten)]
+    pub store: super::serve::StoreArgs,
+}
+
+/// Verifies the store and reconciles it with the audit log; exit 1 on any finding. On
+/// PostgreSQL the chain is first copied, as `db export-audit` does, into a private temporary
+/// audit.db, and reconciled from there.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let (store, audit_db, _copy) = open(args)?;
+    let report = store.verify_all()?;
+    let mut failed = store_findings(&report);
 
     let writes = crate::audit::inspect::audited_writes(&audit_db)?;
     let created: HashSet<&str> = writes.iter().filter_map(|w| w.created.as_deref()).collect();
@@ -253,6 +279,19 @@ mod tests {
                 .push(*kind);
         }
         r
+    }
+
+    #[test]
+    fn a_drifted_namespace_is_named_escaped_with_both_counts() {
+        let d = UsageDrift {
+            namespace: "notes\u{1b}[2J\n".into(),
+            kept: (0, 0),
+            held: (2, 11),
+        };
+        assert_eq!(
+            drift_line(&d),
+            "notes\\u{1b}[2J\\n: counted 0 entries, 0 bytes; its rows hold 2 entries, 11 bytes"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::backend::{IndexShape, MaintainReport, PurgeRule};
 use super::ledger::{self, Kind};
-use super::model::{Entry, Status, VerifyReport};
+use super::model::{Entry, Status, UsageDrift, VerifyReport};
 use super::rows::{seal_entry, withheld_log};
 use super::{Store, Visibility};
 use crate::error::{Error, Result};
@@ -41,6 +41,7 @@ impl Store {
             report.statuses.insert(id, status);
         })?;
         report.ledger = self.backend.ledger_chain(&keys)?;
+        report.usage = self.backend.usage_drift()?;
         Ok(report)
     }
 
@@ -196,5 +197,21 @@ impl Store {
     /// Brings the index and the file back into shape while servers run (`memwarden maintain`).
     pub fn maintain(&mut self, step_lock: Duration) -> Result<MaintainReport> {
         self.backend.maintain(step_lock)
+    }
+
+    /// Sets each namespace whose kept quota usage disagrees with its rows back to what they
+    /// hold, one short write transaction per namespace (`memwarden maintain`); returns what it
+    /// corrected. Rows are never touched: the counts are derived from them.
+    pub fn recount_usage(&mut self) -> Result<Vec<UsageDrift>> {
+        let mut fixed = Vec::new();
+        for drift in self.backend.usage_drift()? {
+            let mut tx = self.backend.begin()?;
+            // Counted again under the write lock: a write may have moved both since.
+            if let Some(d) = tx.recount_usage(&drift.namespace)? {
+                fixed.push(d);
+            }
+            tx.commit(None).map_err(|e| e.error)?;
+        }
+        Ok(fixed)
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::ledger::{ChainReport, Kind};
-use super::model::{Filter, Query};
+use super::model::{Filter, Query, UsageDrift};
 use super::rows::{Checked, RawRow, SealedRow};
 use super::transfer::{Batch, Copied, CopySink, Resume};
 use crate::audit::{AuditLog, NewEvent};
@@ -162,6 +162,9 @@ pub trait Backend: Send {
     /// Rows of any status.
     fn count_rows(&self) -> Result<u64>;
 
+    /// Namespaces whose kept quota usage disagrees with their rows, by namespace.
+    fn usage_drift(&self) -> Result<Vec<UsageDrift>>;
+
     /// Admits a session start of `principal` if fewer than `per_hour` started in the hour
     /// before `now_ms`, and records it. Kept in the store, so restarts reset nothing.
     fn admit_session(&mut self, principal: &str, now_ms: i64, per_hour: u32) -> Result<bool>;
@@ -217,6 +220,10 @@ pub trait WriteTx {
 
     /// Rows in `namespace` and their content bytes (every status: each holds content).
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)>;
+
+    /// Sets `namespace`'s kept quota usage to what its rows hold; the drift it corrected, if
+    /// there was one.
+    fn recount_usage(&mut self, namespace: &str) -> Result<Option<UsageDrift>>;
 
     /// Inserts a new row.
     fn insert(&mut self, row: &SealedRow<'_>) -> Result<()>;

@@ -228,6 +228,22 @@ pub struct VerifyReport {
     pub statuses: std::collections::HashMap<String, String>,
     /// The ledger's chain.
     pub ledger: super::ledger::ChainReport,
+    /// Namespaces whose kept quota usage disagrees with their rows.
+    pub usage: Vec<UsageDrift>,
+}
+
+/// A namespace whose kept quota usage (the counts migration 6's triggers keep, which every
+/// store's quota check reads) disagrees with the rows it holds: the counts were edited, or rows
+/// were changed with the triggers off. Quotas are then checked against the wrong numbers, until
+/// `memwarden maintain` counts them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageDrift {
+    /// The namespace.
+    pub namespace: String,
+    /// Entries and content bytes the kept counts say.
+    pub kept: (i64, i64),
+    /// Entries and content bytes its rows hold (every status).
+    pub held: (i64, i64),
 }
 
 /// How durable a commit is: FULL survives power loss, NORMAL only process crashes.

@@ -158,6 +158,17 @@ impl Tamper {
             .expect("insert");
     }
 
+    /// Sets `namespace`'s kept quota usage (migration 6's counts), as a hand edit would.
+    pub fn set_usage(&self, namespace: &str, entries: i64, bytes: i64) {
+        self.conn
+            .execute(
+                "INSERT INTO namespace_usage (namespace, entries, bytes) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (namespace) DO UPDATE SET entries = ?2, bytes = ?3",
+                rusqlite::params![namespace, entries, bytes],
+            )
+            .expect("set usage");
+    }
+
     /// Removes entry `id`'s row.
     pub fn delete(&self, id: &str) {
         self.conn

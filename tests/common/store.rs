@@ -357,6 +357,20 @@ impl PgTamper {
         })
     }
 
+    /// Sets `namespace`'s kept quota usage (migration 6's counts), as the owner could.
+    pub fn set_usage(&self, namespace: &str, entries: i64, bytes: i64) {
+        block_on(async {
+            let c = &owner(&self.db).await;
+            c.execute(
+                "INSERT INTO memory.namespace_usage (namespace, entries, bytes) VALUES ($1, $2, $3) \
+                 ON CONFLICT (namespace) DO UPDATE SET entries = $2, bytes = $3",
+                &[&namespace, &entries, &bytes],
+            )
+            .await
+            .expect("set usage")
+        });
+    }
+
     /// Removes entry `id`'s row.
     pub fn delete(&self, id: &str) {
         block_on(async {
@@ -537,6 +551,9 @@ impl Tamper {
     }
     pub fn delete(&self, id: &str) {
         both!(self, t => t.delete(id))
+    }
+    pub fn set_usage(&self, namespace: &str, entries: i64, bytes: i64) {
+        both!(self, t => t.set_usage(namespace, entries, bytes))
     }
     pub fn delete_ledger(&self, entry_id: Option<&str>) {
         both!(self, t => t.delete_ledger(entry_id))

@@ -57,7 +57,7 @@ use crate::pgconn::sql::{Cached, Statements};
 use crate::store::OpenError;
 use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
 use crate::store::ledger::ChainReport;
-use crate::store::model::{Filter, Query};
+use crate::store::model::{Filter, Query, UsageDrift};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::transfer::{Batch, Copied, CopySink, Resume};
 
@@ -387,6 +387,10 @@ impl Backend for Postgres {
         self.block_on(async || {
             Ok(super::sessions::admit(&self.client, principal, now_ms, per_hour).await?)
         })
+    }
+
+    fn usage_drift(&self) -> Result<Vec<UsageDrift>> {
+        self.block_on(async || Ok(super::quota::drift(&self.cached()).await?))
     }
 
     fn index_shape(&self) -> Result<IndexShape> {

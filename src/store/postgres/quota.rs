@@ -10,6 +10,7 @@
 //! copy in, a hand edit) can leave the count behind. SQLite's migration 6 does the same.
 
 use crate::pgconn::sql::Sql;
+use crate::store::model::UsageDrift;
 
 /// Migration 6: `memory.namespace_usage`, filled from the rows already there, and its trigger.
 pub(super) const NAMESPACE_USAGE: &str = r#"
@@ -67,4 +68,65 @@ pub(super) async fn usage(
         Some(row) => Ok((row.try_get(0)?, row.try_get(1)?)),
         None => Ok((0, 0)),
     }
+}
+
+/// Every namespace whose kept usage disagrees with its rows, counted from them by one scan as
+/// the trigger counts them; a kept count for a namespace without rows must be zero.
+pub(super) async fn drift(client: &impl Sql) -> Result<Vec<UsageDrift>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH held AS (SELECT namespace, count(*) AS entries, \
+                     coalesce(sum(memory.content_bytes(content)), 0)::bigint AS bytes \
+                   FROM memory.entries GROUP BY namespace) \
+             SELECT coalesce(h.namespace, u.namespace), coalesce(u.entries, 0), \
+                    coalesce(u.bytes, 0), coalesce(h.entries, 0), coalesce(h.bytes, 0) \
+               FROM held h FULL JOIN memory.namespace_usage u ON u.namespace = h.namespace \
+              WHERE coalesce(u.entries, 0) <> coalesce(h.entries, 0) \
+                 OR coalesce(u.bytes, 0) <> coalesce(h.bytes, 0) \
+              ORDER BY 1",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UsageDrift {
+                namespace: r.try_get(0)?,
+                kept: (r.try_get(1)?, r.try_get(2)?),
+                held: (r.try_get(3)?, r.try_get(4)?),
+            })
+        })
+        .collect()
+}
+
+/// Sets `namespace`'s kept usage to what its rows hold, inside the caller's write transaction
+/// (which holds the write lock, so no store moves either number meanwhile).
+pub(super) async fn recount(
+    client: &impl Sql,
+    namespace: &str,
+) -> Result<Option<UsageDrift>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(memory.content_bytes(content)), 0)::bigint \
+             FROM memory.entries WHERE namespace = $1",
+            &[&namespace],
+        )
+        .await?;
+    let held: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let kept = usage(client, namespace).await?;
+    if kept == held {
+        return Ok(None);
+    }
+    client
+        .execute(
+            "INSERT INTO memory.namespace_usage AS u (namespace, entries, bytes) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (namespace) DO UPDATE SET entries = EXCLUDED.entries, bytes = EXCLUDED.bytes",
+            &[&namespace, &held.0, &held.1],
+        )
+        .await?;
+    Ok(Some(UsageDrift {
+        namespace: namespace.to_string(),
+        kept,
+        held,
+    }))
 }

@@ -32,6 +32,7 @@ use crate::keys::KeySet;
 use crate::pgconn::sql::{Cached, Sql};
 use crate::store::backend::{CommitError, CommitEvent, PurgeRule, WriteTx};
 use crate::store::ledger::Kind;
+use crate::store::model::UsageDrift;
 use crate::store::rows::{Checked, RawRow, SealedRow};
 
 /// Key of the advisory lock every store write takes ("mwstor").
@@ -278,6 +279,10 @@ impl WriteTx for PgTx<'_> {
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)> {
         let (count, used) = self.run(async |tx| super::quota::usage(tx, namespace).await)?;
         Ok((count.max(0) as u64, used.max(0) as u64))
+    }
+
+    fn recount_usage(&mut self, namespace: &str) -> Result<Option<UsageDrift>> {
+        self.run(async |tx| super::quota::recount(tx, namespace).await)
     }
 
     fn insert(&mut self, row: &SealedRow<'_>) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod inspect;
 mod ledger;
 pub mod maintain;
 pub mod migrations;
+mod quota;
 mod read;
 pub mod scoped;
 mod terms;
@@ -22,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior, par
 use super::OpenError;
 use super::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
 use super::ledger::ChainReport;
-use super::model::{Filter, Query, StoreOptions, Synchronous};
+use super::model::{Filter, Query, StoreOptions, Synchronous, UsageDrift};
 use super::rows::{Checked, RawRow};
 use crate::error::Result;
 use crate::keys::KeySet;
@@ -345,6 +346,10 @@ impl Backend for Sqlite {
             .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
             .map_err(sql)?;
         Ok(n.max(0) as u64)
+    }
+
+    fn usage_drift(&self) -> Result<Vec<UsageDrift>> {
+        quota::drift(&self.conn).map_err(sql)
     }
 
     fn admit_session(&mut self, principal: &str, now_ms: i64, per_hour: u32) -> Result<bool> {

@@ -5,13 +5,14 @@ use std::cell::Cell;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{COLUMNS, ledger, read_row};
+use super::{COLUMNS, ledger, quota, read_row};
 use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
 use crate::sqlite_file::storage_error as sql;
 use crate::store::backend::{CommitError, CommitEvent, PurgeRule, WriteTx};
 use crate::store::ledger::Kind;
+use crate::store::model::UsageDrift;
 use crate::store::rows::{Checked, RawRow, SealedRow};
 
 /// The row with id `id`, unverified.
@@ -143,6 +144,10 @@ impl WriteTx for SqliteTx<'_> {
             .map_err(sql)?
             .unwrap_or((0, 0));
         Ok((count.max(0) as u64, used.max(0) as u64))
+    }
+
+    fn recount_usage(&mut self, namespace: &str) -> Result<Option<UsageDrift>> {
+        quota::recount(self.conn, namespace).map_err(sql)
     }
 
     fn insert(&mut self, row: &SealedRow<'_>) -> Result<()> {
