@@ -11,7 +11,9 @@
 //!   and timed as before: filling a million entries through MCP takes hours. The searches then
 //!   run on statistics that lag the table, as after any fast growth;
 //! - aggregate stores/s with 1, 4 and 16 concurrent sessions (one server process each), on
-//!   PostgreSQL and on SQLite, and the peak RSS of a session.
+//!   PostgreSQL and on SQLite, the peak RSS of a session, and the cores the machine kept busy
+//!   meanwhile (from /proc/stat), with the share of this benchmark's own clients: what one
+//!   session leaves idle bounds what more sessions can add.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -148,17 +150,56 @@ async fn floor(pg: &cluster::Ready, rows: usize, vocab: &[String]) -> (f64, Vec<
     (rows as f64 / started.elapsed().as_secs_f64(), lat)
 }
 
+/// Clock ticks the machine's CPUs have spent busy (not idle, not waiting on I/O), and this
+/// process's own (user + system, every thread), from /proc.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let all: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = all.get(3).copied().unwrap_or(0) + all.get(4).copied().unwrap_or(0);
+    let busy = all.iter().sum::<u64>() - idle;
+    // After the command name: state is field 3, utime 14, stime 15 (proc(5)).
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<u64> = me
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (busy, fields.iter().sum())
+}
+
+/// What a run of concurrent sessions did: stores/s, the largest server's peak RSS in MiB, and
+/// the cores kept busy: in all, and by this benchmark's own clients.
+struct Concurrent {
+    rate: f64,
+    rss: f64,
+    cores: f64,
+    client_cores: f64,
+}
+
 /// Aggregate stores/s of `sessions` servers storing `each` entries at once.
 async fn concurrent_stores(
     sessions: usize,
     each: usize,
     connect: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Server>>>,
-) -> (f64, f64) {
+) -> Concurrent {
     let mut servers = Vec::new();
     for _ in 0..sessions {
         servers.push(connect().await);
     }
     let started = Instant::now();
+    let (busy_before, own_before) = cpu_ticks();
     let mut tasks = tokio::task::JoinSet::new();
     for (s, server) in servers.into_iter().enumerate() {
         tasks.spawn(async move {
@@ -179,8 +220,17 @@ async fn concurrent_stores(
     while let Some(r) = tasks.join_next().await {
         rss = rss.max(r.unwrap());
     }
-    let rate = (sessions * each) as f64 / started.elapsed().as_secs_f64();
-    (rate, rss)
+    let elapsed = started.elapsed().as_secs_f64();
+    let (busy_after, own_after) = cpu_ticks();
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cores = |ticks: u64| ticks as f64 / tick / elapsed;
+    Concurrent {
+        rate: (sessions * each) as f64 / elapsed,
+        rss,
+        cores: cores(busy_after.saturating_sub(busy_before)),
+        client_cores: cores(own_after.saturating_sub(own_before)),
+    }
 }
 
 /// Runs the case; returns the report.
@@ -292,29 +342,44 @@ pub async fn run() -> serde_json::Value {
     report.insert("postgres".into(), json!(rows));
 
     println!(
-        "| sessions | PostgreSQL stores/s | SQLite stores/s | peak RSS per session MiB (pg / sqlite) |"
+        "| sessions | PostgreSQL stores/s | SQLite stores/s | peak RSS per session MiB (pg / sqlite) | cores busy, of them the bench's clients (pg / sqlite) |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|");
     let sqlite_dir = tempfile::tempdir().unwrap();
     let sqlite_data: PathBuf = sqlite_dir.path().join("data");
     let mut conc = Vec::new();
     for sessions in [1, 4, 16] {
         let each = 3_200 / sessions;
         let (data, file) = (pg.data.clone(), pg.app.clone());
-        let (pg_rate, pg_rss) = concurrent_stores(sessions, each, || {
+        let pg_run = concurrent_stores(sessions, each, || {
             let (data, file) = (data.clone(), file.clone());
             Box::pin(async move { serve_pg(&data, &file).await })
         })
         .await;
         let d = sqlite_data.clone();
-        let (lite_rate, lite_rss) = concurrent_stores(sessions, each, || {
+        let lite = concurrent_stores(sessions, each, || {
             let d = d.clone();
             Box::pin(async move { spawn(&d).await })
         })
         .await;
-        println!("| {sessions} | {pg_rate:.0} | {lite_rate:.0} | {pg_rss:.1} / {lite_rss:.1} |");
-        conc.push(json!({"sessions": sessions, "postgres_stores_per_s": pg_rate,
-            "sqlite_stores_per_s": lite_rate, "postgres_rss_mib": pg_rss, "sqlite_rss_mib": lite_rss}));
+        println!(
+            "| {sessions} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2}, {:.2} / {:.2}, {:.2} |",
+            pg_run.rate,
+            lite.rate,
+            pg_run.rss,
+            lite.rss,
+            pg_run.cores,
+            pg_run.client_cores,
+            lite.cores,
+            lite.client_cores
+        );
+        conc.push(
+            json!({"sessions": sessions, "postgres_stores_per_s": pg_run.rate,
+            "sqlite_stores_per_s": lite.rate, "postgres_rss_mib": pg_run.rss,
+            "sqlite_rss_mib": lite.rss, "postgres_cores_busy": pg_run.cores,
+            "postgres_client_cores": pg_run.client_cores, "sqlite_cores_busy": lite.cores,
+            "sqlite_client_cores": lite.client_cores}),
+        );
     }
     report.insert("concurrent".into(), json!(conc));
     serde_json::Value::Object(report)
