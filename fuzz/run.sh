@@ -1,23 +1,18 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 30), after replaying its committed corpus,
-# JOBS targets at a time (default 2: each libFuzzer process uses one core).
-# `build` builds every target and runs none. Installs cargo-fuzz if missing. On stable Rust the
-# sanitizer build needs RUSTC_BOOTSTRAP=1.
-#   fuzz/run.sh build
+# JOBS targets at a time (default 2: each libFuzzer process uses one core). Installs cargo-fuzz
+# if missing. On stable Rust the sanitizer build needs RUSTC_BOOTSTRAP=1.
 #   JOBS=N fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-if [ "${1:-}" = build ]; then
-  exec cargo fuzz build
-fi
 secs=${1:-30}
 shift || true
 jobs=${JOBS:-2}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request_line tool_args policy_parse seal_roundtrip audit_verify checkpoint_note fts_query rules_normalize json_message)
-# Built once up front (nothing to do after `build`), so no run below waits on another's build.
+# Built once up front, so no run below waits on another's build.
 cargo fuzz build
 results=$(mktemp -d)
 run_one() {
