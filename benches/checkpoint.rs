@@ -25,7 +25,7 @@ fn appends(n: usize, every: Option<u64>) -> (Vec<Duration>, Vec<Duration>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let ring = Keyring::generate().unwrap();
-    let mut log = AuditLog::open(&path, ring.audit.clone(), Duration::from_secs(5)).unwrap();
+    let mut log = AuditLog::open(&path, ring.audit.clone()).unwrap();
     if let Some(every) = every {
         let signer = memwarden::audit::checkpoint::signers(&ring.audit_signing.unwrap()).remove(0);
         log = log.with_checkpoints(
@@ -68,7 +68,7 @@ fn appends(n: usize, every: Option<u64>) -> (Vec<Duration>, Vec<Duration>) {
 /// Writes a log of `n` events straight into audit.db (one transaction, as the server's append
 /// would have chained them), with a signed checkpoint event every 1000.
 fn build_log(path: &std::path::Path, n: i64, ring: &Keyring) {
-    let conn = audit::open_rw(path, Duration::from_secs(5)).unwrap();
+    let conn = audit::open_rw(path).unwrap();
     conn.execute_batch("BEGIN").unwrap();
     let (key_id, key) = ring.audit.active();
     let signer =

@@ -559,12 +559,7 @@ async fn main() {
     let append_p50 = {
         let dir = tempfile::tempdir().unwrap();
         let keys = memwarden::keys::Keyring::generate().unwrap().audit;
-        let mut log = memwarden::audit::AuditLog::open(
-            &dir.path().join("audit.db"),
-            keys,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let mut log = memwarden::audit::AuditLog::open(&dir.path().join("audit.db"), keys).unwrap();
         let mut lat = Vec::new();
         for i in 0..3000 {
             let event = memwarden::audit::NewEvent::new(

@@ -260,11 +260,7 @@ impl DataDir {
         keyring: &Keyring,
         options: StoreOptions,
     ) -> Result<(Store, AuditLog), DataDirError> {
-        let audit = AuditLog::open(
-            &self.audit_db(),
-            keyring.audit.clone(),
-            options.busy_timeout,
-        )?;
+        let audit = AuditLog::open(&self.audit_db(), keyring.audit.clone())?;
         let store = Store::open(&self.memory_db(), keyring.entry.clone(), options)?;
         Ok((store, audit))
     }

@@ -202,3 +202,40 @@ async fn sixteen_writers_and_four_readers_never_see_busy() {
     assert!(dir.cli(&["audit", "verify"]).status.success());
     eprintln!("16 × 500 stores with {reads} concurrent reads: all present, no refusal");
 }
+
+/// The other side of "no SQLITE_BUSY reaches an agent": a lock held past the busy wait (here by
+/// a stuck outside writer) is answered `UNAVAILABLE` within bounded time, never a hang or an
+/// `INTERNAL`, changes nothing, and the session goes on once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_past_the_busy_wait_is_unavailable_then_the_session_goes_on() {
+    if common::store::sqlite_only(
+        "SQLite's file lock; on PostgreSQL lock_timeout bounds the wait (tests/postgres.rs, a_write_lock_held_elsewhere_times_out_as_unavailable)",
+    ) {
+        return;
+    }
+    let dir = TestDir::new();
+    dir.init();
+    let client = dir.connect().await;
+    client.store("before the lock").await;
+    let stuck = rusqlite::Connection::open(dir.data().join("memory.db")).unwrap();
+    stuck.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = client
+        .call("memory_store", json!({"content": "while the lock is held"}))
+        .await;
+    assert_eq!(refused.tool_code(), "UNAVAILABLE");
+    stuck.execute_batch("ROLLBACK").unwrap();
+    drop(stuck);
+    client.store("after the lock").await;
+    let listed = client.call("memory_list", json!({})).await.ok();
+    let contents: Vec<&str> = listed["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{contents:?}");
+    assert!(!contents.contains(&"while the lock is held"));
+    client.close().await;
+    assert!(dir.cli(&["verify"]).status.success());
+    assert!(dir.cli(&["audit", "verify"]).status.success());
+}

@@ -192,12 +192,7 @@ fn a_group_commits_whole_undoes_a_failed_write_alone_and_rolls_back_whole() {
     )
     .unwrap();
     assert!(store.set_grouped(true), "SQLite groups writes");
-    let mut log = AuditLog::open(
-        &data.join("audit.db"),
-        keyring.audit.clone(),
-        std::time::Duration::from_secs(5),
-    )
-    .unwrap();
+    let mut log = AuditLog::open(&data.join("audit.db"), keyring.audit.clone()).unwrap();
     let start = log.head().unwrap().seq;
     let author = Author {
         principal: "local",

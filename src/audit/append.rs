@@ -5,7 +5,6 @@
 //! back for anyone but the chain itself.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
@@ -77,12 +76,12 @@ impl AuditLog {
     /// beside a memory.db that has been used (see [`super::vanished_chain`]): a deleted or
     /// truncated audit.db must never be silently re-created from genesis. A new data dir's
     /// chain starts with a `chain_start` event, before memory.db is first written.
-    pub fn open(path: &Path, keys: KeySet, busy_timeout: Duration) -> Result<Self, AuditError> {
+    pub fn open(path: &Path, keys: KeySet) -> Result<Self, AuditError> {
         if let Some(why) = super::vanished_chain(path)? {
             return Err(AuditError::ChainMissing { why });
         }
         let mut log = Self {
-            conn: super::open_rw(path, busy_timeout)?,
+            conn: super::open_rw(path)?,
             keys,
             checkpoints: None,
             in_group: false,
@@ -109,11 +108,10 @@ impl AuditLog {
     pub fn open_new_chain(
         path: &Path,
         keys: KeySet,
-        busy_timeout: Duration,
         first: &NewEvent<'_>,
     ) -> Result<(Self, Option<Head>), AuditError> {
         let mut log = Self {
-            conn: super::open_rw(path, busy_timeout)?,
+            conn: super::open_rw(path)?,
             keys,
             checkpoints: None,
             in_group: false,

@@ -282,7 +282,7 @@ pub(super) fn write_copy(
             out.display()
         )));
     }
-    let mut conn = super::open_rw(out, std::time::Duration::from_secs(10))?;
+    let mut conn = super::open_rw(out)?;
     let tx = conn.transaction()?;
     let mut head = Head {
         seq: 0,

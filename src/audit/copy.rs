@@ -51,7 +51,7 @@ impl FileCopy {
     /// The file cannot be opened or holds a schema this binary does not write.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         Ok(Self {
-            conn: super::open_rw(path, std::time::Duration::from_secs(10))?,
+            conn: super::open_rw(path)?,
         })
     }
 

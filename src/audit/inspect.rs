@@ -2,7 +2,6 @@
 //! the counts the metrics report, and upkeep (optimize, checkpoint) that never writes an event.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -89,13 +88,13 @@ pub fn stats(path: &Path) -> Result<Stats, AuditError> {
 /// `PRAGMA optimize` and a passive WAL checkpoint on audit.db, through a plain connection that
 /// never appends. Returns the checkpoint's (log frames, frames copied).
 pub fn optimize_and_checkpoint(path: &Path) -> Result<(i64, i64), AuditError> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    crate::sqlite_file::wait_when_busy(&mut conn)?;
     Ok(crate::sqlite_file::optimize_and_checkpoint(&conn)?)
 }
 

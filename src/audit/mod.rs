@@ -19,7 +19,6 @@ pub mod verify;
 pub mod witness;
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -145,14 +144,14 @@ CREATE INDEX events_session ON events (session_id);
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Opens (creating if needed) audit.db for appending: WAL, FULL sync, migrations.
-pub fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, AuditError> {
+pub fn open_rw(path: &Path) -> Result<Connection, AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(busy_timeout)?;
-    crate::sqlite_file::set_wal(&conn, busy_timeout)?;
+    crate::sqlite_file::wait_when_busy(&mut conn)?;
+    crate::sqlite_file::set_wal(&conn)?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
     migrate(&mut conn)?;
     check_schema(&conn)?;

@@ -18,7 +18,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use crate::sqlite_file::snapshot::{self, Snapshots};
 use serde_json::json;
@@ -115,11 +114,7 @@ fn record(
     keyring: &Keyring,
     detail: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let log = AuditLog::open(
-        &dir.audit_db(),
-        keyring.audit.clone(),
-        Duration::from_secs(10),
-    )?;
+    let log = AuditLog::open(&dir.audit_db(), keyring.audit.clone())?;
     admin_event(&mut log.into(), detail)
 }
 

@@ -196,11 +196,7 @@ fn open_sqlite_target(dir: &Path, keyring: &Keyring) -> anyhow::Result<Opened> {
 /// The side's audit log, to append the operator's event.
 fn sink(side: &Side, keyring: &Keyring) -> anyhow::Result<Sink> {
     Ok(match &side.chain {
-        Chain::File(path) => Sink::File(crate::audit::AuditLog::open(
-            path,
-            keyring.audit.clone(),
-            StoreOptions::default().busy_timeout,
-        )?),
+        Chain::File(path) => Sink::File(crate::audit::AuditLog::open(path, keyring.audit.clone())?),
         Chain::Postgres(settings) => Sink::Postgres(crate::audit::pg_log::PgLog::connect(
             settings,
             keyring.audit.clone(),

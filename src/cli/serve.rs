@@ -288,7 +288,6 @@ pub(super) fn open_shared(
     let options = StoreOptions {
         synchronous: policy.synchronous,
         heap_limit: policy.sqlite_heap_limit,
-        ..StoreOptions::default()
     };
     let (store, audit) = dir.open_databases(&keyring, options)?;
     let audit = crate::audit::append::with_signing_key(

@@ -37,11 +37,7 @@ impl Engine {
     /// vanished chain before memory.db is touched.
     pub(crate) fn audit(&self, dir: &DataDir, keys: KeySet) -> anyhow::Result<Sink> {
         Ok(match self {
-            Self::Sqlite => Sink::File(AuditLog::open(
-                &dir.audit_db(),
-                keys,
-                StoreOptions::default().busy_timeout,
-            )?),
+            Self::Sqlite => Sink::File(AuditLog::open(&dir.audit_db(), keys)?),
             Self::Postgres(settings) => Sink::Postgres(PgLog::connect(settings, keys)?),
         })
     }

@@ -14,11 +14,11 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// A read snapshot of a live database, held open until dropped.
 fn snapshot_of(path: &Path, table: &str) -> Result<Connection, Error> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    super::wait_when_busy(&mut conn)?;
     // A read transaction pins the snapshot (WAL: writers go on; this connection sees none of
     // their commits until it ends). Our own table name, never input.
     conn.execute_batch(&format!("BEGIN; SELECT count(*) FROM {table};"))?;
@@ -31,11 +31,11 @@ fn snapshot_of(path: &Path, table: &str) -> Result<Connection, Error> {
 /// audit copy records exactly the writes the memory copy holds. Writers wait only for the
 /// pinning (milliseconds), not for the copy.
 fn consistent_snapshots(memory: &Path, audit_db: &Path) -> Result<(Connection, Connection), Error> {
-    let lock = Connection::open_with_flags(
+    let mut lock = Connection::open_with_flags(
         memory,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
-    lock.busy_timeout(Duration::from_secs(10))?;
+    super::wait_when_busy(&mut lock)?;
     lock.execute_batch("BEGIN IMMEDIATE")?;
     let pinned = snapshot_of(audit_db, "events")
         .and_then(|audit| Ok((snapshot_of(memory, "entries")?, audit)));

@@ -2,8 +2,6 @@
 //! changes, what a read asks for (filters, plain-word queries) and what it gets back (pages,
 //! hits, withheld rows). No storage engine's types appear here.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use super::scope::Scope;
@@ -260,8 +258,6 @@ pub enum Synchronous {
 pub struct StoreOptions {
     /// Commit durability.
     pub synchronous: Synchronous,
-    /// How long a write waits for another writer's lock.
-    pub busy_timeout: Duration,
     /// Process-wide cap on the engine's heap.
     pub heap_limit: Option<u64>,
 }
@@ -270,7 +266,6 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             synchronous: Synchronous::Full,
-            busy_timeout: Duration::from_secs(10),
             heap_limit: None,
         }
     }

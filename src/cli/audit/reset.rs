@@ -71,12 +71,7 @@ pub(super) fn reset_cmd(
         principal: Some("operator"),
         ..audit::NewEvent::new(audit::Kind::Admin, detail)
     };
-    let (log, head) = audit::AuditLog::open_new_chain(
-        &dir.audit_db(),
-        keyring.audit,
-        std::time::Duration::from_secs(10),
-        &event,
-    )?;
+    let (log, head) = audit::AuditLog::open_new_chain(&dir.audit_db(), keyring.audit, &event)?;
     log.close()?;
     let head = head.ok_or_else(|| anyhow::anyhow!("the new audit.db already held events"))?;
     println!(

@@ -20,7 +20,7 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Session settings: a writer waits for the store's write lock at most as long as SQLite's
-/// `busy_timeout` (then the call fails UNAVAILABLE), and a transaction left open by a stuck
+/// busy wait ([`crate::sqlite_file::BUSY_TIMEOUT`]; then the call fails UNAVAILABLE), and a transaction left open by a stuck
 /// process ends on its own rather than holding the lock.
 const SESSION: &str = "SET lock_timeout = '10s'; \
      SET idle_in_transaction_session_timeout = '60s'; \

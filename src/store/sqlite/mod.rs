@@ -90,7 +90,7 @@ impl Sqlite {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let mut conn = Connection::open_with_flags(path, flags).map_err(engine)?;
-        configure(&conn, options).map_err(engine)?;
+        configure(&mut conn, options).map_err(engine)?;
         migrations::migrate(&mut conn, &|tx, version| {
             if version == migrations::LEDGER_VERSION {
                 ledger::backfill(tx, keys)?;
@@ -109,9 +109,8 @@ impl Sqlite {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-        let conn = Connection::open_with_flags(path, flags).map_err(engine)?;
-        conn.busy_timeout(StoreOptions::default().busy_timeout)
-            .map_err(engine)?;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(engine)?;
+        crate::sqlite_file::wait_when_busy(&mut conn).map_err(engine)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(engine)?;
@@ -178,15 +177,15 @@ fn engine(e: rusqlite::Error) -> OpenError {
     OpenError::Engine(e.to_string())
 }
 
-fn configure(conn: &Connection, options: StoreOptions) -> rusqlite::Result<()> {
-    conn.busy_timeout(options.busy_timeout)?;
+fn configure(conn: &mut Connection, options: StoreOptions) -> rusqlite::Result<()> {
+    crate::sqlite_file::wait_when_busy(conn)?;
     if let Some(limit) = options.heap_limit {
         // Our own integer, never input; the pragma takes no parameters.
         let _: i64 = conn.query_row(&format!("PRAGMA hard_heap_limit = {limit}"), [], |r| {
             r.get(0)
         })?;
     }
-    crate::sqlite_file::set_wal(conn, options.busy_timeout)?;
+    crate::sqlite_file::set_wal(conn)?;
     let sync = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
