@@ -58,7 +58,7 @@ fn template() -> &'static Template {
             every_events: 3,
             every: Duration::from_secs(3600),
         };
-        let mut log = AuditLog::open(&path, keys.clone(), Duration::from_secs(1))
+        let mut log = AuditLog::open(&path, keys.clone())
             .expect("open")
             .with_checkpoints(signer, policy);
         for (i, kind) in [Kind::SessionStart, Kind::Call, Kind::Call, Kind::Security]

@@ -42,7 +42,7 @@ fn harness() -> &'static Mutex<Harness> {
         .expect("policy");
         let options = StoreOptions { synchronous: Synchronous::Normal, ..StoreOptions::default() };
         let store = Store::open(&data.memory_db(), ring.entry.clone(), options).expect("store");
-        let audit = AuditLog::open(&data.audit_db(), ring.audit.clone(), options.busy_timeout).expect("audit");
+        let audit = AuditLog::open(&data.audit_db(), ring.audit.clone()).expect("audit");
         let session = Session::new(Principal::from_flag("local").expect("principal"));
         let server = Server::new(Schemas::load().expect("schemas"), store, audit, session, Arc::new(policy));
         let db = rusqlite::Connection::open(data.memory_db()).expect("observer");
