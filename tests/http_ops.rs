@@ -273,10 +273,11 @@ fn healthz_and_metrics_serve_monitoring_and_an_unwritable_audit_log_fails_closed
     daemon.kill9();
 }
 
-/// A policy with a small rate bucket and three sessions an hour.
+/// A policy with a small rate bucket (a call back every 10 s, so a loaded machine's slow calls
+/// do not refill it) and three sessions an hour.
 const LIMITED: &str = r#"version = 1
 [rates]
-calls_per_minute = 60
+calls_per_minute = 6
 burst = 3
 cooldown_after_refusals = 100
 sessions_per_hour = 3
@@ -438,7 +439,13 @@ fn kill_9_during_16_concurrent_writers_loses_nothing_acknowledged() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kill lands while all 16 write: once as many writes are acknowledged (a deadline,
+    // not a fixed sleep, since a loaded machine opens the sessions slowly), a little later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 16 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     daemon.kill9();
     for t in threads {
         let _ = t.join();

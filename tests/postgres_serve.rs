@@ -392,7 +392,13 @@ async fn sessions_per_hour_hold_across_hosts() {
 }
 
 /// Stores in a loop on a raw session until the server dies; the ids it acknowledged.
-fn store_until_killed(s: &mut common::RawSession, round: u64) -> Vec<String> {
+/// Stores one at a time until the server dies; tells `first_ack` when the first store is
+/// acknowledged. Returns the acknowledged ids.
+fn store_until_killed(
+    s: &mut common::RawSession,
+    round: u64,
+    first_ack: std::sync::mpsc::Sender<()>,
+) -> Vec<String> {
     use std::io::BufRead;
     let mut acked = Vec::new();
     for i in 0.. {
@@ -416,6 +422,7 @@ fn store_until_killed(s: &mut common::RawSession, round: u64) -> Vec<String> {
                     .unwrap()
                     .to_string(),
             );
+            let _ = first_ack.send(());
         }
     }
     acked
@@ -447,23 +454,27 @@ async fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write_or_its_event
             };
             s.handshake();
             let pid = s.child.id().to_string();
-            // A different moment in the write loop each round.
-            let delay = std::time::Duration::from_millis(5 + round * 37 % 60);
+            // A different moment in the write loop each round, counted from its first
+            // acknowledged write (how long a write takes varies with the build and the load),
+            // so every round kills a server that is writing.
+            let delay = std::time::Duration::from_millis(round * 37 % 60);
+            let (first_ack, acked_once) = std::sync::mpsc::channel();
             let killer = std::thread::spawn(move || {
+                let _ = acked_once.recv_timeout(std::time::Duration::from_secs(60));
                 std::thread::sleep(delay);
                 std::process::Command::new("kill")
                     .args(["-9", &pid])
                     .status()
                     .unwrap();
             });
-            acked.extend(store_until_killed(&mut s, round));
+            acked.extend(store_until_killed(&mut s, round, first_ack));
             killer.join().unwrap();
             let _ = s.child.wait();
         }
     });
     assert!(
-        acked.len() > 100,
-        "writes were acknowledged: {}",
+        acked.len() >= 100,
+        "every round acknowledged a write before its kill: {}",
         acked.len()
     );
     eprintln!("{} writes acknowledged across 100 kills", acked.len());
