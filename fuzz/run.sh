@@ -9,7 +9,12 @@
 # finds nothing here that Rust's own checks do not, and it makes the build half again as long
 # (19 minutes against 13 on 2 cores) and every run slower. SANITIZER=address for a campaign
 # that wants it anyway.
-#   JOBS=N SANITIZER=S fuzz/run.sh [SECONDS] [TARGET...]
+#
+# PROFILE (default dev) picks cargo-fuzz's profile: `dev` is fuzz/Cargo.toml's opt-level 1 with
+# the regex crates at 3, which builds in 8 minutes against 13 and runs half to all as many
+# inputs a second (fuzz/Cargo.toml and README.md give the figures); PROFILE=release for a long
+# campaign.
+#   JOBS=N SANITIZER=S PROFILE=P fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -18,10 +23,16 @@ secs=${1:-30}
 shift || true
 jobs=${JOBS:-2}
 sanitizer=${SANITIZER:-none}
+case ${PROFILE:-dev} in
+  dev) profile=(--dev) ;;
+  # cargo-fuzz's default: the release profile with debug assertions (its -O drops them).
+  release) profile=() ;;
+  *) echo "PROFILE must be dev or release" >&2; exit 2 ;;
+esac
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(request_line tool_args policy_parse seal_roundtrip audit_verify checkpoint_note fts_query rules_normalize json_message)
 # Built once up front, so no run below waits on another's build.
-cargo fuzz build -s "$sanitizer"
+cargo fuzz build -s "$sanitizer" "${profile[@]}"
 results=$(mktemp -d)
 run_one() {
   local t=$1 work
@@ -29,7 +40,7 @@ run_one() {
   # A scratch copy grows during the run; the committed seeds stay small.
   work=$(mktemp -d)
   cp -r "corpus/$t/." "$work/"
-  if cargo fuzz run -s "$sanitizer" "$t" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$work.log" 2>&1; then
+  if cargo fuzz run -s "$sanitizer" "${profile[@]}" "$t" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$work.log" 2>&1; then
     echo "ok: $t ($(grep -o 'Done [0-9]* runs' "$work.log" | tail -1))" >"$results/$t"
   else
     { echo "FAILED: $t"; tail -40 "$work.log"; } >"$results/$t"
