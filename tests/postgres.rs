@@ -891,6 +891,82 @@ fn verify_walks_every_row_and_record_across_pages() {
 #[path = "postgres/narrow.rs"]
 mod narrow;
 
+/// The server's own events (reads, refusals, session ends) are appended in two pipelined round
+/// trips each (`append_alone`): from four connections at once they make one chain that
+/// verifies offline; while another session holds the chain's lock, an append fails at the
+/// connection's `lock_timeout` having written nothing, and leaves its connection out of any
+/// transaction, so the next append, once the lock is free, links on.
+#[test]
+fn appends_alone_make_one_chain_and_a_held_chain_lock_fails_one_cleanly() {
+    use memwarden::pgconn::sql::{Cached, Statements};
+    let Some(pg) = Ready::start() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let keys = pg.keyring.audit.clone();
+    let event = |w: usize, i: usize| {
+        memwarden::audit::NewEvent::new(
+            memwarden::audit::Kind::Admin,
+            serde_json::json!({"event": "test", "writer": w, "i": i}),
+        )
+    };
+    rt.block_on(async {
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let (client, keys) = (pg.cluster.connect("memwarden_app").await, keys.clone());
+            writers.push(tokio::spawn(async move {
+                let statements = Statements::default();
+                let sql = Cached {
+                    client: &client,
+                    statements: &statements,
+                };
+                for i in 0..50 {
+                    let now = memwarden::clock::now_ms();
+                    memwarden::audit::postgres::append_alone(sql, &keys, &event(w, i), now)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 200);
+
+    let holder = rt.block_on(pg.cluster.connect("memwarden"));
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_lock(x'6d7761756474'::bigint)"))
+        .unwrap();
+    let client = rt.block_on(pg.cluster.connect("memwarden_app"));
+    rt.block_on(client.batch_execute("SET lock_timeout = '1s'"))
+        .unwrap();
+    let statements = Statements::default();
+    let sql = Cached {
+        client: &client,
+        statements: &statements,
+    };
+    let append = |i| {
+        rt.block_on(memwarden::audit::postgres::append_alone(
+            sql,
+            &keys,
+            &event(9, i),
+            memwarden::clock::now_ms(),
+        ))
+    };
+    let err = append(0).unwrap_err();
+    assert!(
+        matches!(&err, memwarden::audit::postgres::PgAuditError::Database(e)
+            if memwarden::audit::postgres::is_transient(e)),
+        "{err:?}"
+    );
+    // The lock's failure aborted the transaction: were it still open, this would be refused.
+    rt.block_on(client.batch_execute("SELECT 1"))
+        .expect("the failed append left its aborted transaction open");
+    assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 200);
+    rt.block_on(holder.batch_execute("SELECT pg_advisory_unlock_all()"))
+        .unwrap();
+    append(1).unwrap();
+    assert_chain_verifies_offline(&pg, 201);
+}
+
 /// `db export-audit` as the auditor, then the offline verifier on the copy: `events` events,
 /// one chain, every MAC verified.
 fn assert_chain_verifies_offline(pg: &Ready, events: usize) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::postgres::{PgAuditError, append, head, is_disconnect, is_transient};
+use super::postgres::{PgAuditError, append_alone, head, is_disconnect, is_transient};
 use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 use crate::pgconn::DatabaseSettings;
@@ -201,23 +201,7 @@ impl PgLog {
             ..
         } = self;
         let sql = Cached { client, statements };
-        raw_on_own_thread(|| {
-            rt.block_on(async {
-                client.batch_execute("BEGIN").await?;
-                let appended = append(&sql, keys, event, now_ms).await;
-                // Ended either way, so the chain's lock goes now (an aborted transaction's
-                // COMMIT would roll back without an error: only a good append commits).
-                let end = if appended.is_ok() {
-                    "COMMIT"
-                } else {
-                    "ROLLBACK"
-                };
-                let ended = client.batch_execute(end).await;
-                let head = appended?;
-                ended?;
-                Ok(head)
-            })
-        })
+        raw_on_own_thread(|| rt.block_on(append_alone(sql, keys, event, now_ms)))
     }
 
     /// The chain's head.

@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use crate::pgconn::sql::Sql;
+use tokio_postgres::types::ToSql;
+
+use crate::pgconn::sql::{Cached, Sql};
 
 use super::chain::{GENESIS, LinkedEvent, link};
 use super::{AuditError, Head, NewEvent};
@@ -53,15 +55,25 @@ pub enum PgAuditError {
     Audit(#[from] AuditError),
 }
 
+/// Takes the chain's lock, until the transaction ends.
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// Reads the chain's tail.
+const HEAD: &str = "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1";
+
+/// Appends one event.
+const INSERT: &str = "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, \
+     outcome, code, detail, prev_hash, hash, key_id, mac) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
 /// The head of the chain in `audit.events`.
 pub async fn head(client: &impl Sql) -> Result<Head, PgAuditError> {
-    let row = client
-        .query_opt(
-            "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    Ok(match row {
+    Ok(head_of(client.query_opt(HEAD, &[]).await?))
+}
+
+/// The head [`HEAD`] read: its row, or the genesis of an empty chain.
+fn head_of(row: Option<tokio_postgres::Row>) -> Head {
+    match row {
         Some(r) => Head {
             seq: r.get(0),
             hash: r.get(1),
@@ -70,7 +82,7 @@ pub async fn head(client: &impl Sql) -> Result<Head, PgAuditError> {
             seq: 0,
             hash: hex::encode(GENESIS),
         },
-    })
+    }
 }
 
 /// Appends `event` inside `tx` (which must be READ COMMITTED, PostgreSQL's default): it becomes
@@ -81,8 +93,7 @@ pub async fn append(
     event: &NewEvent<'_>,
     now_ms: i64,
 ) -> Result<Head, PgAuditError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-        .await?;
+    tx.execute(LOCK, &[&APPEND_LOCK]).await?;
     let prev = head(tx).await?;
     append_after(tx, keys, event, now_ms, &prev).await
 }
@@ -106,34 +117,91 @@ pub async fn append_after(
 }
 
 async fn insert(client: &impl Sql, e: &LinkedEvent) -> Result<(), PgAuditError> {
-    let n = client
-        .execute(
-            "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, outcome, \
-             code, detail, prev_hash, hash, key_id, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &e.seq,
-                &e.ts,
-                &e.kind,
-                &e.session_id,
-                &e.principal,
-                &e.tool,
-                &e.outcome,
-                &e.code,
-                &e.detail,
-                &e.prev_hash,
-                &e.hash,
-                &e.key_id,
-                &e.mac,
-            ],
-        )
-        .await?;
+    let n = client.execute(INSERT, &insert_params(e)).await?;
+    inserted_one(e, n)
+}
+
+/// [`INSERT`]'s values for `e`.
+fn insert_params(e: &LinkedEvent) -> [&(dyn ToSql + Sync); 13] {
+    [
+        &e.seq,
+        &e.ts,
+        &e.kind,
+        &e.session_id,
+        &e.principal,
+        &e.tool,
+        &e.outcome,
+        &e.code,
+        &e.detail,
+        &e.prev_hash,
+        &e.hash,
+        &e.key_id,
+        &e.mac,
+    ]
+}
+
+fn inserted_one(e: &LinkedEvent, n: u64) -> Result<(), PgAuditError> {
     if n != 1 {
         return Err(
             AuditError::Corrupt(format!("appending event {}: {n} rows inserted", e.seq)).into(),
         );
     }
     Ok(())
+}
+
+/// Appends `event` in a transaction of its own on `sql`'s connection (which must have none
+/// open), in two round trips: the transaction's start, the chain's lock and the tail go out
+/// together, then the linked event with the COMMIT. Requests on one connection are answered in
+/// the order they were sent (`biased` polling sends them in that order), so the tail is read
+/// after the lock is held, and a failed insert leaves the transaction aborted, which its COMMIT
+/// then rolls back: the event is either committed or gone, and the lock is released either way.
+///
+/// # Errors
+/// The server refused or the connection failed; then nothing was appended, or (a COMMIT whose
+/// answer was lost) the event may have landed.
+pub async fn append_alone(
+    sql: Cached<'_>,
+    keys: &KeySet,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+) -> Result<Head, PgAuditError> {
+    // Prepared before anything is sent, so that each statement goes out in one piece.
+    let (lock, tail, insert) = (
+        sql.prepare(LOCK).await?,
+        sql.prepare(HEAD).await?,
+        sql.prepare(INSERT).await?,
+    );
+    let client = sql.client;
+    let (begun, locked, prev) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.execute(&lock, &[&APPEND_LOCK]),
+        client.query_opt(&tail, &[]),
+    );
+    let linked = match (begun, locked, prev) {
+        (Ok(()), Ok(_), Ok(prev)) => link(keys, event, now_ms, &head_of(prev)).map_err(Into::into),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => Err(PgAuditError::from(e)),
+    };
+    let linked = match linked {
+        Ok(linked) => linked,
+        Err(e) => {
+            // Its own failure, if any, says less than the first one.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    let params = insert_params(&linked);
+    let (inserted, committed) = tokio::join!(
+        biased;
+        client.execute(&insert, &params),
+        client.batch_execute("COMMIT"),
+    );
+    inserted_one(&linked, inserted?)?;
+    committed?;
+    Ok(Head {
+        seq: linked.seq,
+        hash: linked.hash,
+    })
 }
 
 /// Writes every event, verbatim and in seq order, into a new audit.db at `out` (which must not

@@ -229,7 +229,7 @@ impl Backend for Postgres {
 
     fn all_words(&self, query: &Query, filter: &Filter, limit: usize) -> Result<Vec<Match>> {
         self.block_on(async || {
-            snapshot::in_search(&self.client, async |c| {
+            snapshot::in_search(self.cached(), async |c| {
                 read::all_words(c, query, filter, limit).await
             })
             .await
@@ -244,7 +244,7 @@ impl Backend for Postgres {
         skip: &HashSet<i64>,
     ) -> Result<Vec<Match>> {
         self.block_on(async || {
-            snapshot::in_search(&self.client, async |c| {
+            snapshot::in_search(self.cached(), async |c| {
                 read::some_words(c, query, filter, need, skip).await
             })
             .await

@@ -22,6 +22,7 @@ use super::fail::Failure;
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
 use super::scoped::{self, bind_namespaces, lookup, lookup_namespaces};
 use crate::error::Error;
+use crate::pgconn::sql::Sql as Run;
 use crate::store::backend::Match;
 use crate::store::model::{Filter, Query};
 use crate::store::rank::{self, SEARCH_WINDOW};
@@ -114,7 +115,7 @@ async fn cursor_pos(client: &Client, after: &str, scope: &Scope) -> Result<i64, 
 /// among the rows above a position, the range widened ([`Ranges`]) until it holds `limit` of
 /// them or reaches the oldest row.
 pub(super) async fn all_words(
-    client: &Client,
+    client: &impl Run,
     query: &Query,
     filter: &Filter,
     limit: usize,
@@ -193,7 +194,7 @@ const GROWTH: i64 = 1_024;
 impl Ranges {
     /// The first range, for `want` rows inside `filter`: from the newest position down for a
     /// `"*"` scope, else every row.
-    async fn start(client: &Client, filter: &Filter, want: usize) -> Result<Self, Failure> {
+    async fn start(client: &impl Run, filter: &Filter, want: usize) -> Result<Self, Failure> {
         if !matches!(filter.scope, Scope::All) {
             return Ok(Self {
                 top: 0,
@@ -247,7 +248,7 @@ impl Ranges {
 /// rows in `skip` passed over. The window statement returns positions and which word each
 /// holds ([`window`]); rows are read for the best alone.
 pub(super) async fn some_words(
-    client: &Client,
+    client: &impl Run,
     query: &Query,
     filter: &Filter,
     need: usize,
@@ -291,7 +292,7 @@ pub(super) async fn some_words(
 /// rows, growing with the store). Every subquery looks in the same range of positions,
 /// widened until the merge holds `size` rows ([`Ranges`]).
 async fn window(
-    client: &Client,
+    client: &impl Run,
     namespaces: &[String],
     words: &[String],
     filter: &Filter,
@@ -355,7 +356,7 @@ fn newest_by_word(mut found: Vec<(i64, i32)>, words: usize, size: usize) -> Vec<
 
 /// The matches among `positions` that are inside the filter, in the order of `positions`.
 async fn matches_among(
-    client: &Client,
+    client: &impl Run,
     namespaces: &[String],
     words: &[String],
     positions: &[i64],
@@ -375,7 +376,7 @@ async fn matches_among(
     Ok(rows)
 }
 
-async fn read_matches(client: &Client, sql: &Sql) -> Result<Vec<Match>, Failure> {
+async fn read_matches(client: &impl Run, sql: &Sql) -> Result<Vec<Match>, Failure> {
     let rows = sql.query(client).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {

@@ -2,10 +2,11 @@
 //! value bound: the column list a row is read with, the reading (a row that cannot be read is a
 //! label, never a failed page), and the filter's conditions.
 
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, Result};
+use crate::pgconn::sql::Sql as Run;
 use crate::store::model::Filter;
 use crate::store::rows::{Checked, RawRow};
 use crate::store::scope::Scope;
@@ -122,11 +123,9 @@ impl Sql {
         (&self.text, self.args.len())
     }
 
-    /// Runs the statement, returning its rows.
-    pub(super) async fn query(
-        &self,
-        client: &impl GenericClient,
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+    /// Runs the statement on `client` (prepared once on a [`crate::pgconn::sql::Cached`]
+    /// connection), returning its rows.
+    pub(super) async fn query(&self, client: &impl Run) -> Result<Vec<Row>, tokio_postgres::Error> {
         let params: Vec<&(dyn ToSql + Sync)> = self
             .args
             .iter()

@@ -4,6 +4,7 @@
 use tokio_postgres::Client;
 
 use super::fail::Failure;
+use crate::pgconn::sql::Cached;
 
 /// Runs `body` in one read-only snapshot (REPEATABLE READ), so a walk over many pages sees one
 /// consistent state.
@@ -19,22 +20,35 @@ pub(super) async fn in_snapshot<T>(
     .await
 }
 
-/// Runs a search's statements in one read-only snapshot with sequential scans priced out
-/// (`enable_seqscan = off` for this transaction alone). A search's lookup is one tsquery naming
-/// a lexeme per namespace of its scope, and PostgreSQL prices each lexeme it has no statistics
-/// for at up to 0.5% of the table: a scope of 66 namespaces (most of them empty) came to a
-/// quarter of it, and it scanned all 23,000 rows to find 5 (`tests/postgres/narrow.rs`).
-/// Through the index it reads the scope's postings alone.
+/// How a search's transaction starts: one read-only snapshot with sequential scans priced out
+/// (`enable_seqscan = off` for this transaction alone) and every plan made for its values
+/// (`plan_cache_mode`). A search's lookup is one tsquery naming a lexeme per namespace of its
+/// scope, and PostgreSQL prices each lexeme it has no statistics for at up to 0.5% of the
+/// table: a scope of 66 namespaces (most of them empty) came to a quarter of it, and it scanned
+/// all 23,000 rows to find 5 (`tests/postgres/narrow.rs`). Through the index it reads the
+/// scope's postings alone. Its statements are prepared once per connection; a generic plan,
+/// which PostgreSQL may settle on after five runs of one, cannot see the words or namespaces
+/// and so not their postings, so each run is planned for its own values, as an unprepared
+/// statement is.
+const SEARCH_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+     SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// Runs a search's statements in one read-only snapshot ([`SEARCH_BEGIN`]), each prepared
+/// once on the connection. The transaction's start goes out with the body's first statement
+/// and its end after the last: what a search costs here is mostly round trips, and these save
+/// one (requests on one connection are sent in the order they are first polled, `biased`, and
+/// answered in that order).
 pub(super) async fn in_search<T>(
-    client: &Client,
-    body: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
+    sql: Cached<'_>,
+    body: impl AsyncFnOnce(&Cached<'_>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
-    read_only(
-        client,
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off",
-        body,
-    )
-    .await
+    let (begun, result) = tokio::join!(biased; sql.client.batch_execute(SEARCH_BEGIN), body(&sql));
+    // Read-only: ending it either way loses nothing.
+    let end = sql.client.batch_execute("ROLLBACK").await;
+    begun?;
+    let value = result?;
+    end?;
+    Ok(value)
 }
 
 /// Runs `body` in the read-only transaction `begin` starts, then ends it.
