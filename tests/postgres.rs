@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 6", "schema version 6 -> 6"] {
+    for want in ["schema version 0 -> 7", "schema version 7 -> 7"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -457,6 +457,8 @@ fn store_get_update_delete_list_filters_quota_and_purge() {
     assert_eq!(store.get(&held, &view).unwrap().status, Status::Active);
     assert!(store.quarantined().unwrap().is_empty());
     assert_eq!(store.verify_all().unwrap().ledger.records, 6);
+    // Postings follow purges, quarantine and approval: exactly the active rows' lexemes.
+    assert_eq!(pg.query_i64(common::postgres::POSTINGS_DRIFT), 0);
 
     // Upkeep is autovacuum's: maintain measures and changes nothing.
     let shape = store.index_shape().unwrap();
@@ -631,6 +633,8 @@ fn a_row_edited_by_the_owner_is_withheld_and_an_old_copy_put_back_is_caught() {
     assert_eq!(report.failed, std::slice::from_ref(&forged));
     assert_eq!(report.rolled_back, [(gone.clone(), "active".to_string())]);
     assert_eq!(store.get(&kept, &view).unwrap().content, "an honest memory");
+    // The owner's edits were posted as any write is (the seals, not the postings, catch them).
+    assert_eq!(pg.query_i64(common::postgres::POSTINGS_DRIFT), 0);
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Search on PostgreSQL past the search window: the some-words group ranks the newest
 //! `SEARCH_WINDOW` rows holding some word inside the scope, looked up one word at a time and
 //! merged (`read.rs`), and must rank exactly what SQLite's FTS5 lookup ranks — same rows, same
-//! order, same groups — narrow and wide; and `db init` from schema version 3 leaves one text
-//! index, without a pending list, and its tsvector in the row (migrations 4 and 5), rows written
-//! before it still found.
+//! order, same groups — narrow and wide; and `db init` from schema version 3 leaves no text
+//! index (migration 7 reads postings, every row's lexemes posted), its tsvector in the row
+//! (migrations 4 and 5), rows written before it still found.
 
 mod common;
 
@@ -216,12 +216,12 @@ fn scan_for_a_word(pg: &Ready) -> (i64, i64) {
 }
 
 #[test]
-fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_words_in_the_row() {
+fn db_init_from_version_3_posts_every_row_and_keeps_the_words_in_the_row() {
     let Some(pg) = Ready::start() else { return };
     superuser(&pg, "CREATE EXTENSION IF NOT EXISTS pgstattuple");
     // Back to version 3's layout, rows written into it (the store refuses a schema older than
     // its own, so they are written first, and the version is set back after).
-    pg.batch_as_superuser(common::postgres::UNDO_VERSION_6);
+    pg.batch_as_superuser(common::postgres::BACK_TO_VERSION_5);
     pg.batch_as_superuser(VERSION_3_LAYOUT);
     let mut store = pg.store();
     // Each namespace's rows and content bytes, as migration 6 must count them.
@@ -262,7 +262,7 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 3 -> 6"), "{stdout}");
+    assert!(stdout.contains("schema version 3 -> 7"), "{stdout}");
     let text: Vec<String> = superuser(
         &pg,
         "SELECT attname::text FROM pg_attribute WHERE attrelid = 'memory.entries'::regclass \
@@ -276,16 +276,14 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
     .collect();
     assert_eq!(
         text,
-        ["scoped", "memory.entries_scoped"],
-        "one text column, one text index"
+        ["scoped"],
+        "one text column, and no text index: migration 7 reads postings"
     );
-    assert_eq!(pending(&pg, "entries_scoped"), 0);
-    let options: Option<Vec<String>> = superuser(
-        &pg,
-        "SELECT reloptions FROM pg_class WHERE oid = 'memory.entries_scoped'::regclass",
-    )[0]
-    .get(0);
-    assert_eq!(options.unwrap_or_default(), ["fastupdate=off"]);
+    assert_eq!(
+        pg.query_i64(common::postgres::POSTINGS_DRIFT),
+        0,
+        "every row's lexemes posted"
+    );
     let storage: String = superuser(
         &pg,
         "SELECT attstorage::text FROM pg_attribute \
@@ -321,9 +319,9 @@ fn db_init_from_version_3_leaves_one_text_index_without_a_pending_list_and_the_w
         "and its trigger every row written since"
     );
     assert_eq!(
-        pending(&pg, "entries_scoped"),
+        pg.query_i64(common::postgres::POSTINGS_DRIFT),
         0,
-        "new rows go straight into the index"
+        "new rows are posted as they are written"
     );
     // Rows written before the upgrade are found by their words in the new lexemes, in every
     // namespace and in one.

@@ -468,14 +468,32 @@ impl Ready {
     }
 }
 
-/// SQL for [`Ready::batch_as_superuser`], as the owner: what migration 6 adds (namespace quota
-/// usage) gone again, for tests that rebuild an older version's layout and upgrade it (the
-/// version table is theirs to set back).
-pub const UNDO_VERSION_6: &str = "SET ROLE memwarden_owner;
+/// SQL for [`Ready::batch_as_superuser`], as the owner: what migrations 6 (namespace quota
+/// usage) and 7 (postings) add gone again and version 5's text index back, for tests that
+/// rebuild an older version's layout and upgrade it (the version table is theirs to set back).
+pub const BACK_TO_VERSION_5: &str = "SET ROLE memwarden_owner;
+    DROP TRIGGER entries_postings_insert ON memory.entries;
+    DROP TRIGGER entries_postings_delete ON memory.entries;
+    DROP TRIGGER entries_postings_update ON memory.entries;
+    DROP FUNCTION memory.post_entry;
+    DROP TABLE memory.postings;
+    CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
+        WHERE status = 'active';
     DROP TRIGGER entries_usage ON memory.entries;
     DROP FUNCTION memory.count_usage, memory.content_bytes;
     DROP TABLE memory.namespace_usage;
     RESET ROLE;";
+
+/// SQL counting the postings that differ from the active rows' lexemes, either way: 0 when
+/// `memory.postings` holds exactly one row per lexeme of every active entry.
+pub const POSTINGS_DRIFT: &str = "SELECT count(*) FROM (
+      (SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l
+        WHERE e.status = 'active'
+       EXCEPT ALL SELECT lexeme, pos FROM memory.postings)
+      UNION ALL
+      (SELECT lexeme, pos FROM memory.postings
+       EXCEPT ALL SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l
+        WHERE e.status = 'active')) AS drift";
 
 /// SQL for [`Ready::batch_as_superuser`]: every statement the app role runs from its next
 /// connection on gets its plan logged as JSON, with the rows each node handled (read with
@@ -487,32 +505,36 @@ pub const EXPLAIN_EVERY_STATEMENT: &str =
      ALTER ROLE memwarden_app SET auto_explain.log_timing = off;
      ALTER ROLE memwarden_app SET auto_explain.log_format = 'json';";
 
-/// The rows each plan `auto_explain` logged for a search statement (`FROM memory.entries e` with
-/// `@@`) handled in that table and its indexes: every row a scan returned or removed (by filter
-/// or recheck), over all its loops; with the statement's text.
+/// The rows each plan `auto_explain` logged for a search's lookup (a statement reading
+/// `memory.postings`, or rows checked against a tsquery) handled in `memory.entries`,
+/// `memory.postings` and their indexes: every row a scan returned or removed (by filter or
+/// recheck), over all its loops; with the statement's text.
 pub fn rows_touched(log: &str) -> Vec<(usize, String)> {
-    rows_touched_by(log, |text| {
-        text.contains("FROM memory.entries e") && text.contains("@@")
-    })
+    rows_touched_by(log, is_lookup)
+}
+
+/// Whether a statement's text is a search's lookup: one reading `memory.postings`, or rows
+/// checked against a tsquery.
+fn is_lookup(text: &str) -> bool {
+    text.contains("memory.postings")
+        || (text.contains("FROM memory.entries e") && text.contains("@@"))
 }
 
 /// As [`rows_touched`], the rows read from the table alone (not its indexes' entries).
 pub fn table_rows_touched(log: &str) -> Vec<(usize, String)> {
-    rows_in(
-        log,
-        |text| text.contains("FROM memory.entries e") && text.contains("@@"),
-        |node| node["Relation Name"] == "entries",
-    )
+    rows_in(log, is_lookup, |node| node["Relation Name"] == "entries")
 }
 
 /// The rows each plan `auto_explain` logged for a statement whose text `wanted` takes handled
-/// in `memory.entries` and its indexes, as [`rows_touched`] counts them; with its text.
+/// in `memory.entries`, `memory.postings` and their indexes, as [`rows_touched`] counts them;
+/// with its text.
 pub fn rows_touched_by(log: &str, wanted: impl Fn(&str) -> bool) -> Vec<(usize, String)> {
     rows_in(log, wanted, |node| {
         node["Relation Name"] == "entries"
+            || node["Relation Name"] == "postings"
             || node["Index Name"]
                 .as_str()
-                .is_some_and(|i| i.starts_with("entries"))
+                .is_some_and(|i| i.starts_with("entries") || i.starts_with("postings"))
     })
 }
 

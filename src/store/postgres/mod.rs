@@ -10,6 +10,7 @@ mod connect;
 mod fail;
 mod group;
 mod ledger;
+mod postings;
 mod quota;
 mod read;
 mod rows;

@@ -1,26 +1,27 @@
 //! Search and list on `memory.entries`: the caller's scope, times and tags stand in the same
 //! statement as the text match and the ordering, so the rows PostgreSQL hands over, the search
 //! window and the word weights depend only on rows inside the filter. Query words reach the
-//! server only as bound parameters, parsed there by the `memory.words` configuration and quoted
-//! into a tsquery by our functions: whatever a word holds (`&`, `|`, `!`, `:*`, quotes, SQL) is
-//! text to look for, never an operator.
+//! server only as bound parameters, parsed there by the `memory.words` configuration
+//! ([`postings::parse`]); their lexemes are bound again, so whatever a word holds (`&`, `|`,
+//! `!`, `:*`, quotes, SQL) is text to look for, never an operator or statement text.
 //! Snippets are cut above the backend, from the verified content ([`crate::store::snippet`]).
 //!
-//! What a search costs depends on the scope too. Every search is looked up in `entries_scoped`,
-//! whose lexemes carry their namespace ([`super::scoped`]), by its scope's namespaces, or for a
-//! `"*"` scope those of every namespace the store holds ([`scoped::lookup_namespaces`]): one text index
-//! (migration 5), and the postings read are the scope's alone, for words and tags alike, however
-//! many matches other namespaces hold. A scope that names its namespaces reads all its matches
-//! at once; a `"*"` scope, whose matches are the whole store's, reads the newest in ranges
-//! ([`Ranges`]). Rows found are checked against the whole filter again ([`push_filter`]).
+//! What a search costs depends on the scope too. Every search is looked up in
+//! `memory.postings`, whose lexemes carry their namespace ([`super::postings`]), by its scope's
+//! namespaces, or for a `"*"` scope those of every namespace the store holds
+//! ([`scoped::lookup_namespaces`]): the postings read are the scope's alone, for words and tags
+//! alike, however many matches other namespaces hold, and they are read newest first, so a
+//! lookup stops at the matches it wants. Rows found are read by primary key and checked against
+//! the whole filter again ([`push_filter`]).
 
 use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Client;
 
 use super::fail::Failure;
+use super::postings::{self, Wanted};
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
-use super::scoped::{self, bind_namespaces, lookup, lookup_namespaces};
+use super::scoped::{self, bind_namespaces, lookup_namespaces};
 use crate::error::Error;
 use crate::pgconn::sql::Sql as Run;
 use crate::store::backend::Match;
@@ -59,14 +60,15 @@ pub(super) async fn list(
         // (namespace, status, pos) index range, stopping after `want` rows, so a small
         // namespace is not listed by walking a large one's rows (the planner takes that path
         // when the namespace is a small part of the table).
-        // Tags inside a narrow scope are looked up per namespace in `entries_scoped` too, so a
-        // rare tag reads its own rows, not the namespace's.
+        // Tags inside a narrow scope are looked up per namespace in `memory.postings` too, so
+        // a rare tag reads its own rows, not the namespace's.
         Scope::Only(namespaces) => {
             let ns = sql.bind(namespaces.clone());
             let mut extra = " AND e.namespace = s.ns".to_string();
             if filter.scope.narrow().is_some() && !filter.tags.is_empty() {
-                let tagged = scoped::condition(&mut sql, "ARRAY[s.ns]", &[], true, &filter.tags)?;
-                extra.push_str(&format!(" AND {tagged}"));
+                let tags = Wanted::every(&[], filter);
+                let tagged = postings::newest_in(&mut sql, "s.ns", &tags, &limit, Some(&below))?;
+                extra.push_str(&format!(" AND e.pos = ANY(ARRAY({tagged}))"));
             }
             sql.push(&format!(
                 "SELECT m.* FROM unnest({ns}::text[]) AS s(ns) CROSS JOIN LATERAL ("
@@ -111,9 +113,8 @@ async fn cursor_pos(client: &Client, after: &str, scope: &Scope) -> Result<i64, 
     }
 }
 
-/// Up to `limit` matches inside `filter` holding every word, newest first: the newest matches
-/// among the rows above a position, the range widened ([`Ranges`]) until it holds `limit` of
-/// them or reaches the oldest row.
+/// Up to `limit` matches inside `filter` holding every word, newest first: their positions
+/// from `memory.postings` ([`postings::newest`]), then their rows by primary key.
 pub(super) async fn all_words(
     client: &impl Run,
     query: &Query,
@@ -123,124 +124,26 @@ pub(super) async fn all_words(
     if filter.scope.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
+    let words = postings::parse(client, query.words()).await?;
+    // A word without lexemes drops out; when no word has any, nothing matches.
+    if words.iter().all(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
     let namespaces = lookup_namespaces(client, &filter.scope).await?;
     if namespaces.is_empty() {
         // No namespace of the scope holds an active row: nothing to look up.
         return Ok(Vec::new());
     }
-    let mut ranges = Ranges::start(client, filter, limit).await?;
-    loop {
-        let mut sql = Sql::default();
-        let ns = bind_namespaces(&mut sql, &namespaces);
-        let all = lookup(&mut sql, &ns, filter, query.words())?;
-        let above = ranges.condition(&mut sql);
-        let limit_p = sql.bind(limit as i64);
-        // The positions first, in a subquery the planner cannot order by an index (`OFFSET 0`
-        // keeps it whole, so no newest-first walk is ever its cheaper way to the first rows);
-        // then the rows, by primary key.
-        sql.push(&format!(
-            "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY(ARRAY(\
-             SELECT m.pos FROM (SELECT e.pos FROM memory.entries e WHERE {all}{above}"
-        ));
-        push_filter(&mut sql, filter, true)?;
-        sql.push(&format!(
-            " OFFSET 0) m ORDER BY m.pos DESC LIMIT {limit_p})) ORDER BY e.pos DESC"
-        ));
-        let found = read_matches(client, &sql).await?;
-        if found.len() >= limit || !ranges.widen(found.len()) {
-            return Ok(found);
-        }
-    }
-}
-
-/// Descending ranges of positions a `"*"` search looks in, newest first: the rows above
-/// [`Ranges::condition`]'s bound, starting a little wider than what is wanted and widened until
-/// the statement finds enough or the range holds every row. Each wider range is sized to hold
-/// [`AIM`] times what is wanted at the density of matches the last one found (one match
-/// counted where it found none; at least 2-fold, at most [`GROWTH`]-fold). A statement costs
-/// what a few hundred rows cost (its plan, and the postings of its words, read again by every
-/// statement): 2.5-4 ms at 1M rows, against 3-8 µs a row. Widening by at most 8-fold took two
-/// words that rarely meet through four or five statements at 1M; sized by density, two.
-///
-/// Why: a lookup that sorts every match reads every match's row (about 1,200 rows a word at
-/// 100,000 entries, 12,000 at a million, to keep 500), 4-5 µs each. Inside a range PostgreSQL
-/// intersects the word's postings with the primary key's range (a `BitmapAnd`) and reads only
-/// the rows in both. The range's estimate stays right on statistics that lag the table:
-/// PostgreSQL checks a bound past the statistics' newest value against the primary key.
-///
-/// A scope that names its namespaces looks in every row at once: its postings are its own, and
-/// a range's rows are everyone's, which the planner may prefer to read where it overestimates
-/// a word (such a lookup must not read other namespaces' rows, issue 13). A `"*"` scope's
-/// ranges hold its own rows alone.
-///
-/// Results are those of one statement over all rows: the last range's statement (one
-/// snapshot) finds the newest matches whenever it found enough, and holds every row when it
-/// did not. Rows stored meanwhile lie above every range (positions only grow).
-struct Ranges {
-    top: i64,
-    span: i64,
-    want: i64,
-}
-
-/// The first range's rows per row wanted.
-const FIRST_SPAN_PER_ROW: i64 = 4;
-/// The first range's least size.
-const FIRST_SPAN_MIN: i64 = 2_048;
-/// How many times what is wanted a wider range is sized to hold.
-const AIM: i64 = 4;
-/// How much wider a range may be than the last.
-const GROWTH: i64 = 1_024;
-
-impl Ranges {
-    /// The first range, for `want` rows inside `filter`: from the newest position down for a
-    /// `"*"` scope, else every row.
-    async fn start(client: &impl Run, filter: &Filter, want: usize) -> Result<Self, Failure> {
-        if !matches!(filter.scope, Scope::All) {
-            return Ok(Self {
-                top: 0,
-                span: i64::MAX,
-                want: 0,
-            });
-        }
-        let top: i64 = client
-            .query_one(
-                "SELECT coalesce(max(pos), 0)::bigint FROM memory.entries",
-                &[],
-            )
-            .await?
-            .try_get(0)?;
-        let want = i64::try_from(want).unwrap_or(i64::MAX);
-        Ok(Self {
-            top,
-            span: want.saturating_mul(FIRST_SPAN_PER_ROW).max(FIRST_SPAN_MIN),
-            want,
-        })
-    }
-
-    /// The position the current range lies above (0: every row).
-    fn above(&self) -> i64 {
-        self.top.saturating_sub(self.span).max(0)
-    }
-
-    /// The current range as a condition on `e` to append (nothing for every row).
-    fn condition(&self, sql: &mut Sql) -> String {
-        match self.above() {
-            0 => String::new(),
-            above => format!(" AND e.pos > {}", sql.bind(above)),
-        }
-    }
-
-    /// Moves to a wider range after `found` rows of the `want`ed were found in this one; false
-    /// when this one held every row already.
-    fn widen(&mut self, found: usize) -> bool {
-        if self.above() == 0 {
-            return false;
-        }
-        let found = i64::try_from(found).unwrap_or(i64::MAX).max(1);
-        let factor = (self.want.saturating_mul(AIM) / found).clamp(2, GROWTH);
-        self.span = self.span.saturating_mul(factor);
-        true
-    }
+    let mut sql = Sql::default();
+    let limit = sql.bind(limit as i64);
+    let wanted = Wanted::every(&words, filter);
+    let positions = postings::newest(&mut sql, &namespaces, &wanted, &limit, None)?;
+    sql.push(&format!(
+        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY(ARRAY({positions}))"
+    ));
+    push_filter(&mut sql, filter, true)?;
+    sql.push(" ORDER BY e.pos DESC");
+    read_matches(client, &sql).await
 }
 
 /// Up to `need` matches inside `filter` holding some of the words, best first by
@@ -258,11 +161,16 @@ pub(super) async fn some_words(
     if filter.scope.is_empty() || need == 0 || words.len() < 2 {
         return Ok(Vec::new());
     }
+    let lexemes = postings::parse(client, words).await?;
+    if lexemes.iter().all(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
     let namespaces = lookup_namespaces(client, &filter.scope).await?;
     if namespaces.is_empty() {
         return Ok(Vec::new());
     }
-    let by_word = window(client, &namespaces, words, filter, SEARCH_WINDOW.max(need)).await?;
+    let size = SEARCH_WINDOW.max(need);
+    let by_word = window(client, &namespaces, &lexemes, filter, size).await?;
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|pos| !skip.contains(pos));
     // Rows are read in slices of what is still needed: one removed since the window was read
@@ -277,60 +185,44 @@ pub(super) async fn some_words(
     Ok(out)
 }
 
-/// For each word, the positions of the newest `size` rows inside `filter` holding some word
-/// that hold this one.
+/// For each word (its lexemes, as [`postings::parse`] gave them), the positions of the newest
+/// `size` rows inside `filter` holding some word that hold this one.
 ///
-/// One statement of one subquery per word — the newest `size` rows inside `filter` holding
-/// that word — merged here. A row among the newest `size` holding some word is among the
-/// newest `size` holding each word it holds (the rows newer than it holding that word hold
-/// some word too, and there are fewer than `size` of them), so the merge's newest `size`
-/// positions are the window, and which words each holds is which subqueries returned it. The
-/// alternative, one `||` lookup with `words @@ word` per row for which words it holds, reads
-/// every matching row's `words` back, not only the window's (from TOAST, about 5 µs a row,
-/// before migration 4), and gives the planner an estimate of the `||` it misjudges: near the
-/// window's size it walked the table newest first instead, checking every row (45 ms at 10,000
-/// rows, growing with the store). Every subquery looks in the same range of positions,
-/// widened until the merge holds `size` rows ([`Ranges`]).
+/// One statement of one lookup per word — the newest `size` rows inside `filter` holding that
+/// word ([`postings::newest`]) — merged here. A row among the newest `size` holding some word
+/// is among the newest `size` holding each word it holds (the rows newer than it holding that
+/// word hold some word too, and there are fewer than `size` of them), so the merge's newest
+/// `size` positions are the window, and which words each holds is which lookups returned it.
+/// A word of no lexemes holds nothing.
 async fn window(
     client: &impl Run,
     namespaces: &[String],
-    words: &[String],
+    words: &[Vec<String>],
     filter: &Filter,
     size: usize,
 ) -> Result<Vec<Vec<i64>>, Failure> {
-    let mut ranges = Ranges::start(client, filter, size).await?;
-    loop {
-        let mut sql = Sql::default();
-        let limit = sql.bind(size as i64);
-        let above = ranges.condition(&mut sql);
-        let ns = bind_namespaces(&mut sql, namespaces);
-        for (i, word) in words.iter().enumerate() {
-            if i > 0 {
-                sql.push(" UNION ALL ");
-            }
-            let holds = lookup(&mut sql, &ns, filter, std::slice::from_ref(word))?;
-            sql.push(&format!(
-                "(SELECT {i}::int, m.pos FROM (SELECT e.pos FROM memory.entries e \
-                 WHERE {holds}{above}"
-            ));
-            push_filter(&mut sql, filter, true)?;
-            sql.push(&format!(" OFFSET 0) m ORDER BY m.pos DESC LIMIT {limit})"));
+    let mut sql = Sql::default();
+    let limit = sql.bind(size as i64);
+    let mut first = true;
+    for (i, word) in words.iter().enumerate() {
+        if word.is_empty() {
+            continue;
         }
-        let rows = sql.query(client).await?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let word: i32 = row.try_get(0)?;
-            let pos: i64 = row.try_get(1)?;
-            found.push((pos, word));
+        if !std::mem::take(&mut first) {
+            sql.push(" UNION ALL ");
         }
-        // Enough distinct rows above the range's bound: the window lies above it, and each
-        // word's list holds its rows of the window (its newest `size` above the bound, or all
-        // of them there). Fewer: the window reaches below the bound, unless nothing is there.
-        let distinct: HashSet<i64> = found.iter().map(|&(pos, _)| pos).collect();
-        if distinct.len() >= size || !ranges.widen(distinct.len()) {
-            return Ok(newest_by_word(found, words.len(), size));
-        }
+        let wanted = Wanted::every(std::slice::from_ref(word), filter);
+        let positions = postings::newest(&mut sql, namespaces, &wanted, &limit, None)?;
+        sql.push(&format!("SELECT {i}::int, w.pos FROM ({positions}) w"));
     }
+    let rows = sql.query(client).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let word: i32 = row.try_get(0)?;
+        let pos: i64 = row.try_get(1)?;
+        found.push((pos, word));
+    }
+    Ok(newest_by_word(found, words.len(), size))
 }
 
 /// `(position, word)` pairs cut to the newest `size` positions, then grouped by word.
@@ -392,29 +284,6 @@ async fn read_matches(client: &impl Run, sql: &Sql) -> Result<Vec<Match>, Failur
 mod tests {
     use super::*;
 
-    /// The statement text of a search over `words` in `scope` with a tag, and its bound value
-    /// count.
-    fn statement(words: &[&str], scope: Scope, tag: &str) -> (String, usize) {
-        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
-        let filter = Filter {
-            scope,
-            tags: vec![tag.to_string()],
-            since: Some(1),
-            until: Some(2),
-        };
-        let mut sql = Sql::default();
-        let namespaces = match &filter.scope {
-            Scope::Only(n) => n.clone(),
-            Scope::All => vec!["a".to_string(), "b".to_string()],
-        };
-        let ns = bind_namespaces(&mut sql, &namespaces);
-        let q = lookup(&mut sql, &ns, &filter, &words).unwrap();
-        sql.push(&format!("SELECT 1 FROM memory.entries e WHERE {q}"));
-        push_filter(&mut sql, &filter, true).unwrap();
-        let (text, args) = sql.parts();
-        (text.to_string(), args)
-    }
-
     #[test]
     fn the_window_is_the_newest_positions_holding_some_word() {
         // Word 0 in 9, 7, 5, 3; word 1 in 9, 8, 2: a window of four is 9, 8, 7, 5.
@@ -429,67 +298,5 @@ mod tests {
             vec![vec![9, 7, 5, 3], vec![9, 8, 2]]
         );
         assert_eq!(newest_by_word(vec![], 2, 4), vec![Vec::<i64>::new(); 2]);
-    }
-
-    #[test]
-    fn ranges_widen_by_the_density_found_until_they_hold_every_row() {
-        let ranges = |want| Ranges {
-            top: 1_000_000,
-            span: 2_048,
-            want,
-        };
-        let mut r = ranges(20);
-        assert_eq!(r.above(), 1_000_000 - 2_048);
-        // Nothing found counts as one: sized for 80 at that density, 80-fold.
-        assert!(r.widen(0));
-        assert_eq!(r.span, 2_048 * 80);
-        // 10 of 20 found: 8-fold; 50: 2-fold, the least.
-        let mut r = ranges(20);
-        assert!(r.widen(10));
-        assert_eq!(r.span, 2_048 * 8);
-        assert!(r.widen(50));
-        assert_eq!(r.span, 2_048 * 16);
-        // 500 wanted and none found: the most growth, past the oldest row: every row, no
-        // condition, and no wider range.
-        let mut r = ranges(500);
-        assert!(r.widen(0));
-        assert_eq!(r.span, 2_048 * GROWTH);
-        assert_eq!(r.above(), 0);
-        let mut sql = Sql::default();
-        assert_eq!(r.condition(&mut sql), "");
-        assert!(!r.widen(0));
-        let mut r = ranges(500);
-        assert!(r.widen(1_500));
-        assert_eq!(r.span, 4_096);
-        assert_eq!(r.condition(&mut sql), " AND e.pos > $1");
-        assert_eq!(sql.parts().1, 1);
-    }
-
-    #[test]
-    fn query_words_and_filter_values_are_bound_never_written_into_the_statement() {
-        let hostile_words = ["x') OR true --", "a & !b", "c:*", "'", "$1"];
-        let plain_words = ["one", "two", "three", "four", "five"];
-        let only = |ns: &str| Scope::only([ns.to_string()]);
-        let hostile = statement(&hostile_words, only("ns'); DROP TABLE x; --"), "t'--");
-        let plain = statement(&plain_words, only("ns"), "t");
-        // The text is ours alone: the same whatever the values.
-        assert_eq!(hostile, plain);
-        // One lookup in `entries_scoped` (namespaces, words, tags), then the filter again
-        // (scope, since, until, one tag).
-        let lookup = "e.scoped @@ memory.scoped_query($1::text[], $2::text[], true, $3::text[])";
-        assert_eq!(hostile.0.matches(lookup).count(), 1, "{}", hostile.0);
-        assert_eq!(hostile.1, 7);
-
-        let many = |extra: &str| {
-            let names = 0..=crate::store::scope::MAX_NARROW_NAMESPACES;
-            Scope::only(names.map(|i| format!("n{i}{extra}")))
-        };
-        let hostile = statement(&hostile_words, many("'--"), "t'--");
-        let plain = statement(&plain_words, many(""), "t");
-        assert_eq!(hostile, plain);
-        // A wide scope the same way; "*" without the scope's own check.
-        assert_eq!(hostile.0.matches(lookup).count(), 1, "{}", hostile.0);
-        assert_eq!(hostile.1, 7);
-        assert_eq!(statement(&plain_words, Scope::All, "t").1, 6);
     }
 }

@@ -1,5 +1,5 @@
 //! The PostgreSQL schema and its roles, created by `memwarden db init`: two schemas in one
-//! database — `memory` (entries, their text index, the ledger, session starts, namespace quota
+//! database — `memory` (entries, their postings, the ledger, session starts, namespace quota
 //! usage) and `audit` (events) — owned by a NOLOGIN owner role; an app role that writes entries
 //! but may only `SELECT, INSERT` audit events (UPDATE, DELETE and TRUNCATE refused by its grants
 //! and, for the owner too, by triggers); an auditor role that may only read `audit`. Idempotent:
@@ -115,6 +115,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     SEARCH_LAYOUT,
     ONE_TEXT_INDEX,
     super::quota::NAMESPACE_USAGE,
+    super::postings::POSTINGS,
 ];
 
 /// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared
@@ -399,6 +400,7 @@ GRANT USAGE ON SCHEMA memory, audit TO memwarden_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON memory.entries, memory.session_starts TO memwarden_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA memory TO memwarden_app;
 GRANT SELECT, INSERT, UPDATE ON memory.ledger, memory.namespace_usage TO memwarden_app;
+GRANT SELECT, INSERT, DELETE ON memory.postings TO memwarden_app;
 GRANT SELECT ON memory.schema_version TO memwarden_app, memwarden_auditor;
 REVOKE ALL ON audit.events FROM memwarden_app;
 GRANT SELECT, INSERT ON audit.events TO memwarden_app;

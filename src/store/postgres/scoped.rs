@@ -1,34 +1,30 @@
-//! A search's lookups in `entries.scoped` (migration 2, [`super::schema`]): the index whose
-//! lexemes carry their namespace's token, so a word's postings there are its postings inside one
-//! namespace, and a search or tag filter reads only those of its scope's namespaces, whatever
-//! the rest of the store holds (issue 13). The tsquery is made by `memory.scoped_query` on the
-//! server from bound values only (the namespaces, the query words, the tags): each word is
-//! parsed by the `memory.words` configuration (migration 3), as `plainto_tsquery('memory.words',
-//! word)` would parse it, and its lexemes, prefixed, are quoted into the tsquery by that
-//! function, so no value becomes statement text or tsquery syntax. A word's lexemes are ANDed,
-//! as `plainto_tsquery` ANDs them (it never emits a phrase operator).
+//! What a search knows of `entries.scoped` (migration 2, [`super::schema`]): every row's lexemes
+//! prefixed by its namespace's token, so a word's postings there are its postings inside one
+//! namespace (issue 13). Lookups read them from `memory.postings` ([`super::postings`]); a row
+//! found by position is checked against a tsquery of its scope's lexemes, made by
+//! `memory.scoped_query` on the server from bound values only (the namespaces, the query words,
+//! the tags): each word is parsed by the `memory.words` configuration (migration 3), as
+//! `plainto_tsquery('memory.words', word)` would parse it, and its lexemes, prefixed, are
+//! quoted into the tsquery by that function, so no value becomes statement text or tsquery
+//! syntax. A word's lexemes are ANDed, as `plainto_tsquery` ANDs them.
 
 use super::fail::Failure;
 use super::rows::Sql;
 use crate::error::{Error, Result};
 use crate::pgconn::sql::Sql as Run;
-use crate::store::model::Filter;
 use crate::store::scope::Scope;
 
 /// The namespaces a search looks its words up in: those of the scope holding active rows, or
 /// for `"*"` every namespace the store holds, read from `entries_scope` one namespace at a time
-/// (an index probe each, the rows inside never read). A namespace without rows is left out of
-/// the lookup: PostgreSQL prices every lexeme of a tsquery it has no statistics for at up to
-/// 0.5% of the table, so 65 empty namespaces beside one made a lookup of 5 rows look like a
-/// quarter of the table, and it walked all of it (`tests/postgres_stale_stats.rs`).
+/// (an index probe each, the rows inside never read). A namespace without rows is left out, so
+/// a lookup's cost follows the namespaces that hold something.
 pub(super) async fn lookup_namespaces(
     client: &impl Run,
     scope: &Scope,
 ) -> std::result::Result<Vec<String>, Failure> {
     let rows = match scope {
-        // One namespace is looked up as it is: were it empty, its few unknown lexemes are
-        // priced at a few rows and found in no posting, and the statement this saves is a
-        // round trip on every search of one namespace.
+        // One namespace is looked up as it is: were it empty, its lexemes have no postings,
+        // and the statement this saves is a round trip on every search of one namespace.
         Scope::Only(namespaces) if namespaces.len() == 1 => return Ok(namespaces.clone()),
         Scope::Only(namespaces) => {
             client
@@ -61,18 +57,6 @@ pub(super) async fn lookup_namespaces(
     Ok(out)
 }
 
-/// The text match of a search in `entries_scoped`, rows of `namespaces` (an SQL `text[]`
-/// expression of ours, bound once per statement) holding every word of `words` and the
-/// filter's tags.
-pub(super) fn lookup(
-    sql: &mut Sql,
-    namespaces: &str,
-    filter: &Filter,
-    words: &[String],
-) -> Result<String> {
-    condition(sql, namespaces, words, true, &filter.tags)
-}
-
 /// `namespaces` bound as a `text[]` expression.
 pub(super) fn bind_namespaces(sql: &mut Sql, namespaces: &[String]) -> String {
     format!("{}::text[]", sql.bind(namespaces.to_vec()))
@@ -96,8 +80,9 @@ pub(super) fn condition(
 }
 
 /// Each tag as the sealed JSON array spells it (serde_json wrote the column), quotes dropped:
-/// what `memory.scoped_words` reads from the column.
-fn json_escaped(tags: &[String]) -> Result<Vec<String>> {
+/// what `memory.scoped_words` reads from the column, so a tag's lexeme is
+/// `<token>zt<escaped tag>`.
+pub(super) fn json_escaped(tags: &[String]) -> Result<Vec<String>> {
     tags.iter()
         .map(|t| {
             let quoted = serde_json::to_string(t).map_err(|e| Error::Internal(e.to_string()))?;

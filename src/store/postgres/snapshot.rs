@@ -22,12 +22,11 @@ pub(super) async fn in_snapshot<T>(
 
 /// How a search's transaction starts: one read-only snapshot with sequential scans priced out
 /// (`enable_seqscan = off` for this transaction alone) and every plan made for its values
-/// (`plan_cache_mode`). A search's lookup is one tsquery naming a lexeme per namespace of its
-/// scope, and PostgreSQL prices each lexeme it has no statistics for at up to 0.5% of the
-/// table: a scope of 66 namespaces (most of them empty) came to a quarter of it, and it scanned
-/// all 23,000 rows to find 5 (`tests/postgres/narrow.rs`). Through the index it reads the
-/// scope's postings alone. Its statements are prepared once per connection; a generic plan,
-/// which PostgreSQL may settle on after five runs of one, cannot see the words or namespaces
+/// (`plan_cache_mode`). A search reads a few lexemes' postings, newest first, and the rows they
+/// lead to by primary key; on statistics that lag the table (a table never analyzed, or grown
+/// since) PostgreSQL may take it for a few pages and scan all of it instead, and with scans
+/// priced out it never does. Its statements are prepared once per connection; a generic plan,
+/// which PostgreSQL may settle on after five runs of one, cannot see the lexemes or namespaces
 /// and so not their postings, so each run is planned for its own values, as an unprepared
 /// statement is.
 const SEARCH_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
