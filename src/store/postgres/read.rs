@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 use super::fail::Failure;
 use super::postings::{self, Wanted};
 use super::rows::{COLUMN_COUNT, COLUMNS, Sql, push_filter, read_row};
-use super::scoped::{self, bind_namespaces, lookup_namespaces};
+use super::scoped::lookup_namespaces;
 use crate::error::Error;
 use crate::pgconn::sql::Sql as Run;
 use crate::store::backend::Match;
@@ -179,7 +179,7 @@ pub(super) async fn some_words(
     let mut rest = &ranked[..];
     while out.len() < need && !rest.is_empty() {
         let (take, left) = rest.split_at((need - out.len()).min(rest.len()));
-        out.extend(matches_among(client, &namespaces, words, take, filter).await?);
+        out.extend(rows_at(client, take, filter).await?);
         rest = left;
     }
     Ok(out)
@@ -246,20 +246,19 @@ fn newest_by_word(mut found: Vec<(i64, i32)>, words: usize, size: usize) -> Vec<
     by_word
 }
 
-/// The matches among `positions` that are inside the filter, in the order of `positions`.
-async fn matches_among(
+/// The rows at `positions` still inside the filter, in the order of `positions`. Which words
+/// each holds is known from the postings the window read in the same snapshot; the rows are
+/// read by primary key and the whole filter is checked on them again ([`push_filter`]), so a
+/// row outside the scope is never returned whatever the postings say.
+async fn rows_at(
     client: &impl Run,
-    namespaces: &[String],
-    words: &[String],
     positions: &[i64],
     filter: &Filter,
 ) -> Result<Vec<Match>, Failure> {
     let mut sql = Sql::default();
-    let ns = bind_namespaces(&mut sql, namespaces);
-    let any = scoped::condition(&mut sql, &ns, words, false, &[])?;
     let wanted = sql.bind(positions.to_vec());
     sql.push(&format!(
-        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted}) AND {any}"
+        "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY({wanted})"
     ));
     push_filter(&mut sql, filter, true)?;
     let mut rows = read_matches(client, &sql).await?;

@@ -1,15 +1,10 @@
 //! What a search knows of `entries.scoped` (migration 2, [`super::schema`]): every row's lexemes
 //! prefixed by its namespace's token, so a word's postings there are its postings inside one
-//! namespace (issue 13). Lookups read them from `memory.postings` ([`super::postings`]); a row
-//! found by position is checked against a tsquery of its scope's lexemes, made by
-//! `memory.scoped_query` on the server from bound values only (the namespaces, the query words,
-//! the tags): each word is parsed by the `memory.words` configuration (migration 3), as
-//! `plainto_tsquery('memory.words', word)` would parse it, and its lexemes, prefixed, are
-//! quoted into the tsquery by that function, so no value becomes statement text or tsquery
-//! syntax. A word's lexemes are ANDed, as `plainto_tsquery` ANDs them.
+//! namespace (issue 13). Lookups read them from `memory.postings` ([`super::postings`]), which
+//! triggers keep from `scoped`; this module finds the namespaces a lookup reads and spells tags
+//! as the lexemes spell them.
 
 use super::fail::Failure;
-use super::rows::Sql;
 use crate::error::{Error, Result};
 use crate::pgconn::sql::Sql as Run;
 use crate::store::scope::Scope;
@@ -57,28 +52,6 @@ pub(super) async fn lookup_namespaces(
     Ok(out)
 }
 
-/// `namespaces` bound as a `text[]` expression.
-pub(super) fn bind_namespaces(sql: &mut Sql, namespaces: &[String]) -> String {
-    format!("{}::text[]", sql.bind(namespaces.to_vec()))
-}
-
-/// The condition on `e` that a lookup adds: rows of `namespaces` (an SQL `text[]` expression
-/// of ours, e.g. a bound array or `ARRAY[s.ns]`) holding every word of `words` (`every`) or
-/// some, carrying every tag of `tags`. No words: the tags alone (there must be some).
-pub(super) fn condition(
-    sql: &mut Sql,
-    namespaces: &str,
-    words: &[String],
-    every: bool,
-    tags: &[String],
-) -> Result<String> {
-    let words = sql.bind(words.to_vec());
-    let tags = sql.bind(json_escaped(tags)?);
-    Ok(format!(
-        "e.scoped @@ memory.scoped_query({namespaces}, {words}::text[], {every}, {tags}::text[])"
-    ))
-}
-
 /// Each tag as the sealed JSON array spells it (serde_json wrote the column), quotes dropped:
 /// what `memory.scoped_words` reads from the column, so a tag's lexeme is
 /// `<token>zt<escaped tag>`.
@@ -100,16 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_value_is_bound() {
-        let mut sql = Sql::default();
-        let ns = sql.bind(vec!["a'); --".to_string()]);
-        let words = ["x' OR true".to_string(), "a & !b:*".to_string()];
-        let cond = condition(&mut sql, &ns, &words, true, &["t\"q".into()]).unwrap();
-        assert_eq!(
-            cond,
-            "e.scoped @@ memory.scoped_query($1, $2::text[], true, $3::text[])"
-        );
-        assert_eq!(sql.parts().1, 3);
+    fn tags_are_spelled_as_the_sealed_array_spells_them() {
         assert_eq!(
             json_escaped(&["a:b".into(), "t\"q".into()]).unwrap(),
             ["a:b", "t\\\"q"]
