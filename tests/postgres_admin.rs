@@ -211,12 +211,112 @@ async fn purge_and_maintain_on_postgresql_apply_retention_and_report_upkeep() {
     let said = ok(op(&pg, &["maintain"]));
     assert!(
         said.contains("dead row versions awaiting autovacuum")
-            && said.contains("nothing else changed")
-            && said.contains("quota usage: every namespace's counts match its rows"),
+            && said.contains("vacuum is left to PostgreSQL's autovacuum")
+            && said.contains("quota usage: every namespace's counts match its rows")
+            && said.contains("search index: holds every active entry's words and nothing else"),
         "{said}"
     );
     assert!(!said.contains("memory.db"), "{said}");
     assert_eq!(admin_events(&pg, "maintain"), 1);
+}
+
+/// The ids a search over MCP returns, best first.
+async fn found(c: &Client, query: &str) -> Vec<String> {
+    let found = c.call("memory_search", json!({"query": query})).await.ok();
+    found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["memory"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The postings every search reads are kept by triggers, outside the seals: an owner who
+/// deletes an entry's postings hides it from searches for those words, and one who adds some
+/// makes an entry come up for a word it does not hold. `verify` fails, naming the entry and the
+/// position (never a word); `maintain` posts them again, checking each row under the write
+/// lock, and searches find what the rows hold again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postings_edited_by_the_owner_fail_verify_and_maintain_posts_them_again() {
+    let Some(pg) = Ready::start() else { return };
+    let policy = policy_args(&pg);
+    let c = serve(&pg, &policy).await;
+    let hidden = c.store("the lighthouse keeper logs every storm").await;
+    let other = c.store("a quiet harbour at dawn").await;
+    assert_eq!(found(&c, "lighthouse").await, std::slice::from_ref(&hidden));
+    c.close().await;
+    let said = ok(op(&pg, &["verify"]));
+    assert!(
+        said.contains("ok: the search index holds every active entry's words and nothing else"),
+        "{said}"
+    );
+
+    tokio::task::block_in_place(|| {
+        let gone = pg.as_owner(
+            "DELETE FROM memory.postings p USING memory.entries e \
+             WHERE e.id = $1 AND p.pos = e.pos",
+            &[&hidden],
+        );
+        assert_eq!(gone, 6, "one posting per word");
+        pg.as_owner(
+            "INSERT INTO memory.postings (lexeme, pos) SELECT memory.scoped_lexeme( \
+               memory.scope_token('default'), 'lighthouse'), pos FROM memory.entries WHERE id = $1",
+            &[&other],
+        );
+    });
+    let c = serve(&pg, &policy).await;
+    assert_eq!(found(&c, "lighthouse").await, std::slice::from_ref(&other));
+    assert!(found(&c, "storm").await.is_empty());
+    c.close().await;
+
+    let out = op(&pg, &["verify"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let position = count(
+        &pg,
+        &format!("SELECT pos FROM memory.entries WHERE id = '{other}'"),
+    );
+    assert!(
+        said.contains("FAILED: 2 search index disagreements with the rows")
+            && said.contains(&format!(
+                "{hidden}: 6 of its words not in the index (searches for them miss it)"
+            ))
+            && said.contains(&format!(
+                "position {position}: 1 postings no active entry holds"
+            )),
+        "{said}"
+    );
+    for word in ["lighthouse", "storm", "keeper", "harbour"] {
+        assert!(!said.contains(word), "a word in verify's output: {said}");
+    }
+
+    let said = ok(op(&pg, &["maintain"]));
+    assert!(
+        said.contains("search index: 6 postings inserted, 1 stray postings deleted"),
+        "{said}"
+    );
+    assert_eq!(count(&pg, common::postgres::POSTINGS_DRIFT), 0);
+    let detail = count(
+        &pg,
+        "SELECT (detail::jsonb ->> 'postings_inserted')::bigint * 10 \
+              + (detail::jsonb ->> 'postings_deleted')::bigint FROM audit.events \
+          WHERE kind = 'admin' AND detail::jsonb ->> 'event' = 'maintain'",
+    );
+    assert_eq!(detail, 61, "the maintain event records what it did");
+    let c = serve(&pg, &policy).await;
+    assert_eq!(found(&c, "lighthouse").await, std::slice::from_ref(&hidden));
+    assert_eq!(found(&c, "storm").await, std::slice::from_ref(&hidden));
+    c.close().await;
+    let said = ok(op(&pg, &["verify"]));
+    assert!(
+        said.contains("ok: the search index holds every active entry's words and nothing else"),
+        "{said}"
+    );
+    let said = ok(op(&pg, &["maintain"]));
+    assert!(
+        said.contains("search index: holds every active entry's words and nothing else"),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! checkpoints). Audited as admin events; prints what it did. A nightly timer runs it. On
 //! PostgreSQL autovacuum does this work: maintain reports what it has left. On both, a
 //! namespace whose kept quota usage disagrees with its rows (what `memwarden verify` reports)
-//! is counted again from them.
+//! is counted again from them, and on PostgreSQL the entries the search index (postings) has
+//! drifted from are posted again.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use serde_json::json;
 use super::DataDirArg;
 use super::review::{admin_event, open};
 use crate::audit::sink::Sink;
-use crate::store::{MaintainReport, UsageDrift};
+use crate::store::{IndexRepair, MaintainReport, UsageDrift};
 
 /// `memwarden maintain`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -40,11 +41,30 @@ pub fn run(args: &MaintainArgs) -> anyhow::Result<ExitCode> {
     )?;
     let m = store.maintain(Duration::from_millis(args.max_lock_ms))?;
     let recounted = store.recount_usage()?;
+    let reposted = store.repair_index()?;
     drop(store);
     report_recount(&recounted);
+    if let Some(r) = &reposted {
+        report_repost(r);
+    }
     match audit {
         Sink::File(_) => sqlite_audit_upkeep(args, &m, recounted.len(), &mut audit),
-        Sink::Postgres(_) => postgres_report(&m, recounted.len(), &mut audit),
+        Sink::Postgres(_) => postgres_report(&m, recounted.len(), reposted.as_ref(), &mut audit),
+    }
+}
+
+/// What the search index's repair did: each entry posted again, each stray position cleared.
+fn report_repost(r: &IndexRepair) {
+    if r.found.is_empty() {
+        println!("search index: holds every active entry's words and nothing else");
+        return;
+    }
+    println!(
+        "search index: {} postings inserted, {} stray postings deleted; what disagreed:",
+        r.inserted, r.deleted
+    );
+    for line in super::verify::index_lines(&r.found) {
+        println!("{line}");
     }
 }
 
@@ -105,8 +125,10 @@ fn sqlite_audit_upkeep(
 fn postgres_report(
     m: &MaintainReport,
     recounted: usize,
+    reposted: Option<&IndexRepair>,
     audit: &mut Sink,
 ) -> anyhow::Result<ExitCode> {
+    let found = reposted.map(|r| &r.found);
     admin_event(
         audit,
         json!({
@@ -115,12 +137,16 @@ fn postgres_report(
             "dead_rows_before": m.segments_before,
             "dead_rows_after": m.segments_after,
             "usage_recounted": recounted,
+            "entries_reposted": found.map_or(0, |f| f.missing.len()),
+            "stray_positions": found.map_or(0, |f| f.stray.len()),
+            "postings_inserted": reposted.map_or(0, |r| r.inserted),
+            "postings_deleted": reposted.map_or(0, |r| r.deleted),
         }),
     )?;
     println!(
-        "memory.entries: {} dead row versions awaiting autovacuum (was {}); nothing else \
-         changed: PostgreSQL's autovacuum vacuums, analyses and flushes the text index, and the \
-         app role may not run VACUUM",
+        "memory.entries: {} dead row versions awaiting autovacuum (was {}); vacuum is left to \
+         PostgreSQL's autovacuum, which also analyses the tables, and the app role may not run \
+         VACUUM",
         m.segments_after, m.segments_before
     );
     Ok(ExitCode::SUCCESS)

@@ -18,7 +18,7 @@ use super::DataDirArg;
 use super::db::ChainCopy;
 use crate::audit::inspect::AuditedWrite as Write;
 use crate::store::ledger::Kind;
-use crate::store::{Store, UsageDrift, VerifyReport};
+use crate::store::{IndexDrift, Store, UsageDrift, VerifyReport};
 
 /// Findings of the reconciliation with the audit log.
 #[derive(Default)]
@@ -193,7 +193,32 @@ fn store_findings(report: &VerifyReport) -> bool {
          changed with the triggers off; quotas are checked against the counts until \
          `memwarden maintain` counts them again)",
     );
+    if let Some(index) = &report.index {
+        failed |= section(
+            &index_lines(index),
+            "the search index holds every active entry's words and nothing else",
+            "search index disagreements with the rows (postings were edited, or rows changed \
+             with the triggers off; searches miss or wrongly find these entries until \
+             `memwarden maintain` posts them again)",
+        );
+    }
     failed
+}
+
+/// One line per entry missing postings and per position holding stray ones; ids escaped (a
+/// tampered row may name anything), never a word.
+pub(super) fn index_lines(index: &IndexDrift) -> Vec<String> {
+    let missing = index.missing.iter().map(|(id, n)| {
+        format!(
+            "{}: {n} of its words not in the index (searches for them miss it)",
+            id.escape_debug()
+        )
+    });
+    let stray = index
+        .stray
+        .iter()
+        .map(|(pos, n)| format!("position {pos}: {n} postings no active entry holds"));
+    missing.chain(stray).collect()
 }
 
 /// `memwarden verify`'s arguments.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::backend::{IndexShape, MaintainReport, PurgeRule};
 use super::ledger::{self, Kind};
-use super::model::{Entry, Status, UsageDrift, VerifyReport};
+use super::model::{Entry, IndexRepair, Status, UsageDrift, VerifyReport};
 use super::rows::{seal_entry, withheld_log};
 use super::{Store, Visibility};
 use crate::error::{Error, Result};
@@ -42,6 +42,7 @@ impl Store {
         })?;
         report.ledger = self.backend.ledger_chain(&keys)?;
         report.usage = self.backend.usage_drift()?;
+        report.index = self.backend.index_drift()?;
         Ok(report)
     }
 
@@ -197,6 +198,12 @@ impl Store {
     /// Brings the index and the file back into shape while servers run (`memwarden maintain`).
     pub fn maintain(&mut self, step_lock: Duration) -> Result<MaintainReport> {
         self.backend.maintain(step_lock)
+    }
+
+    /// Posts again every entry the search index has drifted from (see
+    /// [`super::model::IndexDrift`]): `None` where the backend keeps no such index.
+    pub fn repair_index(&mut self) -> Result<Option<IndexRepair>> {
+        self.backend.repair_index()
     }
 
     /// Sets each namespace whose kept quota usage disagrees with its rows back to what they

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::ledger::{ChainReport, Kind};
-use super::model::{Filter, Query, UsageDrift};
+use super::model::{Filter, IndexDrift, IndexRepair, Query, UsageDrift};
 use super::rows::{Checked, RawRow, SealedRow};
 use super::transfer::{Batch, Copied, CopySink, Resume};
 use crate::audit::{AuditLog, NewEvent};
@@ -164,6 +164,19 @@ pub trait Backend: Send {
 
     /// Namespaces whose kept quota usage disagrees with their rows, by namespace.
     fn usage_drift(&self) -> Result<Vec<UsageDrift>>;
+
+    /// Where the search index kept beside the rows disagrees with them; `None` (the default)
+    /// when the backend keeps no such index to check (SQLite's FTS5 tables are contentless:
+    /// they cannot be read back against the rows).
+    fn index_drift(&self) -> Result<Option<IndexDrift>> {
+        Ok(None)
+    }
+
+    /// Posts again what [`Backend::index_drift`] finds, in short write transactions, each
+    /// checking the rows again under the write lock; returns what it found and did.
+    fn repair_index(&mut self) -> Result<Option<IndexRepair>> {
+        Ok(None)
+    }
 
     /// Admits a session start of `principal` if fewer than `per_hour` started in the hour
     /// before `now_ms`, and records it. Kept in the store, so restarts reset nothing.

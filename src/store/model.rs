@@ -228,6 +228,40 @@ pub struct VerifyReport {
     pub ledger: super::ledger::ChainReport,
     /// Namespaces whose kept quota usage disagrees with their rows.
     pub usage: Vec<UsageDrift>,
+    /// The search index against the rows; `None` where the backend keeps no index that can be
+    /// checked apart from them.
+    pub index: Option<IndexDrift>,
+}
+
+/// Where a search index kept beside the rows (PostgreSQL's postings, migration 7) disagrees
+/// with the active rows' words: entries were hidden from searches for some of their words, or
+/// entries were posted under words they do not hold, by an edit of the index or of rows with
+/// its triggers off. Rows stay sealed and verified either way; what a search finds is what
+/// changes, until `memwarden maintain` posts the rows again. Counts and ids only: never a word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexDrift {
+    /// Active entries missing postings: (entry id, how many of its words).
+    pub missing: Vec<(String, u64)>,
+    /// Postings no active row holds, by the position they name: (position, how many).
+    pub stray: Vec<(i64, u64)>,
+}
+
+/// What `memwarden maintain` found of an [`IndexDrift`] and put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexRepair {
+    /// What disagreed when it looked.
+    pub found: IndexDrift,
+    /// Postings inserted for active rows.
+    pub inserted: u64,
+    /// Stray postings deleted.
+    pub deleted: u64,
+}
+
+impl IndexDrift {
+    /// Nothing disagrees.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.stray.is_empty()
+    }
 }
 
 /// A namespace whose kept quota usage (the counts migration 6's triggers keep, which every

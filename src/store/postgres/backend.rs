@@ -57,7 +57,7 @@ use crate::pgconn::sql::{Cached, Statements};
 use crate::store::OpenError;
 use crate::store::backend::{Backend, IndexShape, MaintainReport, Match, WriteTx};
 use crate::store::ledger::ChainReport;
-use crate::store::model::{Filter, Query, UsageDrift};
+use crate::store::model::{Filter, IndexDrift, IndexRepair, Query, UsageDrift};
 use crate::store::rows::{Checked, RawRow};
 use crate::store::transfer::{Batch, Copied, CopySink, Resume};
 
@@ -402,15 +402,23 @@ impl Backend for Postgres {
     }
 
     fn maintain(&mut self, _step_lock: Duration) -> Result<MaintainReport> {
-        let before = self.index_shape()?;
-        let after = self.index_shape()?;
+        let dead = self.index_shape()?.segments;
         Ok(MaintainReport {
-            segments_before: before.segments,
-            levels_before: before.levels,
-            segments_after: after.segments,
-            levels_after: after.levels,
+            segments_before: dead,
+            segments_after: dead,
             ..MaintainReport::default()
         })
+    }
+
+    fn index_drift(&self) -> Result<Option<IndexDrift>> {
+        let found = self.block_on(async || Ok(super::upkeep::drift(&self.cached()).await?))?;
+        Ok(Some(found.report()))
+    }
+
+    fn repair_index(&mut self) -> Result<Option<IndexRepair>> {
+        let found = self.block_on(async || Ok(super::upkeep::drift(&self.cached()).await?))?;
+        let (rt, sql) = (self.driver.rt(), self.cached());
+        super::upkeep::repost(rt, sql, &self.audit_keys, &found).map(Some)
     }
 
     fn reconnect(&mut self) -> Result<()> {

@@ -19,6 +19,7 @@ mod scoped;
 mod sessions;
 mod snapshot;
 mod transfer;
+mod upkeep;
 mod write;
 
 /// The database file and connecting live in [`crate::pgconn`] (the audit log connects too).

@@ -132,6 +132,15 @@ impl<'c> PgTx<'c> {
         })
     }
 
+    /// Runs `work` on the open transaction, for upkeep that is no row write
+    /// ([`super::upkeep`]).
+    pub(super) fn run_upkeep<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&Cached<'c>) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        self.run(work)
+    }
+
     /// Runs `work` on the open transaction. What is still to be sent goes first, in the same
     /// round trip and in this order: a grouped write's savepoint, then a held-back insert.
     fn run<T>(
