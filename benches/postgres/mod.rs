@@ -152,19 +152,17 @@ async fn size_shared_buffers(pg: &cluster::Ready) -> String {
 /// shared_buffers (`pg_prewarm`). Returns their size in MiB.
 async fn settle(pg: &cluster::Ready) -> f64 {
     let client = pg.cluster.connect("memwarden").await;
-    let tables: Vec<String> = client
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
-             WHERE schemaname = 'memory' ORDER BY tablename",
+    let tables: String = client
+        .query_one(
+            "SELECT string_agg(format('%I.%I', schemaname, tablename), ', ' ORDER BY tablename) \
+             FROM pg_tables WHERE schemaname = 'memory'",
             &[],
         )
         .await
         .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .get(0);
     client
-        .batch_execute(&format!("VACUUM ANALYZE {}", tables.join(", ")))
+        .batch_execute(&format!("VACUUM ANALYZE {tables}"))
         .await
         .unwrap();
     let row = client
