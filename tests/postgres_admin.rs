@@ -263,6 +263,12 @@ async fn postings_edited_by_the_owner_fail_verify_and_maintain_posts_them_again(
                memory.scope_token('default'), 'lighthouse'), pos FROM memory.entries WHERE id = $1",
             &[&other],
         );
+        // And one at a position no entry has: nothing to read, but drift all the same.
+        pg.as_owner(
+            "INSERT INTO memory.postings (lexeme, pos) VALUES (memory.scoped_lexeme( \
+               memory.scope_token('default'), 'lighthouse'), 999999999)",
+            &[],
+        );
     });
     let c = serve(&pg, &policy).await;
     assert_eq!(found(&c, "lighthouse").await, std::slice::from_ref(&other));
@@ -277,7 +283,8 @@ async fn postings_edited_by_the_owner_fail_verify_and_maintain_posts_them_again(
         &format!("SELECT pos FROM memory.entries WHERE id = '{other}'"),
     );
     assert!(
-        said.contains("FAILED: 2 search index disagreements with the rows")
+        said.contains("FAILED: 3 search index disagreements with the rows")
+            && said.contains("position 999999999: 1 postings no active entry holds")
             && said.contains(&format!(
                 "{hidden}: 6 of its words not in the index (searches for them miss it)"
             ))
@@ -292,7 +299,7 @@ async fn postings_edited_by_the_owner_fail_verify_and_maintain_posts_them_again(
 
     let said = ok(op(&pg, &["maintain"]));
     assert!(
-        said.contains("search index: 6 postings inserted, 1 stray postings deleted"),
+        said.contains("search index: 6 postings inserted, 2 stray postings deleted"),
         "{said}"
     );
     assert_eq!(count(&pg, common::postgres::POSTINGS_DRIFT), 0);
@@ -302,7 +309,7 @@ async fn postings_edited_by_the_owner_fail_verify_and_maintain_posts_them_again(
               + (detail::jsonb ->> 'postings_deleted')::bigint FROM audit.events \
           WHERE kind = 'admin' AND detail::jsonb ->> 'event' = 'maintain'",
     );
-    assert_eq!(detail, 61, "the maintain event records what it did");
+    assert_eq!(detail, 62, "the maintain event records what it did");
     let c = serve(&pg, &policy).await;
     assert_eq!(found(&c, "lighthouse").await, std::slice::from_ref(&hidden));
     assert_eq!(found(&c, "storm").await, std::slice::from_ref(&hidden));
