@@ -1015,23 +1015,25 @@ fn assert_chain_verifies_offline(pg: &Ready, events: usize) {
 /// join too; a clock behind the group's newest row still stamps in position order; a group
 /// rolled back leaves neither rows nor events; a write of its own is refused while a group is
 /// open. The chain verifies offline afterwards.
+/// Stages a grouped write with a call event naming its entry.
+fn stage(pending: memwarden::store::PendingWrite<'_>) -> memwarden::store::Entry {
+    let id = pending.entry().id.clone();
+    let event = memwarden::audit::NewEvent {
+        tool: Some("memory_store"),
+        outcome: Some(memwarden::audit::Outcome::Ok),
+        ..memwarden::audit::NewEvent::new(
+            memwarden::audit::Kind::Call,
+            serde_json::json!({"created": id}),
+        )
+    };
+    pending.stage(None, &event).unwrap()
+}
+
 #[test]
 fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_alone() {
     let Some(pg) = Ready::start() else { return };
     let mut store = pg.store();
     assert!(store.set_grouped(true), "PostgreSQL groups writes");
-    let stage = |pending: memwarden::store::PendingWrite<'_>| {
-        let id = pending.entry().id.clone();
-        let event = memwarden::audit::NewEvent {
-            tool: Some("memory_store"),
-            outcome: Some(memwarden::audit::Outcome::Ok),
-            ..memwarden::audit::NewEvent::new(
-                memwarden::audit::Kind::Call,
-                serde_json::json!({"created": id}),
-            )
-        };
-        pending.stage(None, &event).unwrap()
-    };
     let counts = || {
         (
             pg.query_i64("SELECT count(*) FROM memory.entries"),
@@ -1125,4 +1127,82 @@ fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_al
     let report = store.verify_all().unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert_chain_verifies_offline(&pg, 6);
+}
+
+/// A staged write's row and event inserts go out with whatever its group sends next; one the
+/// database refuses then fails the whole group (each write in it was staged, so none can be
+/// undone alone): nothing of the group lands, the connection stays usable, the chain has no
+/// gap.
+#[test]
+fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    let view = Visibility::everything();
+    let kept = put(&mut store, "a", "kept before", &[], 1_000_000);
+    assert!(store.set_grouped(true));
+    // The owner makes one content fail on insert: staged writes hold their row and event
+    // inserts until the group next sends something, so the refusal comes then.
+    pg.batch_as_superuser(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.content = 'refused' THEN RAISE EXCEPTION 'refused'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON memory.entries \
+         FOR EACH ROW EXECUTE FUNCTION public.refuse();",
+    );
+    let counts = || {
+        (
+            pg.query_i64("SELECT count(*) FROM memory.entries"),
+            pg.query_i64("SELECT count(*) FROM audit.events"),
+        )
+    };
+    let before = counts();
+
+    // Sent with the COMMIT: the group does not commit, neither write lands.
+    let fine = stage(
+        store
+            .insert(AUTHOR, new_entry("a", "fine", &[]), 2_000_000)
+            .unwrap(),
+    );
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", "refused", &[]), 2_000_001)
+            .unwrap(),
+    );
+    assert!(store.commit_group().is_err());
+    assert!(!store.group_open());
+    assert_eq!(counts(), before, "no row and no event of the group");
+    assert!(matches!(store.get(&fine.id, &view), Err(Error::NotFound)));
+
+    // Sent with the next write's first statement (an update reads its row first): that write
+    // fails, and the group with it.
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", "refused", &[]), 3_000_000)
+            .unwrap(),
+    );
+    let changes = Changes {
+        content: Some("kept, edited".into()),
+        ..Changes::default()
+    };
+    assert!(
+        store
+            .update(AUTHOR, &kept, changes, 3_000_001, &view)
+            .is_err()
+    );
+    assert!(!store.group_sound());
+    assert!(store.commit_group().is_err());
+    assert_eq!(counts(), before);
+    assert_eq!(store.get(&kept, &view).unwrap().content, "kept before");
+
+    // The connection is fine: the next group commits, and the chain has no gap.
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", "after", &[]), 4_000_000)
+            .unwrap(),
+    );
+    store.commit_group().unwrap();
+    assert_eq!(counts(), (before.0 + 1, before.1 + 1));
+    let report = store.verify_all().unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_chain_verifies_offline(&pg, before.1 as usize + 1);
 }

@@ -17,7 +17,7 @@ use super::{AuditError, Head, NewEvent};
 use crate::keys::KeySet;
 
 /// Key of the advisory lock every append takes.
-pub(super) const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
+pub const APPEND_LOCK: i64 = 0x6d77_6175_6474; // "mwaudt"
 
 /// True when `e` means the connection is gone (closed, reset, the server shutting it down or
 /// not yet accepting): the same statement on a new connection may well succeed.
@@ -55,14 +55,14 @@ pub enum PgAuditError {
     Audit(#[from] AuditError),
 }
 
-/// Takes the chain's lock, until the transaction ends.
-const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+/// Takes the chain's lock ([`APPEND_LOCK`]), until the transaction ends.
+pub const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// Reads the chain's tail.
-const HEAD: &str = "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1";
+pub const HEAD: &str = "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1";
 
 /// Appends one event.
-const INSERT: &str = "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, \
+pub const INSERT: &str = "INSERT INTO audit.events (seq, ts, kind, session_id, principal, tool, \
      outcome, code, detail, prev_hash, hash, key_id, mac) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
@@ -72,7 +72,7 @@ pub async fn head(client: &impl Sql) -> Result<Head, PgAuditError> {
 }
 
 /// The head [`HEAD`] read: its row, or the genesis of an empty chain.
-fn head_of(row: Option<tokio_postgres::Row>) -> Head {
+pub fn head_of(row: Option<tokio_postgres::Row>) -> Head {
     match row {
         Some(r) => Head {
             seq: r.get(0),
@@ -114,6 +114,41 @@ pub async fn append_after(
         seq: linked.seq,
         hash: linked.hash,
     })
+}
+
+/// `event` linked after `prev` (the head the caller read or wrote while holding the chain's
+/// lock, which it still holds), for a caller that sends the insert later, with other
+/// statements: the new head, and [`INSERT`]'s values.
+///
+/// # Errors
+/// The event cannot be linked (its detail cannot be encoded, or no audit key).
+pub fn link_for_insert(
+    keys: &KeySet,
+    event: &NewEvent<'_>,
+    now_ms: i64,
+    prev: &Head,
+) -> Result<(Head, Vec<Box<dyn ToSql + Sync + Send>>), PgAuditError> {
+    let e = link(keys, event, now_ms, prev)?;
+    let head = Head {
+        seq: e.seq,
+        hash: e.hash.clone(),
+    };
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(e.seq),
+        Box::new(e.ts),
+        Box::new(e.kind),
+        Box::new(e.session_id),
+        Box::new(e.principal),
+        Box::new(e.tool),
+        Box::new(e.outcome),
+        Box::new(e.code),
+        Box::new(e.detail),
+        Box::new(e.prev_hash),
+        Box::new(e.hash),
+        Box::new(e.key_id),
+        Box::new(e.mac),
+    ];
+    Ok((head, params))
 }
 
 async fn insert(client: &impl Sql, e: &LinkedEvent) -> Result<(), PgAuditError> {

@@ -8,7 +8,9 @@
 //!
 //! - A write runs in a savepoint inside the store's open group transaction, and its event is
 //!   staged inside audit.db's open group transaction (both opened by the first write). A write
-//!   that fails is undone alone; its event is never staged.
+//!   that fails is undone alone; its event is never staged. (On PostgreSQL a staged write's
+//!   last inserts go out with the group's next statement, to save their round trip: should
+//!   the database refuse them then, the whole group fails, acknowledged to nobody.)
 //! - The writer then leaves the store and waits on its [`Staged`] slot.
 //! - Whoever holds the store commits the groups (audit.db first, then memory.db) and settles
 //!   every slot: a writer as it leaves the store when nobody else is waiting to enter it (or
@@ -165,6 +167,11 @@ impl StoreGuard<'_> {
         let cell = &mut *self.cell;
         let open = cell.store.as_ref().is_some_and(Store::group_open);
         if !open && cell.staged.is_empty() {
+            // A write expected to open a group and did not (it failed first): appends need
+            // not ask for a commit any more.
+            if let Some(Sink::Postgres(log)) = self.shared.audit_raw().as_mut() {
+                log.set_store_group(false);
+            }
             return;
         }
         let outcome = match cell.store.as_mut() {
@@ -232,6 +239,22 @@ impl Shared {
             guard.commit_group();
         }
         guard
+    }
+
+    /// Tells the audit log, before a grouped write on `store` begins, that the store's
+    /// connection may hold the audit chain's lock: on PostgreSQL a group takes it as it opens
+    /// (`store/postgres/write.rs`, `open_group`), and the write wants the log's mutex later, to
+    /// stage its event. From here an append asks for the group's commit (which waits for the
+    /// store) instead of waiting for the chain's lock while holding the log's mutex. The caller
+    /// holds the store, so this is the order a write's commit takes them in: the store, then
+    /// the log.
+    pub(super) fn expect_group(&self, store: &Store) {
+        if !store.grouped() {
+            return;
+        }
+        if let Some(Sink::Postgres(log)) = self.audit_raw().as_mut() {
+            log.set_store_group(true);
+        }
     }
 
     /// The store for anything but a grouped write: the open group is committed first, so

@@ -1,15 +1,36 @@
 //! A group of writes on the store's connection: one transaction that holds several sessions'
-//! writes and their audit events, committed at once (see `server::group`). It holds the store's
-//! write lock from its first write, and the audit chain's from its first event, until it ends.
+//! writes, each in a savepoint of its own, with their audit events, committed at once (see
+//! `server::group`). It holds the store's write lock and the audit chain's from its first
+//! write until it ends.
+//!
+//! Round trips are what a write costs here (each is two thread switches on each side), so a
+//! grouped write pays few:
+//! - the group opens in one: the transaction, both locks, the first write's savepoint, and
+//!   the newest row's time and the chain's head, which only the group's own writes move while
+//!   it holds both locks ([`open_group`]);
+//! - a write's savepoint goes out with its first statement, and a row insert with the
+//!   statement after it; each text is prepared once per connection;
+//! - a staged write's event, linked to the head the group keeps, is held by the group with the
+//!   write's row insert (if that is still to be sent), and both go out with whatever the group
+//!   sends next: its COMMIT, or the next write's first statement ([`Held`]).
+//!
+//! A store alone is two round trips, the opening and its row and event with the COMMIT; a
+//! store joining a group needs none of its own.
 
 use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::Poll;
 
 use tokio::runtime::Runtime;
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::fail::db;
+use super::write::{SAVEPOINT, begin_sql};
 use crate::audit::Head;
 use crate::error::{Error, Result};
+use crate::pgconn::sql::Cached;
 
 /// Commits only a transaction in good standing: in an aborted one, PostgreSQL would answer a
 /// bare COMMIT by rolling back *without an error*. Here `SELECT 1` fails first and the COMMIT
@@ -17,7 +38,7 @@ use crate::error::{Error, Result};
 pub(super) const COMMIT: &str = "SELECT 1; COMMIT";
 
 /// The state of the store connection's group: its transaction is open (holding the write lock
-/// and, after its first write, the audit chain's), and whether it must be rolled back whole (a
+/// and the audit chain's), and whether it must be rolled back whole (a
 /// write in it could not be undone alone, or the connection was lost).
 ///
 /// Each write in the group runs in a savepoint of its own, sent in the same round trip as its
@@ -27,16 +48,166 @@ pub(super) const COMMIT: &str = "SELECT 1; COMMIT";
 pub(super) struct Group {
     pub(super) open: Cell<bool>,
     pub(super) broken: Cell<bool>,
-    /// The chain's head once the group holds the chain's lock: the next event links to it
-    /// without reading the tail again (nobody else can append while the lock is held).
+    /// The chain's head, read when the group took the chain's lock: the next event links to
+    /// it without reading the tail again (nobody else can append while the lock is held).
     pub(super) head: RefCell<Option<Head>>,
     /// The newest row's `created_at` once known in the group (it holds the write lock, so only
     /// its own writes move it): `Some(None)` for an empty table.
     pub(super) newest: Cell<Option<Option<i64>>>,
+    /// Inserts of staged writes not sent yet: they go out with whatever the group sends next,
+    /// its COMMIT or the next write's first statement ([`send_after`]).
+    held: RefCell<Vec<Held>>,
+}
+
+/// An insert held back to go out with the next statement on the group's connection: a staged
+/// write's row and event need no round trip of their own. Sent later, inside the group's
+/// transaction and before anything sent after them, they fail the whole group if they fail:
+/// the write they belong to was staged, so only the group can undo them.
+#[derive(Debug)]
+pub(super) struct Held {
+    /// The prepared insert.
+    pub(super) statement: Statement,
+    /// Its values.
+    pub(super) params: Vec<Box<dyn ToSql + Sync + Send>>,
+    /// What it inserts, for the error when it inserts other than one row.
+    pub(super) what: &'static str,
+}
+
+/// Sends each of `held`, then `then`, without waiting in between, and waits for them all: one
+/// round trip. Each request goes out when its future is first polled, and they are first
+/// polled in order, so the server runs them in that order. `Ok` with `then`'s answer when every
+/// held insert inserted one row.
+pub(super) async fn send_after<T>(
+    client: &Client,
+    held: &[Held],
+    then: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = held
+        .iter()
+        .map(|h| h.params.iter().map(|p| p.as_ref() as _).collect())
+        .collect();
+    let mut sends: Vec<Pin<Box<dyn Future<Output = _> + '_>>> = held
+        .iter()
+        .zip(&params)
+        .map(|(h, p)| Box::pin(client.execute(&h.statement, p)) as _)
+        .collect();
+    let mut sent: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+        sends.iter().map(|_| None).collect();
+    let mut then = pin!(then);
+    let mut answer = None;
+    poll_fn(|cx| {
+        for (send, out) in sends.iter_mut().zip(sent.iter_mut()) {
+            if out.is_none()
+                && let Poll::Ready(r) = send.as_mut().poll(cx)
+            {
+                *out = Some(r);
+            }
+        }
+        if answer.is_none()
+            && let Poll::Ready(r) = then.as_mut().poll(cx)
+        {
+            answer = Some(r);
+        }
+        match answer.is_some() && sent.iter().all(Option::is_some) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    })
+    .await;
+    for (h, out) in held.iter().zip(sent) {
+        match out {
+            Some(Ok(1)) => {}
+            Some(Ok(n)) => return Err(Error::Internal(format!("{} touched {n} rows", h.what))),
+            Some(Err(e)) => return Err(db(e)),
+            None => return Err(Error::Internal("a held insert was not sent".into())),
+        }
+    }
+    match answer {
+        Some(answer) => answer.map_err(db),
+        None => Err(Error::Internal("a statement was not sent".into())),
+    }
+}
+
+/// The newest row's `created_at`, which a new row's time must not precede (`store/write.rs`,
+/// `stamp`).
+pub(super) const NEWEST: &str = "SELECT created_at FROM memory.entries ORDER BY pos DESC LIMIT 1";
+
+/// Opens `group`'s transaction in one round trip: the transaction, the store's lock, then the
+/// audit chain's (the one order every writer takes them in), the first write's savepoint, and
+/// the two things the group's writes need and that only they can move while it holds both
+/// locks: the newest row's time and the chain's head. The reads are sent after the batch that
+/// takes the locks, and a connection answers in order, so each reads under them (READ
+/// COMMITTED: a statement's snapshot is taken when it starts).
+///
+/// The server marks its audit log as waiting for the group before a grouped write begins
+/// (`server::group`, `Shared::expect_group`): from then on an append asks for the group's
+/// commit instead of waiting for the chain's lock while holding the log.
+pub(super) fn open_group(rt: &Runtime, sql: Cached<'_>, group: &Group) -> Result<()> {
+    let start = format!(
+        "{}; SELECT pg_advisory_xact_lock({}); SAVEPOINT {SAVEPOINT}",
+        begin_sql(),
+        crate::audit::postgres::APPEND_LOCK
+    );
+    let opened = rt.block_on(async {
+        // Prepared before anything is sent, so that each goes out in one piece after the batch.
+        let newest = sql.prepare(NEWEST).await?;
+        let tail = sql.prepare(crate::audit::postgres::HEAD).await?;
+        let (begun, newest, tail) = tokio::join!(
+            biased;
+            sql.client.batch_execute(&start),
+            sql.client.query_opt(&newest, &[]),
+            sql.client.query_opt(&tail, &[]),
+        );
+        begun?;
+        let newest = newest?.map(|r| r.try_get(0)).transpose()?;
+        Ok::<_, tokio_postgres::Error>((newest, tail?))
+    });
+    match opened {
+        Ok((newest, tail)) => {
+            group.open.set(true);
+            group.newest.set(Some(newest));
+            group
+                .head
+                .replace(Some(crate::audit::postgres::head_of(tail)));
+            Ok(())
+        }
+        Err(e) => {
+            // Whatever was begun ends here, and its locks with it.
+            let _ = rt.block_on(sql.client.batch_execute("ROLLBACK"));
+            Err(db(e))
+        }
+    }
+}
+
+/// Takes the chain's lock and reads its head in one round trip: the read is sent after the
+/// lock, and a connection answers in order, so it reads the tail under the lock (READ
+/// COMMITTED: a statement's snapshot is taken when it starts; FACTS §PostgreSQL).
+pub(super) async fn locked_head(sql: &Cached<'_>) -> Result<Head, tokio_postgres::Error> {
+    // Prepared before anything is sent, so that each goes out in one piece, in order.
+    let lock = sql.prepare(crate::audit::postgres::LOCK).await?;
+    let tail = sql.prepare(crate::audit::postgres::HEAD).await?;
+    let (locked, tail) = tokio::join!(
+        biased;
+        sql.client.execute(&lock, &[&crate::audit::postgres::APPEND_LOCK]),
+        sql.client.query_opt(&tail, &[]),
+    );
+    locked?;
+    Ok(crate::audit::postgres::head_of(tail?))
 }
 
 impl Group {
-    /// Commits the open group: every write staged in it, with their events, in one transaction.
+    /// Holds `insert` back until the group next sends something.
+    pub(super) fn hold(&self, insert: Held) {
+        self.held.borrow_mut().push(insert);
+    }
+
+    /// The inserts held back, which the caller now sends first.
+    pub(super) fn take_held(&self) -> Vec<Held> {
+        self.held.take()
+    }
+
+    /// Commits the open group: every write staged in it, with their events, in one transaction;
+    /// the inserts still held go out with the COMMIT.
     pub(super) fn commit(&self, rt: &Runtime, client: &Client) -> Result<()> {
         if !self.open.get() {
             return Ok(());
@@ -47,12 +218,14 @@ impl Group {
                 "a group of writes was lost and rolled back".into(),
             ));
         }
+        let held = self.take_held();
         self.end();
-        rt.block_on(client.batch_execute(COMMIT)).map_err(|e| {
-            // Not committed: end the transaction so the locks go now.
-            let _ = rt.block_on(client.batch_execute("ROLLBACK"));
-            db(e)
-        })
+        rt.block_on(send_after(client, &held, client.batch_execute(COMMIT)))
+            .inspect_err(|_| {
+                // Not committed (a held insert failed, and `SELECT 1` with it): end the
+                // transaction so the locks go now.
+                let _ = rt.block_on(client.batch_execute("ROLLBACK"));
+            })
     }
 
     /// Rolls the open group back: none of its writes, nor their events, is applied.
@@ -70,5 +243,6 @@ impl Group {
         self.broken.set(false);
         self.head.replace(None);
         self.newest.set(None);
+        self.held.take();
     }
 }

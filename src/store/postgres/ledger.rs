@@ -7,6 +7,7 @@ use tokio_postgres::{Client, Row};
 
 use crate::keys::KeySet;
 use crate::pgconn::sql::Sql;
+use crate::store::backend::PurgeRule;
 use crate::store::ledger::{ChainReport, GENESIS, Kind, Record, link, reseal_plan};
 
 const RECORD_COLUMNS: &str = "seq, entry_id, kind, at, prev_hash, hash, key_id, mac";
@@ -207,4 +208,27 @@ pub(super) async fn each_after(
             return Ok(());
         }
     }
+}
+
+/// Deletes the rows `rule` names, each recorded as purged first, inside the caller's write
+/// transaction: how many were recorded, and how many deleted (the same, or the caller fails).
+pub(super) async fn purge(
+    tx: &impl Sql,
+    keys: &KeySet,
+    rule: PurgeRule,
+    now_ms: i64,
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let (condition, bound) = match rule {
+        PurgeRule::DeletedBefore(t) => ("status = 'deleted' AND updated_at < $1", t),
+        PurgeRule::CreatedBefore(t) => ("created_at < $1", t),
+    };
+    let select = format!("SELECT id FROM memory.entries WHERE {condition} ORDER BY pos");
+    let rows = tx.query(&select, &[&bound]).await?;
+    for row in &rows {
+        let id: String = row.try_get(0)?;
+        append(tx, keys, &id, Kind::Purged, now_ms).await?;
+    }
+    let delete = format!("DELETE FROM memory.entries WHERE {condition}");
+    let deleted = tx.execute(&delete, &[&bound]).await?;
+    Ok((rows.len() as u64, deleted))
 }

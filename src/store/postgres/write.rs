@@ -8,24 +8,19 @@
 //! IMMEDIATE`: writers on every host serialise on it, so a new row's `created_at` and `pos`
 //! grow together (see `Store::stamp`), quotas are counted with no other writer between count and
 //! insert, and the ledger's tail cannot move under an append. Locks are always taken in one
-//! order — the store's, then the audit chain's at commit — so writers cannot deadlock.
+//! order — the store's, then the audit chain's (as a group opens, or at commit) — so writers
+//! cannot deadlock.
 //!
-//! **Groups.** In a server, writes run grouped ([`super::group::Group`]): one transaction holds
-//! several sessions' writes, each in a savepoint of its own, with their events, and commits
-//! them at once. Round trips are what a write costs here, so a grouped write pays few: its
-//! savepoint goes out with its first statement, a row insert is held back to go out with the
-//! statement after it (the call's event), each text is prepared once per connection, and the
-//! group remembers the chain's head and the newest row's time (it holds both locks, so only
-//! its own writes move them). A write in a group of others is one round trip.
+//! **Groups** of writes, and the round trips they save, are in [`super::group`].
 
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 
 use super::fail::db;
-use super::group::{COMMIT, Group};
+use super::group::{COMMIT, Group, Held, NEWEST, locked_head, open_group, send_after};
 use super::ledger;
 use super::rows::{COLUMNS, read_row};
-use crate::audit::postgres::{PgAuditError, append, append_after};
+use crate::audit::postgres::{PgAuditError, append_after, link_for_insert};
 use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
@@ -39,12 +34,12 @@ use crate::store::rows::{Checked, RawRow, SealedRow};
 const WRITE_LOCK: i64 = 0x6d77_7374_6f72;
 
 /// Opens a write transaction and takes the store's write lock, in one round trip.
-fn begin_sql() -> String {
+pub(super) fn begin_sql() -> String {
     format!("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 }
 
 /// The savepoint each grouped write runs in.
-const SAVEPOINT: &str = "memwarden_write";
+pub(super) const SAVEPOINT: &str = "memwarden_write";
 
 /// An open write transaction: its own, or a savepoint inside the group's. Dropping it without
 /// [`WriteTx::commit`] (or [`WriteTx::stage`]) undoes it at once, and its own transaction's
@@ -76,6 +71,14 @@ struct Deferred {
 const INSERT: &str = "INSERT INTO memory.entries (id, namespace, content, tags, metadata, status, \
      supersedes, principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// An append's failure as the call sees it: the database's, or the chain's.
+fn audit_error(e: PgAuditError) -> Error {
+    match e {
+        PgAuditError::Database(e) => db(e),
+        other => Error::Audit(other.to_string()),
+    }
+}
 
 impl<'c> PgTx<'c> {
     /// Starts a transaction and takes the store's write lock (waiting at most the session's
@@ -113,12 +116,7 @@ impl<'c> PgTx<'c> {
         // their first statement.
         let joining = group.open.get();
         if !joining {
-            let start = format!("{}; SAVEPOINT {SAVEPOINT}", begin_sql());
-            if let Err(e) = rt.block_on(sql.client.batch_execute(&start)) {
-                let _ = rt.block_on(sql.client.batch_execute("ROLLBACK"));
-                return Err(db(e));
-            }
-            group.open.set(true);
+            open_group(rt, sql, group)?;
         }
         Ok(Self {
             rt,
@@ -151,7 +149,9 @@ impl<'c> PgTx<'c> {
             return Err(Error::Internal("write transaction already ended".into()));
         }
         let sql = self.sql;
-        if !self.savepoint_pending && self.deferred.is_none() {
+        // Earlier writes' inserts, held by the group, go out before this write's savepoint.
+        let held = self.group.map(Group::take_held).unwrap_or_default();
+        if held.is_empty() && !self.savepoint_pending && self.deferred.is_none() {
             return self.rt.block_on(work(&sql)).map_err(db);
         }
         // Prepared before anything is sent, so that each statement's messages go out in turn.
@@ -168,12 +168,12 @@ impl<'c> PgTx<'c> {
         let (saved, inserted, done) = self.rt.block_on(async {
             tokio::join!(
                 biased;
-                async {
+                send_after(sql.client, &held, async {
                     match savepoint {
                         true => sql.client.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")).await,
                         false => Ok(()),
                     }
-                },
+                }),
                 async {
                     match &insert {
                         Some(statement) => sql.client.execute(statement, &params).await.map(Some),
@@ -184,13 +184,13 @@ impl<'c> PgTx<'c> {
             )
         });
         if let Err(e) = saved {
-            // What followed is not inside a savepoint of its own: only the whole group can
-            // undo it.
+            // Earlier writes' inserts failed, or what followed is not inside a savepoint of its
+            // own: only the whole group can undo it.
             if let Some(group) = self.group {
                 group.broken.set(true);
             }
             self.open = false;
-            return Err(db(e));
+            return Err(e);
         }
         match inserted.map_err(db)? {
             Some(n) if n != 1 => Self::one_row("insert", n)?,
@@ -213,6 +213,47 @@ impl<'c> PgTx<'c> {
         }
     }
 
+    /// Holds a grouped write's row insert, if any, and its event, linked after the group's
+    /// head, in the group ([`Held`]).
+    fn hold(&mut self, event: &NewEvent<'_>) -> Result<()> {
+        let Some(group) = self.group else {
+            return Err(Error::Internal("this write is not grouped".into()));
+        };
+        let known = group.head.borrow().clone();
+        let prev = match known {
+            Some(prev) => prev,
+            // Not read when the group opened (it always is): the chain's lock and head now.
+            None => self.run(async |sql| locked_head(sql).await)?,
+        };
+        let (head, params) = link_for_insert(self.audit_keys, event, crate::clock::now_ms(), &prev)
+            .map_err(audit_error)?;
+        let sql = self.sql;
+        let (row, audit) = self
+            .rt
+            .block_on(async {
+                Ok::<_, tokio_postgres::Error>((
+                    sql.prepare(INSERT).await?,
+                    sql.prepare(crate::audit::postgres::INSERT).await?,
+                ))
+            })
+            .map_err(db)?;
+        if let Some(deferred) = self.deferred.take() {
+            group.hold(Held {
+                statement: row,
+                params: deferred.params,
+                what: "insert",
+            });
+        }
+        group.hold(Held {
+            statement: audit,
+            params,
+            what: "audit event insert",
+        });
+        group.head.replace(Some(head));
+        self.savepoint_pending = false;
+        Ok(())
+    }
+
     /// Appends the call's event inside the open transaction: taking the chain's lock and
     /// reading its head, unless the group already holds both.
     fn append(&mut self, event: &NewEvent<'_>) -> Result<()> {
@@ -221,13 +262,13 @@ impl<'c> PgTx<'c> {
         let appended = self.run(async |sql| {
             Ok(match &held {
                 Some(prev) => append_after(sql, keys, event, now, prev).await,
-                None => append(sql, keys, event, now).await,
+                None => match locked_head(sql).await {
+                    Ok(prev) => append_after(sql, keys, event, now, &prev).await,
+                    Err(e) => Err(PgAuditError::Database(e)),
+                },
             })
         })?;
-        let head = appended.map_err(|e| match e {
-            PgAuditError::Database(e) => db(e),
-            other => Error::Audit(other.to_string()),
-        })?;
+        let head = appended.map_err(audit_error)?;
         if let Some(group) = self.group {
             group.head.replace(Some(head));
         }
@@ -264,12 +305,7 @@ impl WriteTx for PgTx<'_> {
             return Ok(self.inserted.or(known));
         }
         let newest = self.run(async |tx| {
-            let row = tx
-                .query_opt(
-                    "SELECT created_at FROM memory.entries ORDER BY pos DESC LIMIT 1",
-                    &[],
-                )
-                .await?;
+            let row = tx.query_opt(NEWEST, &[]).await?;
             row.map(|r| r.try_get(0)).transpose()
         })?;
         if let Some(group) = self.group {
@@ -359,29 +395,8 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn purge(&mut self, keys: &KeySet, rule: PurgeRule, now_ms: i64) -> Result<u64> {
-        let (condition, bound) = match rule {
-            PurgeRule::DeletedBefore(t) => ("status = 'deleted' AND updated_at < $1", t),
-            PurgeRule::CreatedBefore(t) => ("created_at < $1", t),
-        };
-        let (recorded, deleted) = self.run(async |tx| {
-            let rows = tx
-                .query(
-                    &format!("SELECT id FROM memory.entries WHERE {condition} ORDER BY pos"),
-                    &[&bound],
-                )
-                .await?;
-            for row in &rows {
-                let id: String = row.try_get(0)?;
-                ledger::append(tx, keys, &id, Kind::Purged, now_ms).await?;
-            }
-            let deleted = tx
-                .execute(
-                    &format!("DELETE FROM memory.entries WHERE {condition}"),
-                    &[&bound],
-                )
-                .await?;
-            Ok((rows.len() as u64, deleted))
-        })?;
+        let (recorded, deleted) =
+            self.run(async |tx| ledger::purge(tx, keys, rule, now_ms).await)?;
         if recorded != deleted {
             return Err(Error::Internal(format!(
                 "purge recorded {recorded} rows and deleted {deleted}"
@@ -453,13 +468,16 @@ impl WriteTx for PgTx<'_> {
                 audited: false,
             });
         }
-        // The event goes into the write's savepoint: if it cannot be appended, drop undoes
-        // both alone. From here they stand or fall with the group (the savepoint is left for
-        // the group's COMMIT to end).
-        self.append(event).map_err(|error| CommitError {
+        let fail = |error| CommitError {
             error,
             audited: false,
-        })?;
+        };
+        // The group read the chain's head when it took the chain's lock: the event is linked
+        // here, and held with the row's insert for whatever the group sends next (its COMMIT,
+        // usually). From here they stand or fall with the group (a savepoint sent is left for
+        // the group's COMMIT to end; one never sent is not needed: nothing of this write can
+        // fail alone any more).
+        self.hold(event).map_err(fail)?;
         self.open = false;
         if let (Some(group), Some(at)) = (self.group, self.inserted) {
             // Its row is now the group's newest (by position, which `stamp` keeps in step).
