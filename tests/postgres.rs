@@ -1015,6 +1015,23 @@ fn assert_chain_verifies_offline(pg: &Ready, events: usize) {
 /// join too; a clock behind the group's newest row still stamps in position order; a group
 /// rolled back leaves neither rows nor events; a write of its own is refused while a group is
 /// open. The chain verifies offline afterwards.
+/// Rows and audit events in the store's database.
+fn counts(pg: &Ready) -> (i64, i64) {
+    (
+        pg.query_i64("SELECT count(*) FROM memory.entries"),
+        pg.query_i64("SELECT count(*) FROM audit.events"),
+    )
+}
+
+/// Stages a grouped insert of `content` into namespace "a" at `at`.
+fn stage_insert(store: &mut Store, content: &str, at: i64) -> memwarden::store::Entry {
+    stage(
+        store
+            .insert(AUTHOR, new_entry("a", content, &[]), at)
+            .unwrap(),
+    )
+}
+
 /// Stages a grouped write with a call event naming its entry.
 fn stage(pending: memwarden::store::PendingWrite<'_>) -> memwarden::store::Entry {
     let id = pending.entry().id.clone();
@@ -1034,39 +1051,25 @@ fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_al
     let Some(pg) = Ready::start() else { return };
     let mut store = pg.store();
     assert!(store.set_grouped(true), "PostgreSQL groups writes");
-    let counts = || {
-        (
-            pg.query_i64("SELECT count(*) FROM memory.entries"),
-            pg.query_i64("SELECT count(*) FROM audit.events"),
-        )
-    };
 
-    let a = stage(
-        store
-            .insert(AUTHOR, new_entry("a", "first", &[]), 5_000_000)
-            .unwrap(),
-    );
+    let a = stage_insert(&mut store, "first", 5_000_000);
     drop(
         store
             .insert(AUTHOR, new_entry("a", "dropped", &[]), 5_000_001)
             .unwrap(),
     );
     // The clock went back: the row is stamped with the group's newest time, not before it.
-    let c = stage(
-        store
-            .insert(AUTHOR, new_entry("a", "third", &[]), 4_000_000)
-            .unwrap(),
-    );
+    let c = stage_insert(&mut store, "third", 4_000_000);
     assert_eq!(c.created_at, a.created_at);
     assert!(store.group_open());
     assert_eq!(
-        counts(),
+        counts(&pg),
         (0, 0),
         "nothing is visible before the group commits"
     );
     store.commit_group().unwrap();
     assert!(!store.group_open());
-    assert_eq!(counts(), (2, 2), "two rows, one event each");
+    assert_eq!(counts(&pg), (2, 2), "two rows, one event each");
 
     let view = Visibility::everything();
     let changes = Changes {
@@ -1079,11 +1082,7 @@ fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_al
             .unwrap(),
     );
     stage(store.delete(&c.id, 6_000_001, &view).unwrap());
-    stage(
-        store
-            .insert(AUTHOR, new_entry("a", "fourth", &[]), 6_000_002)
-            .unwrap(),
-    );
+    stage_insert(&mut store, "fourth", 6_000_002);
     store.commit_group().unwrap();
     assert!(matches!(store.get(&c.id, &view), Err(Error::NotFound)));
     assert_eq!(pg.query_i64("SELECT count(*) FROM audit.events"), 5);
@@ -1096,26 +1095,18 @@ fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_al
         "creation order is storage order"
     );
 
-    let before = counts();
-    let d = stage(
-        store
-            .insert(AUTHOR, new_entry("a", "rolled back", &[]), 7_000_000)
-            .unwrap(),
-    );
+    let before = counts(&pg);
+    let d = stage_insert(&mut store, "rolled back", 7_000_000);
     store.rollback_group();
     assert!(matches!(store.get(&d.id, &view), Err(Error::NotFound)));
     assert_eq!(
-        counts(),
+        counts(&pg),
         before,
         "a rolled-back group leaves no row and no event"
     );
 
     // A write of its own while a group is open is refused: its commit would carry the group's.
-    stage(
-        store
-            .insert(AUTHOR, new_entry("a", "grouped", &[]), 8_000_000)
-            .unwrap(),
-    );
+    stage_insert(&mut store, "grouped", 8_000_000);
     store.set_grouped(false);
     assert!(matches!(
         store.insert(AUTHOR, new_entry("a", "alone", &[]), 8_000_001),
@@ -1149,37 +1140,19 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
          CREATE TRIGGER refuse BEFORE INSERT ON memory.entries \
          FOR EACH ROW EXECUTE FUNCTION public.refuse();",
     );
-    let counts = || {
-        (
-            pg.query_i64("SELECT count(*) FROM memory.entries"),
-            pg.query_i64("SELECT count(*) FROM audit.events"),
-        )
-    };
-    let before = counts();
+    let before = counts(&pg);
 
     // Sent with the COMMIT: the group does not commit, neither write lands.
-    let fine = stage(
-        store
-            .insert(AUTHOR, new_entry("a", "fine", &[]), 2_000_000)
-            .unwrap(),
-    );
-    stage(
-        store
-            .insert(AUTHOR, new_entry("a", "refused", &[]), 2_000_001)
-            .unwrap(),
-    );
+    let fine = stage_insert(&mut store, "fine", 2_000_000);
+    stage_insert(&mut store, "refused", 2_000_001);
     assert!(store.commit_group().is_err());
     assert!(!store.group_open());
-    assert_eq!(counts(), before, "no row and no event of the group");
+    assert_eq!(counts(&pg), before, "no row and no event of the group");
     assert!(matches!(store.get(&fine.id, &view), Err(Error::NotFound)));
 
     // Sent with the next write's first statement (an update reads its row first): that write
     // fails, and the group with it.
-    stage(
-        store
-            .insert(AUTHOR, new_entry("a", "refused", &[]), 3_000_000)
-            .unwrap(),
-    );
+    stage_insert(&mut store, "refused", 3_000_000);
     let changes = Changes {
         content: Some("kept, edited".into()),
         ..Changes::default()
@@ -1191,17 +1164,13 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     );
     assert!(!store.group_sound());
     assert!(store.commit_group().is_err());
-    assert_eq!(counts(), before);
+    assert_eq!(counts(&pg), before);
     assert_eq!(store.get(&kept, &view).unwrap().content, "kept before");
 
     // The connection is fine: the next group commits, and the chain has no gap.
-    stage(
-        store
-            .insert(AUTHOR, new_entry("a", "after", &[]), 4_000_000)
-            .unwrap(),
-    );
+    stage_insert(&mut store, "after", 4_000_000);
     store.commit_group().unwrap();
-    assert_eq!(counts(), (before.0 + 1, before.1 + 1));
+    assert_eq!(counts(&pg), (before.0 + 1, before.1 + 1));
     let report = store.verify_all().unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert_chain_verifies_offline(&pg, before.1 as usize + 1);
