@@ -295,9 +295,6 @@ impl Server {
             .as_mut()
             .ok_or_else(|| Error::Unavailable("store closed".into()))?;
         store.refresh_keys()?;
-        if tool.writes() {
-            self.shared.expect_group(store);
-        }
         let session = &self.state.session;
         let mut ctx = CallContext {
             store,
@@ -367,7 +364,7 @@ impl Server {
         };
         if grouped && committed.is_ok() {
             // PostgreSQL: the group holds the chain's lock and now a staged event; appends ask
-            // for its commit first (set before the write began, `Shared::expect_group`).
+            // for its commit first (set before the write began, `StoreGuard::expect_group`).
             if let Sink::Postgres(log) = sink {
                 log.set_store_group(true);
             }

@@ -45,6 +45,9 @@ const WAIT_BEFORE_TAKING_OVER: Duration = Duration::from_secs(2);
 pub(super) struct StoreCell {
     pub(super) store: Option<Store>,
     staged: Vec<Arc<Staged>>,
+    /// The PostgreSQL log was told a group may be open ([`StoreGuard::expect_group`]) and has
+    /// not been told otherwise.
+    expected: bool,
 }
 
 impl StoreCell {
@@ -52,6 +55,7 @@ impl StoreCell {
         Self {
             store: Some(store),
             staged: Vec::new(),
+            expected: false,
         }
     }
 }
@@ -162,14 +166,31 @@ impl StoreGuard<'_> {
         slot
     }
 
+    /// Tells the audit log, before a grouped write begins, that the store's connection may
+    /// hold the audit chain's lock: on PostgreSQL a group takes it as it opens
+    /// (`store/postgres/group.rs`, `open_group`), and the write wants the log's mutex later, to
+    /// stage its event. From here an append asks for the group's commit (which waits for the
+    /// store) instead of waiting for the chain's lock while holding the log's mutex. The store
+    /// is held, so this is the order a write's commit takes them in: the store, then the log.
+    fn expect_group(&mut self) {
+        if !self.cell.store.as_ref().is_some_and(Store::grouped) {
+            return;
+        }
+        if let Some(Sink::Postgres(log)) = self.shared.audit_raw().as_mut() {
+            log.set_store_group(true);
+            self.cell.expected = true;
+        }
+    }
+
     /// Commits the open group now, if there is one, and settles its writes.
     pub(super) fn commit_group(&mut self) {
         let cell = &mut *self.cell;
         let open = cell.store.as_ref().is_some_and(Store::group_open);
+        let expected = std::mem::take(&mut cell.expected);
         if !open && cell.staged.is_empty() {
             // A write expected to open a group and did not (it failed first): appends need
             // not ask for a commit any more.
-            if let Some(Sink::Postgres(log)) = self.shared.audit_raw().as_mut() {
+            if expected && let Some(Sink::Postgres(log)) = self.shared.audit_raw().as_mut() {
                 log.set_store_group(false);
             }
             return;
@@ -238,23 +259,8 @@ impl Shared {
             // A group lost with its connection fails now, not with the next write in it.
             guard.commit_group();
         }
+        guard.expect_group();
         guard
-    }
-
-    /// Tells the audit log, before a grouped write on `store` begins, that the store's
-    /// connection may hold the audit chain's lock: on PostgreSQL a group takes it as it opens
-    /// (`store/postgres/write.rs`, `open_group`), and the write wants the log's mutex later, to
-    /// stage its event. From here an append asks for the group's commit (which waits for the
-    /// store) instead of waiting for the chain's lock while holding the log's mutex. The caller
-    /// holds the store, so this is the order a write's commit takes them in: the store, then
-    /// the log.
-    pub(super) fn expect_group(&self, store: &Store) {
-        if !store.grouped() {
-            return;
-        }
-        if let Some(Sink::Postgres(log)) = self.audit_raw().as_mut() {
-            log.set_store_group(true);
-        }
     }
 
     /// The store for anything but a grouped write: the open group is committed first, so

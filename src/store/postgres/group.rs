@@ -140,7 +140,7 @@ pub(super) const NEWEST: &str = "SELECT created_at FROM memory.entries ORDER BY 
 /// COMMITTED: a statement's snapshot is taken when it starts).
 ///
 /// The server marks its audit log as waiting for the group before a grouped write begins
-/// (`server::group`, `Shared::expect_group`): from then on an append asks for the group's
+/// (`server::group`, `StoreGuard::expect_group`): from then on an append asks for the group's
 /// commit instead of waiting for the chain's lock while holding the log.
 pub(super) fn open_group(rt: &Runtime, sql: Cached<'_>, group: &Group) -> Result<()> {
     let start = format!(
