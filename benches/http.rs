@@ -347,13 +347,17 @@ async fn main() {
             clients.push(Arc::new(http_client(&socket, &token).await));
         }
         let (daemon_cpu, client_cpu) = (cpu_seconds(daemon.id()), cpu_seconds(std::process::id()));
+        let machine_cpu = common::machine_busy_seconds();
         let started = Instant::now();
         let http = stores(clients.clone(), total, "http").await;
         let wall = started.elapsed().as_secs_f64();
         cpu.push(format!(
-            "{sessions} HTTP sessions: daemon {:.1} s CPU, bench client {:.1} s CPU, over {wall:.1} s (2 cores)",
+            "{sessions} HTTP sessions: daemon {:.1} s CPU, bench client {:.1} s CPU, machine {:.1} s CPU (the database's included), over {wall:.1} s: {:.2} of {} cores busy",
             cpu_seconds(daemon.id()) - daemon_cpu,
-            cpu_seconds(std::process::id()) - client_cpu
+            cpu_seconds(std::process::id()) - client_cpu,
+            common::machine_busy_seconds() - machine_cpu,
+            (common::machine_busy_seconds() - machine_cpu) / wall,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
         ));
         if sessions == 1 {
             rss_one = rss_mib(daemon.id());

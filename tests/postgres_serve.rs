@@ -267,6 +267,73 @@ async fn a_restart_mid_session_fails_calls_unavailable_then_the_session_goes_on(
     eprintln!("refused while reconnecting: {refused}");
 }
 
+/// A group commits without waiting for its flush, so its locks go before it (`store/postgres/
+/// group.rs`, `COMMIT_THEN_FLUSH`), and waits for the flush after: a write is acknowledged only
+/// once it is on disk. The database crashes right after each acknowledgement (`pg_ctl stop -m
+/// immediate`: what is still in its WAL buffers is lost) and every acknowledged write is
+/// there after recovery, with its event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_right_after_an_acknowledgement_loses_no_acknowledged_write() {
+    let Some(pg) = Ready::start() else { return };
+    let mut acknowledged = Vec::new();
+    for round in 0..8 {
+        let c = serve(&pg, &pg.app).await;
+        let stored = c
+            .call(
+                "memory_store",
+                json!({"content": format!("acknowledged before crash {round}")}),
+            )
+            .await
+            .ok();
+        tokio::task::block_in_place(|| pg.cluster.crash());
+        acknowledged.push(stored["id"].as_str().unwrap().to_string());
+        c.close().await;
+        tokio::task::block_in_place(|| pg.cluster.start_again());
+    }
+    for id in &acknowledged {
+        let rows = count(
+            &pg,
+            &format!("SELECT count(*) FROM memory.entries WHERE id = '{id}'"),
+        );
+        assert_eq!(rows, 1, "the acknowledged write {id} survived the crash");
+        let events = count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM audit.events WHERE kind = 'call' AND detail LIKE '%{id}%'"
+            ),
+        );
+        assert_eq!(events, 1, "the write of {id} has its event");
+    }
+}
+
+/// The flush a group's commit ends with runs when the connection is made: where it cannot run,
+/// `serve` refuses to start, rather than commit a write and then fail to say so.
+#[test]
+fn serve_refuses_a_database_where_a_commit_could_not_be_flushed() {
+    let Some(pg) = Ready::start() else { return };
+    pg.batch_as_superuser(
+        "REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC",
+    );
+    let out = std::process::Command::new(common::bin())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&pg.data)
+        .args(["--store", "postgres", "--database-file"])
+        .arg(&pg.app)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on the protocol channel");
+    assert!(stderr.contains("pg_logical_emit_message"), "{stderr}");
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM memory.entries"),
+        0,
+        "nothing written"
+    );
+}
+
 /// A "host": its own data dir holding a copy of the keyring, and its own copy of the database
 /// file, as an operator would lay them out on another machine.
 fn host(pg: &Ready, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {

@@ -50,6 +50,26 @@ pub fn sentence(rng: &mut Rng, vocab: &[String], words: usize) -> String {
     s
 }
 
+/// Seconds the machine's CPUs have spent busy so far (not idle, not waiting on I/O), every
+/// process counted, from /proc/stat: over a run, what it kept busy, the database's backends
+/// included.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks.iter().sum::<u64>() - idle) as f64 / hz
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

@@ -145,6 +145,20 @@ async fn size_shared_buffers(pg: &cluster::Ready) -> String {
     setting
 }
 
+/// Bytes of WAL the cluster has written so far, and the checkpoints it has made.
+async fn wal(pg: &cluster::Ready) -> (i64, i64) {
+    let client = pg.cluster.connect("memwarden").await;
+    let row = client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, \
+             checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// What a store looks like once it has been running a while: `VACUUM ANALYZE` of every table of
 /// the `memory` schema (what autovacuum does after fast growth, here without waiting for it; the
 /// postings too, whose index-only scans read the heap for every posting until a vacuum marks its
@@ -252,33 +266,21 @@ async fn floor(pg: &cluster::Ready, rows: usize, vocab: &[String]) -> (f64, Vec<
     (rows as f64 / started.elapsed().as_secs_f64(), lat)
 }
 
-/// Clock ticks the machine's CPUs have spent busy (not idle, not waiting on I/O), and this
-/// process's own (user + system, every thread), from /proc.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let all: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let idle = all.get(3).copied().unwrap_or(0) + all.get(4).copied().unwrap_or(0);
-    let busy = all.iter().sum::<u64>() - idle;
-    // After the command name: state is field 3, utime 14, stime 15 (proc(5)).
+/// Seconds of CPU this process has used so far (user + system, every thread), from /proc.
+fn own_cpu_seconds() -> f64 {
+    // After the command name: utime is field 14, stime 15 (proc(5)).
     let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<u64> = me
+    let ticks: u64 = me
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .unwrap_or_default()
         .split_whitespace()
         .skip(11)
         .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (busy, fields.iter().sum())
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// What a run of concurrent sessions did: stores/s, the largest server's peak RSS in MiB, and
@@ -301,7 +303,7 @@ async fn concurrent_stores(
         servers.push(connect().await);
     }
     let started = Instant::now();
-    let (busy_before, own_before) = cpu_ticks();
+    let (busy_before, own_before) = (common::machine_busy_seconds(), own_cpu_seconds());
     let mut tasks = tokio::task::JoinSet::new();
     for (s, server) in servers.into_iter().enumerate() {
         tasks.spawn(async move {
@@ -323,15 +325,13 @@ async fn concurrent_stores(
         rss = rss.max(r.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (busy_after, own_after) = cpu_ticks();
-    // SAFETY: sysconf reads a constant of the system; no memory is passed.
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cores = |ticks: u64| ticks as f64 / tick / elapsed;
+    let (busy_after, own_after) = (common::machine_busy_seconds(), own_cpu_seconds());
+    let cores = |seconds: f64| seconds.max(0.0) / elapsed;
     Concurrent {
         rate: (sessions * each) as f64 / elapsed,
         rss,
-        cores: cores(busy_after.saturating_sub(busy_before)),
-        client_cores: cores(own_after.saturating_sub(own_before)),
+        cores: cores(busy_after - busy_before),
+        client_cores: cores(own_after - own_before),
     }
 }
 
@@ -349,23 +349,25 @@ pub async fn run() -> serde_json::Value {
     let mut report = serde_json::Map::new();
     let shared_buffers = size_shared_buffers(&pg).await;
 
+    let (wal_before, _) = wal(&pg).await;
     let (floor_rate, floor_lat) = floor(&pg, 2_000, &vocab).await;
+    let floor_wal = (wal(&pg).await.0 - wal_before) as f64 / 1024.0 / floor_lat.len() as f64;
     let (fp50, _, fp99, _) = summary(floor_lat);
     println!(
-        "PostgreSQL floor (INSERT + chained audit insert, 1 tx/row, synchronous_commit on): {floor_rate:.0} rows/s, p50 {fp50:.3} ms, p99 {fp99:.3} ms"
+        "PostgreSQL floor (INSERT + chained audit insert, 1 tx/row, synchronous_commit on): {floor_rate:.0} rows/s, p50 {fp50:.3} ms, p99 {fp99:.3} ms, {floor_wal:.1} KiB of WAL a row"
     );
     report.insert(
         "floor".into(),
-        json!({"rows_per_s": floor_rate, "p50_ms": fp50, "p99_ms": fp99}),
+        json!({"rows_per_s": floor_rate, "p50_ms": fp50, "p99_ms": fp99, "wal_kib_per_row": floor_wal}),
     );
 
     println!(
         "shared_buffers {shared_buffers}; \"warm\": after VACUUM ANALYZE, the store's relations read in by pg_prewarm"
     );
     println!(
-        "| entries | stores/s | store p50 / p99 ms | get p50 ms | search p50 / p95 ms | narrow search p50 / p95 ms | warm search p50 / p95 ms | warm narrow p50 / p95 ms | store MiB | peak RSS MiB |"
+        "| entries | stores/s | WAL KiB a store, checkpoints | store p50 / p99 ms | get p50 ms | search p50 / p95 ms | narrow search p50 / p95 ms | warm search p50 / p95 ms | warm narrow p50 / p95 ms | store MiB | peak RSS MiB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let server = serve_pg(&pg.data, &pg.app).await;
     let mut rng = common::Rng::new(11);
     let mut ids: Vec<String> = Vec::new();
@@ -389,6 +391,7 @@ pub async fn run() -> serde_json::Value {
             );
         }
         let mut lat = Vec::new();
+        let (wal_before, checkpoints_before) = wal(&pg).await;
         let started = Instant::now();
         while ids.len() + loaded < size {
             let content = common::sentence(&mut rng, &vocab, 60);
@@ -401,6 +404,9 @@ pub async fn run() -> serde_json::Value {
             }
         }
         let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+        let (wal_after, checkpoints_after) = wal(&pg).await;
+        let wal_kib = (wal_after - wal_before) as f64 / 1024.0 / lat.len() as f64;
+        let checkpoints = checkpoints_after - checkpoints_before;
         let (sp50, _, sp99, _) = summary(lat);
         let mut gets = Vec::new();
         for i in 0..500 {
@@ -417,10 +423,11 @@ pub async fn run() -> serde_json::Value {
         let (gp50, ..) = summary(gets);
         let rss = peak_rss_mib(server.pid);
         println!(
-            "| {size} | {rate:.0} | {sp50:.3} / {sp99:.3} | {gp50:.3} | {qp50:.2} / {qp95:.2} | {np50:.2} / {np95:.2} | {wp50:.2} / {wp95:.2} | {wn50:.2} / {wn95:.2} | {cached:.0} | {rss:.1} |"
+            "| {size} | {rate:.0} | {wal_kib:.1}, {checkpoints} | {sp50:.3} / {sp99:.3} | {gp50:.3} | {qp50:.2} / {qp95:.2} | {np50:.2} / {np95:.2} | {wp50:.2} / {wp95:.2} | {wn50:.2} / {wn95:.2} | {cached:.0} | {rss:.1} |"
         );
         rows.push(
-            json!({"entries": size, "stores_per_s": rate, "store_p50_ms": sp50,
+            json!({"entries": size, "stores_per_s": rate, "wal_kib_per_store": wal_kib,
+            "checkpoints": checkpoints, "store_p50_ms": sp50,
             "store_p99_ms": sp99, "get_p50_ms": gp50, "search_p50_ms": qp50,
             "search_p95_ms": qp95, "narrow_search_p50_ms": np50, "narrow_search_p95_ms": np95,
             "warm_search_p50_ms": wp50, "warm_search_p95_ms": wp95,

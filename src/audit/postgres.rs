@@ -58,6 +58,15 @@ pub enum PgAuditError {
 /// Takes the chain's lock ([`APPEND_LOCK`]), until the transaction ends.
 pub const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
+/// A statement, sent alone or last in a batch outside any transaction, so that it is a
+/// transaction of its own, whose commit returns once everything committed before it is on disk
+/// (with the session's `synchronous_commit`, on by default). It needs a transaction id and a
+/// WAL record of its own, or PostgreSQL commits it without flushing: a transactional
+/// logical-decoding message (prefix `memwarden.flush`, empty) gives both and touches no table.
+/// On a standby, which replays only what its primary flushed, it does nothing.
+pub const FLUSH: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+     ELSE pg_logical_emit_message(true, 'memwarden.flush', '') END";
+
 /// Reads the chain's tail.
 pub const HEAD: &str = "SELECT seq, hash FROM audit.events ORDER BY seq DESC LIMIT 1";
 
@@ -273,6 +282,9 @@ pub async fn export_sqlite(
         }
     }
     tx.commit().await?;
+    // A writer's events are visible from its COMMIT, a flush before they are durable
+    // (`store/postgres/group.rs`): the copy is reported only once all it holds is on disk.
+    client.batch_execute(FLUSH).await?;
     Ok(head)
 }
 

@@ -423,6 +423,13 @@ impl Cluster {
         self.pg_ctl(&["-m", "fast", "-w", "stop"]);
     }
 
+    /// `pg_ctl stop -m immediate`: the server quits without writing anything more, as in a crash
+    /// (what is only in its WAL buffers is lost; recovery replays what reached the WAL files).
+    /// [`Cluster::start_again`] brings it back.
+    pub fn crash(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
     /// `pg_ctl start` after [`Cluster::stop`], waiting until it accepts connections.
     pub fn start_again(&self) {
         let opts = self.server_options();

@@ -129,11 +129,14 @@ impl Postgres {
     }
 
     fn check_session(&self) -> Result<(), OpenError> {
+        self.driver
+            .rt()
+            .block_on(configure(&self.client))
+            .map_err(|e| OpenError::Postgres(e.describe()))?;
         let (encoding, version): (String, i64) = self
             .driver
             .rt()
             .block_on(async {
-                configure(&self.client).await?;
                 let row = self
                     .client
                     .query_one(
@@ -440,6 +443,7 @@ impl Backend for Postgres {
             self.driver
                 .rt()
                 .block_on(configure(&client))
+                .map_err(connect::Refused::error)
                 .map(|()| (client, task))
         });
         match opened {

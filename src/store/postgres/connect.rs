@@ -27,10 +27,53 @@ const SESSION: &str = "SET lock_timeout = '10s'; \
      SET default_transaction_isolation = 'read committed'";
 
 /// Sets up a new connection's session: [`SESSION`], and the server's side of the dead-peer
-/// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]).
-pub(super) async fn configure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(SESSION).await?;
-    client.batch_execute(crate::pgconn::DEAD_PEER_SESSION).await
+/// bounds ([`crate::pgconn::DEAD_PEER_SESSION`]); then runs the flush a group's commit ends
+/// with ([`crate::audit::postgres::FLUSH`]) once, so a database where it cannot run (its
+/// function's EXECUTE revoked) is refused here, before any write, and never after a commit.
+pub(super) async fn configure(client: &Client) -> Result<(), Refused> {
+    client
+        .batch_execute(SESSION)
+        .await
+        .map_err(Refused::Session)?;
+    client
+        .batch_execute(crate::pgconn::DEAD_PEER_SESSION)
+        .await
+        .map_err(Refused::Session)?;
+    client
+        .batch_execute(crate::audit::postgres::FLUSH)
+        .await
+        .map_err(Refused::Flush)
+}
+
+/// What [`configure`] could not do.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// Setting the session up.
+    Session(tokio_postgres::Error),
+    /// The flush a group's commit ends with.
+    Flush(tokio_postgres::Error),
+}
+
+impl Refused {
+    /// What an operator reads: the step, and the database's reason in fixed words.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Self::Session(e) => format!("cannot set the session up: {}", detail(e)),
+            Self::Flush(e) => format!(
+                "the database refuses the flush each commit ends with ({}): \
+                 the app role needs EXECUTE on pg_logical_emit_message(boolean, text, text), \
+                 which PostgreSQL grants to PUBLIC by default",
+                detail(e)
+            ),
+        }
+    }
+
+    /// The database's error.
+    pub(super) fn error(self) -> tokio_postgres::Error {
+        match self {
+            Self::Session(e) | Self::Flush(e) => e,
+        }
+    }
 }
 
 /// The backend's runtime, stopped without blocking when dropped (a blocking shutdown would

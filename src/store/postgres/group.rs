@@ -144,7 +144,8 @@ pub(super) const NEWEST: &str = "SELECT created_at FROM memory.entries ORDER BY 
 /// commit instead of waiting for the chain's lock while holding the log.
 pub(super) fn open_group(rt: &Runtime, sql: Cached<'_>, group: &Group) -> Result<()> {
     let start = format!(
-        "{}; SELECT pg_advisory_xact_lock({}); SAVEPOINT {SAVEPOINT}",
+        "{}; SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock({}); \
+         SAVEPOINT {SAVEPOINT}",
         begin_sql(),
         crate::audit::postgres::APPEND_LOCK
     );
@@ -208,6 +209,19 @@ impl Group {
 
     /// Commits the open group: every write staged in it, with their events, in one transaction;
     /// the inserts still held go out with the COMMIT.
+    ///
+    /// The group's transaction commits without waiting for its WAL to reach disk
+    /// (`synchronous_commit` off, set as the group opens), so the store's and the chain's locks
+    /// are released as soon as its commit record is written, and other processes' writes
+    /// (other hosts', other `serve` processes') proceed while it is flushed, and share flushes
+    /// with it. [`crate::audit::postgres::FLUSH`] follows in the same round trip: its commit
+    /// record comes after the group's and its COMMIT returns once the WAL is on disk past it,
+    /// so the group is durable before this returns, before any write in it is acknowledged.
+    ///
+    /// A group's writes are visible to others from its COMMIT, a flush before they are durable.
+    /// No answer shows them early: every call's event commits, synchronously, after the call
+    /// read what it answers with (`server::call`), and the offline readers flush before they
+    /// report (`export_sqlite`).
     pub(super) fn commit(&self, rt: &Runtime, client: &Client) -> Result<()> {
         if !self.open.get() {
             return Ok(());
@@ -220,10 +234,13 @@ impl Group {
         }
         let held = self.take_held();
         self.end();
-        rt.block_on(send_after(client, &held, client.batch_execute(COMMIT)))
+        let commit = format!("{COMMIT}; {}", crate::audit::postgres::FLUSH);
+        rt.block_on(send_after(client, &held, client.batch_execute(&commit)))
             .inspect_err(|_| {
                 // Not committed (a held insert failed, and `SELECT 1` with it): end the
-                // transaction so the locks go now.
+                // transaction so the locks go now. Or committed and not known durable (the
+                // connection went during the flush): the outcome is unknown, as when it goes
+                // during a COMMIT, and nothing of it is acknowledged.
                 let _ = rt.block_on(client.batch_execute("ROLLBACK"));
             })
     }
