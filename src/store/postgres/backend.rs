@@ -129,24 +129,14 @@ impl Postgres {
     }
 
     fn check_session(&self) -> Result<(), OpenError> {
-        self.driver
-            .rt()
-            .block_on(configure(&self.client))
+        let rt = self.driver.rt();
+        rt.block_on(configure(&self.client))
             .map_err(|e| OpenError::Postgres(e.describe()))?;
-        let (encoding, version): (String, i64) = self
-            .driver
-            .rt()
-            .block_on(async {
-                let row = self
-                    .client
-                    .query_one(
-                        "SELECT current_setting('server_encoding'), \
-                         (SELECT coalesce(max(version), 0)::bigint FROM memory.schema_version)",
-                        &[],
-                    )
-                    .await?;
-                Ok((row.try_get(0)?, row.try_get(1)?))
-            })
+        let check = "SELECT current_setting('server_encoding'), \
+                     (SELECT coalesce(max(version), 0)::bigint FROM memory.schema_version)";
+        let (encoding, version): (String, i64) = rt
+            .block_on(self.client.query_one(check, &[]))
+            .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .map_err(|e| {
                 OpenError::Postgres(format!("cannot read the schema version: {}", detail(&e)))
             })?;
