@@ -7,17 +7,21 @@ use super::fail::Failure;
 use crate::pgconn::sql::Cached;
 
 /// Runs `body` in one read-only snapshot (REPEATABLE READ), so a walk over many pages sees one
-/// consistent state.
+/// consistent state; then waits until all it saw is on disk ([`crate::audit::postgres::FLUSH`]):
+/// a group's writes are visible a flush before they are durable (`group.rs`), and what a walk
+/// reports (a verification, a copy, a backup) must not hold a row a crash could take back.
 pub(super) async fn in_snapshot<T>(
     client: &Client,
     body: impl AsyncFnOnce(&Client) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
-    read_only(
+    let value = read_only(
         client,
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         body,
     )
-    .await
+    .await?;
+    client.batch_execute(crate::audit::postgres::FLUSH).await?;
+    Ok(value)
 }
 
 /// How a search's transaction starts: one read-only snapshot with sequential scans priced out
