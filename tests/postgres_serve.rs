@@ -38,6 +38,14 @@ fn count(pg: &Ready, sql: &str) -> i64 {
     tokio::task::block_in_place(|| pg.query_i64(sql))
 }
 
+/// The call events naming `id` (an entry's id appears in its write's event detail).
+fn call_events(pg: &Ready, id: &str) -> i64 {
+    count(
+        pg,
+        &format!("SELECT count(*) FROM audit.events WHERE kind = 'call' AND detail LIKE '%{id}%'"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_on_postgresql_stores_finds_and_every_call_is_in_one_verified_chain() {
     let Some(pg) = Ready::start() else { return };
@@ -250,13 +258,7 @@ async fn a_restart_mid_session_fails_calls_unavailable_then_the_session_goes_on(
         stored["id"].as_str().unwrap(),
     ];
     for id in ids {
-        let events = count(
-            &pg,
-            &format!(
-                "SELECT count(*) FROM audit.events WHERE kind = 'call' AND detail LIKE '%{id}%'"
-            ),
-        );
-        assert!(events >= 1, "the write of {id} has its event");
+        assert!(call_events(&pg, id) >= 1, "the write of {id} has its event");
     }
     let gaps = count(
         &pg,
@@ -296,13 +298,7 @@ async fn a_database_crash_right_after_an_acknowledgement_loses_no_acknowledged_w
             &format!("SELECT count(*) FROM memory.entries WHERE id = '{id}'"),
         );
         assert_eq!(rows, 1, "the acknowledged write {id} survived the crash");
-        let events = count(
-            &pg,
-            &format!(
-                "SELECT count(*) FROM audit.events WHERE kind = 'call' AND detail LIKE '%{id}%'"
-            ),
-        );
-        assert_eq!(events, 1, "the write of {id} has its event");
+        assert_eq!(call_events(&pg, id), 1, "the write of {id} has its event");
     }
 }
 
