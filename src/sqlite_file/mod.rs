@@ -114,8 +114,16 @@ pub fn migrate(
 }
 
 /// `PRAGMA optimize` and a passive checkpoint on any of our databases.
+///
+/// The optimize runs inside `BEGIN IMMEDIATE`. It may ANALYZE a table (one whose indexes have
+/// no statistics yet, as on a new file), and that write begins inside the pragma's own read:
+/// SQLite answers a write begun there BUSY at once, without the busy handler (waiting could
+/// deadlock), so beside busy writers `maintain` failed with "database is locked". Taking the
+/// write lock first makes it wait its turn like any writer; a failed optimize rolls back.
 pub fn optimize_and_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
-    conn.execute_batch("PRAGMA optimize")?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    tx.execute_batch("PRAGMA optimize")?;
+    tx.commit()?;
     let (log, copied): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get(1)?, r.get(2)?))
     })?;
