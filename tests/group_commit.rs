@@ -148,6 +148,113 @@ fn concurrent_writes_in_shared_commits_are_each_judged_alone() {
     verify_both(&dir);
 }
 
+/// 16 sessions store, update and delete in one namespace whose content quota holds exactly 40
+/// entries of 50 bytes, so the quota is counted inside groups that mix stores (which the group
+/// counts itself, without asking the database again) with updates and deletes (after which it
+/// asks again). Exactly 40 row-creating writes (stores and updates: a superseded or deleted row
+/// still counts) are acknowledged whatever groups form, every other one is refused
+/// TOO_LARGE, the kept usage matches the rows (`verify`), and the chain verifies.
+#[test]
+fn a_content_quota_holds_exactly_in_groups_that_mix_stores_updates_and_deletes() {
+    const BYTES: usize = 50;
+    const FITS: usize = 40;
+    let dir = TestDir::new();
+    let tools = serde_json::to_string(&common::TOOL_NAMES).unwrap();
+    let policy = dir.policy(&format!(
+        "version = 1\n[limits]\nnamespace_max_entries = 1000\nnamespace_max_bytes = {}\n\
+         [principals.local]\ntools = {tools}\nnamespaces = {{ \"*\" = \"rw\" }}\n\
+         default_namespace = \"default\"\n",
+        FITS * BYTES
+    ));
+    let token = dir.issue_token("local");
+    let args: Vec<&str> = policy.iter().map(String::as_str).collect();
+    let daemon = dir.serve_http(&args);
+    let created = Arc::new(Mutex::new(0usize));
+    let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+    let barrier = Arc::new(std::sync::Barrier::new(SESSIONS));
+    let threads: Vec<_> = (0..SESSIONS)
+        .map(|t| {
+            let d = Http {
+                addr: daemon.addr.clone(),
+            };
+            let (token, created, refused) = (token.clone(), created.clone(), refused.clone());
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let session = d.open_session(&token);
+                let content =
+                    |kind: &str, i: usize| format!("{kind} {t:02} {i:02} {:-<1$}", "", BYTES - 9);
+                let mut n = 0;
+                let mut call = |tool: &str, args: Value| {
+                    n += 1;
+                    let reply = d.call(&token, &session, n, tool, args);
+                    match code(&reply).as_str() {
+                        "ok" => Some(reply["result"]["structuredContent"].clone()),
+                        other => {
+                            refused.lock().unwrap().push(format!("{tool}: {other}"));
+                            None
+                        }
+                    }
+                };
+                let store = |call: &mut dyn FnMut(&str, Value) -> Option<Value>, i: usize| {
+                    let text = content("st", i);
+                    assert_eq!(text.len(), BYTES);
+                    let stored = call(
+                        "memory_store",
+                        json!({"content": text, "namespace": "tight"}),
+                    );
+                    stored.map(|s| s["id"].as_str().unwrap().to_string())
+                };
+                // Two stores each (32 of the 40 that fit), then all at once updates and stores,
+                // again and again: the quota runs out in groups that mix them (and deletes,
+                // which free nothing).
+                let mut ids: Vec<String> = (0..2).filter_map(|i| store(&mut call, i)).collect();
+                *created.lock().unwrap() += ids.len();
+                barrier.wait();
+                for i in 2..2 + EACH {
+                    // Odd sessions store first, even ones update first: both orders meet
+                    // in the groups where the quota runs out.
+                    if t % 2 == 1
+                        && let Some(id) = store(&mut call, i)
+                    {
+                        *created.lock().unwrap() += 1;
+                        ids.push(id);
+                    }
+                    let last = ids.pop().unwrap();
+                    let update = json!({"id": last, "content": content("up", i)});
+                    match call("memory_update", update) {
+                        Some(updated) => {
+                            *created.lock().unwrap() += 1;
+                            ids.push(updated["id"].as_str().unwrap().to_string());
+                        }
+                        None => ids.push(last),
+                    }
+                    if t % 2 == 0
+                        && let Some(id) = store(&mut call, i)
+                    {
+                        *created.lock().unwrap() += 1;
+                        ids.push(id);
+                    }
+                    if (t + i) % 4 == 0 && ids.len() > 1 {
+                        let gone = ids.remove(0);
+                        assert!(call("memory_delete", json!({"id": gone})).is_some());
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a session's thread failed");
+    }
+    daemon.stop_ok(&dir);
+    let refused = refused.lock().unwrap().clone();
+    assert_eq!(*created.lock().unwrap(), FITS, "refusals: {refused:?}");
+    assert!(
+        refused.iter().all(|r| r.ends_with(": TOO_LARGE")),
+        "{refused:?}"
+    );
+    verify_both(&dir);
+}
+
 fn entry(content: &str) -> NewEntry {
     NewEntry {
         namespace: "default".into(),

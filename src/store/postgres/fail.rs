@@ -148,3 +148,20 @@ pub(super) async fn retry<T>(mut op: impl AsyncFnMut() -> Result<T, Failure>) ->
         }
     }
 }
+
+/// An append's failure as the call sees it: the database's, or the chain's.
+pub(super) fn audit_error(e: crate::audit::postgres::PgAuditError) -> Error {
+    match e {
+        crate::audit::postgres::PgAuditError::Database(e) => db(e),
+        other => Error::Audit(other.to_string()),
+    }
+}
+
+/// Fails closed when a statement touched another number of rows than one.
+pub(super) fn one_row(what: &str, changed: u64) -> crate::error::Result<()> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("{what} touched {changed} rows")))
+    }
+}

@@ -18,6 +18,7 @@
 //! store joining a group needs none of its own.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::task::Poll;
@@ -57,6 +58,46 @@ pub(super) struct Group {
     /// Inserts of staged writes not sent yet: they go out with whatever the group sends next,
     /// its COMMIT or the next write's first statement ([`send_after`]).
     held: RefCell<Vec<Held>>,
+    /// Quota usage as the group's writes so far leave it.
+    pub(super) usage: UsageMemo,
+}
+
+/// Each namespace's quota usage (entries, content bytes) as the group's writes so far leave
+/// it, for the namespaces a write in the group has read. The group holds the store's write
+/// lock, so only its own writes move `memory.namespace_usage`: a store adds its row (one entry
+/// and its content's bytes, as migration 6's trigger counts them) as it is staged, and a write
+/// that did anything else (an update, a delete) makes the group forget it all. So a store
+/// joining a group needs no round trip for its quota check, and its inserts go out with the
+/// group's next statement (its COMMIT, usually).
+#[derive(Debug, Default)]
+pub(super) struct UsageMemo(RefCell<HashMap<String, (i64, i64)>>);
+
+impl UsageMemo {
+    /// What the group knows of `namespace`'s usage.
+    pub(super) fn get(&self, namespace: &str) -> Option<(i64, i64)> {
+        self.0.borrow().get(namespace).copied()
+    }
+
+    /// Keeps `usage`, read in the group before any write in it changed `namespace` unseen.
+    pub(super) fn learn(&self, namespace: &str, usage: (i64, i64)) {
+        self.0.borrow_mut().insert(namespace.to_owned(), usage);
+    }
+
+    /// A write was staged: `added` holds the rows it inserted (namespace, content bytes), or
+    /// is `None` when it did anything else.
+    pub(super) fn staged(&self, added: Option<&[(String, i64)]>) {
+        let mut memo = self.0.borrow_mut();
+        let Some(added) = added else {
+            memo.clear();
+            return;
+        };
+        for (namespace, bytes) in added {
+            if let Some((entries, used)) = memo.get_mut(namespace) {
+                *entries += 1;
+                *used += bytes;
+            }
+        }
+    }
 }
 
 /// An insert held back to go out with the next statement on the group's connection: a staged
@@ -261,5 +302,6 @@ impl Group {
         self.head.replace(None);
         self.newest.set(None);
         self.held.take();
+        self.usage.0.borrow_mut().clear();
     }
 }

@@ -16,7 +16,7 @@
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 
-use super::fail::db;
+use super::fail::{audit_error, db, one_row};
 use super::group::{COMMIT, Group, Held, NEWEST, locked_head, open_group, send_after};
 use super::ledger;
 use super::rows::{COLUMNS, read_row};
@@ -59,6 +59,9 @@ pub(super) struct PgTx<'c> {
     deferred: Option<Deferred>,
     /// `created_at` of the last row this write inserted.
     inserted: Option<i64>,
+    /// The rows this write inserted (namespace, content bytes); `None` once it did anything
+    /// else that may change a namespace's usage ([`super::group::UsageMemo`]).
+    added: Option<Vec<(String, i64)>>,
     audit_keys: &'c KeySet,
 }
 
@@ -71,14 +74,6 @@ struct Deferred {
 const INSERT: &str = "INSERT INTO memory.entries (id, namespace, content, tags, metadata, status, \
      supersedes, principal, session_id, created_at, updated_at, content_sha256, key_id, mac) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-
-/// An append's failure as the call sees it: the database's, or the chain's.
-fn audit_error(e: PgAuditError) -> Error {
-    match e {
-        PgAuditError::Database(e) => db(e),
-        other => Error::Audit(other.to_string()),
-    }
-}
 
 impl<'c> PgTx<'c> {
     /// Starts a transaction and takes the store's write lock (waiting at most the session's
@@ -96,6 +91,7 @@ impl<'c> PgTx<'c> {
             savepoint_pending: false,
             deferred: None,
             inserted: None,
+            added: Some(Vec::new()),
             audit_keys,
         })
     }
@@ -126,6 +122,7 @@ impl<'c> PgTx<'c> {
             group: Some(group),
             deferred: None,
             inserted: None,
+            added: Some(Vec::new()),
             audit_keys,
         })
     }
@@ -136,6 +133,7 @@ impl<'c> PgTx<'c> {
         &mut self,
         work: impl AsyncFnOnce(&Cached<'c>) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
+        self.added = None;
         self.run(work)
     }
 
@@ -193,7 +191,7 @@ impl<'c> PgTx<'c> {
             return Err(e);
         }
         match inserted.map_err(db)? {
-            Some(n) if n != 1 => Self::one_row("insert", n)?,
+            Some(n) if n != 1 => one_row("insert", n)?,
             _ => {}
         }
         done.map_err(db)
@@ -202,15 +200,6 @@ impl<'c> PgTx<'c> {
     /// Sends whatever is still held back.
     fn flush(&mut self) -> Result<()> {
         self.run(async |_| Ok(()))
-    }
-
-    /// Fails closed when a statement touched another number of rows than one.
-    fn one_row(what: &str, changed: u64) -> Result<()> {
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(Error::Internal(format!("{what} touched {changed} rows")))
-        }
     }
 
     /// Holds a grouped write's row insert, if any, and its event, linked after the group's
@@ -322,11 +311,19 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn usage(&mut self, namespace: &str) -> Result<(u64, u64)> {
-        let (count, used) = self.run(async |tx| super::quota::usage(tx, namespace).await)?;
+        let known = self.group.and_then(|g| g.usage.get(namespace));
+        let (count, used) = match known {
+            Some(known) => known,
+            None => self.run(async |tx| super::quota::usage(tx, namespace).await)?,
+        };
+        if let (Some(group), None, Some([])) = (self.group, known, self.added.as_deref()) {
+            group.usage.learn(namespace, (count, used));
+        }
         Ok((count.max(0) as u64, used.max(0) as u64))
     }
 
     fn recount_usage(&mut self, namespace: &str) -> Result<Option<UsageDrift>> {
+        self.added = None;
         self.run(async |tx| super::quota::recount(tx, namespace).await)
     }
 
@@ -359,10 +356,14 @@ impl WriteTx for PgTx<'_> {
         // statement's step, and the write is undone as for any failed step.
         self.deferred = Some(Deferred { params });
         self.inserted = Some(e.created_at);
+        if let Some(added) = &mut self.added {
+            added.push((e.namespace.clone(), e.content.len() as i64));
+        }
         Ok(())
     }
 
     fn reseal(&mut self, row: &SealedRow<'_>) -> Result<()> {
+        self.added = None;
         let e = row.entry;
         let changed = self.run(async |tx| {
             tx.execute(
@@ -378,15 +379,17 @@ impl WriteTx for PgTx<'_> {
             )
             .await
         })?;
-        Self::one_row("reseal", changed)
+        one_row("reseal", changed)
     }
 
     fn record(&mut self, keys: &KeySet, entry_id: &str, kind: Kind, at: i64) -> Result<()> {
+        self.added = None;
         self.run(async |tx| ledger::append(tx, keys, entry_id, kind, at).await)
             .map(drop)
     }
 
     fn remove(&mut self, id: &str) -> Result<()> {
+        self.added = None;
         self.run(async |tx| {
             tx.execute("DELETE FROM memory.entries WHERE id = $1", &[&id])
                 .await
@@ -395,6 +398,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn purge(&mut self, keys: &KeySet, rule: PurgeRule, now_ms: i64) -> Result<u64> {
+        self.added = None;
         let (recorded, deleted) =
             self.run(async |tx| ledger::purge(tx, keys, rule, now_ms).await)?;
         if recorded != deleted {
@@ -426,6 +430,7 @@ impl WriteTx for PgTx<'_> {
         batch: usize,
         skip: &[String],
     ) -> Result<(usize, Vec<String>)> {
+        self.added = None;
         self.run(async |tx| ledger::reseal_batch(tx, keys, batch, skip).await)
     }
 
@@ -479,6 +484,9 @@ impl WriteTx for PgTx<'_> {
         // fail alone any more).
         self.hold(event).map_err(fail)?;
         self.open = false;
+        if let Some(group) = self.group {
+            group.usage.staged(self.added.as_deref());
+        }
         if let (Some(group), Some(at)) = (self.group, self.inserted) {
             // Its row is now the group's newest (by position, which `stamp` keeps in step).
             group.newest.set(Some(Some(at)));
