@@ -110,7 +110,6 @@ struct Run {
     p99: f64,
 }
 
-/// `total` stores spread over `clients`, all at once: stores/s and per-call latency.
 /// HTTP stores/s with `sessions` sessions of the daemon at `socket`, each its own client.
 async fn http_rate(socket: &Path, token: &str, sessions: usize, total: usize) -> f64 {
     let mut clients = Vec::new();
@@ -143,6 +142,7 @@ async fn paired_scaling(socket: &Path, token: &str, rounds: usize, total: usize)
     ratios
 }
 
+/// `total` stores spread over `clients`, all at once: stores/s and per-call latency.
 async fn stores(clients: Vec<Arc<Client>>, total: usize, tag: &str) -> Run {
     let vocab = Arc::new(common::vocabulary(2000));
     let per = total / clients.len();
