@@ -1120,10 +1120,10 @@ fn a_group_commits_writes_with_their_events_at_once_and_undoes_a_failed_write_al
     assert_chain_verifies_offline(&pg, 6);
 }
 
-/// A staged write's row and event inserts go out with whatever its group sends next; one the
-/// database refuses then fails the whole group (each write in it was staged, so none can be
-/// undone alone): nothing of the group lands, the connection stays usable, the chain has no
-/// gap.
+/// A staged write's row and event inserts are sent at once and answered with whatever its
+/// group waits for next; one the database refuses fails the whole group (each write in it was
+/// staged, so none can be undone alone): nothing of the group lands, the connection stays
+/// usable, the chain has no gap.
 #[test]
 fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     let Some(pg) = Ready::start() else { return };
@@ -1131,8 +1131,8 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     let view = Visibility::everything();
     let kept = put(&mut store, "a", "kept before", &[], 1_000_000);
     assert!(store.set_grouped(true));
-    // The owner makes one content fail on insert: staged writes hold their row and event
-    // inserts until the group next sends something, so the refusal comes then.
+    // The owner makes one content fail on insert: a staged write's inserts are answered with
+    // whatever the group waits for next, so the refusal is heard then.
     pg.batch_as_superuser(
         "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF NEW.content = 'refused' THEN RAISE EXCEPTION 'refused'; END IF; \
@@ -1142,7 +1142,7 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     );
     let before = counts(&pg);
 
-    // Sent with the COMMIT: the group does not commit, neither write lands.
+    // Heard with the COMMIT: the group does not commit, neither write lands.
     let fine = stage_insert(&mut store, "fine", 2_000_000);
     stage_insert(&mut store, "refused", 2_000_001);
     assert!(store.commit_group().is_err());
@@ -1150,8 +1150,8 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     assert_eq!(counts(&pg), before, "no row and no event of the group");
     assert!(matches!(store.get(&fine.id, &view), Err(Error::NotFound)));
 
-    // Sent with the next write's first statement (an update reads its row first): that write
-    // fails, and the group with it.
+    // Heard with the next write's first statement (an update reads its row first): that
+    // write fails, and the group with it.
     stage_insert(&mut store, "refused", 3_000_000);
     let changes = Changes {
         content: Some("kept, edited".into()),
@@ -1174,4 +1174,44 @@ fn a_held_insert_refused_later_fails_its_whole_group_and_nothing_of_it_lands() {
     let report = store.verify_all().unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     assert_chain_verifies_offline(&pg, before.1 as usize + 1);
+}
+
+/// A staged write's statements run in the database as it is staged, not when its group next
+/// waits for something: the server prepares the group's next write meanwhile. A sequence shows
+/// it, since a transaction moves one for everyone to see before it commits; the rows
+/// themselves stay unseen until the group commits.
+#[test]
+fn a_staged_writes_inserts_run_before_its_group_commits() {
+    let Some(pg) = Ready::start() else { return };
+    let mut store = pg.store();
+    assert!(store.set_grouped(true));
+    pg.batch_as_superuser(
+        "CREATE SEQUENCE public.seen; \
+         CREATE FUNCTION public.see() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+         SET search_path = pg_catalog AS $$ BEGIN PERFORM nextval('public.seen'); \
+         RETURN NULL; END $$; \
+         CREATE TRIGGER see AFTER INSERT ON memory.entries \
+         FOR EACH ROW EXECUTE FUNCTION public.see();",
+    );
+    let seen =
+        || pg.query_i64("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.seen");
+    let inserted_by = |rows: i64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen() < rows && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        seen()
+    };
+
+    // The group's first write, then one joining it: each one's inserts run as it is staged.
+    stage_insert(&mut store, "first", 1_000_000);
+    assert_eq!(inserted_by(1), 1, "the first write's row was inserted");
+    stage_insert(&mut store, "second", 1_000_001);
+    assert_eq!(inserted_by(2), 2, "the joining write's row was inserted");
+    assert_eq!(counts(&pg), (0, 0), "nothing is visible before the commit");
+    store.commit_group().unwrap();
+    assert_eq!(counts(&pg), (2, 2));
+    let report = store.verify_all().unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_chain_verifies_offline(&pg, 2);
 }

@@ -39,6 +39,7 @@
 //! it reports those figures, as they stand, before and after.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -69,7 +70,8 @@ const PAGE: i64 = 1000;
 
 /// A connection to the PostgreSQL store, as the app role `memwarden db init` made.
 pub struct Postgres {
-    client: Client,
+    /// Shared only with the tasks reading a group's answers ([`Group::send`]).
+    client: Arc<Client>,
     audit_keys: KeySet,
     connection: Option<JoinHandle<()>>,
     /// What it connects with, again after a lost connection.
@@ -115,7 +117,7 @@ impl Postgres {
         let (client, connection) = connect::open(driver.rt(), &settings)
             .map_err(|e| OpenError::Postgres(format!("cannot connect: {}", detail(&e))))?;
         let pg = Self {
-            client,
+            client: Arc::new(client),
             audit_keys,
             connection: Some(connection),
             settings,
@@ -265,6 +267,7 @@ impl Backend for Postgres {
         Ok(Box::new(PgTx::begin_grouped(
             self.driver.rt(),
             self.cached(),
+            &self.client,
             &self.audit_keys,
             &self.group,
         )?))
@@ -322,6 +325,10 @@ impl Backend for Postgres {
 
     fn copy_in(&mut self, batch: &Batch) -> Result<()> {
         let Self { client, driver, .. } = self;
+        // Shared only while a group's answers are awaited, and no group is open here.
+        let client = Arc::get_mut(client).ok_or_else(|| {
+            crate::error::Error::Internal("a copy into a store with a group open".into())
+        })?;
         driver
             .rt()
             .block_on(super::transfer::copy_in(client, batch))
@@ -437,7 +444,7 @@ impl Backend for Postgres {
                 .map(|()| (client, task))
         });
         match opened {
-            Ok((client, task)) => {
+            Ok((mut client, task)) => {
                 // The group's transaction died with the old connection: its writes are gone,
                 // and it may only be rolled back (a COMMIT on the new one would commit nothing
                 // and say nothing).
@@ -449,16 +456,11 @@ impl Backend for Postgres {
                 if let Some(old) = self.connection.replace(task) {
                     old.abort();
                 }
-                self.client = client;
                 let failed = self.backoff.reset();
                 tracing::info!(target: "memwarden::store", failed_attempts = failed,
                     "reconnected to PostgreSQL");
-                connect::record_reconnect(
-                    self.driver.rt(),
-                    &mut self.client,
-                    &self.audit_keys,
-                    failed,
-                );
+                connect::record_reconnect(self.driver.rt(), &mut client, &self.audit_keys, failed);
+                self.client = Arc::new(client);
                 Ok(())
             }
             Err(e) => {

@@ -3,27 +3,33 @@
 //! `server::group`). It holds the store's write lock and the audit chain's from its first
 //! write until it ends.
 //!
-//! Round trips are what a write costs here (each is two thread switches on each side), so a
-//! grouped write pays few:
-//! - the group opens in one: the transaction, both locks, the first write's savepoint, and
-//!   the newest row's time and the chain's head, which only the group's own writes move while
-//!   it holds both locks ([`open_group`]);
+//! Round trips are what a write costs here (each is two thread switches on each side), and
+//! the store's connection runs one group's statements one after another, so a grouped write
+//! pays few and the server never waits for the database while it has the next write to
+//! prepare:
+//! - the group opens in one round trip: the transaction, both locks, the first write's
+//!   savepoint, and the newest row's time and the chain's head, which only the group's own
+//!   writes move while it holds both locks ([`open_group`]);
 //! - a write's savepoint goes out with its first statement, and a row insert with the
 //!   statement after it; each text is prepared once per connection;
-//! - a staged write's event, linked to the head the group keeps, is held by the group with the
-//!   write's row insert (if that is still to be sent), and both go out with whatever the group
-//!   sends next: its COMMIT, or the next write's first statement ([`Held`]).
+//! - a staged write's statements still to be sent (its savepoint, its row's insert, its event,
+//!   linked to the head the group keeps) are sent at once, and their answers are read with
+//!   whatever the group waits for next: the next write's first statement, or its COMMIT
+//!   ([`Group::send`]). The database runs them while the server prepares the next write.
 //!
-//! A store alone is two round trips, the opening and its row and event with the COMMIT; a
-//! store joining a group needs none of its own.
+//! A store alone is two round trips, the opening and its COMMIT; a store joining a group (with
+//! no quota to count) waits for none: it sends its three statements and leaves.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -55,9 +61,8 @@ pub(super) struct Group {
     /// The newest row's `created_at` once known in the group (it holds the write lock, so only
     /// its own writes move it): `Some(None)` for an empty table.
     pub(super) newest: Cell<Option<Option<i64>>>,
-    /// Inserts of staged writes not sent yet: they go out with whatever the group sends next,
-    /// its COMMIT or the next write's first statement ([`send_after`]).
-    held: RefCell<Vec<Held>>,
+    /// The answers still to come to the staged writes' statements ([`Group::send`]).
+    in_flight: RefCell<Vec<InFlight>>,
     /// Quota usage as the group's writes so far leave it.
     pub(super) usage: UsageMemo,
 }
@@ -100,73 +105,84 @@ impl UsageMemo {
     }
 }
 
-/// An insert held back to go out with the next statement on the group's connection: a staged
-/// write's row and event need no round trip of their own. Sent later, inside the group's
-/// transaction and before anything sent after them, they fail the whole group if they fail:
-/// the write they belong to was staged, so only the group can undo them.
+/// A statement of a staged write that the group sends at once without waiting for its answer
+/// ([`Group::send`]): the write's savepoint, its row's insert, its event's. Sent inside the
+/// group's transaction and before anything sent after them, they fail the whole group if they
+/// fail: the write they belong to was staged, so only the group can undo it.
 #[derive(Debug)]
 pub(super) struct Held {
-    /// The prepared insert.
+    /// The prepared statement.
     pub(super) statement: Statement,
     /// Its values.
     pub(super) params: Vec<Box<dyn ToSql + Sync + Send>>,
-    /// What it inserts, for the error when it inserts other than one row.
+    /// What it does, for the error when it touches other than `rows` rows.
     pub(super) what: &'static str,
+    /// The rows it must touch: 1 for an insert, 0 for a savepoint.
+    pub(super) rows: u64,
 }
 
-/// Sends each of `held`, then `then`, without waiting in between, and waits for them all: one
-/// round trip. Each request goes out when its future is first polled, and they are first
-/// polled in order, so the server runs them in that order. `Ok` with `then`'s answer when every
-/// held insert inserted one row.
-pub(super) async fn send_after<T>(
-    client: &Client,
-    held: &[Held],
-    then: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T> {
+/// The answers to a staged write's statements, read with whatever the group waits for next.
+type InFlight = JoinHandle<Result<()>>;
+
+/// Sends each of `held` in order and waits for every answer; `sent` is set once all of them
+/// are queued on the connection (each request is queued when its future is first polled, and
+/// they are first polled in order, so the server runs them in that order). `Ok` when each
+/// touched the rows it must.
+async fn send_in_order(client: Arc<Client>, held: Vec<Held>, sent: Arc<AtomicBool>) -> Result<()> {
     let params: Vec<Vec<&(dyn ToSql + Sync)>> = held
         .iter()
         .map(|h| h.params.iter().map(|p| p.as_ref() as _).collect())
         .collect();
-    let mut sends: Vec<Pin<Box<dyn Future<Output = _> + '_>>> = held
+    let mut sends: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = held
         .iter()
         .zip(&params)
         .map(|(h, p)| Box::pin(client.execute(&h.statement, p)) as _)
         .collect();
-    let mut sent: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+    let mut answers: Vec<Option<Result<u64, tokio_postgres::Error>>> =
         sends.iter().map(|_| None).collect();
-    let mut then = pin!(then);
-    let mut answer = None;
     poll_fn(|cx| {
-        for (send, out) in sends.iter_mut().zip(sent.iter_mut()) {
-            if out.is_none()
+        for (send, answer) in sends.iter_mut().zip(answers.iter_mut()) {
+            if answer.is_none()
                 && let Poll::Ready(r) = send.as_mut().poll(cx)
             {
-                *out = Some(r);
+                *answer = Some(r);
             }
         }
-        if answer.is_none()
-            && let Poll::Ready(r) = then.as_mut().poll(cx)
-        {
-            answer = Some(r);
-        }
-        match answer.is_some() && sent.iter().all(Option::is_some) {
+        sent.store(true, Ordering::Release);
+        match answers.iter().all(Option::is_some) {
             true => Poll::Ready(()),
             false => Poll::Pending,
         }
     })
     .await;
-    for (h, out) in held.iter().zip(sent) {
-        match out {
-            Some(Ok(1)) => {}
+    for (h, answer) in held.iter().zip(answers) {
+        match answer {
+            Some(Ok(n)) if n == h.rows => {}
             Some(Ok(n)) => return Err(Error::Internal(format!("{} touched {n} rows", h.what))),
             Some(Err(e)) => return Err(db(e)),
-            None => return Err(Error::Internal("a held insert was not sent".into())),
+            None => return Err(Error::Internal("a statement was not answered".into())),
         }
     }
-    match answer {
-        Some(answer) => answer.map_err(db),
-        None => Err(Error::Internal("a statement was not sent".into())),
-    }
+    Ok(())
+}
+
+/// Waits for `then` and for the answers to the statements sent before it (`in_flight`), which
+/// are read from the connection first, so this costs no round trip of its own. The first
+/// failure among the earlier statements is the group's; else `then`'s answer.
+pub(super) async fn answered_then<T>(
+    in_flight: Vec<InFlight>,
+    then: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    let earlier = async {
+        for task in in_flight {
+            task.await
+                .map_err(|e| Error::Internal(format!("a sent statement's task ended: {e}")))??;
+        }
+        Ok::<_, Error>(())
+    };
+    let (earlier, answer) = tokio::join!(earlier, then);
+    earlier?;
+    answer.map_err(db)
 }
 
 /// The newest row's `created_at`, which a new row's time must not precede (`store/write.rs`,
@@ -238,18 +254,34 @@ pub(super) async fn locked_head(sql: &Cached<'_>) -> Result<Head, tokio_postgres
 }
 
 impl Group {
-    /// Holds `insert` back until the group next sends something.
-    pub(super) fn hold(&self, insert: Held) {
-        self.held.borrow_mut().push(insert);
+    /// Sends a staged write's statements (`held`) now, in order, and returns once they are
+    /// queued on the connection and written to it, without waiting for their answers: the
+    /// server runs them while the next write is prepared, and their answers are read with
+    /// whatever the group waits for next ([`answered_then`]): the next write's first
+    /// statement, or the group's COMMIT.
+    ///
+    /// They are sent by a task of their own on the backend's runtime, since their answers
+    /// outlive this call; this waits until the task has queued them, so nothing sent later can
+    /// overtake them, and yields once more so that the connection's driver writes them out.
+    pub(super) fn send(&self, rt: &Runtime, client: &Arc<Client>, held: Vec<Held>) {
+        let sent = Arc::new(AtomicBool::new(false));
+        let task = rt.spawn(send_in_order(client.clone(), held, sent.clone()));
+        rt.block_on(async {
+            while !sent.load(Ordering::Acquire) {
+                tokio::task::yield_now().await;
+            }
+            tokio::task::yield_now().await;
+        });
+        self.in_flight.borrow_mut().push(task);
     }
 
-    /// The inserts held back, which the caller now sends first.
-    pub(super) fn take_held(&self) -> Vec<Held> {
-        self.held.take()
+    /// The answers still to come, which the caller now waits for ([`answered_then`]).
+    pub(super) fn take_in_flight(&self) -> Vec<InFlight> {
+        self.in_flight.take()
     }
 
     /// Commits the open group: every write staged in it, with their events, in one transaction;
-    /// the inserts still held go out with the COMMIT.
+    /// the answers still to come to their statements are read with the COMMIT's.
     ///
     /// The group's transaction commits without waiting for its WAL to reach disk
     /// (`synchronous_commit` off, set as the group opens), so the store's and the chain's locks
@@ -273,12 +305,12 @@ impl Group {
                 "a group of writes was lost and rolled back".into(),
             ));
         }
-        let held = self.take_held();
+        let in_flight = self.take_in_flight();
         self.end();
         let commit = format!("{COMMIT}; {}", crate::audit::postgres::FLUSH);
-        rt.block_on(send_after(client, &held, client.batch_execute(&commit)))
+        rt.block_on(answered_then(in_flight, client.batch_execute(&commit)))
             .inspect_err(|_| {
-                // Not committed (a held insert failed, and `SELECT 1` with it): end the
+                // Not committed (a sent statement failed, and `SELECT 1` with it): end the
                 // transaction so the locks go now. Or committed and not known durable (the
                 // connection went during the flush): the outcome is unknown, as when it goes
                 // during a COMMIT, and nothing of it is acknowledged.
@@ -301,7 +333,11 @@ impl Group {
         self.broken.set(false);
         self.head.replace(None);
         self.newest.set(None);
-        self.held.take();
+        // Their answers are not wanted any more (the COMMIT took what it needed, or the group
+        // is rolled back); the statements are on the connection already.
+        for task in self.in_flight.take() {
+            task.abort();
+        }
         self.usage.0.borrow_mut().clear();
     }
 }

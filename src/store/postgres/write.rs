@@ -13,14 +13,16 @@
 //!
 //! **Groups** of writes, and the round trips they save, are in [`super::group`].
 
+use std::sync::Arc;
+
 use tokio::runtime::Runtime;
+use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use super::fail::{audit_error, db, one_row};
-use super::group::{COMMIT, Group, Held, NEWEST, locked_head, open_group, send_after};
+use super::fail::{db, one_row};
+use super::group::{COMMIT, Group, NEWEST, answered_then, open_group};
 use super::ledger;
 use super::rows::{COLUMNS, read_row};
-use crate::audit::postgres::{PgAuditError, append_after, link_for_insert};
 use crate::audit::{AuditLog, NewEvent};
 use crate::error::{Error, Result};
 use crate::keys::KeySet;
@@ -29,6 +31,8 @@ use crate::store::backend::{CommitError, CommitEvent, PurgeRule, WriteTx};
 use crate::store::ledger::Kind;
 use crate::store::model::UsageDrift;
 use crate::store::rows::{Checked, RawRow, SealedRow};
+
+mod event;
 
 /// Key of the advisory lock every store write takes ("mwstor").
 const WRITE_LOCK: i64 = 0x6d77_7374_6f72;
@@ -49,6 +53,9 @@ pub(super) const SAVEPOINT: &str = "memwarden_write";
 pub(super) struct PgTx<'c> {
     rt: &'c Runtime,
     sql: Cached<'c>,
+    /// A grouped write's connection, shared with the tasks that read its answers later
+    /// ([`Group::send`]).
+    shared: Option<&'c Arc<Client>>,
     /// Not yet committed, staged or undone.
     open: bool,
     /// The group this write runs in, as a savepoint; `None`: its own transaction.
@@ -86,6 +93,7 @@ impl<'c> PgTx<'c> {
         Ok(Self {
             rt,
             sql,
+            shared: None,
             open: true,
             group: None,
             savepoint_pending: false,
@@ -100,6 +108,7 @@ impl<'c> PgTx<'c> {
     pub(super) fn begin_grouped(
         rt: &'c Runtime,
         sql: Cached<'c>,
+        client: &'c Arc<Client>,
         audit_keys: &'c KeySet,
         group: &'c Group,
     ) -> Result<Self> {
@@ -117,6 +126,7 @@ impl<'c> PgTx<'c> {
         Ok(Self {
             rt,
             sql,
+            shared: Some(client),
             open: true,
             savepoint_pending: joining,
             group: Some(group),
@@ -138,7 +148,8 @@ impl<'c> PgTx<'c> {
     }
 
     /// Runs `work` on the open transaction. What is still to be sent goes first, in the same
-    /// round trip and in this order: a grouped write's savepoint, then a held-back insert.
+    /// round trip and in this order: a grouped write's savepoint, then a held-back insert; the
+    /// answers to earlier writes' statements, sent already, are read first.
     fn run<T>(
         &mut self,
         work: impl AsyncFnOnce(&Cached<'c>) -> Result<T, tokio_postgres::Error>,
@@ -147,9 +158,9 @@ impl<'c> PgTx<'c> {
             return Err(Error::Internal("write transaction already ended".into()));
         }
         let sql = self.sql;
-        // Earlier writes' inserts, held by the group, go out before this write's savepoint.
-        let held = self.group.map(Group::take_held).unwrap_or_default();
-        if held.is_empty() && !self.savepoint_pending && self.deferred.is_none() {
+        // Earlier writes' statements went out before anything of this write.
+        let in_flight = self.group.map(Group::take_in_flight).unwrap_or_default();
+        if in_flight.is_empty() && !self.savepoint_pending && self.deferred.is_none() {
             return self.rt.block_on(work(&sql)).map_err(db);
         }
         // Prepared before anything is sent, so that each statement's messages go out in turn.
@@ -166,7 +177,7 @@ impl<'c> PgTx<'c> {
         let (saved, inserted, done) = self.rt.block_on(async {
             tokio::join!(
                 biased;
-                send_after(sql.client, &held, async {
+                answered_then(in_flight, async {
                     match savepoint {
                         true => sql.client.batch_execute(&format!("SAVEPOINT {SAVEPOINT}")).await,
                         false => Ok(()),
@@ -182,8 +193,8 @@ impl<'c> PgTx<'c> {
             )
         });
         if let Err(e) = saved {
-            // Earlier writes' inserts failed, or what followed is not inside a savepoint of its
-            // own: only the whole group can undo it.
+            // Earlier writes' statements failed, or what followed is not inside a savepoint of
+            // its own: only the whole group can undo it.
             if let Some(group) = self.group {
                 group.broken.set(true);
             }
@@ -200,68 +211,6 @@ impl<'c> PgTx<'c> {
     /// Sends whatever is still held back.
     fn flush(&mut self) -> Result<()> {
         self.run(async |_| Ok(()))
-    }
-
-    /// Holds a grouped write's row insert, if any, and its event, linked after the group's
-    /// head, in the group ([`Held`]).
-    fn hold(&mut self, event: &NewEvent<'_>) -> Result<()> {
-        let Some(group) = self.group else {
-            return Err(Error::Internal("this write is not grouped".into()));
-        };
-        let known = group.head.borrow().clone();
-        let prev = match known {
-            Some(prev) => prev,
-            // Not read when the group opened (it always is): the chain's lock and head now.
-            None => self.run(async |sql| locked_head(sql).await)?,
-        };
-        let (head, params) = link_for_insert(self.audit_keys, event, crate::clock::now_ms(), &prev)
-            .map_err(audit_error)?;
-        let sql = self.sql;
-        let (row, audit) = self
-            .rt
-            .block_on(async {
-                Ok::<_, tokio_postgres::Error>((
-                    sql.prepare(INSERT).await?,
-                    sql.prepare(crate::audit::postgres::INSERT).await?,
-                ))
-            })
-            .map_err(db)?;
-        if let Some(deferred) = self.deferred.take() {
-            group.hold(Held {
-                statement: row,
-                params: deferred.params,
-                what: "insert",
-            });
-        }
-        group.hold(Held {
-            statement: audit,
-            params,
-            what: "audit event insert",
-        });
-        group.head.replace(Some(head));
-        self.savepoint_pending = false;
-        Ok(())
-    }
-
-    /// Appends the call's event inside the open transaction: taking the chain's lock and
-    /// reading its head, unless the group already holds both.
-    fn append(&mut self, event: &NewEvent<'_>) -> Result<()> {
-        let (keys, now) = (self.audit_keys, crate::clock::now_ms());
-        let held = self.group.and_then(|g| g.head.borrow().clone());
-        let appended = self.run(async |sql| {
-            Ok(match &held {
-                Some(prev) => append_after(sql, keys, event, now, prev).await,
-                None => match locked_head(sql).await {
-                    Ok(prev) => append_after(sql, keys, event, now, &prev).await,
-                    Err(e) => Err(PgAuditError::Database(e)),
-                },
-            })
-        })?;
-        let head = appended.map_err(audit_error)?;
-        if let Some(group) = self.group {
-            group.head.replace(Some(head));
-        }
-        Ok(())
     }
 }
 
@@ -331,8 +280,11 @@ impl WriteTx for PgTx<'_> {
         if !self.open {
             return Err(Error::Internal("write transaction already ended".into()));
         }
-        // One held back at a time.
-        self.flush()?;
+        // One held back at a time. A grouped write's savepoint still to be sent waits too:
+        // the statement after it takes it along, or the write's staging ([`Self::send_staged`]).
+        if self.deferred.is_some() {
+            self.flush()?;
+        }
         let e = row.entry;
         let tags = serde_json::to_string(&e.tags).map_err(|e| Error::Internal(e.to_string()))?;
         let content = super::rows::content_to_column(&e.content).into_owned();
@@ -478,11 +430,11 @@ impl WriteTx for PgTx<'_> {
             audited: false,
         };
         // The group read the chain's head when it took the chain's lock: the event is linked
-        // here, and held with the row's insert for whatever the group sends next (its COMMIT,
-        // usually). From here they stand or fall with the group (a savepoint sent is left for
-        // the group's COMMIT to end; one never sent is not needed: nothing of this write can
-        // fail alone any more).
-        self.hold(event).map_err(fail)?;
+        // here and sent with what of the write is still to be sent, and their answers are read
+        // with whatever the group waits for next (its COMMIT, or the next write's first
+        // statement). From here they stand or fall with the group: a savepoint sent is left for
+        // the group's COMMIT to end.
+        self.send_staged(event).map_err(fail)?;
         self.open = false;
         if let Some(group) = self.group {
             group.usage.staged(self.added.as_deref());
