@@ -327,15 +327,23 @@ async fn main() {
     // The built-in policy, with room for the 200 idle sessions at the end;
     // MEMWARDEN_BENCH_SYNC=normal measures both sides with `synchronous = "normal"`.
     let sync = std::env::var("MEMWARDEN_BENCH_SYNC").unwrap_or_else(|_| "full".into());
+    // MEMWARDEN_BENCH_QUOTA=1 adds namespace quotas no run reaches, so every store is checked
+    // against them (`policies/strict.toml` sets them).
+    let quota = match std::env::var("MEMWARDEN_BENCH_QUOTA").as_deref() {
+        Ok("1") => "namespace_max_entries = 10000000\nnamespace_max_bytes = 100000000000\n",
+        _ => "",
+    };
     let policy = root.join("policy.toml");
     std::fs::write(
         &policy,
         format!(
             "{}\n[http]\nmax_sessions = 512\nmax_sessions_per_principal = 512\n",
-            memwarden::policy::DEFAULT_POLICY.replace(
-                "synchronous = \"full\"",
-                &format!("synchronous = \"{sync}\"")
-            ),
+            memwarden::policy::DEFAULT_POLICY
+                .replace(
+                    "synchronous = \"full\"",
+                    &format!("synchronous = \"{sync}\"")
+                )
+                .replace("[limits]\n", &format!("[limits]\n{quota}")),
         ),
     )
     .unwrap();
@@ -353,6 +361,9 @@ async fn main() {
         .spawn()
         .expect("serve-http");
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("serve-http exited before it listened ({status}): check {policy:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
