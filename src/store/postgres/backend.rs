@@ -325,7 +325,11 @@ impl Backend for Postgres {
 
     fn copy_in(&mut self, batch: &Batch) -> Result<()> {
         let Self { client, driver, .. } = self;
-        // Shared only while a group's answers are awaited, and no group is open here.
+        // Shared only with the tasks of a group's answers; those of a group that ended are
+        // dropped when the runtime next runs.
+        if Arc::get_mut(client).is_none() {
+            driver.rt().block_on(tokio::task::yield_now());
+        }
         let client = Arc::get_mut(client).ok_or_else(|| {
             crate::error::Error::Internal("a copy into a store with a group open".into())
         })?;

@@ -267,7 +267,8 @@ impl Group {
         let sent = Arc::new(AtomicBool::new(false));
         let task = rt.spawn(send_in_order(client.clone(), held, sent.clone()));
         rt.block_on(async {
-            while !sent.load(Ordering::Acquire) {
+            // (A task that ended without setting it failed before sending anything.)
+            while !sent.load(Ordering::Acquire) && !task.is_finished() {
                 tokio::task::yield_now().await;
             }
             tokio::task::yield_now().await;
