@@ -254,15 +254,15 @@ pub(super) async fn locked_head(sql: &Cached<'_>) -> Result<Head, tokio_postgres
 }
 
 impl Group {
-    /// Sends a staged write's statements (`held`) now, in order, and returns once they are
-    /// queued on the connection and written to it, without waiting for their answers: the
-    /// server runs them while the next write is prepared, and their answers are read with
-    /// whatever the group waits for next ([`answered_then`]): the next write's first
+    /// Sends a staged write's statements (`held`) now, in order, without waiting for their
+    /// answers: the server runs them while the next write is prepared, and their answers are
+    /// read with whatever the group waits for next ([`answered_then`]): the next write's first
     /// statement, or the group's COMMIT.
     ///
     /// They are sent by a task of their own on the backend's runtime, since their answers
-    /// outlive this call; this waits until the task has queued them, so nothing sent later can
-    /// overtake them, and yields once more so that the connection's driver writes them out.
+    /// outlive this call. This waits until the task has queued them on the connection, so
+    /// nothing sent later can overtake them, then yields once more so that the connection's
+    /// driver writes them out now rather than with the next call.
     pub(super) fn send(&self, rt: &Runtime, client: &Arc<Client>, held: Vec<Held>) {
         let sent = Arc::new(AtomicBool::new(false));
         let task = rt.spawn(send_in_order(client.clone(), held, sent.clone()));
