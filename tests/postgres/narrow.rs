@@ -226,6 +226,7 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
     let log = std::fs::read(pg.cluster.dir.path().join("pg.log"))
         .unwrap()
         .len();
+    let start = log;
     let small = narrow(&["small"]);
     for (text, tags) in [
         ("deploy", &[][..]),
@@ -280,6 +281,12 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
     let plans = crate::common::postgres::table_rows_touched(&pg.log_since(log));
     let most = plans.iter().map(|p| p.0).max().unwrap_or(0);
     assert!((50..=100).contains(&most), "{plans:#?}");
+    // No lookup's plan was compiled: with sequential scans priced out, a plan holding one that
+    // no index can replace costs more than `jit_above_cost`, and compiling it took 200 ms of a
+    // 1 ms search.
+    let logged = pg.log_since(start);
+    assert!(logged.contains("memory.postings"), "the plans were logged");
+    assert!(!logged.contains("\"JIT\""), "a compiled plan: {logged}");
 }
 
 #[test]
