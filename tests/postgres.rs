@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 7", "schema version 7 -> 7"] {
+    for want in ["schema version 0 -> 8", "schema version 8 -> 8"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -262,7 +262,7 @@ fn db_init_from_version_3_posts_every_row_and_keeps_the_words_in_the_row() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 3 -> 7"), "{stdout}");
+    assert!(stdout.contains("schema version 3 -> 8"), "{stdout}");
     let text: Vec<String> = superuser(
         &pg,
         "SELECT attname::text FROM pg_attribute WHERE attrelid = 'memory.entries'::regclass \

@@ -103,7 +103,8 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
     let id = stored["id"].as_str().unwrap().to_string();
     let got = c.call("memory_get", json!({"id": id})).await.ok();
     assert_eq!(got["memory"]["content"], "sent over verified TLS");
-    // Both of serve's connections (store and audit) are TLS, and none is plaintext.
+    // Serve's three connections (store, audit, and the one that posts stores' words, opened
+    // after the first store) are TLS, and none is plaintext.
     let by_tls = |ssl: bool| {
         count(
             &pg,
@@ -113,7 +114,15 @@ async fn verify_full_stores_and_reads_back_over_tls_that_the_server_saw() {
             ),
         )
     };
-    assert_eq!(by_tls(true), 2, "store and audit connections over TLS");
+    let start = std::time::Instant::now();
+    while by_tls(true) < 3 && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        by_tls(true),
+        3,
+        "store, audit and posting connections over TLS"
+    );
     assert_eq!(by_tls(false), 0, "no plaintext connection");
     // After a restart the store reconnects from inside the sandbox, over TLS again (the roots
     // were read at start: nothing is read now).

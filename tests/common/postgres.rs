@@ -476,9 +476,12 @@ impl Ready {
 }
 
 /// SQL for [`Ready::batch_as_superuser`], as the owner: what migrations 6 (namespace quota
-/// usage) and 7 (postings) add gone again and version 5's text index back, for tests that
-/// rebuild an older version's layout and upgrade it (the version table is theirs to set back).
+/// usage), 7 (postings) and 8 (posting behind) add gone again and version 5's text index back,
+/// for tests that rebuild an older version's layout and upgrade it (the version table is theirs
+/// to set back). A write's step of posting, which the store still runs, does nothing there.
 pub const BACK_TO_VERSION_5: &str = "SET ROLE memwarden_owner;
+    DROP TABLE memory.posted;
+    CREATE OR REPLACE FUNCTION memory.post_behind(step int) RETURNS int LANGUAGE sql RETURN 0;
     DROP TRIGGER entries_postings_insert ON memory.entries;
     DROP TRIGGER entries_postings_delete ON memory.entries;
     DROP TRIGGER entries_postings_update ON memory.entries;

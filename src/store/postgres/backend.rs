@@ -45,6 +45,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use super::behind::Behind;
 use super::connect::{self, Backoff, Driver, configure};
 use super::fail::{Failure, RETRY_AFTER_MS, detail, retry};
 use super::group::Group;
@@ -81,6 +82,8 @@ pub struct Postgres {
     group: Group,
     /// The connection's prepared statements (writes').
     statements: Statements,
+    /// Posts what grouped writes stored, once there have been some ([`super::behind`]).
+    behind: Option<Behind>,
     // Last: fields drop in order, and the client must go before the runtime stops.
     driver: Driver,
 }
@@ -124,6 +127,7 @@ impl Postgres {
             backoff: Backoff::default(),
             group: Group::default(),
             statements: Statements::default(),
+            behind: None,
             driver,
         };
         pg.check_session()?;
@@ -183,20 +187,6 @@ impl Postgres {
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?)
         })
-    }
-
-    /// Dead row versions in `memory.entries` awaiting vacuum, from the statistics views.
-    async fn dead_rows(&self) -> Result<u64, Failure> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT n_dead_tup FROM pg_stat_user_tables \
-                 WHERE schemaname = 'memory' AND relname = 'entries'",
-                &[],
-            )
-            .await?;
-        let n: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
-        Ok(n.unwrap_or(0).max(0) as u64)
     }
 }
 
@@ -285,7 +275,9 @@ impl Backend for Postgres {
         if self.client.is_closed() && self.group.open.get() {
             self.group.broken.set(true);
         }
-        self.group.commit(self.driver.rt(), &self.client)
+        self.group.commit(self.driver.rt(), &self.client)?;
+        Behind::nudge_or_start(&mut self.behind, &self.settings);
+        Ok(())
     }
 
     fn rollback_group(&mut self) {
@@ -398,7 +390,7 @@ impl Backend for Postgres {
     }
 
     fn index_shape(&self) -> Result<IndexShape> {
-        let segments = self.block_on(async || self.dead_rows().await)?;
+        let segments = self.block_on(async || super::upkeep::dead_rows(&*self.client).await)?;
         Ok(IndexShape {
             levels: 0,
             segments,
@@ -420,6 +412,7 @@ impl Backend for Postgres {
     }
 
     fn repair_index(&mut self) -> Result<Option<IndexRepair>> {
+        self.block_on(async || Ok(super::behind::catch_up(&*self.client).await?))?;
         let found = self.block_on(async || Ok(super::upkeep::drift(&self.cached()).await?))?;
         let (rt, sql) = (self.driver.rt(), self.cached());
         super::upkeep::repost(rt, sql, &self.audit_keys, &found).map(Some)

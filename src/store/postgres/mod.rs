@@ -6,6 +6,7 @@
 //! this module holds only what is PostgreSQL's. Only parameterised statements touch values.
 
 pub mod backend;
+mod behind;
 mod connect;
 mod fail;
 mod group;

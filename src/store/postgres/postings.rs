@@ -13,8 +13,10 @@
 //! is a row (about 5.6 GB of table and index at 1M entries of 60 words, against 200 MB of GIN).
 //!
 //! The rows are kept by triggers on `memory.entries` in the writing transaction, for every
-//! writer (stores, updates, deletes, purges, review, bulk loads, an owner's hand edits): an
-//! entry's postings exist exactly while it is active. Query words are bound values: the server
+//! writer (stores, updates, deletes, purges, review, bulk loads, an owner's hand edits), for
+//! the rows at or below `memory.posted.upto`; the rows above it are posted behind the writes
+//! that stored them (migration 8, [`super::behind`]). An entry's postings exist exactly while
+//! it is active and at or below `upto`. Query words are bound values: the server
 //! parses them ([`parse`]) with the configuration the rows were parsed with, and the lexemes
 //! come back to be bound again, one per join; none is ever statement text.
 
@@ -144,6 +146,9 @@ pub(super) fn newest(
 /// The first lexeme's postings, newest first, joined on position to each other's: PostgreSQL
 /// merges the lists, each read backwards from `postings_pkey`, and stops at the `limit`th
 /// match. The times, when the filter has them, are checked on the rows the merge yields.
+/// Rows above `memory.posted.upto` have no postings yet ([`super::behind`]): they are read
+/// first, in the namespace alone, and checked against every term; the same statement's snapshot
+/// reads both, so together they are exactly the rows holding every term.
 pub(super) fn newest_in(
     sql: &mut Sql,
     ns: &str,
@@ -164,24 +169,34 @@ pub(super) fn newest_in(
         let t = sql.bind(tag);
         terms.push(format!("({token} || 'zt' || {t}::text)"));
     }
-    let mut text = String::from("SELECT p0.pos FROM memory.postings p0");
+    let first = terms
+        .first()
+        .ok_or_else(|| crate::error::Error::Internal("a lookup of nothing".into()))?;
+    let times = times(sql, wanted.filter);
+    let below = below.map_or(String::new(), |b| format!(" AND {{}}.pos < {b}"));
+    // The rows not yet posted (`super::behind`), checked against the lexemes one by one: the
+    // scope's own, read backwards from `entries_scope`.
+    let mut text = format!(
+        "SELECT b.pos FROM ((SELECT t.pos FROM memory.entries t WHERE t.namespace = {ns} \
+         AND t.status = 'active' AND t.pos > (SELECT upto FROM memory.posted WHERE one) \
+         AND tsvector_to_array(t.scoped) @> ARRAY[{}]::text[]{times}{} \
+         ORDER BY t.pos DESC LIMIT {limit}) UNION ALL (SELECT p0.pos FROM memory.postings p0",
+        terms.join(", "),
+        below.replace("{}", "t"),
+    );
     for (i, term) in terms.iter().enumerate().skip(1) {
         text.push_str(&format!(
             " JOIN memory.postings p{i} ON p{i}.pos = p0.pos AND p{i}.lexeme = {term}"
         ));
     }
-    let times = times(sql, wanted.filter);
     if !times.is_empty() {
         text.push_str(&format!(" JOIN memory.entries t ON t.pos = p0.pos{times}"));
     }
-    let first = terms
-        .first()
-        .ok_or_else(|| crate::error::Error::Internal("a lookup of nothing".into()))?;
-    text.push_str(&format!(" WHERE p0.lexeme = {first}"));
-    if let Some(below) = below {
-        text.push_str(&format!(" AND p0.pos < {below}"));
-    }
-    text.push_str(&format!(" ORDER BY p0.pos DESC LIMIT {limit}"));
+    text.push_str(&format!(
+        " WHERE p0.lexeme = {first} AND p0.pos <= (SELECT upto FROM memory.posted WHERE one){} \
+         ORDER BY p0.pos DESC LIMIT {limit})) b ORDER BY b.pos DESC LIMIT {limit}",
+        below.replace("{}", "p0"),
+    ));
     Ok(text)
 }
 
@@ -235,13 +250,14 @@ mod tests {
         assert!(!text_one.contains("LATERAL"), "{text_one}");
 
         // Several namespaces: one array, the same joins inside a LATERAL join; no times, no
-        // row join.
+        // row join (the rows not yet posted are read from the namespace's own rows).
         let hostile = text(&["a", "b'--"], &["x"], &[], false);
         let plain = text(&["a", "b"], &["x"], &[], false);
         assert_eq!(hostile, plain);
         assert_eq!(plain.1, 3);
         assert!(plain.0.contains("LATERAL"), "{}", plain.0);
-        assert!(!plain.0.contains("memory.entries"), "{}", plain.0);
+        assert!(!plain.0.contains("JOIN memory.entries"), "{}", plain.0);
+        assert!(plain.0.contains("t.namespace = s.ns"), "{}", plain.0);
     }
 
     #[test]

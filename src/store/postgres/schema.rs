@@ -116,6 +116,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     ONE_TEXT_INDEX,
     super::quota::NAMESPACE_USAGE,
     super::postings::POSTINGS,
+    super::behind::POSTED,
 ];
 
 /// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared
@@ -401,6 +402,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON memory.entries, memory.session_starts TO
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA memory TO memwarden_app;
 GRANT SELECT, INSERT, UPDATE ON memory.ledger, memory.namespace_usage TO memwarden_app;
 GRANT SELECT, INSERT, DELETE ON memory.postings TO memwarden_app;
+GRANT SELECT, UPDATE ON memory.posted TO memwarden_app;
 GRANT SELECT ON memory.schema_version TO memwarden_app, memwarden_auditor;
 REVOKE ALL ON audit.events FROM memwarden_app;
 GRANT SELECT, INSERT ON audit.events TO memwarden_app;

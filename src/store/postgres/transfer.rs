@@ -109,6 +109,8 @@ pub(super) async fn copy_in(client: &mut Client, batch: &Batch) -> Result<(), Fa
         ],
     )
     .await?;
+    // Posted as they come, as the rows before them were ([`super::behind`]).
+    super::behind::catch_up(&tx).await?;
     tx.commit().await?;
     Ok(())
 }

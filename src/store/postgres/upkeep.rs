@@ -9,11 +9,15 @@
 //! transactions that check the rows again under the write lock, so a write between the
 //! comparison and the repair is never undone.
 //!
+//! Only rows at or below `memory.posted.upto` are due their postings ([`super::behind`]); a
+//! posting above it is stray. `maintain` first posts every row behind.
+//!
 //! What is reported is counts, entry ids and positions: never a lexeme, which is a word of a
 //! memory.
 
 use tokio::runtime::Runtime;
 
+use super::fail::Failure;
 use super::write::PgTx;
 use crate::error::Result;
 use crate::keys::KeySet;
@@ -61,7 +65,7 @@ pub(super) async fn drift(client: &impl Sql) -> Result<Drifted, tokio_postgres::
             "WITH held AS ( \
                SELECT e.id, e.pos, l FROM memory.entries e, \
                       unnest(tsvector_to_array(e.scoped)) AS l \
-                WHERE e.status = 'active'), \
+                WHERE e.status = 'active' AND e.pos <= (SELECT upto FROM memory.posted)), \
              drift AS ( \
                SELECT h.id, coalesce(h.pos, p.pos) AS pos, p.lexeme \
                  FROM held h FULL JOIN memory.postings p ON p.lexeme = h.l AND p.pos = h.pos \
@@ -81,6 +85,19 @@ pub(super) async fn drift(client: &impl Sql) -> Result<Drifted, tokio_postgres::
         }
     }
     Ok(found)
+}
+
+/// Dead row versions in `memory.entries` awaiting vacuum, from the statistics views.
+pub(super) async fn dead_rows(client: &impl Sql) -> Result<u64, Failure> {
+    let row = client
+        .query_opt(
+            "SELECT n_dead_tup FROM pg_stat_user_tables \
+             WHERE schemaname = 'memory' AND relname = 'entries'",
+            &[],
+        )
+        .await?;
+    let n: Option<i64> = row.map(|r| r.try_get(0)).transpose()?;
+    Ok(n.unwrap_or(0).max(0) as u64)
 }
 
 /// Puts back what `found` says, [`BATCH`] postings per write transaction, each taking the
@@ -112,7 +129,8 @@ pub(super) fn repost(
             c.execute(
                 "INSERT INTO memory.postings (lexeme, pos) \
                  SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l \
-                  WHERE e.pos = ANY($1) AND e.status = 'active' ON CONFLICT DO NOTHING",
+                  WHERE e.pos = ANY($1) AND e.status = 'active' \
+                    AND e.pos <= (SELECT upto FROM memory.posted) ON CONFLICT DO NOTHING",
                 &[&batch],
             )
             .await
@@ -130,6 +148,7 @@ pub(super) fn repost(
                 "DELETE FROM memory.postings p USING unnest($1::bigint[], $2::text[]) AS s(pos, l) \
                   WHERE p.pos = s.pos AND p.lexeme = s.l AND NOT EXISTS ( \
                     SELECT FROM memory.entries e WHERE e.pos = s.pos AND e.status = 'active' \
+                       AND e.pos <= (SELECT upto FROM memory.posted) \
                        AND s.l = ANY(tsvector_to_array(e.scoped)))",
                 &[&pos, &lexemes],
             )

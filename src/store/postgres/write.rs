@@ -19,8 +19,9 @@ use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+use super::behind::STEP_THEN_COMMIT;
 use super::fail::{db, one_row};
-use super::group::{COMMIT, Group, NEWEST, answered_then, open_group};
+use super::group::{Group, NEWEST, answered_then, open_group};
 use super::ledger;
 use super::rows::{COLUMNS, read_row};
 use crate::audit::{AuditLog, NewEvent};
@@ -407,7 +408,7 @@ impl WriteTx for PgTx<'_> {
         }
         self.open = false;
         self.rt
-            .block_on(self.sql.client.batch_execute(COMMIT))
+            .block_on(self.sql.client.batch_execute(STEP_THEN_COMMIT))
             .map_err(|e| {
                 let _ = self.rt.block_on(self.sql.client.batch_execute("ROLLBACK"));
                 fail(db(e))
