@@ -52,6 +52,10 @@ pub(super) const STEP_THEN_COMMIT: &str = "SELECT memory.post_behind(64); SELECT
 /// connection down) is tried again when no new write comes to prompt it.
 const RETRY: Duration = Duration::from_millis(50);
 
+/// How long a nudged poster waits before it steps, so that one step posts the rows of many
+/// commits.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// How long a poster whose process is ending goes on posting what is behind (rows stored just
 /// before the end, a few steps' worth), so that searches after it do not read them from the
 /// table; whatever is left waits for the next write or `maintain`.
@@ -270,6 +274,9 @@ fn run(settings: &DatabaseSettings, nudged: &Receiver<()>, stop: &AtomicBool) {
             return;
         }
         behind = true;
+        // Let the writes of the next few milliseconds join this one: a step per commit would
+        // have every process's poster contend for `memory.posted` hundreds of times a second.
+        std::thread::sleep(GATHER);
         let Some(c) = poster.client() else { continue };
         while !stop.load(Ordering::Relaxed) {
             match rt.block_on(step(c)) {
