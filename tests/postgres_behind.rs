@@ -1,6 +1,7 @@
 //! Postings written behind the stores (migration 8): a `serve` on PostgreSQL commits a store's
-//! row and event alone and posts its words from a second connection. Searches find the same
-//! rows whether or not they are posted yet, the poster catches up by itself, and writes racing
+//! row and event alone, and one serving process per store posts their words from a second
+//! connection. Searches find the same rows whether or not they are posted yet, the poster
+//! catches up by itself, another process takes over when its process ends, and writes racing
 //! it leave the postings exactly as the rows call for (`memwarden verify`).
 
 mod common;
@@ -135,7 +136,8 @@ async fn searches_find_the_same_rows_before_and_after_they_are_posted() {
 }
 
 /// One session stores as fast as it can while another updates and deletes what it has just
-/// stored, so rows change while the posters (one per serving process) lock and post them.
+/// stored, so rows change while the store's poster (one of the two serving processes) locks and
+/// posts them.
 /// Afterwards `verify` finds the postings exactly as the rows call for, before and after
 /// `maintain` posts whatever is still behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,4 +234,54 @@ async fn a_session_that_ends_posts_what_it_stored_first() {
         count(&pg, "SELECT count(DISTINCT pos) FROM memory.postings"),
         2000
     );
+}
+
+/// Serving processes holding the poster's session-level advisory lock ("mwpost": a bigint key
+/// shows in `pg_locks` as its high and low 32 bits).
+const POSTERS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                       AND classid = 28023 AND objid = 1886352244 AND objsubid = 1";
+
+/// Of several serving processes one posts, and when its process ends another takes over and
+/// posts what the others store: without it, their rows would stay behind until `maintain`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_posts_for_the_store_and_another_takes_over_when_it_ends() {
+    let Some(pg) = Ready::start() else { return };
+    let first = pg.serve_from::<&str>(&pg.data, &pg.app, &[]).await;
+    store(&first, "first poster note", "ops").await;
+    let others = [
+        pg.serve_from::<&str>(&pg.data, &pg.app, &[]).await,
+        pg.serve_from::<&str>(&pg.data, &pg.app, &[]).await,
+    ];
+    for c in &others {
+        store(c, "standing by note", "ops").await;
+    }
+    posted_up_to_the_newest(&pg);
+    // Each of the others has asked for the lock as its first write committed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&pg, POSTERS), 1, "one poster for three processes");
+
+    first.close().await;
+    for c in &others {
+        for i in 0..5 {
+            store(c, &format!("after the poster went {i}"), "ops").await;
+        }
+    }
+    posted_up_to_the_newest(&pg);
+    assert_eq!(count(&pg, POSTERS), 1, "one of the others took over");
+    assert_eq!(
+        count(&pg, "SELECT count(DISTINCT pos) FROM memory.postings"),
+        13
+    );
+    for c in others {
+        c.close().await;
+    }
+    // The lock goes with its process (its backend notices the closed connection).
+    let start = Instant::now();
+    while count(&pg, POSTERS) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a poster outlived its process"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
