@@ -7,8 +7,8 @@
 //!
 //! `memory.posted.upto` says how far the postings go, and every committed state keeps one
 //! invariant: an active row at or below `upto` has exactly its postings, and no row above it has
-//! any. So a search reads the postings at or below `upto` and checks the rows above it (the
-//! tail, in its namespaces only) against its lexemes directly, both in one statement's snapshot
+//! any. So a search reads `upto`, the postings at or below it, and the rows above it (the tail,
+//! in its namespaces only, checked against its lexemes directly), all in one snapshot
 //! ([`super::postings::newest_in`]): what it finds does not depend on how far posting has got.
 //!
 //! How the invariant holds without a lock that stores would wait on:

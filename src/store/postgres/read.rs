@@ -67,7 +67,10 @@ pub(super) async fn list(
             let mut extra = " AND e.namespace = s.ns".to_string();
             if filter.scope.narrow().is_some() && !filter.tags.is_empty() {
                 let tags = Wanted::every(&[], filter);
-                let tagged = postings::newest_in(&mut sql, "s.ns", &tags, &limit, Some(&below))?;
+                // `upto` read by the statement itself: one snapshot, no round trip more.
+                let upto = "(SELECT upto FROM memory.posted)";
+                let tagged =
+                    postings::newest_in(&mut sql, "s.ns", &tags, &limit, upto, Some(&below))?;
                 extra.push_str(&format!(" AND e.pos = ANY(ARRAY({tagged}))"));
             }
             sql.push(&format!(
@@ -124,7 +127,10 @@ pub(super) async fn all_words(
     if filter.scope.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let words = postings::parse(client, query.words()).await?;
+    let (words, upto) = tokio::try_join!(
+        postings::parse(client, query.words()),
+        postings::posted(client)
+    )?;
     // A word without lexemes drops out; when no word has any, nothing matches.
     if words.iter().all(Vec::is_empty) {
         return Ok(Vec::new());
@@ -136,8 +142,9 @@ pub(super) async fn all_words(
     }
     let mut sql = Sql::default();
     let limit = sql.bind(limit as i64);
+    let upto = sql.bind(upto);
     let wanted = Wanted::every(&words, filter);
-    let positions = postings::newest(&mut sql, &namespaces, &wanted, &limit, None)?;
+    let positions = postings::newest(&mut sql, &namespaces, &wanted, &limit, &upto, None)?;
     sql.push(&format!(
         "SELECT {COLUMNS} FROM memory.entries e WHERE e.pos = ANY(ARRAY({positions}))"
     ));
@@ -161,7 +168,8 @@ pub(super) async fn some_words(
     if filter.scope.is_empty() || need == 0 || words.len() < 2 {
         return Ok(Vec::new());
     }
-    let lexemes = postings::parse(client, words).await?;
+    let (lexemes, upto) =
+        tokio::try_join!(postings::parse(client, words), postings::posted(client))?;
     if lexemes.iter().all(Vec::is_empty) {
         return Ok(Vec::new());
     }
@@ -170,7 +178,7 @@ pub(super) async fn some_words(
         return Ok(Vec::new());
     }
     let size = SEARCH_WINDOW.max(need);
-    let by_word = window(client, &namespaces, &lexemes, filter, size).await?;
+    let by_word = window(client, &namespaces, &lexemes, filter, (size, upto)).await?;
     let mut ranked = rank::by_word_weight(&by_word);
     ranked.retain(|pos| !skip.contains(pos));
     // Rows are read in slices of what is still needed: one removed since the window was read
@@ -186,7 +194,8 @@ pub(super) async fn some_words(
 }
 
 /// For each word (its lexemes, as [`postings::parse`] gave them), the positions of the newest
-/// `size` rows inside `filter` holding some word that hold this one.
+/// `size` rows inside `filter` holding some word that hold this one, with the postings going up
+/// to `upto` ([`postings::posted`]).
 ///
 /// One statement of one lookup per word — the newest `size` rows inside `filter` holding that
 /// word ([`postings::newest`]) — merged here. A row among the newest `size` holding some word
@@ -199,10 +208,11 @@ async fn window(
     namespaces: &[String],
     words: &[Vec<String>],
     filter: &Filter,
-    size: usize,
+    (size, upto): (usize, i64),
 ) -> Result<Vec<Vec<i64>>, Failure> {
     let mut sql = Sql::default();
     let limit = sql.bind(size as i64);
+    let upto = sql.bind(upto);
     let mut first = true;
     for (i, word) in words.iter().enumerate() {
         if word.is_empty() {
@@ -212,7 +222,7 @@ async fn window(
             sql.push(" UNION ALL ");
         }
         let wanted = Wanted::every(std::slice::from_ref(word), filter);
-        let positions = postings::newest(&mut sql, namespaces, &wanted, &limit, None)?;
+        let positions = postings::newest(&mut sql, namespaces, &wanted, &limit, &upto, None)?;
         sql.push(&format!("SELECT {i}::int, w.pos FROM ({positions}) w"));
     }
     let rows = sql.query(client).await?;

@@ -34,9 +34,12 @@ pub(super) async fn in_snapshot<T>(
 /// and so not their postings, so each run is planned for its own values, as an unprepared
 /// statement is. Without JIT compilation (`jit = off`): a plan holding a scan priced out costs
 /// more than `jit_above_cost`, and compiling it took 190 to 260 ms of a search that ran in
-/// half a millisecond.
+/// half a millisecond. Without parallel workers (`max_parallel_workers_per_gather = 0`): a
+/// plan priced high gets a Gather, and starting its two workers took 10 ms of a search at 1M
+/// entries that ran in 2 ms without them.
 const SEARCH_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
      SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; \
      SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// Runs a search's statements in one read-only snapshot ([`SEARCH_BEGIN`]), each prepared
