@@ -33,16 +33,7 @@ fn posted_up_to_the_newest(pg: &Ready) {
 
 /// `memwarden verify` (exit status, stdout) or `maintain` on the cluster's store.
 fn cli(pg: &Ready, command: &str) -> (Option<i32>, String) {
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(common::bin())
-            .arg(command)
-            .arg("--data-dir")
-            .arg(&pg.data)
-            .args(["--store", "postgres", "--database-file"])
-            .arg(&pg.app)
-            .output()
-            .unwrap()
-    });
+    let out = tokio::task::block_in_place(|| pg.memwarden(command));
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

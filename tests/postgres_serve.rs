@@ -593,16 +593,7 @@ async fn verify_on_postgresql_reconciles_rows_with_the_chain_and_catches_an_owne
     }
     c.call("memory_delete", json!({"id": ids[0]})).await.ok();
     c.close().await;
-    let verify = || {
-        std::process::Command::new(common::bin())
-            .arg("verify")
-            .arg("--data-dir")
-            .arg(&pg.data)
-            .args(["--store", "postgres", "--database-file"])
-            .arg(&pg.app)
-            .output()
-            .unwrap()
-    };
+    let verify = || pg.memwarden("verify");
     let out = tokio::task::block_in_place(verify);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -286,6 +286,19 @@ impl Ready {
         Self::on(Cluster::start_tcp()?)
     }
 
+    /// `memwarden COMMAND` (the real binary) on this store: its data dir and the app role's
+    /// database file. Returns how it exited and what it said.
+    pub fn memwarden(&self, command: &str) -> std::process::Output {
+        Command::new(super::bin())
+            .arg(command)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--store", "postgres", "--database-file"])
+            .arg(&self.app)
+            .output()
+            .expect("run memwarden")
+    }
+
     fn on(cluster: Cluster) -> Option<Self> {
         db_init(&cluster.settings_file("admin.conf", "memwarden"));
         let data = cluster.dir.path().join("data-dir");
