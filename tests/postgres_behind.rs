@@ -250,6 +250,16 @@ async fn one_process_posts_for_the_store_and_another_takes_over_when_it_ends() {
     // Each of the others has asked for the lock as its first write committed.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(count(&pg, POSTERS), 1, "one poster for three processes");
+    // What an operator sizes `max_connections` by (README, "Many hosts"): three a process,
+    // its writes', its audit events' and its poster's (held, or waiting for the lock).
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'memwarden_app'"
+        ),
+        9,
+        "three connections for each of three processes"
+    );
 
     first.close().await;
     for c in &others {
