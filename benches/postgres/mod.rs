@@ -5,9 +5,11 @@
 //! - the floor: one INSERT of a sealed-size row per transaction with the chained audit insert
 //!   (advisory lock, tail read, linked event), what the database allows before any protocol work;
 //!   once on the empty cluster, and again beside each size's timed stores ([`FLOOR_BESIDE`]
-//!   rows just before them and as many just after): this machine's disk and cores change pace
-//!   from one minute to the next (the same build's 1,000 stores ran at 603 and 971 a second an
-//!   hour apart), so each size's share of the floor is judged against the floor of its minutes;
+//!   rows just before them and as many just after): a floor row is round trips and backend
+//!   work, not the disk (an 8 kB `fdatasync` takes 0.13 ms here, a row 1.0-1.6 ms), so it
+//!   follows the machine's pace, which changes from one minute to the next (627 to 1,002 rows/s
+//!   in one afternoon); each size's share of the floor is judged against the floor of its
+//!   minutes;
 //! - memwarden end to end over MCP (`serve --store postgres`): stores, gets and searches at
 //!   growing sizes (`MEMWARDEN_BENCH_MAX`, default 10,000). With `MEMWARDEN_BENCH_BULK=1` each
 //!   size past the first is reached by loading sealed rows in batches ([`bulk_fill`], the same
