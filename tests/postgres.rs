@@ -34,7 +34,7 @@ async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     let Some(pg) = Cluster::start() else { return };
     let admin = pg.settings_file("admin.conf", "memwarden");
-    for want in ["schema version 0 -> 8", "schema version 8 -> 8"] {
+    for want in ["schema version 0 -> 9", "schema version 9 -> 9"] {
         let out = db_init(&admin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -60,7 +60,10 @@ async fn db_init_is_idempotent_and_audit_events_are_append_only() {
     .await
     .expect("the app role writes entries");
     let words: String = app
-        .query_one("SELECT scoped::text FROM memory.entries", &[])
+        .query_one(
+            "SELECT memory.scoped_words(namespace, content, tags)::text FROM memory.entries",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -604,6 +607,14 @@ fn a_row_edited_by_the_owner_is_withheld_and_an_old_copy_put_back_is_caught() {
         .unwrap();
     assert_eq!(hits.withheld, 1);
     assert!(hits.hits.iter().all(|h| h.entry.id != forged));
+    // The edit's trigger parsed the row's new words (migration 9: none are stored), so the
+    // postings hold the forged row under them and under nothing else.
+    assert_eq!(pg.query_i64(common::postgres::POSTINGS_DRIFT), 0);
+    let honest = store
+        .search(&Query::parse("honest").unwrap(), &everything(), 10)
+        .unwrap();
+    let found: Vec<&str> = honest.hits.iter().map(|h| h.entry.id.as_str()).collect();
+    assert_eq!((found, honest.withheld), (vec![kept.as_str()], 0));
 
     // Delete, then put the active sealed copy back: the ledger record withholds it.
     let old = pg.query_i64(&format!(

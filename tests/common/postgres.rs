@@ -489,9 +489,10 @@ impl Ready {
 }
 
 /// SQL for [`Ready::batch_as_superuser`], as the owner: what migrations 6 (namespace quota
-/// usage), 7 (postings) and 8 (posting behind) add gone again and version 5's text index back,
-/// for tests that rebuild an older version's layout and upgrade it (the version table is theirs
-/// to set back). A write's step of posting, which the store still runs, does nothing there.
+/// usage), 7 (postings), 8 (posting behind) and 9 (words parsed behind) change undone, and
+/// version 5's stored lexemes and text index back, for tests that rebuild an older version's
+/// layout and upgrade it (the version table is theirs to set back). A write's step of posting,
+/// which the store still runs, does nothing there.
 pub const BACK_TO_VERSION_5: &str = "SET ROLE memwarden_owner;
     DROP TABLE memory.posted;
     CREATE OR REPLACE FUNCTION memory.post_behind(step int) RETURNS int LANGUAGE sql RETURN 0;
@@ -500,6 +501,9 @@ pub const BACK_TO_VERSION_5: &str = "SET ROLE memwarden_owner;
     DROP TRIGGER entries_postings_update ON memory.entries;
     DROP FUNCTION memory.post_entry;
     DROP TABLE memory.postings;
+    ALTER TABLE memory.entries ADD COLUMN scoped tsvector
+        GENERATED ALWAYS AS (memory.scoped_words(namespace, content, tags)) STORED;
+    ALTER TABLE memory.entries ALTER COLUMN scoped SET STORAGE MAIN;
     CREATE INDEX entries_scoped ON memory.entries USING gin (scoped) WITH (fastupdate = off)
         WHERE status = 'active';
     DROP TRIGGER entries_usage ON memory.entries;
@@ -510,12 +514,14 @@ pub const BACK_TO_VERSION_5: &str = "SET ROLE memwarden_owner;
 /// SQL counting the postings that differ from the active rows' lexemes, either way: 0 when
 /// `memory.postings` holds exactly one row per lexeme of every active entry.
 pub const POSTINGS_DRIFT: &str = "SELECT count(*) FROM (
-      (SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l
+      (SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(
+         memory.scoped_words(e.namespace, e.content, e.tags))) AS l
         WHERE e.status = 'active'
        EXCEPT ALL SELECT lexeme, pos FROM memory.postings)
       UNION ALL
       (SELECT lexeme, pos FROM memory.postings
-       EXCEPT ALL SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l
+       EXCEPT ALL SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(
+         memory.scoped_words(e.namespace, e.content, e.tags))) AS l
         WHERE e.status = 'active')) AS drift";
 
 /// SQL for [`Ready::batch_as_superuser`]: every statement the app role runs from its next

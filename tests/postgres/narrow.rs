@@ -295,7 +295,7 @@ fn a_narrow_search_reads_only_the_scopes_postings() {
 }
 
 #[test]
-fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
+fn db_init_from_version_1_posts_the_rows_already_there() {
     let Some(pg) = Ready::start() else { return };
     let mut store = pg.store();
     let content = "written before the upgrade, a \\ backslash and a résumé";
@@ -319,7 +319,7 @@ fn db_init_from_version_1_fills_the_scoped_column_for_existing_rows() {
     let admin = pg.cluster.settings_file("admin.conf", "memwarden");
     let out = super::db_init(&admin);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("schema version 1 -> 8"), "{stdout}");
+    assert!(stdout.contains("schema version 1 -> 9"), "{stdout}");
     let store = pg.store();
     let scope = narrow(&["a"]);
     let found = hits(&store, "upgrade", &filter(&scope, &["ops"]));

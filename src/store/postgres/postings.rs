@@ -1,6 +1,6 @@
 //! The postings a search reads (migration 7): `memory.postings` holds one row per lexeme of
-//! every active entry's `scoped` column (each lexeme carries its namespace's token, migration
-//! 2, so a lexeme's postings are its postings inside one namespace), keyed by
+//! every active entry (`memory.scoped_words`: each lexeme carries its namespace's token,
+//! migration 2, so a lexeme's postings are its postings inside one namespace), keyed by
 //! `(lexeme, pos)`. A B-tree hands a lexeme's positions over in order, so the newest rows
 //! holding every lexeme of a search are a merge of each lexeme's list newest first that stops
 //! at the `LIMIT`th match, read from the index alone ([`newest`]).
@@ -193,7 +193,8 @@ pub(super) fn newest_in(
     let mut text = format!(
         "SELECT b.pos FROM ((SELECT t.pos FROM memory.entries t WHERE t.namespace = {ns} \
          AND t.status = 'active' AND t.pos > {upto} \
-         AND tsvector_to_array(t.scoped) @> ARRAY[{}]::text[]{times}{} \
+         AND tsvector_to_array(memory.scoped_words(t.namespace, t.content, t.tags)) \
+         @> ARRAY[{}]::text[]{times}{} \
          ORDER BY t.pos DESC LIMIT {limit}) UNION ALL (SELECT p0.pos FROM memory.postings p0",
         terms.join(", "),
         below.replace("{}", "t"),

@@ -117,6 +117,7 @@ CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON audit.events
     super::quota::NAMESPACE_USAGE,
     super::postings::POSTINGS,
     super::behind::POSTED,
+    super::behind::PARSED_BEHIND,
 ];
 
 /// Migration 5: one text index. A store put each row's words into two GIN indexes, the shared

@@ -1,8 +1,8 @@
-//! What a search knows of `entries.scoped` (migration 2, [`super::schema`]): every row's lexemes
-//! prefixed by its namespace's token, so a word's postings there are its postings inside one
-//! namespace (issue 13). Lookups read them from `memory.postings` ([`super::postings`]), which
-//! triggers keep from `scoped`; this module finds the namespaces a lookup reads and spells tags
-//! as the lexemes spell them.
+//! What a search knows of a row's lexemes (`memory.scoped_words`, migration 2,
+//! [`super::schema`]): its words' lexemes prefixed by its namespace's token, so a word's
+//! postings there are its postings inside one namespace (issue 13). Lookups read them from
+//! `memory.postings` ([`super::postings`]), posted behind the stores ([`super::behind`]); this
+//! module finds the namespaces a lookup reads and spells tags as the lexemes spell them.
 
 use super::fail::Failure;
 use crate::error::{Error, Result};

@@ -1,10 +1,11 @@
 //! The postings against the rows (`memwarden verify`, `memwarden maintain`).
 //!
 //! `memory.postings` (migration 7, [`super::postings`]) is what every search reads, kept by
-//! triggers from each active row's `scoped` column, which PostgreSQL generates from the sealed
-//! namespace, content and tags. The rows' seals do not cover it: an owner who deletes a row's
-//! postings hides the row from searches for those words, and one who adds postings makes a
-//! row come up for words it does not hold; so does any edit of rows with the triggers off.
+//! triggers and the poster from each active row's lexemes, which PostgreSQL parses from the
+//! sealed namespace, content and tags (`memory.scoped_words`, migration 9). The rows' seals do
+//! not cover it: an owner who deletes a row's postings hides the row from searches for those
+//! words, and one who adds postings makes a row come up for words it does not hold; so does
+//! any edit of rows with the triggers off.
 //! [`drift`] compares the two in one statement; [`repost`] puts them back in short write
 //! transactions that check the rows again under the write lock, so a write between the
 //! comparison and the repair is never undone.
@@ -17,6 +18,7 @@
 
 use tokio::runtime::Runtime;
 
+use super::behind::lexemes_of;
 use super::fail::Failure;
 use super::write::PgTx;
 use crate::error::Result;
@@ -62,17 +64,19 @@ impl Drifted {
 pub(super) async fn drift(client: &impl Sql) -> Result<Drifted, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH held AS ( \
-               SELECT e.id, e.pos, l FROM memory.entries e, \
-                      unnest(tsvector_to_array(e.scoped)) AS l \
-                WHERE e.status = 'active' AND e.pos <= (SELECT upto FROM memory.posted)), \
-             drift AS ( \
-               SELECT h.id, coalesce(h.pos, p.pos) AS pos, p.lexeme \
-                 FROM held h FULL JOIN memory.postings p ON p.lexeme = h.l AND p.pos = h.pos \
-                WHERE h.pos IS NULL OR p.pos IS NULL) \
-             SELECT pos, id, count(*), \
-                    CASE WHEN id IS NULL THEN array_agg(lexeme) END \
-               FROM drift GROUP BY pos, id ORDER BY pos, id",
+            &format!(
+                "WITH held AS ( \
+                   SELECT e.id, e.pos, l FROM memory.entries e, {} \
+                    WHERE e.status = 'active' AND e.pos <= (SELECT upto FROM memory.posted)), \
+                 drift AS ( \
+                   SELECT h.id, coalesce(h.pos, p.pos) AS pos, p.lexeme \
+                     FROM held h FULL JOIN memory.postings p ON p.lexeme = h.l AND p.pos = h.pos \
+                    WHERE h.pos IS NULL OR p.pos IS NULL) \
+                 SELECT pos, id, count(*), \
+                        CASE WHEN id IS NULL THEN array_agg(lexeme) END \
+                   FROM drift GROUP BY pos, id ORDER BY pos, id",
+                lexemes_of("e")
+            ),
             &[],
         )
         .await?;
@@ -127,10 +131,13 @@ pub(super) fn repost(
         }
         inserted += in_write(rt, sql, audit_keys, async |c| {
             c.execute(
-                "INSERT INTO memory.postings (lexeme, pos) \
-                 SELECT l, e.pos FROM memory.entries e, unnest(tsvector_to_array(e.scoped)) AS l \
-                  WHERE e.pos = ANY($1) AND e.status = 'active' \
-                    AND e.pos <= (SELECT upto FROM memory.posted) ON CONFLICT DO NOTHING",
+                &format!(
+                    "INSERT INTO memory.postings (lexeme, pos) \
+                     SELECT l, e.pos FROM memory.entries e, {} \
+                      WHERE e.pos = ANY($1) AND e.status = 'active' \
+                        AND e.pos <= (SELECT upto FROM memory.posted) ON CONFLICT DO NOTHING",
+                    lexemes_of("e")
+                ),
                 &[&batch],
             )
             .await
@@ -149,7 +156,8 @@ pub(super) fn repost(
                   WHERE p.pos = s.pos AND p.lexeme = s.l AND NOT EXISTS ( \
                     SELECT FROM memory.entries e WHERE e.pos = s.pos AND e.status = 'active' \
                        AND e.pos <= (SELECT upto FROM memory.posted) \
-                       AND s.l = ANY(tsvector_to_array(e.scoped)))",
+                       AND s.l = ANY(tsvector_to_array( \
+                           memory.scoped_words(e.namespace, e.content, e.tags))))",
                 &[&pos, &lexemes],
             )
             .await
