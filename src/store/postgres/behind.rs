@@ -193,13 +193,17 @@ CREATE OR REPLACE FUNCTION memory.content_bytes(content text) RETURNS bigint
                 ELSE octet_length(content) END;
 "#;
 
-/// The lexemes of the row `alias` of `memory.entries` as a set of `l` (a `FROM` item), as
-/// migration 9's poster and triggers post them.
-pub(super) fn lexemes_of(alias: &str) -> String {
+/// The lexemes of the row `alias` of `memory.entries` as a `text[]`, as migration 9's poster
+/// and triggers post them.
+pub(super) fn lexeme_array(alias: &str) -> String {
     format!(
-        "unnest(tsvector_to_array(memory.scoped_words({alias}.namespace, {alias}.content, \
-         {alias}.tags))) AS l"
+        "tsvector_to_array(memory.scoped_words({alias}.namespace, {alias}.content, {alias}.tags))"
     )
+}
+
+/// [`lexeme_array`] as a set of `l` (a `FROM` item).
+pub(super) fn lexemes_of(alias: &str) -> String {
+    format!("unnest({}) AS l", lexeme_array(alias))
 }
 
 /// What one step did.

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeSet;
 
+use super::behind::lexeme_array;
 use super::fail::Failure;
 use super::rows::Sql;
 use super::scoped::json_escaped;
@@ -193,9 +194,9 @@ pub(super) fn newest_in(
     let mut text = format!(
         "SELECT b.pos FROM ((SELECT t.pos FROM memory.entries t WHERE t.namespace = {ns} \
          AND t.status = 'active' AND t.pos > {upto} \
-         AND tsvector_to_array(memory.scoped_words(t.namespace, t.content, t.tags)) \
-         @> ARRAY[{}]::text[]{times}{} \
+         AND {} @> ARRAY[{}]::text[]{times}{} \
          ORDER BY t.pos DESC LIMIT {limit}) UNION ALL (SELECT p0.pos FROM memory.postings p0",
+        lexeme_array("t"),
         terms.join(", "),
         below.replace("{}", "t"),
     );

@@ -18,7 +18,7 @@
 
 use tokio::runtime::Runtime;
 
-use super::behind::lexemes_of;
+use super::behind::{lexeme_array, lexemes_of};
 use super::fail::Failure;
 use super::write::PgTx;
 use crate::error::Result;
@@ -152,12 +152,14 @@ pub(super) fn repost(
         let (pos, lexemes): (Vec<i64>, Vec<&String>) = batch.iter().copied().unzip();
         deleted += in_write(rt, sql, audit_keys, async |c| {
             c.execute(
-                "DELETE FROM memory.postings p USING unnest($1::bigint[], $2::text[]) AS s(pos, l) \
-                  WHERE p.pos = s.pos AND p.lexeme = s.l AND NOT EXISTS ( \
-                    SELECT FROM memory.entries e WHERE e.pos = s.pos AND e.status = 'active' \
-                       AND e.pos <= (SELECT upto FROM memory.posted) \
-                       AND s.l = ANY(tsvector_to_array( \
-                           memory.scoped_words(e.namespace, e.content, e.tags))))",
+                &format!(
+                    "DELETE FROM memory.postings p \
+                     USING unnest($1::bigint[], $2::text[]) AS s(pos, l) \
+                      WHERE p.pos = s.pos AND p.lexeme = s.l AND NOT EXISTS ( \
+                        SELECT FROM memory.entries e WHERE e.pos = s.pos AND e.status = 'active' \
+                           AND e.pos <= (SELECT upto FROM memory.posted) AND s.l = ANY({}))",
+                    lexeme_array("e")
+                ),
                 &[&pos, &lexemes],
             )
             .await
